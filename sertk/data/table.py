@@ -1,0 +1,65 @@
+"""Kaldi text tables: one `<key> <value>` per line, sorted by key in C-locale (code point) order."""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Tuple
+
+from sertk.errors import DataDirError
+from sertk.fsutil import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    value: str
+    line: int
+
+
+def parse_table(path: Path) -> Tuple[List[Entry], List[Tuple[int, str]]]:
+    """Read every line of `path`; return the entries and (line, message) for malformed lines.
+
+    The value is the rest of the line after the first run of whitespace, so a wav.scp path
+    may contain spaces, as in Kaldi.
+    """
+    entries, bad = [], []
+    with open(path, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.strip()
+            if not line:
+                bad.append((lineno, "empty line"))
+                continue
+            parts = line.split(None, 1)
+            if len(parts) < 2:
+                bad.append((lineno, f"'{parts[0]}' has no value"))
+                continue
+            entries.append(Entry(parts[0], parts[1].strip(), lineno))
+    return entries, bad
+
+
+def read_table(path: Path) -> Dict[str, str]:
+    """Read a table strictly: any malformed line or duplicate key raises `DataDirError`."""
+    entries, bad = parse_table(path)
+    if bad:
+        lineno, msg = bad[0]
+        raise DataDirError(f"{path}:{lineno}: {msg}")
+    table: Dict[str, str] = {}
+    for e in entries:
+        if e.key in table:
+            raise DataDirError(f"{path}:{e.line}: duplicate id '{e.key}'")
+        table[e.key] = e.value
+    return table
+
+
+def format_table(items: Iterable[Tuple[str, str]]) -> str:
+    return "".join(f"{k} {v}\n" for k, v in sorted(items))
+
+
+def write_table(path: Path, table: Mapping[str, str]) -> None:
+    atomic_write_text(path, format_table(table.items()))
+
+
+def invert_utt2spk(utt2spk: Mapping[str, str]) -> Dict[str, List[str]]:
+    """spk2utt as Kaldi builds it: speakers sorted, their utterances sorted."""
+    spk2utt: Dict[str, List[str]] = {}
+    for utt in sorted(utt2spk):
+        spk2utt.setdefault(utt2spk[utt], []).append(utt)
+    return dict(sorted(spk2utt.items()))

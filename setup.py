@@ -1,0 +1,38 @@
+"""Install sertk: `pip install torch==2.13.0 -e ".[dev]"` (see README.md)."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "sertk" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="sertk",
+    version=VERSION,
+    description="Speech emotion recognition toolkit: Kaldi-style data, recipes and published models",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["sertk", "sertk.*"]),
+    package_data={"sertk.data.corpora": ["labels/*.yaml"]},
+    install_requires=[
+        # torch is pinned by the install command, not here, so that users keep their CUDA build.
+        "torch>=2.1",
+        "librosa>=0.10",
+        "numpy>=1.24",
+        "pyyaml>=6.0",
+        "tqdm>=4.60",
+        "tensorboard>=2.12",
+        "click>=8.1",
+        "kaldiio>=2.18",
+        "soundfile>=0.12",
+        "soxr>=0.3",
+    ],
+    extras_require={
+        "opensmile": ["opensmile>=2.4"],
+        "ssl": ["transformers>=4.30"],
+        "dev": ["pytest>=7.0"],
+    },
+    entry_points={"console_scripts": ["sertk=sertk.cli:main"]},
+)
