@@ -5,13 +5,15 @@
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-from sertk.data.corpora import emodb, ravdess
+from sertk.data.corpora import csv_import, emodb, iemocap, msp_improv, ravdess
 from sertk.data.labels import LabelMap, default_label_map
 from sertk.data.prepare import PrepareReport, Scan, build_datadir
 from sertk.errors import CorpusError
 
 SCANNERS: Dict[str, Callable[..., Scan]] = {
     "emodb": emodb.scan,
+    "iemocap": iemocap.scan,
+    "msp_improv": msp_improv.scan,
     "ravdess": ravdess.scan,
 }
 
@@ -25,6 +27,17 @@ def prepare_corpus(corpus: str, root, out, labels: Optional[LabelMap] = None,
     if not root.exists():
         raise CorpusError(f"{root}: corpus root does not exist")
     scan = SCANNERS[corpus](root, **options)
-    report = build_datadir(scan, labels or default_label_map(corpus), skip_bad_audio=skip_bad_audio)
+    return _build_and_save(scan, labels or default_label_map(corpus), out, skip_bad_audio)
+
+
+def import_csv(csv_path, out, labels: Optional[LabelMap] = None, corpus: Optional[str] = None,
+               skip_bad_audio: bool = False) -> PrepareReport:
+    """`sertk data import`: a data dir from a `path,label,speaker[,session,gender]` CSV."""
+    scan = csv_import.scan(Path(csv_path))
+    return _build_and_save(scan, labels or csv_import.identity_label_map(scan, corpus), out, skip_bad_audio)
+
+
+def _build_and_save(scan: Scan, labels: LabelMap, out, skip_bad_audio: bool) -> PrepareReport:
+    report = build_datadir(scan, labels, skip_bad_audio=skip_bad_audio)
     report.datadir.save(out)
     return report

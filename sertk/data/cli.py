@@ -1,0 +1,228 @@
+"""`sertk data ...`: prepare, validate, fix, subset, combine, split, folds, check."""
+from pathlib import Path
+from typing import Optional, Tuple
+
+import click
+
+from sertk.data.check import check_protocol
+from sertk.data.corpora import import_csv, prepare_corpus
+from sertk.data.datadir import DataDir
+from sertk.data.fix import fix_dir
+from sertk.data.labels import load_label_map
+from sertk.data.ops import combine, read_id_list, split_by_speaker, subset
+from sertk.data.prepare import PrepareReport, class_count_table
+from sertk.data.protocols import PROTOCOLS, make_folds
+from sertk.data.validate import AUDIO_CHECKS, validate_dir
+from sertk.errors import DataDirError, ProtocolError
+from sertk.fsutil import atomic_output_dir
+
+existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
+out_dir = click.Path(file_okay=False, path_type=Path)
+
+
+@click.group()
+def data() -> None:
+    """Kaldi-style data directories: prepare corpora, check and edit data dirs, make protocols."""
+
+
+@data.command()
+@click.argument("datadir", type=click.Path(path_type=Path))
+@click.option("--labels", type=click.Path(path_type=Path), help="Label map to check against [default: DIR/labels.yaml].")
+@click.option("--audio", type=click.Choice(AUDIO_CHECKS), default="header", show_default=True,
+              help="How hard to check wav.scp: not at all, that files exist, or that they open as audio.")
+def validate(datadir: Path, labels: Optional[Path], audio: str) -> None:
+    """List every problem of DATADIR with file and line; exit 0 only when it is clean."""
+    problems = validate_dir(datadir, labels=load_label_map(labels) if labels else None, audio=audio)
+    for p in problems:
+        click.echo(str(p))
+    if problems:
+        raise DataDirError(f"{datadir}: {len(problems)} problem(s)")
+    dd = DataDir.load(datadir, audio="none")
+    click.echo(f"{datadir}: OK ({len(dd.utts)} utterances, {len(dd.speakers)} speakers, "
+               f"{len(dd.labels.classes)} classes)")
+
+
+@data.command()
+@click.argument("datadir", type=existing_dir)
+def fix(datadir: Path) -> None:
+    """Sort files, drop duplicates and utterances missing from any file, rebuild spk2utt.
+
+    Every file that changes is first copied to DATADIR/.backup/<time>/.
+    """
+    report = fix_dir(datadir)
+    for reason, n in sorted(report.dropped.items()):
+        click.echo(f"dropped {n} utterance(s): {reason}")
+    if report.changed:
+        click.echo(f"rewrote {', '.join(report.changed)}; originals in {report.backup}")
+    else:
+        click.echo("nothing to fix")
+    click.echo(f"{datadir}: {report.kept} utterances")
+
+
+@data.command("subset")
+@click.argument("src", type=existing_dir)
+@click.argument("out", type=out_dir)
+@click.option("--utt-list", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File of utterance ids, one per line.")
+@click.option("--speakers", help="Comma-separated speaker ids.")
+@click.option("--first", type=int, help="The first N utterances (sorted order).")
+@click.option("--last", type=int, help="The last N utterances (sorted order).")
+def subset_cmd(src: Path, out: Path, utt_list, speakers, first, last) -> None:
+    """Write the part of SRC chosen by exactly one selector to OUT."""
+    _refuse_overwriting_sources(out, [src])
+    dd = DataDir.load(src)
+    part = subset(dd, utt_list=read_id_list(utt_list) if utt_list else None,
+                  speakers=[s for s in speakers.split(",") if s] if speakers else None, first=first, last=last)
+    part.save(out)
+    click.echo(f"{out}: {len(part.utts)} utterances, {len(part.speakers)} speakers")
+
+
+@data.command("combine")
+@click.argument("out", type=out_dir)
+@click.argument("srcs", nargs=-1, required=True, type=existing_dir)
+def combine_cmd(out: Path, srcs: Tuple[Path, ...]) -> None:
+    """Combine the data dirs SRCS into OUT (utterance ids must not repeat)."""
+    _refuse_overwriting_sources(out, srcs)
+    combined = combine([DataDir.load(s) for s in srcs], [str(s) for s in srcs])
+    combined.save(out)
+    click.echo(f"{out}: {len(combined.utts)} utterances, {len(combined.speakers)} speakers")
+
+
+@data.command("split")
+@click.argument("src", type=existing_dir)
+@click.argument("num_parts", type=int)
+@click.option("--out", type=out_dir, help="Where the parts go [default: SRC/split<N>].")
+def split_cmd(src: Path, num_parts: int, out: Optional[Path]) -> None:
+    """Split SRC into NUM_PARTS data dirs by speaker (OUT/1 ... OUT/N), for parallel jobs."""
+    parts = split_by_speaker(DataDir.load(src), num_parts)
+    out = out or src / f"split{num_parts}"
+    with atomic_output_dir(out) as tmp:
+        for i, part in enumerate(parts, start=1):
+            (tmp / str(i)).mkdir()
+            part.write_into(tmp / str(i))
+    click.echo(f"{out}: " + ", ".join(f"{i}: {len(p.utts)} utts" for i, p in enumerate(parts, start=1)))
+
+
+def _refuse_overwriting_sources(out: Path, srcs) -> None:
+    if any(out.resolve() == Path(s).resolve() for s in srcs):
+        raise DataDirError(f"{out}: the output must not be one of the input dirs")
+
+
+# --- corpus preparation -------------------------------------------------------------------------
+
+@data.group()
+def prepare() -> None:
+    """Prepare a data dir from a corpus release: `sertk data prepare CORPUS --root PATH --out DIR`."""
+
+
+def _prepare_options(fn):
+    fn = click.option("--skip-bad-audio", is_flag=True,
+                      help="Skip missing or unreadable audio files with a count instead of stopping.")(fn)
+    fn = click.option("--labels", type=click.Path(path_type=Path),
+                      help="Label map (labels.yaml) [default: the corpus's own].")(fn)
+    fn = click.option("--out", required=True, type=out_dir, help="Data dir to write.")(fn)
+    fn = click.option("--root", required=True, type=click.Path(path_type=Path), help="The corpus release folder.")(fn)
+    return fn
+
+
+def _run_prepare(corpus: str, root: Path, out: Path, labels: Optional[Path], skip_bad_audio: bool,
+                 **options) -> None:
+    report = prepare_corpus(corpus, root, out, labels=load_label_map(labels) if labels else None,
+                            skip_bad_audio=skip_bad_audio, **options)
+    _print_report(corpus, out, report)
+
+
+def _print_report(name: str, out: Path, report: PrepareReport) -> None:
+    dd = report.datadir
+    click.echo(f"{name}: {len(dd.utts)} utterances, {len(dd.speakers)} speakers, "
+               f"{len(dd.labels.classes)} classes -> {out}")
+    for reason, n in sorted(report.skipped.items()):
+        click.echo(f"skipped {n}: {reason}")
+    if report.dropped:
+        click.echo("dropped by the label map: " + ", ".join(f"{raw} {n}" for raw, n in sorted(report.dropped.items())))
+    click.echo(class_count_table(dd))
+
+
+@prepare.command()
+@_prepare_options
+def emodb(**kwargs) -> None:
+    """EmoDB from <root>/wav/*.wav (or the wav folder itself): 7 classes."""
+    _run_prepare("emodb", **kwargs)
+
+
+@prepare.command()
+@_prepare_options
+def ravdess(**kwargs) -> None:
+    """RAVDESS speech from <root>/Actor_XX/03-01-*.wav: 8 classes, intensity in utt2intensity."""
+    _run_prepare("ravdess", **kwargs)
+
+
+@prepare.command()
+@_prepare_options
+@click.option("--improvised-only", is_flag=True, help="Keep only the improvised dialogs.")
+@click.option("--drop-exc", is_flag=True, help="Drop 'excited' instead of merging it into happiness.")
+def iemocap(**kwargs) -> None:
+    """IEMOCAP from IEMOCAP_full_release/: 4 classes, excited merged into happiness."""
+    _run_prepare("iemocap", **kwargs)
+
+
+@prepare.command("msp_improv")
+@_prepare_options
+def msp_improv(**kwargs) -> None:
+    """MSP-IMPROV from its release folder (Evaluation.txt + session audio): 4 classes."""
+    _run_prepare("msp_improv", **kwargs)
+
+
+@data.command("import")
+@click.option("--csv", "csv_path", required=True, type=click.Path(path_type=Path),
+              help="CSV with columns path,label,speaker and optional session,gender.")
+@click.option("--out", required=True, type=out_dir, help="Data dir to write.")
+@click.option("--labels", type=click.Path(path_type=Path), help="Label map [default: one class per distinct label].")
+@click.option("--corpus", help="Corpus name for protocol cards.")
+@click.option("--skip-bad-audio", is_flag=True, help="Skip missing or unreadable audio with a count.")
+def import_cmd(csv_path: Path, out: Path, labels: Optional[Path], corpus: Optional[str], skip_bad_audio: bool) -> None:
+    """Any other corpus: a data dir from a CSV file."""
+    report = import_csv(csv_path, out, labels=load_label_map(labels) if labels else None, corpus=corpus,
+                        skip_bad_audio=skip_bad_audio)
+    _print_report(corpus or csv_path.name, out, report)
+
+
+# --- protocols ----------------------------------------------------------------------------------
+
+@data.command()
+@click.argument("datadir", type=existing_dir)
+@click.option("--protocol", required=True, type=click.Choice(list(PROTOCOLS)), help="The fold scheme.")
+@click.option("--out", required=True, type=out_dir, help="Protocol dir to write.")
+@click.option("--corpus", help="Corpus name for the card [default: from labels.yaml].")
+@click.option("--num-folds", type=int, help="random_kfold only [default: 10].")
+@click.option("--seed", type=int, help="random_kfold only [default: 0].")
+def folds(datadir: Path, protocol: str, out: Path, corpus, num_folds, seed) -> None:
+    """Write utt2fold, fold<k>/{train,dev,test} and the protocol card protocol.yaml."""
+    options = {k: v for k, v in (("num_folds", num_folds), ("seed", seed)) if v is not None}
+    if options and protocol != "random_kfold":
+        raise ProtocolError("--num-folds and --seed apply to random_kfold only")
+    _refuse_overwriting_sources(out, [datadir])
+    card = make_folds(DataDir.load(datadir), protocol, out, corpus=corpus, source=str(datadir.resolve()), **options)
+    kind = "speaker-independent" if card["speaker_independent"] else "speaker-DEPENDENT"
+    click.echo(f"{out}: {protocol}, {card['num_folds']} folds, {kind}; dev: {card['dev_policy']}")
+
+
+@data.command()
+@click.argument("protocol_dir", type=existing_dir)
+def check(protocol_dir: Path) -> None:
+    """Prove the folds of PROTOCOL_DIR are speaker-disjoint and print class counts per split."""
+    report = check_protocol(protocol_dir)
+    card = report.card
+    click.echo(f"{card['protocol']} on {card.get('corpus', '?')}: {card['num_folds']} folds; "
+               f"dev: {card.get('dev_policy', '?')}")
+    click.echo(report.table)
+    for p in report.problems:
+        click.echo(f"PROBLEM: {p}")
+    if report.problems:
+        raise ProtocolError(f"{protocol_dir}: {len(report.problems)} problem(s)")
+    if card["speaker_independent"]:
+        click.echo("OK: in every fold, train, dev and test share no speaker and no utterance; "
+                   "every utterance is tested exactly once")
+    else:
+        click.echo("OK (speaker-DEPENDENT protocol): speakers are shared between train, dev and test by design; "
+                   "utterances are disjoint and every utterance is tested exactly once")

@@ -1,0 +1,108 @@
+"""MSP-IMPROV.
+
+Labels: `<root>/Evaluation.txt` (some copies spell it `Evalution.txt`). Each clip line,
+`UTD-IMPROV-S01A-F01-P-FM01.avi; A; A:3.0; V:2.5; D:2.0 ; N:4.0;`, gives the consensus label
+in its second `;`-separated field (A, H, S, N, or O other / X no agreement); the per-evaluator
+lines that follow it and blank lines are ignored. A clip listed twice with the same label is
+used once (counted as skipped); with different labels it is an error.
+
+Audio: `<root>/Audio/session1/S01A/P/MSP-IMPROV-S01A-F01-P-FM01.wav`, or the same without
+`Audio/` (the session folders directly in the root); `UTD-IMPROV-X` in Evaluation.txt names the
+clip `MSP-IMPROV-X`. Name fields: `S01A` sentence 01 elicited with target emotion A (the
+target, not the label), `F01` the speaker (session 1's female actor), `P` the recording type
+(P, R, S or T), `FM01` the clip index.
+
+Ids: speaker `msp_improv_F01`, utterance `msp_improv_F01-MSP-IMPROV-S01A-F01-P-FM01`; session
+`session1` (utt2sess). Raw label: the consensus letter. Extra files: utt2rectype (P/R/S/T) and
+utt2target (the elicitation target letter). The release's 44.1 kHz audio is resampled on loading.
+"""
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from sertk.data.prepare import Scan, Utterance
+from sertk.errors import CorpusError
+
+EVALUATION_FILES = ("Evaluation.txt", "Evalution.txt")
+CLIP_PREFIX = "UTD-IMPROV-"
+CLIP = re.compile(r"^(?P<name>UTD-IMPROV-(?P<sentence>S\d\d(?P<target>[A-Z]))-(?P<spk>(?P<gen>[FM])(?P<sess>\d\d))"
+                  r"-(?P<rectype>[PRST])-(?P<index>[A-Za-z0-9]+))(?:\.avi)?$")
+LABEL = re.compile(r"^[A-Za-z]+$")
+SESSION_DIR = re.compile(r"^session\d+$")
+
+
+def evaluation_file(root: Path) -> Path:
+    for name in EVALUATION_FILES:
+        if (root / name).is_file():
+            return root / name
+    raise CorpusError(f"{root}: no {' or '.join(EVALUATION_FILES)} found (expected the MSP-IMPROV "
+                      "release root, holding Evaluation.txt and Audio/session1/...)")
+
+
+def audio_dir(root: Path) -> Path:
+    for cand in (root / "Audio", root):
+        if cand.is_dir() and any(p.is_dir() and SESSION_DIR.match(p.name) for p in cand.iterdir()):
+            return cand
+    raise CorpusError(f"{root}: no session1..session6 audio folders found in {root / 'Audio'} or {root} "
+                      "(expected Audio/session1/S01A/P/MSP-IMPROV-S01A-F01-P-FM01.wav)")
+
+
+def scan(root: Path) -> Scan:
+    root = Path(root)
+    if not root.is_dir():
+        raise CorpusError(f"{root}: not a folder (expected the MSP-IMPROV release root)")
+    labels, skipped = read_labels(evaluation_file(root))
+    audio = audio_dir(root)
+    utterances = [_utterance(audio, m, label) for m, label in labels]
+    return Scan(utterances, skipped)
+
+
+def read_labels(path: Path) -> Tuple[List[Tuple[re.Match, str]], Counter]:
+    """(parsed clip name, consensus label) per clip, and the duplicate lines skipped."""
+    found: Dict[str, Tuple[re.Match, str, int]] = {}  # clip -> (name, label, line)
+    skipped = Counter()
+    for lineno, m, label in _clip_lines(path):
+        clip = clip_name(m)
+        if clip in found:
+            first_label, first_line = found[clip][1:]
+            if first_label != label:
+                raise CorpusError(f"{path}:{lineno}: clip {m['name']} is labelled '{label}' here but "
+                                  f"'{first_label}' on line {first_line}")
+            skipped[f"duplicate line in {path.name}"] += 1
+            continue
+        found[clip] = (m, label, lineno)
+    if not found:
+        raise CorpusError(f"{path}: no clip lines (starting with {CLIP_PREFIX}) found")
+    return [(m, label) for m, label, _ in found.values()], skipped
+
+
+def _clip_lines(path: Path) -> List[Tuple[int, re.Match, str]]:
+    lines = []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.startswith(CLIP_PREFIX):
+            continue  # evaluator detail or blank
+        fields = [f.strip() for f in line.split(";")]
+        m = CLIP.match(fields[0])
+        if not m or len(fields) < 2 or not LABEL.match(fields[1]):
+            raise CorpusError(f"{path}:{lineno}: clip line does not parse (expected "
+                              "'UTD-IMPROV-S01A-F01-P-FM01.avi; <label>; A:..; V:..; D:..; N:..;')")
+        lines.append((lineno, m, fields[1]))
+    return lines
+
+
+def clip_name(m: re.Match) -> str:
+    """The audio's name for a clip: Evaluation.txt's UTD-IMPROV-X is MSP-IMPROV-X."""
+    return f"MSP-IMPROV-{m['sentence']}-{m['spk']}-{m['rectype']}-{m['index']}"
+
+
+def _utterance(audio: Path, m: re.Match, label: str) -> Utterance:
+    clip = clip_name(m)
+    speaker = f"msp_improv_{m['spk']}"
+    session = f"session{int(m['sess'])}"
+    # a missing wav is left to build_datadir, which raises or skips it with a count
+    path = audio / session / m["sentence"] / m["rectype"] / f"{clip}.wav"
+    return Utterance(utt=f"{speaker}-{clip}", speaker=speaker, path=path, raw_label=label,
+                     gender=m["gen"].lower(), session=session,
+                     extra={"utt2rectype": m["rectype"], "utt2target": m["target"]})

@@ -1,0 +1,188 @@
+"""Evaluation protocols: named fold schemes with speaker-disjoint train / dev / test.
+
+A protocol dir holds `utt2fold` (the fold in which each utterance is tested), `protocol.yaml`
+(the card: corpus, classes, folds, dev policy, checksum of the fold lists) and
+`fold<k>/{train,dev,test}/`, each a complete data dir.
+"""
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import yaml
+
+from sertk.data.datadir import DataDir
+from sertk.errors import ProtocolError
+from sertk.fsutil import atomic_output_dir
+
+SPLITS = ("train", "dev", "test")
+CARD_FILE = "protocol.yaml"
+
+
+@dataclass
+class Fold:
+    train: List[str]
+    dev: List[str]
+    test: List[str]
+
+    def split(self, name: str) -> List[str]:
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    build: Callable[..., List[Fold]]
+    speaker_independent: bool
+    dev_policy: str
+    description: str
+
+
+def _folds_from_groups(dd: DataDir, groups: List[List[str]], dev_of: Callable[[int], List[str]]) -> List[Fold]:
+    """Fold k tests speaker group k, develops on `dev_of(k)` and trains on every other speaker."""
+    folds = []
+    for k, test_spk in enumerate(groups):
+        dev_spk = dev_of(k)
+        held = set(test_spk) | set(dev_spk)
+        train_spk = [s for s in dd.speakers if s not in held]
+        folds.append(Fold(*(_utts_of(dd, spk) for spk in (train_spk, dev_spk, test_spk))))
+    return folds
+
+
+def _utts_of(dd: DataDir, speakers: Sequence[str]) -> List[str]:
+    spk2utt = dd.spk2utt
+    return sorted(u for s in speakers for u in spk2utt[s])
+
+
+def loso(dd: DataDir) -> List[Fold]:
+    speakers = dd.speakers
+    if len(speakers) < 3:
+        raise ProtocolError(f"loso needs at least 3 speakers (test, dev, train), found {len(speakers)}")
+    return _folds_from_groups(dd, [[s] for s in speakers], lambda k: [speakers[(k + 1) % len(speakers)]])
+
+
+def loso_session(dd: DataDir) -> List[Fold]:
+    if "utt2sess" not in dd.tables:
+        raise ProtocolError("loso_session needs utt2sess in the data dir")
+    sess_of_spk: Dict[str, str] = {}
+    for utt, spk in dd.utt2spk.items():
+        sess = dd.tables["utt2sess"][utt]
+        if sess_of_spk.setdefault(spk, sess) != sess:
+            raise ProtocolError(f"speaker '{spk}' appears in sessions '{sess_of_spk[spk]}' and '{sess}'; "
+                                "leave-one-session-out would leak that speaker into training")
+    sessions = sorted(set(sess_of_spk.values()))
+    if len(sessions) < 2:
+        raise ProtocolError(f"loso_session needs at least 2 sessions, found {len(sessions)}")
+    groups = [sorted(s for s, x in sess_of_spk.items() if x == sess) for sess in sessions]
+
+    def dev_of(k: int) -> List[str]:
+        # one speaker of the next session, alternating which one, so the genders take turns
+        nxt = groups[(k + 1) % len(groups)]
+        return [nxt[k % len(nxt)]]
+    return _folds_from_groups(dd, groups, dev_of)
+
+
+def actor6(dd: DataDir) -> List[Fold]:
+    speakers = dd.speakers
+    if len(speakers) != 24:
+        raise ProtocolError(f"actor6 is RAVDESS's 6 folds of 4 actors and needs 24 actors, found {len(speakers)}")
+    groups = [speakers[i:i + 4] for i in range(0, 24, 4)]
+    return _folds_from_groups(dd, groups, lambda k: groups[(k + 1) % 6])
+
+
+def random_kfold(dd: DataDir, num_folds: int = 10, seed: int = 0) -> List[Fold]:
+    """Class-stratified random folds over utterances: speaker-dependent, for comparison with papers."""
+    if not 3 <= num_folds <= len(dd.utts):
+        raise ProtocolError(f"random_kfold needs 3 <= num_folds <= {len(dd.utts)}, got {num_folds}")
+    rng = random.Random(seed)
+    parts: List[List[str]] = [[] for _ in range(num_folds)]
+    dealt = 0
+    for cls in dd.labels.classes:
+        utts = sorted(u for u in dd.utts if dd.utt2emo[u] == cls)
+        rng.shuffle(utts)
+        for u in utts:  # deal round-robin, continuing across classes so parts stay equal in size
+            parts[dealt % num_folds].append(u)
+            dealt += 1
+    folds = []
+    for k in range(num_folds):
+        dev_k = (k + 1) % num_folds
+        train = [u for j, p in enumerate(parts) if j not in (k, dev_k) for u in p]
+        folds.append(Fold(sorted(train), sorted(parts[dev_k]), sorted(parts[k])))
+    return folds
+
+
+PROTOCOLS: Dict[str, Protocol] = {
+    "loso": Protocol(loso, True, "one training speaker, rotating: the speaker after the test speaker",
+                     "leave one speaker out (EmoDB: 10 folds)"),
+    "loso_session": Protocol(loso_session, True,
+                             "one speaker of the next session, alternating between its speakers",
+                             "leave one session out (IEMOCAP: 5 folds, MSP-IMPROV: 6)"),
+    "actor6": Protocol(actor6, True, "the next group of 4 actors",
+                       "RAVDESS: test actors 1-4, 5-8, ..., 21-24"),
+    "random_kfold": Protocol(random_kfold, False, "the next fold of the random partition",
+                             "class-stratified random k-fold over utterances (speaker-dependent)"),
+}
+
+
+def fold_checksum(folds: Sequence[Fold]) -> str:
+    h = hashlib.sha256()
+    for k, fold in enumerate(folds, start=1):
+        for split in SPLITS:
+            h.update(f"fold{k} {split} {' '.join(fold.split(split))}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+def make_folds(dd: DataDir, protocol: str, out, corpus: Optional[str] = None, source: str = "",
+               **options) -> dict:
+    """Build the protocol's folds and write the protocol dir atomically; return the card."""
+    if protocol not in PROTOCOLS:
+        raise ProtocolError(f"unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
+    proto = PROTOCOLS[protocol]
+    folds = proto.build(dd, **options)
+    card = _card(dd, protocol, proto, folds, corpus or dd.labels.corpus or "unknown", source, options)
+    with atomic_output_dir(out) as tmp:
+        for k, fold in enumerate(folds, start=1):
+            for split in SPLITS:
+                (tmp / f"fold{k}" / split).mkdir(parents=True)
+                dd.select(fold.split(split)).write_into(tmp / f"fold{k}" / split)
+        utt2fold = {u: str(k) for k, fold in enumerate(folds, start=1) for u in fold.test}
+        (tmp / "utt2fold").write_text("".join(f"{u} {utt2fold[u]}\n" for u in sorted(utt2fold)), encoding="utf-8")
+        (tmp / CARD_FILE).write_text(yaml.safe_dump(card, sort_keys=False), encoding="utf-8")
+    return card
+
+
+def _card(dd: DataDir, name: str, proto: Protocol, folds: List[Fold], corpus: str, source: str,
+          options: dict) -> dict:
+    def speakers(utts):
+        return sorted({dd.utt2spk[u] for u in utts})
+    return {
+        "protocol": name,
+        "description": proto.description,
+        "corpus": corpus,
+        "source": source,
+        "classes": list(dd.labels.classes),
+        "num_folds": len(folds),
+        "speaker_independent": proto.speaker_independent,
+        "dev_policy": proto.dev_policy,
+        "options": dict(options),
+        "folds": [{"fold": k,
+                   "test_speakers": speakers(f.test) if proto.speaker_independent else "mixed",
+                   "dev_speakers": speakers(f.dev) if proto.speaker_independent else "mixed",
+                   "num_utts": {s: len(f.split(s)) for s in SPLITS}}
+                  for k, f in enumerate(folds, start=1)],
+        "checksum": fold_checksum(folds),
+    }
+
+
+def load_card(path) -> dict:
+    card_path = Path(path) / CARD_FILE
+    if not card_path.is_file():
+        raise ProtocolError(f"{path}: no {CARD_FILE}; is this a protocol dir made by 'sertk data folds'?")
+    try:
+        card = yaml.safe_load(card_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        raise ProtocolError(f"{card_path}: not valid YAML") from None
+    for key in ("protocol", "num_folds", "speaker_independent", "checksum", "classes"):
+        if not isinstance(card, dict) or key not in card:
+            raise ProtocolError(f"{card_path}: the card has no '{key}'")
+    return card
