@@ -17,6 +17,8 @@ from sertk.errors import AudioError, CorpusError
 
 log = logging.getLogger(__name__)
 
+BAD_AUDIO = "missing or unreadable audio"  # the skip reason for --skip-bad-audio
+
 
 @dataclass
 class Utterance:
@@ -73,7 +75,7 @@ def build_datadir(scan: Scan, labels: LabelMap, skip_bad_audio: bool = False) ->
             if not skip_bad_audio:
                 raise AudioError(f"{e} (pass --skip-bad-audio to skip such files with a count)") from None
             log.warning("skipping: %s", e)
-            skipped["missing or unreadable audio"] += 1
+            skipped[BAD_AUDIO] += 1
             continue
         tables["wav.scp"][u.utt] = str(Path(u.path).resolve())
         tables["utt2spk"][u.utt] = u.speaker

@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from sertk.data.prepare import PrepareReport, Scan, Utterance
+from sertk.data.prepare import BAD_AUDIO, PrepareReport, Scan, Utterance
 from sertk.errors import CorpusError
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ UTT_NAME = re.compile(r"^Ses(?P<sess>\d\d)[FM]_.+_(?P<gen>[FM])\d+$")
 # raw-label groups of the usual 4-class set and their counts in the full release
 COUNT_GROUPS = {"neu": ("neu",), "hap+exc": ("hap", "exc"), "ang": ("ang",), "sad": ("sad",)}
 PUBLISHED_COUNTS = {"neu": 1708, "hap+exc": 1636, "ang": 1103, "sad": 1084}
-BAD_AUDIO = "missing or unreadable audio"  # the reason build_datadir counts skipped audio under
 
 
 def release_dir(root: Path) -> Path:

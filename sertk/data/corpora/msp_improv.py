@@ -60,7 +60,7 @@ def scan(root: Path) -> Scan:
 
 def read_labels(path: Path) -> Tuple[List[Tuple[re.Match, str]], Counter]:
     """(parsed clip name, consensus label) per clip, and the duplicate lines skipped."""
-    found: Dict[str, Tuple[re.Match, str, int]] = {}  # clip -> (name, label, line)
+    found: Dict[str, Tuple[re.Match, str, int]] = {}  # clip -> (parsed name, label, line)
     skipped = Counter()
     for lineno, m, label in _clip_lines(path):
         clip = clip_name(m)

@@ -1,0 +1,143 @@
+"""EmoDB, RAVDESS and CSV preparers on generated replicas of their release layouts."""
+import logging
+
+import pytest
+
+from replicas import make_emodb, make_ravdess, write_wav
+from sertk.data.corpora import import_csv, prepare_corpus
+from sertk.data.labels import LabelMap
+from sertk.data.prepare import class_count_table
+from sertk.data.table import read_table
+from sertk.data.validate import validate_dir
+from sertk.errors import AudioError, CorpusError, LabelError
+
+
+def test_emodb_ids_labels_and_gender(tmp_path):
+    root = make_emodb(tmp_path / "emodb", speakers=["03", "08"], texts=["a01", "b02"])
+    report = prepare_corpus("emodb", root, tmp_path / "data")
+    dd = report.datadir
+    assert len(dd.utts) == 2 * 2 * 7 and dd.speakers == ["emodb_03", "emodb_08"]
+    assert dd.utt2emo["emodb_03-03a01Fa"] == "happiness"
+    assert dd.tables["utt2lab_raw"]["emodb_08-08b02Wa"] == "W"
+    assert dd.tables["utt2gen"]["emodb_03-03a01Fa"] == "m" and dd.tables["utt2gen"]["emodb_08-08a01Fa"] == "f"
+    assert report.skipped == {"not an EmoDB wav name (like 03a01Fa.wav)": 1}
+    assert validate_dir(tmp_path / "data") == []
+    on_disk = read_table(tmp_path / "data" / "utt2dur")
+    assert float(on_disk["emodb_03-03a01Fa"]) == pytest.approx(0.3, abs=1e-3)
+
+
+def test_emodb_accepts_the_wav_folder_itself(tmp_path):
+    root = make_emodb(tmp_path / "emodb", speakers=["03"], texts=["a01"])
+    assert len(prepare_corpus("emodb", root / "wav", tmp_path / "data").datadir.utts) == 7
+
+
+def test_emodb_wrong_root(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusError, match="no EmoDB wav files found"):
+        prepare_corpus("emodb", tmp_path / "empty", tmp_path / "data")
+    with pytest.raises(CorpusError, match="does not exist"):
+        prepare_corpus("emodb", tmp_path / "missing", tmp_path / "data")
+
+
+def test_ravdess_skips_song_and_keeps_intensity(tmp_path):
+    root = make_ravdess(tmp_path / "rav", actors=[1, 2], emotions=range(1, 9))
+    report = prepare_corpus("ravdess", root, tmp_path / "data")
+    dd = report.datadir
+    assert len(dd.utts) == 2 * 15 and dd.speakers == ["ravdess_01", "ravdess_02"]
+    assert report.skipped == {"not an audio-only speech file (03-01-*.wav)": 2}
+    utt = "ravdess_02-03-01-05-02-01-01-02"
+    assert dd.utt2emo[utt] == "anger" and dd.tables["utt2intensity"][utt] == "strong"
+    assert dd.tables["utt2gen"][utt] == "f" and dd.tables["utt2gen"]["ravdess_01-03-01-05-02-01-01-01"] == "m"
+    assert validate_dir(tmp_path / "data") == []
+
+
+def test_ravdess_file_in_the_wrong_actor_folder(tmp_path):
+    root = make_ravdess(tmp_path / "rav", actors=[1], emotions=[1], with_song=False)
+    write_wav(root / "Actor_01" / "03-01-01-01-01-01-02.wav")
+    with pytest.raises(CorpusError, match="actor 02 in the name but the file is in Actor_01"):
+        prepare_corpus("ravdess", root, tmp_path / "data")
+
+
+def test_class_count_table(tmp_path):
+    root = make_emodb(tmp_path / "emodb", speakers=["03", "08"], texts=["a01"], emotions="WWA")
+    table = class_count_table(prepare_corpus("emodb", root, tmp_path / "data").datadir).splitlines()
+    assert table[0].split() == ["speaker", "anger", "boredom", "disgust", "fear", "happiness", "sadness",
+                                "neutral", "total"]
+    # WWA: the two W files of a speaker share a name, so each speaker has one anger and one fear file
+    assert table[1].split() == ["emodb_03", "1", "0", "0", "1", "0", "0", "0", "2"]
+    assert table[-1].split() == ["total", "2", "0", "0", "2", "0", "0", "0", "4"]
+
+
+def test_failures_leave_the_output_untouched(tmp_path):
+    root = make_emodb(tmp_path / "emodb", speakers=["03"], texts=["a01"])
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "marker").write_text("keep me")
+    (root / "wav" / "03a01Fa.wav").write_bytes(b"not audio at all")
+    with pytest.raises(AudioError, match="03a01Fa.wav: not a readable audio file"):
+        prepare_corpus("emodb", root, out)
+    only_anger = LabelMap(("anger",), {"W": "anger"})
+    with pytest.raises(LabelError, match="raw label '.' is not in the label map"):
+        prepare_corpus("emodb", root, out, labels=only_anger)
+    assert [p.name for p in out.iterdir()] == ["marker"] and (out / "marker").read_text() == "keep me"
+
+
+def test_skip_bad_audio_counts(tmp_path, caplog):
+    root = make_emodb(tmp_path / "emodb", speakers=["03"], texts=["a01"])
+    (root / "wav" / "03a01Fa.wav").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="sertk"):
+        report = prepare_corpus("emodb", root, tmp_path / "data", skip_bad_audio=True)
+    assert len(report.datadir.utts) == 6 and report.skipped["missing or unreadable audio"] == 1
+    assert "03a01Fa.wav" in caplog.text
+
+
+def test_label_map_drop_is_counted(tmp_path):
+    root = make_emodb(tmp_path / "emodb", speakers=["03"], texts=["a01"])
+    lm = LabelMap(("anger", "other"), {"W": "anger", "L": "other", "E": "drop", "A": "drop", "F": "other",
+                                       "T": "other", "N": "other"})
+    report = prepare_corpus("emodb", root, tmp_path / "data", labels=lm)
+    assert report.dropped == {"E": 1, "A": 1} and len(report.datadir.utts) == 5
+    assert validate_dir(tmp_path / "data") == []
+
+
+def write_csv(tmp_path, rows, header="path,label,speaker,session,gender"):
+    path = tmp_path / "corpus.csv"
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_csv_import(tmp_path):
+    for name in ("a", "b", "c"):
+        write_wav(tmp_path / "audio" / f"{name}.wav")
+    csv_path = write_csv(tmp_path, ["audio/a.wav,happy,spk 1,s1,F", "audio/b.wav,sad,spk 1,s1,female",
+                                    f"{tmp_path}/audio/c.wav,happy,spk2,s2,m"])
+    report = import_csv(csv_path, tmp_path / "data", corpus="mine")
+    dd = report.datadir
+    assert dd.labels.classes == ("happy", "sad") and dd.labels.corpus == "mine"
+    assert dd.utts == ["spk2-c", "spk_1-a", "spk_1-b"]
+    assert dd.tables["utt2gen"] == {"spk_1-a": "f", "spk_1-b": "f", "spk2-c": "m"}
+    assert dd.tables["utt2sess"]["spk2-c"] == "s2"
+    assert validate_dir(tmp_path / "data") == []
+
+
+@pytest.mark.parametrize("rows, header, message", [
+    (["a.wav,happy"], "path,label", r"missing column\(s\) \['speaker'\]"),
+    (["a.wav,,spk1,,"], None, r"corpus.csv:2: empty 'label'"),
+    (["a.wav,happy,spk1,,x"], None, r"corpus.csv:2: gender 'x'"),
+])
+def test_csv_errors(tmp_path, rows, header, message):
+    write_wav(tmp_path / "a.wav")
+    with pytest.raises(CorpusError, match=message):
+        import_csv(write_csv(tmp_path, rows, header or "path,label,speaker,session,gender"), tmp_path / "data")
+
+
+def test_csv_duplicate_ids(tmp_path):
+    write_wav(tmp_path / "x" / "a.wav")
+    write_wav(tmp_path / "y" / "a.wav")
+    with pytest.raises(CorpusError, match="'spk1-a' is given twice"):
+        import_csv(write_csv(tmp_path, ["x/a.wav,h,spk1,,", "y/a.wav,h,spk1,,"]), tmp_path / "data")
+
+
+def test_csv_missing_audio_names_it(tmp_path):
+    with pytest.raises(AudioError, match=r"gone\.wav: no such audio file"):
+        import_csv(write_csv(tmp_path, ["gone.wav,h,spk1,,"]), tmp_path / "data")

@@ -1,0 +1,136 @@
+"""MSP-IMPROV preparation on a generated replica of the release layout."""
+from collections import Counter
+
+import pytest
+from replicas_licensed import make_msp_improv
+
+from sertk.audio import audio_info
+from sertk.data.corpora import prepare_corpus
+from sertk.data.table import read_table
+from sertk.data.validate import validate_dir
+from sertk.errors import AudioError, CorpusError
+
+# two sessions, two speakers each, six clips per speaker of which O and X are dropped
+N_UTTS = 16
+CLASS_COUNTS = {"neutral": 4, "happiness": 4, "anger": 4, "sadness": 4}
+UTT = "msp_improv_F01-MSP-IMPROV-S01A-F01-R-FM01"
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    return make_msp_improv(tmp_path_factory.mktemp("msp"))
+
+
+def prepare(root, out, **options):
+    report = prepare_corpus("msp_improv", root, out, **options)
+    assert validate_dir(out) == []
+    return report
+
+
+def table(out, name):
+    return read_table(out / name)
+
+
+def append(path, text):
+    path.write_text(path.read_text() + text)
+
+
+def test_counts_ids_and_tables(release, tmp_path):
+    out = tmp_path / "data"
+    report = prepare(release, out)
+    utt2emo = table(out, "utt2emo")
+    assert len(utt2emo) == N_UTTS
+    assert Counter(utt2emo.values()) == CLASS_COUNTS
+    assert set(table(out, "utt2spk").values()) == {"msp_improv_F01", "msp_improv_M01",
+                                                   "msp_improv_F02", "msp_improv_M02"}
+    assert report.dropped == Counter({"O": 4, "X": 4})
+    assert report.skipped == Counter()
+
+    # sentence S01A was elicited as angry, but this clip's consensus label is neutral
+    assert table(out, "utt2spk")[UTT] == "msp_improv_F01"
+    assert table(out, "utt2lab_raw")[UTT] == "N" and utt2emo[UTT] == "neutral"
+    assert table(out, "utt2target")[UTT] == "A"
+    assert table(out, "utt2rectype")[UTT] == "R"
+    assert table(out, "utt2gen")[UTT] == "f"
+    assert table(out, "utt2gen")["msp_improv_M02-MSP-IMPROV-S03S-M02-T-FM01"] == "m"
+    assert table(out, "utt2sess")["msp_improv_M02-MSP-IMPROV-S03S-M02-T-FM01"] == "session2"
+    assert set(table(out, "utt2rectype").values()) == set("PRST")
+    wav = table(out, "wav.scp")[UTT]
+    assert wav.endswith("Audio/session1/S01A/R/MSP-IMPROV-S01A-F01-R-FM01.wav")
+    assert audio_info(wav).sample_rate == 44100
+
+
+def test_audio_folder_in_root_and_misspelt_evaluation(tmp_path):
+    root = make_msp_improv(tmp_path / "rel", audio_subdir=False, evaluation_name="Evalution.txt")
+    out = tmp_path / "data"
+    prepare(root, out)
+    assert len(table(out, "utt2emo")) == N_UTTS
+    assert table(out, "wav.scp")[UTT].endswith("rel/session1/S01A/R/MSP-IMPROV-S01A-F01-R-FM01.wav")
+
+
+def test_duplicate_line_with_same_label_is_used_once(tmp_path):
+    root = make_msp_improv(tmp_path / "rel", sessions=(1,))
+    append(root / "Evaluation.txt", "UTD-IMPROV-S01A-F01-R-FM01.avi;N;A:2.0; V:3.0; D:3.0 ; N:5.0;\n")
+    report = prepare(root, tmp_path / "data")
+    assert len(report.datadir.utts) == 8
+    assert report.skipped == Counter({"duplicate line in Evaluation.txt": 1})
+
+
+def test_duplicate_line_with_other_label_is_an_error(tmp_path):
+    root = make_msp_improv(tmp_path / "rel", sessions=(1,))
+    n_lines = len((root / "Evaluation.txt").read_text().splitlines())
+    append(root / "Evaluation.txt", "UTD-IMPROV-S01A-F01-R-FM01.avi; H; A:2.0; V:3.0; D:3.0 ; N:5.0;\n")
+    # the clip's first line is the second clip block: 1 clip line + 2 evaluator lines + blank
+    with pytest.raises(CorpusError, match=rf"Evaluation\.txt:{n_lines + 1}: clip UTD-IMPROV-S01A-F01-R-FM01 "
+                                          r"is labelled 'H' here but 'N' on line 5"):
+        prepare_corpus("msp_improv", root, tmp_path / "data")
+
+
+def test_malformed_clip_line_names_file_and_line(tmp_path):
+    root = make_msp_improv(tmp_path / "rel", sessions=(1,))
+    n_lines = len((root / "Evaluation.txt").read_text().splitlines())
+    append(root / "Evaluation.txt", "UTD-IMPROV-S01A-F01.avi; A; A:3.0;\n")
+    with pytest.raises(CorpusError, match=rf"Evaluation\.txt:{n_lines + 1}: clip line does not parse"):
+        prepare_corpus("msp_improv", root, tmp_path / "data")
+
+
+def test_missing_label_field_is_an_error(tmp_path):
+    root = make_msp_improv(tmp_path / "rel", sessions=(1,))
+    append(root / "Evaluation.txt", "UTD-IMPROV-S06N-F01-P-FM01.avi\n")
+    with pytest.raises(CorpusError, match="clip line does not parse"):
+        prepare_corpus("msp_improv", root, tmp_path / "data")
+
+
+def test_missing_audio(tmp_path):
+    root = make_msp_improv(tmp_path / "rel", sessions=(1,))
+    (root / "Audio/session1/S02H/S/MSP-IMPROV-S02H-M01-S-FM01.wav").unlink()
+    with pytest.raises(AudioError, match="MSP-IMPROV-S02H-M01-S-FM01.wav"):
+        prepare_corpus("msp_improv", root, tmp_path / "data")
+    report = prepare(root, tmp_path / "data", skip_bad_audio=True)
+    assert report.skipped == Counter({"missing or unreadable audio": 1})
+    assert len(report.datadir.utts) == 7
+
+
+def test_wrong_root(tmp_path):
+    (tmp_path / "somewhere").mkdir()
+    with pytest.raises(CorpusError, match=r"no Evaluation.txt or Evalution.txt found"):
+        prepare_corpus("msp_improv", tmp_path / "somewhere", tmp_path / "data")
+
+
+def test_no_audio_folders(tmp_path):
+    root = make_msp_improv(tmp_path / "rel", sessions=(1,))
+    (root / "Audio").rename(root / "audio_elsewhere")
+    with pytest.raises(CorpusError, match="no session1..session6 audio folders"):
+        prepare_corpus("msp_improv", root, tmp_path / "data")
+
+
+def test_failure_leaves_output_unchanged(tmp_path):
+    root = make_msp_improv(tmp_path / "rel", sessions=(1,))
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "marker").write_text("previous run\n")
+    append(root / "Evaluation.txt", "UTD-IMPROV-S01A-F01-R-FM01.avi; S; A:2.0;\n")
+    with pytest.raises(CorpusError):
+        prepare_corpus("msp_improv", root, out)
+    assert [p.name for p in out.iterdir()] == ["marker"]
+    assert (out / "marker").read_text() == "previous run\n"
