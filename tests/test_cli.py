@@ -1,0 +1,118 @@
+"""The `sertk` command: help everywhere, version, and one-line errors that change nothing."""
+import click
+import pytest
+from click.testing import CliRunner
+
+from replicas import make_emodb
+from sertk import __version__
+from sertk.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def all_commands(group, prefix=()):
+    for name, cmd in group.commands.items():
+        yield prefix + (name,)
+        if isinstance(cmd, click.Group):
+            yield from all_commands(cmd, prefix + (name,))
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+@pytest.mark.parametrize("path", list(all_commands(main)), ids=" ".join)
+def test_every_command_has_help(path):
+    result = run(*path, "--help")
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+@pytest.fixture
+def emodb_root(tmp_path):
+    return make_emodb(tmp_path / "emodb", speakers=["03", "08", "09"], texts=["a01"])
+
+
+def test_prepare_validate_folds_check(tmp_path, emodb_root):
+    result = run("data", "prepare", "emodb", "--root", emodb_root, "--out", tmp_path / "X")
+    assert result.exit_code == 0, result.output
+    assert "emodb: 21 utterances, 3 speakers, 7 classes" in result.output
+    assert "skipped 1: not an EmoDB wav name" in result.output
+    assert ["total"] + ["3"] * 7 + ["21"] in [line.split() for line in result.output.splitlines()]
+    result = run("data", "validate", tmp_path / "X")
+    assert result.exit_code == 0 and "OK (21 utterances, 3 speakers, 7 classes)" in result.output
+    result = run("data", "folds", tmp_path / "X", "--protocol", "loso", "--out", tmp_path / "Y")
+    assert result.exit_code == 0 and "3 folds, speaker-independent" in result.output
+    result = run("data", "check", tmp_path / "Y")
+    assert result.exit_code == 0 and "OK: in every fold" in result.output
+
+
+def error_line(result):
+    lines = [line for line in result.output.splitlines() if line.startswith("sertk: error:")]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def untouched(out):
+    return [p.name for p in out.iterdir()] == ["marker"] and (out / "marker").read_text() == "x"
+
+
+@pytest.fixture
+def out(tmp_path):
+    path = tmp_path / "out"
+    path.mkdir()
+    (path / "marker").write_text("x")
+    return path
+
+
+def test_missing_audio_in_wav_scp(tmp_path, emodb_root, out):
+    run("data", "prepare", "emodb", "--root", emodb_root, "--out", tmp_path / "X")
+    wav_scp = tmp_path / "X" / "wav.scp"
+    lines = wav_scp.read_text().splitlines()
+    lines[1] = lines[1].split()[0] + " /no/such/file.wav"
+    wav_scp.write_text("\n".join(lines) + "\n")
+    assert "wav.scp:2: audio file /no/such/file.wav does not exist" in \
+        error_line(run("data", "folds", tmp_path / "X", "--protocol", "loso", "--out", out))
+    assert untouched(out)
+    result = run("data", "validate", tmp_path / "X")
+    assert "wav.scp:2: /no/such/file.wav: no such audio file" in result.output
+    assert "1 problem(s)" in error_line(result)
+
+
+def test_corrupt_wav(emodb_root, out):
+    (emodb_root / "wav" / "08a01Ta.wav").write_bytes(b"RIFF\x00\x00junk")
+    line = error_line(run("data", "prepare", "emodb", "--root", emodb_root, "--out", out))
+    assert "08a01Ta.wav: not a readable audio file" in line and "--skip-bad-audio" in line
+    assert untouched(out)
+
+
+def test_unmapped_label(tmp_path, emodb_root, out):
+    labels = tmp_path / "labels.yaml"
+    labels.write_text("classes: [anger, rest]\nmap: {W: anger, L: rest, E: rest, A: rest, F: rest, T: rest}\n")
+    line = error_line(run("data", "prepare", "emodb", "--root", emodb_root, "--out", out, "--labels", labels))
+    assert "raw label 'N' is not in the label map" in line
+    assert untouched(out)
+
+
+def test_wrong_root(tmp_path, out):
+    line = error_line(run("data", "prepare", "ravdess", "--root", tmp_path, "--out", out))
+    assert "no Actor_XX folders found" in line
+    assert untouched(out)
+
+
+def test_options_for_another_protocol_are_refused(tmp_path, emodb_root):
+    run("data", "prepare", "emodb", "--root", emodb_root, "--out", tmp_path / "X")
+    line = error_line(run("data", "folds", tmp_path / "X", "--protocol", "loso", "--out", tmp_path / "Y",
+                          "--num-folds", "3"))
+    assert "random_kfold only" in line
+
+
+def test_import_csv(tmp_path, emodb_root):
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_text(f"path,label,speaker\n{emodb_root}/wav/03a01Wa.wav,angry,a\n"
+                        f"{emodb_root}/wav/08a01Ta.wav,sad,b\n")
+    result = run("data", "import", "--csv", csv_path, "--out", tmp_path / "D", "--corpus", "mine")
+    assert result.exit_code == 0 and "mine: 2 utterances, 2 speakers, 2 classes" in result.output
