@@ -27,3 +27,7 @@ class CorpusError(SertkError):
 
 class ProtocolError(SertkError):
     """An evaluation protocol cannot be built, or a fold layout breaks its promises."""
+
+
+class OutputError(SertkError):
+    """An output path exists and is not something sertk may replace."""

@@ -4,7 +4,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from sertk.errors import OutputError
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -23,13 +25,19 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(path: Path) -> Iterator[Path]:
+def atomic_output_dir(path: Path, kind: str = "output dir",
+                      replaceable: Callable[[Path], bool] = lambda p: False) -> Iterator[Path]:
     """Yield an empty temp dir that replaces `path` only if the block finishes.
 
-    On any exception the temp dir is removed and `path` is left exactly as it was,
-    so a failed command never leaves a half-built data dir behind.
+    On any exception the temp dir is removed and `path` is left exactly as it was, so a failed
+    command never leaves a half-built data dir behind. An existing `path` is replaced whole, so it
+    must be empty or pass `replaceable` (be the same `kind` of output): a mistyped --out must not
+    delete somebody's folder.
     """
     path = Path(path).resolve()
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or replaceable(path))):
+        raise OutputError(f"{path}: exists and is not a {kind}; refusing to replace it "
+                          "(remove it or choose another output)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:

@@ -116,3 +116,34 @@ def test_import_csv(tmp_path, emodb_root):
                         f"{emodb_root}/wav/08a01Ta.wav,sad,b\n")
     result = run("data", "import", "--csv", csv_path, "--out", tmp_path / "D", "--corpus", "mine")
     assert result.exit_code == 0 and "mine: 2 utterances, 2 speakers, 2 classes" in result.output
+
+
+def test_a_folder_that_is_not_a_data_dir_is_never_replaced(tmp_path, emodb_root):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    line = error_line(run("data", "prepare", "emodb", "--root", emodb_root, "--out", home))
+    assert "exists and is not a data dir; refusing to replace it" in line
+    assert (home / "thesis.tex").read_text() == "years of work"
+
+
+def test_rerunning_replaces_an_earlier_output(tmp_path, emodb_root):
+    for _ in range(2):
+        result = run("data", "prepare", "emodb", "--root", emodb_root, "--out", tmp_path / "X")
+        assert result.exit_code == 0, result.output
+    run("data", "folds", tmp_path / "X", "--protocol", "loso", "--out", tmp_path / "Y")
+    result = run("data", "folds", tmp_path / "X", "--protocol", "loso", "--out", tmp_path / "Y")
+    assert result.exit_code == 0 and "3 folds" in result.output
+    (tmp_path / "Y" / "fold1" / "notes.txt").write_text("x")  # still a protocol dir: replaced whole
+    assert run("data", "folds", tmp_path / "X", "--protocol", "loso", "--out", tmp_path / "Y").exit_code == 0
+    assert not (tmp_path / "Y" / "fold1" / "notes.txt").exists()
+    protocol_out = error_line(run("data", "folds", tmp_path / "X", "--protocol", "loso", "--out", tmp_path / "X" / ".."))
+    assert "refusing to replace" in protocol_out
+
+
+def test_split_default_folder_and_rerun(tmp_path, emodb_root):
+    run("data", "prepare", "emodb", "--root", emodb_root, "--out", tmp_path / "X")
+    for _ in range(2):
+        result = run("data", "split", tmp_path / "X", "2")
+        assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "X" / "split2").iterdir()) == ["1", "2"]

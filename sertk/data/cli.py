@@ -32,12 +32,13 @@ def data() -> None:
               help="How hard to check wav.scp: not at all, that files exist, or that they open as audio.")
 def validate(datadir: Path, labels: Optional[Path], audio: str) -> None:
     """List every problem of DATADIR with file and line; exit 0 only when it is clean."""
-    problems = validate_dir(datadir, labels=load_label_map(labels) if labels else None, audio=audio)
+    label_map = load_label_map(labels) if labels else None
+    problems = validate_dir(datadir, labels=label_map, audio=audio)
     for p in problems:
         click.echo(str(p))
     if problems:
         raise DataDirError(f"{datadir}: {len(problems)} problem(s)")
-    dd = DataDir.load(datadir, audio="none")
+    dd = DataDir.load(datadir, labels=label_map, audio="none")
     click.echo(f"{datadir}: OK ({len(dd.utts)} utterances, {len(dd.speakers)} speakers, "
                f"{len(dd.labels.classes)} classes)")
 
@@ -96,11 +97,15 @@ def split_cmd(src: Path, num_parts: int, out: Optional[Path]) -> None:
     """Split SRC into NUM_PARTS data dirs by speaker (OUT/1 ... OUT/N), for parallel jobs."""
     parts = split_by_speaker(DataDir.load(src), num_parts)
     out = out or src / f"split{num_parts}"
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, "split dir", _holds_only_parts) as tmp:
         for i, part in enumerate(parts, start=1):
             (tmp / str(i)).mkdir()
             part.write_into(tmp / str(i))
     click.echo(f"{out}: " + ", ".join(f"{i}: {len(p.utts)} utts" for i, p in enumerate(parts, start=1)))
+
+
+def _holds_only_parts(path: Path) -> bool:
+    return all(p.is_dir() and p.name.isdigit() for p in path.iterdir())
 
 
 def _refuse_overwriting_sources(out: Path, srcs) -> None:

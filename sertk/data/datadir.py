@@ -81,6 +81,10 @@ class DataDir:
             (path / LABEL_MAP_FILE).write_text(self.labels.to_yaml(), encoding="utf-8")
 
     def save(self, path) -> None:
-        """Replace the data dir at `path` with this one, atomically."""
-        with atomic_output_dir(path) as tmp:
+        """Replace the data dir at `path` (if any) with this one, atomically."""
+        with atomic_output_dir(path, "data dir", is_data_dir) as tmp:
             self.write_into(tmp)
+
+
+def is_data_dir(path: Path) -> bool:
+    return (Path(path) / "wav.scp").is_file()

@@ -140,7 +140,7 @@ def make_folds(dd: DataDir, protocol: str, out, corpus: Optional[str] = None, so
     proto = PROTOCOLS[protocol]
     folds = proto.build(dd, **options)
     card = _card(dd, protocol, proto, folds, corpus or dd.labels.corpus or "unknown", source, options)
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, "protocol dir", lambda p: (p / CARD_FILE).is_file()) as tmp:
         for k, fold in enumerate(folds, start=1):
             for split in SPLITS:
                 (tmp / f"fold{k}" / split).mkdir(parents=True)
