@@ -138,7 +138,7 @@ def test_rerunning_replaces_an_earlier_output(tmp_path, emodb_root):
     assert run("data", "folds", tmp_path / "X", "--protocol", "loso", "--out", tmp_path / "Y").exit_code == 0
     assert not (tmp_path / "Y" / "fold1" / "notes.txt").exists()
     protocol_out = error_line(run("data", "folds", tmp_path / "X", "--protocol", "loso", "--out", tmp_path / "X" / ".."))
-    assert "refusing to replace" in protocol_out
+    assert "would replace the input" in protocol_out
 
 
 def test_split_default_folder_and_rerun(tmp_path, emodb_root):
@@ -147,3 +147,11 @@ def test_split_default_folder_and_rerun(tmp_path, emodb_root):
         result = run("data", "split", tmp_path / "X", "2")
         assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "X" / "split2").iterdir()) == ["1", "2"]
+
+
+def test_an_output_holding_an_input_is_refused(tmp_path, emodb_root):
+    run("data", "prepare", "emodb", "--root", emodb_root, "--out", tmp_path / "D")
+    run("data", "split", tmp_path / "D", "2")
+    line = error_line(run("data", "subset", tmp_path / "D" / "split2" / "1", tmp_path / "D", "--first", "3"))
+    assert "would replace the input" in line
+    assert (tmp_path / "D" / "split2" / "1" / "wav.scp").is_file()

@@ -35,7 +35,7 @@ def test_case_sensitive_with_hint(tmp_path):
     ("classes: [a, a]\nmap: {x: a}\n", "twice"),
     ("classes: [drop]\nmap: {x: drop}\n", "reserved"),
     ("map: {x: a}\n", "needs 'classes'"),
-    ("classes: [a\n", "not valid YAML"),
+    ("classes: [a\n", "not a valid YAML"),
 ])
 def test_bad_maps_are_refused(tmp_path, text, message):
     with pytest.raises(LabelError, match=message):
@@ -64,3 +64,10 @@ def test_iemocap_default_merges_excited():
     lm = default_label_map("iemocap")
     assert lm.map("exc") == lm.map("hap") == "happiness"
     assert lm.map("fru") is None and lm.map("xxx") is None
+
+
+def test_binary_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "labels.yaml"
+    path.write_bytes(b"classes: [\xff\xfe]\n")
+    with pytest.raises(LabelError, match="not a valid YAML text file"):
+        load_label_map(path)

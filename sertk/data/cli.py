@@ -109,8 +109,10 @@ def _holds_only_parts(path: Path) -> bool:
 
 
 def _refuse_overwriting_sources(out: Path, srcs) -> None:
-    if any(out.resolve() == Path(s).resolve() for s in srcs):
-        raise DataDirError(f"{out}: the output must not be one of the input dirs")
+    # the output is replaced whole, so it must neither be an input nor hold one
+    for src in srcs:
+        if Path(src).resolve().is_relative_to(out.resolve()):
+            raise DataDirError(f"{out}: the output would replace the input {src}; choose another output")
 
 
 # --- corpus preparation -------------------------------------------------------------------------

@@ -26,9 +26,8 @@ class DataDir:
         path = Path(path)
         problems = validate_dir(path, labels=labels, audio=audio)
         if problems:
-            more = f" (and {len(problems) - 1} more problem(s); run 'sertk data validate {path}')" \
-                if len(problems) > 1 else ""
-            raise DataDirError(f"{problems[0]}{more}")
+            more = f"and {len(problems) - 1} more problem(s); " if len(problems) > 1 else ""
+            raise DataDirError(f"{problems[0]} ({more}run 'sertk data validate {path}')")
         tables = {name: read_table(path / name) for name in per_utt_files(path)}
         segments = read_table(path / "segments") if (path / "segments").is_file() else {}
         if labels is None:

@@ -30,12 +30,15 @@ class FixReport:
 
 def fix_dir(path) -> FixReport:
     path = Path(path)
-    if not (path / "wav.scp").is_file():
-        raise DataDirError(f"{path}: no wav.scp, nothing to fix")
+    for name in ("wav.scp", "utt2spk"):
+        # without utt2spk, spk2utt would be rebuilt empty: refuse rather than destroy it
+        if not (path / name).is_file():
+            raise DataDirError(f"{path}: no {name}, cannot fix this data dir")
     report = FixReport()
     tables: Dict[str, Dict[str, str]] = {}
     conflicted = set()
-    for name in per_utt_files(path):
+    # wav.scp first, so an utterance without audio is counted as 'missing from wav.scp'
+    for name in sorted(per_utt_files(path), key=lambda n: n != "wav.scp"):
         tables[name], bad = _read_lenient(path / name, report)
         conflicted |= bad
     all_ids = set().union(*tables.values())
@@ -51,8 +54,12 @@ def fix_dir(path) -> FixReport:
     utt2spk = {u: v for u, v in tables.get("utt2spk", {}).items() if u in keep}
     new_text["spk2utt"] = "".join(f"{s} {' '.join(us)}\n" for s, us in invert_utt2spk(utt2spk).items())
     if (path / "segments").is_file():
-        segs, _ = _read_lenient(path / "segments", report)
-        new_text["segments"] = format_table((s, v) for s, v in segs.items() if v.split()[0] in keep)
+        segs, seg_conflicts = _read_lenient(path / "segments", report)
+        if seg_conflicts:
+            log.warning("%s: dropping %d segment(s) listed twice with different values, e.g. '%s'",
+                        path / "segments", len(seg_conflicts), sorted(seg_conflicts)[0])
+        new_text["segments"] = format_table((s, v) for s, v in segs.items()
+                                            if s not in seg_conflicts and v.split()[0] in keep)
     _write_changed(path, new_text, report)
     report.kept = len(keep)
     return report
@@ -73,8 +80,9 @@ def _read_lenient(path: Path, report: FixReport):
 
 
 def _write_changed(path: Path, new_text: Dict[str, str], report: FixReport) -> None:
+    # compare bytes: a file with undecodable lines must be rewritten, not crash the comparison
     changed = [name for name, text in new_text.items()
-               if not (path / name).is_file() or (path / name).read_text(encoding="utf-8") != text]
+               if not (path / name).is_file() or (path / name).read_bytes() != text.encode("utf-8")]
     if not changed:
         return
     backup = path / ".backup" / time.strftime("%Y%m%d-%H%M%S")

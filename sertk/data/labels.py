@@ -86,8 +86,8 @@ def load_label_map(path) -> LabelMap:
         raise LabelError(f"{path}: no such label map")
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise LabelError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise LabelError(f"{path}: not a valid YAML text file ({e.__class__.__name__})") from None
     return label_map_from_dict(doc, source=str(path))
 
 

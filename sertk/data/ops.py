@@ -15,7 +15,11 @@ def read_id_list(path) -> List[str]:
     path = Path(path)
     if not path.is_file():
         raise DataDirError(f"{path}: no such id list")
-    return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataDirError(f"{path}: not a text file of ids (not valid UTF-8)") from None
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
 def subset(dd: DataDir, utt_list: Optional[Sequence[str]] = None, speakers: Optional[Sequence[str]] = None,
@@ -38,6 +42,8 @@ def subset(dd: DataDir, utt_list: Optional[Sequence[str]] = None, speakers: Opti
 
 
 def _require_known(ids: Sequence[str], known: set, what: str) -> None:
+    if not ids:  # an empty list file or --speakers ',' is a mistake, not a request for an empty dir
+        raise DataDirError(f"the {what} list is empty; nothing to select")
     unknown = sorted(set(ids) - known)
     if unknown:
         shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
@@ -53,6 +59,7 @@ def combine(dirs: Sequence[DataDir], names: Sequence[str]) -> DataDir:
     for name in sorted(set.union(*(set(d.tables) for d in dirs)) - common):
         log.warning("leaving out %s: not every source dir has it", name)
     owner: Dict[str, str] = {}
+    seg_owner: Dict[str, str] = {}
     tables: Dict[str, Dict[str, str]] = {name: {} for name in common}
     segments: Dict[str, str] = {}
     for dd, src in zip(dirs, names):
@@ -63,8 +70,9 @@ def combine(dirs: Sequence[DataDir], names: Sequence[str]) -> DataDir:
         for name in common:
             tables[name].update(dd.tables[name])
         for seg, value in dd.segments.items():
-            if seg in segments:
-                raise DataDirError(f"segment id '{seg}' is in more than one source dir ({src})")
+            if seg in seg_owner:
+                raise DataDirError(f"segment id '{seg}' is in both {seg_owner[seg]} and {src}")
+            seg_owner[seg] = src
             segments[seg] = value
     return DataDir(tables, labels, segments)
 

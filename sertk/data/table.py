@@ -21,9 +21,14 @@ def parse_table(path: Path) -> Tuple[List[Entry], List[Tuple[int, str]]]:
     may contain spaces, as in Kaldi.
     """
     entries, bad = [], []
-    with open(path, encoding="utf-8") as f:
+    # undecodable bytes become lone surrogates, so one bad line is reported instead of the whole
+    # read failing with a UnicodeDecodeError
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for lineno, raw in enumerate(f, start=1):
             line = raw.strip()
+            if not _is_utf8(line):
+                bad.append((lineno, "not valid UTF-8 text"))
+                continue
             if not line:
                 bad.append((lineno, "empty line"))
                 continue
@@ -33,6 +38,14 @@ def parse_table(path: Path) -> Tuple[List[Entry], List[Tuple[int, str]]]:
                 continue
             entries.append(Entry(parts[0], parts[1].strip(), lineno))
     return entries, bad
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_table(path: Path) -> Dict[str, str]:
