@@ -4,11 +4,11 @@ from collections import Counter
 
 import pytest
 import yaml
+from replicas import prepare_valid
 from replicas_licensed import iemocap_utt, make_iemocap
 
 from sertk.data.corpora import iemocap, prepare_corpus
 from sertk.data.table import read_table
-from sertk.data.validate import validate_dir
 from sertk.errors import AudioError, CorpusError
 
 # per session: 12 labelled utterances, 9 in the 4-class set (xxx and fru are dropped)
@@ -22,9 +22,7 @@ def release(tmp_path_factory):
 
 
 def prepare(root, out, **options):
-    report = prepare_corpus("iemocap", root, out, **options)
-    assert validate_dir(out) == []
-    return report
+    return prepare_valid("iemocap", root, out, **options)
 
 
 def table(out, name):

@@ -27,7 +27,8 @@ def data() -> None:
 
 @data.command()
 @click.argument("datadir", type=click.Path(path_type=Path))
-@click.option("--labels", type=click.Path(path_type=Path), help="Label map to check against [default: DIR/labels.yaml].")
+@click.option("--labels", type=click.Path(path_type=Path),
+              help="Label map to check against [default: DIR/labels.yaml].")
 @click.option("--audio", type=click.Choice(AUDIO_CHECKS), default="header", show_default=True,
               help="How hard to check wav.scp: not at all, that files exist, or that they open as audio.")
 def validate(datadir: Path, labels: Optional[Path], audio: str) -> None:

@@ -139,7 +139,8 @@ class _Validator:
                 return
         for e in self.entries["utt2emo"]:
             if e.value not in labels.classes:
-                self.add("utt2emo", e.line, f"class '{e.value}' is not in the label map's classes {list(labels.classes)}")
+                self.add("utt2emo", e.line,
+                         f"class '{e.value}' is not in the label map's classes {list(labels.classes)}")
         emo = {e.key: e.value for e in self.entries["utt2emo"]}
         for e in self.entries.get("utt2lab_raw", []):
             try:
@@ -151,7 +152,8 @@ class _Validator:
                 self.add("utt2lab_raw", e.line, f"raw label '{e.value}' is dropped by the label map, "
                          "yet the utterance is in the data dir")
             elif e.key in emo and emo[e.key] != cls:
-                self.add("utt2lab_raw", e.line, f"raw label '{e.value}' maps to '{cls}' but utt2emo says '{emo[e.key]}'")
+                self.add("utt2lab_raw", e.line,
+                         f"raw label '{e.value}' maps to '{cls}' but utt2emo says '{emo[e.key]}'")
 
     def _check_audio(self, audio: str) -> Dict[str, float]:
         durations: Dict[str, float] = {}

@@ -13,7 +13,8 @@ from pathlib import Path
 from sertk.data.prepare import Scan, Utterance
 from sertk.errors import CorpusError
 
-NAME = re.compile(r"^(?P<mod>\d\d)-(?P<chan>\d\d)-(?P<emo>\d\d)-(?P<int>\d\d)-(?P<stmt>\d\d)-(?P<rep>\d\d)-(?P<actor>\d\d)\.wav$")
+NAME = re.compile(r"^(?P<mod>\d\d)-(?P<chan>\d\d)-(?P<emo>\d\d)-(?P<int>\d\d)"
+                  r"-(?P<stmt>\d\d)-(?P<rep>\d\d)-(?P<actor>\d\d)\.wav$")
 ACTOR_DIR = re.compile(r"^Actor_(\d\d)$")
 INTENSITY = {"01": "normal", "02": "strong"}
 
