@@ -15,7 +15,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["sertk", "sertk.*"]),
-    package_data={"sertk.data.corpora": ["labels/*.yaml"]},
+    package_data={"sertk.data.corpora": ["labels/*.yaml", "manifests/*.sha256"]},
     install_requires=[
         # torch is pinned by the install command, not here, so that users keep their CUDA build.
         "torch>=2.1",
@@ -28,6 +28,7 @@ setup(
         "kaldiio>=2.18",
         "soundfile>=0.12",
         "soxr>=0.3",
+        "pillow>=9.0",  # confusion-matrix images (already required by tensorboard)
     ],
     extras_require={
         "opensmile": ["opensmile>=2.4"],

@@ -36,10 +36,11 @@ class _Formatter(logging.Formatter):
 def _setup_logging(verbose: int, quiet: bool) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(_Formatter())
+    handler.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     root = logging.getLogger("sertk")
     root.handlers[:] = [handler]
     root.propagate = False
-    root.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)  # file logs (train.log) keep INFO when quiet
 
 
 @click.group(cls=SertkGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,6 +7,7 @@ import click
 from sertk.data.check import check_protocol
 from sertk.data.corpora import import_csv, prepare_corpus
 from sertk.data.datadir import DataDir
+from sertk.data.download import SOURCES, fetch_corpus
 from sertk.data.fix import fix_dir
 from sertk.data.labels import load_label_map
 from sertk.data.ops import combine, read_id_list, split_by_speaker, subset
@@ -193,6 +194,17 @@ def import_cmd(csv_path: Path, out: Path, labels: Optional[Path], corpus: Option
     report = import_csv(csv_path, out, labels=load_label_map(labels) if labels else None, corpus=corpus,
                         skip_bad_audio=skip_bad_audio)
     _print_report(corpus or csv_path.name, out, report)
+
+
+@data.command()
+@click.argument("corpus", type=click.Choice(sorted(SOURCES)))
+@click.option("--dest", required=True, type=out_dir, help="Folder for the zip and the extracted corpus.")
+@click.option("--url", help="Another address for the official zip (a mirror).")
+@click.option("--zip", "zip_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Use this already downloaded zip.")
+def download(corpus: str, dest: Path, url: Optional[str], zip_path: Optional[Path]) -> None:
+    """Download a public corpus, extract it safely and verify every file; print its root."""
+    click.echo(fetch_corpus(corpus, dest, url=url, zip_path=zip_path))
 
 
 # --- protocols ----------------------------------------------------------------------------------

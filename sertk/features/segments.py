@@ -1,0 +1,50 @@
+"""Segments: fixed-length windows over an utterance's frames (GUIDE section 4).
+
+Windows are cut from stored frame-level features, so segmentation never re-reads audio. An
+utterance shorter than one window becomes one segment padded at the end (its mask says which
+frames are real); otherwise windows start every `hop` frames and, if the last one stops short of
+the end, one more window aligned to the end covers the tail.
+"""
+from dataclasses import dataclass
+from typing import List, Tuple
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    length: float = 2.0   # seconds
+    hop: float = 1.0      # seconds
+
+    def frames(self, frame_hop_s: float) -> Tuple[int, int]:
+        """(window, hop) in frames for features with the given frame hop in seconds."""
+        length, hop = round(self.length / frame_hop_s), round(self.hop / frame_hop_s)
+        if length < 1 or hop < 1:
+            raise ValueError(f"segment length {self.length} s and hop {self.hop} s must each span at least "
+                             f"one frame of {frame_hop_s} s")
+        return length, hop
+
+
+def segment_bounds(num_frames: int, length: int, hop: int) -> List[Tuple[int, int]]:
+    """[start, end) frame bounds of the windows of one utterance; end - start <= length."""
+    if num_frames <= 0:
+        raise ValueError("an utterance needs at least one frame")
+    if num_frames <= length:
+        return [(0, num_frames)]
+    starts = list(range(0, num_frames - length + 1, hop))
+    if starts[-1] + length < num_frames:
+        starts.append(num_frames - length)
+    return [(s, s + length) for s in starts]
+
+
+def segment_id(utt: str, start: int, end: int) -> str:
+    return f"{utt}-{start:06d}-{end:06d}"
+
+
+def cut(feats: np.ndarray, start: int, end: int, length: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The window [start, end) of `feats` [frames, dim], zero-padded to `length`, and its frame mask."""
+    window = np.zeros((length, feats.shape[1]), dtype=np.float32)
+    window[:end - start] = feats[start:end]
+    mask = np.zeros(length, dtype=bool)
+    mask[:end - start] = True
+    return window, mask

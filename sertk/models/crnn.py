@@ -1,0 +1,67 @@
+"""crnn: the baseline. A 2-D CNN over log-mel, a BiLSTM over time, masked attention pooling.
+
+Not a published model: a small, honest reference point for the recipes. Each conv block is
+conv 3x3 -> batch norm -> ReLU -> 2x2 max pool (time and frequency); padded frames are zeroed
+after every block and skipped by the LSTM (packed) and by the pooling, so a segment's posterior
+depends on its own frames only.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from sertk.models import register
+from sertk.models.pooling import AttentionPooling, downsample_mask
+
+
+@dataclass
+class CRNNConfig:
+    stream: str = "logmel"               # feature stream read: [T, n_mels]
+    n_mels: int = 64
+    channels: List[int] = field(default_factory=lambda: [16, 32, 64])
+    lstm_hidden: int = 64
+    lstm_layers: int = 1
+    attention_hidden: int = 64
+    dropout: float = 0.3
+
+
+@register("crnn")
+class CRNN(nn.Module):
+    Config = CRNNConfig
+
+    def __init__(self, num_classes: int, cfg: CRNNConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.streams = (cfg.stream,)
+        blocks, in_ch = [], 1
+        for ch in cfg.channels:
+            blocks.append(nn.Sequential(nn.Conv2d(in_ch, ch, 3, padding=1), nn.BatchNorm2d(ch), nn.ReLU(),
+                                        nn.MaxPool2d(2, ceil_mode=True)))
+            in_ch = ch
+        self.blocks = nn.ModuleList(blocks)
+        freq = cfg.n_mels
+        for _ in cfg.channels:
+            freq = -(-freq // 2)
+        self.lstm = nn.LSTM(in_ch * freq, cfg.lstm_hidden, num_layers=cfg.lstm_layers, batch_first=True,
+                            bidirectional=True, dropout=cfg.dropout if cfg.lstm_layers > 1 else 0.0)
+        self.pool = AttentionPooling(2 * cfg.lstm_hidden, cfg.attention_hidden)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(2 * cfg.lstm_hidden, num_classes)
+
+    def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        x, mask = batch[self.cfg.stream], batch["mask"]
+        if x.shape[-1] != self.cfg.n_mels:
+            raise ValueError(f"crnn expects {self.cfg.n_mels} mel bands, got {x.shape[-1]}")
+        h = x.unsqueeze(1)                                    # [B, 1, T, F]
+        for block in self.blocks:
+            h = block(h * mask[:, None, :h.shape[2], None])
+            mask = downsample_mask(mask, 2, h.shape[2])
+        h = h * mask[:, None, :, None]
+        h = h.permute(0, 2, 1, 3).flatten(2)                  # [B, T', C * F']
+        lengths = mask.sum(1).clamp(min=1)
+        packed = pack_padded_sequence(h, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        h, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=h.shape[1])
+        pooled = self.pool(h, mask)
+        return {"logits": self.out(self.dropout(pooled))}

@@ -1,0 +1,25 @@
+"""Masked pooling over time: padded frames never change a pooled vector."""
+import torch
+from torch import nn
+
+
+class AttentionPooling(nn.Module):
+    """Softmax attention over valid frames: sum_t a_t h_t with a = softmax(w^T tanh(W h_t))."""
+
+    def __init__(self, dim: int, hidden: int = 64):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """h: [B, T, D]; mask: [B, T] bool, at least one True per row -> [B, D]."""
+        scores = self.score(h).squeeze(-1).masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=1)
+        return torch.bmm(weights.unsqueeze(1), h).squeeze(1)
+
+
+def downsample_mask(mask: torch.Tensor, factor: int, length: int) -> torch.Tensor:
+    """The frame mask after pooling time by `factor` (a pooled frame is valid if any input was)."""
+    if factor == 1:
+        return mask[:, :length]
+    pooled = nn.functional.max_pool1d(mask.float().unsqueeze(1), factor, factor, ceil_mode=True).squeeze(1) > 0
+    return pooled[:, :length]

@@ -1,0 +1,1 @@
+"""Training, checkpoints and segment-posterior inference (GUIDE section 6)."""

@@ -1,0 +1,122 @@
+"""Experiment configs: one YAML says everything; any key can be overridden as `key.sub=value`.
+
+The resolved config is the defaults below, then the model's own Config defaults under `model`,
+then the YAML file, then the command-line overrides. Every key must exist in the defaults, so a
+typo is an error rather than a silently ignored setting.
+"""
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional
+
+import yaml
+
+from sertk.errors import SertkError
+from sertk.models import make_config
+from sertk.yamlutil import load_yaml
+
+
+class ConfigError(SertkError):
+    """A config file or override that cannot be applied."""
+
+
+DEFAULTS: Dict[str, Any] = {
+    "model": {"name": None},
+    "features": {"cmvn": "global"},            # global | speaker | none; statistics from train only
+    "segments": {"length": 2.0, "hop": 1.0, "train_hop": None},  # seconds; train_hop defaults to hop
+    "train": {"epochs": 40, "batch_size": 32, "seed": 0, "patience": 10, "min_epochs": 1,
+              "class_weighted": True, "grad_clip": 5.0, "amp": True},
+    "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0},
+    "scheduler": {"name": "none", "step_size": 10, "gamma": 0.5, "factor": 0.5, "patience": 3},
+    "augment": {"specaugment": False, "time_masks": 2, "time_width": 20, "freq_masks": 2, "freq_width": 8},
+    "decode": {"rule": "mean"},
+}
+
+
+def load_config(path: Optional[Path], overrides: Iterable[str] = ()) -> Dict[str, Any]:
+    """The resolved config of the YAML at `path` with `overrides` ("a.b=value") applied."""
+    user: Dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            user = load_yaml(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+        if not isinstance(user, dict):
+            raise ConfigError(f"{path}: a config must be a mapping of sections")
+    overrides = [_parse_override(o) for o in overrides]
+    name = dict(overrides).get("model.name") or (user.get("model") or {}).get("name")
+    if not name:
+        raise ConfigError(f"{path or 'config'}: model.name is not set")
+    config = copy.deepcopy(DEFAULTS)
+    config["model"] = {"name": name, **dataclasses.asdict(make_config(name))}
+    _merge(config, user, where=str(path))
+    for key, value in overrides:
+        set_key(config, key, value)
+    make_config(name, **{k: v for k, v in config["model"].items() if k != "name"})  # validates model options
+    return config
+
+
+def _parse_override(text: str):
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}' is not of the form key.sub=value")
+    try:
+        return key.strip(), load_yaml(value)
+    except yaml.YAMLError:
+        raise ConfigError(f"override '{text}': the value is not valid YAML") from None
+
+
+def _merge(base: Dict[str, Any], user: Dict[str, Any], where: str, prefix: str = "") -> None:
+    for key, value in user.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise ConfigError(f"{where}: unknown key '{dotted}' (known: {', '.join(sorted(base))})")
+        if isinstance(base[key], dict) and isinstance(value, dict):
+            _merge(base[key], value, where, dotted + ".")
+        else:
+            base[key] = _checked(dotted, base[key], value)
+
+
+def set_key(config: Dict[str, Any], dotted: str, value: Any) -> None:
+    node = config
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            known = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
+            raise ConfigError(f"unknown config key '{dotted}' (at '{'.'.join(parts[:i + 1])}'; known: {known})")
+        if i == len(parts) - 1:
+            node[part] = _checked(dotted, node[part], value)
+        else:
+            node = node[part]
+
+
+def _checked(key: str, default: Any, value: Any) -> Any:
+    """`value` if it has the default's type (an int where a float is expected is fine)."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(default, bool) and isinstance(value, bool)
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and (isinstance(default, float) or isinstance(value, int))
+        value = float(value) if ok and isinstance(default, float) else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ConfigError(f"config key '{key}' expects a {type(default).__name__} like {default!r}, got {value!r}")
+    return value
+
+
+def get_key(config: Dict[str, Any], dotted: str) -> Any:
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"unknown config key '{dotted}'")
+        node = node[part]
+    return node
+
+
+def model_options(config: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in config["model"].items() if k != "name"}

@@ -1,0 +1,50 @@
+import pytest
+
+from sertk.models import ModelConfigError
+from sertk.train.config import ConfigError, get_key, load_config
+
+
+def write(tmp_path, text):
+    (tmp_path / "c.yaml").write_text(text)
+    return tmp_path / "c.yaml"
+
+
+def test_defaults_model_defaults_file_and_overrides_in_that_order(tmp_path):
+    path = write(tmp_path, "model: {name: crnn, dropout: 0.1}\noptim: {lr: 1e-3}\ntrain: {epochs: 5}\n")
+    config = load_config(path, ["optim.lr=1e-4", "model.channels=[8, 16]", "train.epochs=7"])
+    assert config["optim"]["lr"] == pytest.approx(1e-4) and isinstance(config["optim"]["lr"], float)
+    assert config["model"]["channels"] == [8, 16] and config["model"]["dropout"] == 0.1
+    assert config["train"]["epochs"] == 7 and config["train"]["batch_size"] == 32
+    assert config["model"]["lstm_hidden"] == 64  # the model's own default
+    assert get_key(config, "segments.length") == 2.0
+
+
+def test_scientific_notation_in_files_is_a_number(tmp_path):
+    config = load_config(write(tmp_path, "model: {name: crnn}\noptim: {lr: 5e-4}\n"))
+    assert config["optim"]["lr"] == pytest.approx(5e-4)
+
+
+def test_an_int_where_a_float_is_expected_becomes_a_float():
+    assert load_config(None, ["model.name=crnn", "optim.lr=1"])["optim"]["lr"] == 1.0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.name=crnn", "optim.lrr=1"], "unknown config key 'optim.lrr'"),
+    (["model.name=crnn", "optim.lr=fast"], "expects a float"),
+    (["model.name=crnn", "train.amp=1"], "expects a bool"),
+    (["model.name=crnn", "train.epochs"], "not of the form key.sub=value"),
+    (["model.name=crnn", "model.nope=1"], "unknown config key 'model.nope'"),
+    ([], "model.name is not set"),
+])
+def test_bad_overrides(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_unknown_model_and_unknown_file_key(tmp_path):
+    with pytest.raises(ModelConfigError, match="unknown model 'nope'; available: crnn"):
+        load_config(None, ["model.name=nope"])
+    with pytest.raises(ConfigError, match="unknown key 'trian'"):
+        load_config(write(tmp_path, "model: {name: crnn}\ntrian: {epochs: 3}\n"))
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "none.yaml")

@@ -1,0 +1,67 @@
+"""Every registered model: shapes, batch and padding invariance, and that it can learn."""
+import pytest
+import torch
+
+from sertk.models import available_models, build_model, model_class
+
+
+def batch_for(model, batch=4, frames=200, valid=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    dims = {"logmel": model.cfg.n_mels}
+    out = {s: torch.randn(batch, frames, dims[s], generator=g) for s in model.streams}
+    mask = torch.ones(batch, frames, dtype=torch.bool)
+    if valid is not None:
+        for i, v in enumerate(valid):
+            mask[i, v:] = False
+            for s in model.streams:
+                out[s][i, v:] = 0
+    out["mask"] = mask
+    return out
+
+
+@pytest.fixture(params=available_models())
+def model(request):
+    torch.manual_seed(0)
+    return build_model(request.param, num_classes=5)
+
+
+def test_logit_shape(model):
+    for frames in (50, 200, 333):
+        assert model(batch_for(model, frames=frames))["logits"].shape == (4, 5)
+
+
+def test_posteriors_do_not_depend_on_the_batch(model):
+    model.eval()
+    batch = batch_for(model, batch=5, valid=[200, 120, 37, 200, 199])
+    together = model(batch)["logits"]
+    for i in range(5):
+        alone = model({k: v[i:i + 1] for k, v in batch.items()})["logits"]
+        torch.testing.assert_close(alone[0], together[i], atol=1e-5, rtol=1e-5)
+
+
+def test_padding_content_is_ignored(model):
+    model.eval()
+    batch = batch_for(model, batch=2, valid=[120, 200])
+    noisy = {k: v.clone() for k, v in batch.items()}
+    for s in model.streams:
+        noisy[s][0, 120:] = 99.0
+    torch.testing.assert_close(model(batch)["logits"], model(noisy)["logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_overfits_a_tiny_batch(model):
+    batch = batch_for(model, batch=8, frames=100)
+    labels = torch.arange(8) % 5
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(model(batch)["logits"], labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    assert (model(batch)["logits"].argmax(1) == labels).all()
+
+
+def test_crnn_parameter_count_and_registry():
+    assert model_class("crnn").__name__ == "CRNN"
+    assert sum(p.numel() for p in build_model("crnn", 7).parameters()) == 328_680
