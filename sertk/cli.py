@@ -54,7 +54,9 @@ def main(verbose: int, quiet: bool) -> None:
 
 def _register() -> None:
     from sertk.data.cli import data
-    main.add_command(data)
+    from sertk.score_cli import results, score
+    for command in (data, score, results):
+        main.add_command(command)
 
 
 _register()

@@ -31,3 +31,11 @@ class ProtocolError(SertkError):
 
 class OutputError(SertkError):
     """An output path exists and is not something sertk may replace."""
+
+
+class ScoreError(SertkError):
+    """Decoder output and references cannot be scored together (missing, extra or unknown entries)."""
+
+
+class FeatureError(SertkError):
+    """A feature config is invalid, or a feature dump is missing or does not match what is asked."""

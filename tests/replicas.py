@@ -9,9 +9,6 @@ from typing import Iterable, Optional
 import numpy as np
 import soundfile as sf
 
-from sertk.data.corpora import prepare_corpus
-from sertk.data.validate import validate_dir
-
 EMODB_SPEAKERS = ("03", "08", "09", "10", "11", "12", "13", "14", "15", "16")
 EMODB_EMOTIONS = "WLEAFTN"
 
@@ -57,9 +54,3 @@ def make_ravdess(root: Path, actors: Iterable[int] = range(1, 25), emotions: Ite
             write_wav(folder / f"03-02-03-01-01-01-{actor:02d}.wav", seconds=0.2)
     return root
 
-
-def prepare_valid(corpus: str, root: Path, out: Path, **options):
-    """Prepare a replica and insist that the data dir it writes validates clean."""
-    report = prepare_corpus(corpus, root, out, **options)
-    assert validate_dir(out) == []
-    return report

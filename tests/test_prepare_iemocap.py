@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 import yaml
-from replicas import prepare_valid
+from helpers import prepare_valid
 from replicas_licensed import iemocap_utt, make_iemocap
 
 from sertk.data.corpora import iemocap, prepare_corpus

@@ -2,7 +2,7 @@
 from collections import Counter
 
 import pytest
-from replicas import prepare_valid
+from helpers import prepare_valid
 from replicas_licensed import make_msp_improv
 
 from sertk.audio import audio_info

@@ -1,0 +1,243 @@
+"""Segment posteriors -> utterance decisions (voting rules), and the decode dir that holds them.
+
+A decode dir (e.g. `exp/loso/crnn/fold1/decode_test/`) is the contract between decoding and scoring:
+
+    post_seg            <seg> p_1 ... p_C        posteriors in label-map class order, sorted by id
+    seg2utt             <seg> <utt>
+    votes/<rule>/post   <utt> p_1 ... p_C        for every voting rule
+    votes/<rule>/hyp    <utt> <class name>
+    post, hyp           copies of the default rule's files (what a user reads first)
+    classes             class names in column order, one per line
+    decode.yaml         what was decoded (checkpoint, data dir, rule, ...), as the decoder says
+
+This module needs numpy only, so scoring never imports torch.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Sequence
+
+import numpy as np
+import yaml
+
+from sertk.data.table import format_table, read_table
+from sertk.errors import ScoreError
+from sertk.fsutil import atomic_output_dir
+
+DEFAULT_RULE = "mean"
+# log(0) would make one confident segment veto a class with -inf and turn ties into NaN; a floor
+# keeps the veto strong (one zero costs ~28 nats) but finite
+LOG_FLOOR = 1e-12
+NUMBER_FORMAT = "%.6g"
+
+
+def _normalise(scores: np.ndarray) -> np.ndarray:
+    total = scores.sum()
+    return scores / total if total > 0 else np.full_like(scores, 1.0 / scores.size)
+
+
+def _mean(seg_post: np.ndarray) -> np.ndarray:
+    return _normalise(seg_post.mean(axis=0))
+
+
+def _majority(seg_post: np.ndarray) -> np.ndarray:
+    """Vote fractions: the share of segments whose argmax is each class."""
+    counts = np.bincount(seg_post.argmax(axis=1), minlength=seg_post.shape[1])
+    return counts / seg_post.shape[0]
+
+
+def _logsum(seg_post: np.ndarray) -> np.ndarray:
+    """Sum of log posteriors, i.e. the geometric mean, renormalised (max-shifted, so no underflow)."""
+    logs = np.log(np.maximum(seg_post, LOG_FLOOR)).sum(axis=0)
+    return _normalise(np.exp(logs - logs.max()))
+
+
+def _max(seg_post: np.ndarray) -> np.ndarray:
+    return _normalise(seg_post.max(axis=0))
+
+
+_RULES: Dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "mean": _mean, "majority": _majority, "logsum": _logsum, "max": _max}
+VOTING_RULES = tuple(_RULES)
+
+
+def _as_seg_post(seg_post) -> np.ndarray:
+    post = np.asarray(seg_post, dtype=np.float64)
+    if post.ndim == 1:  # one segment
+        post = post[None, :]
+    if post.ndim != 2 or post.shape[0] == 0 or post.shape[1] == 0:
+        raise ValueError(f"segment posteriors must be [segments, classes] with both > 0, got shape {post.shape}")
+    if not np.all(np.isfinite(post)) or np.any(post < 0):
+        raise ValueError("segment posteriors must be finite and non-negative")
+    return post
+
+
+def _check_rule(rule: str) -> None:
+    if rule not in _RULES:
+        raise ValueError(f"unknown voting rule '{rule}'; known: {', '.join(VOTING_RULES)}")
+
+
+def vote(seg_post, rule: str = DEFAULT_RULE) -> np.ndarray:
+    """The utterance distribution [C] (sums to 1) from its segment posteriors [S, C] under `rule`.
+
+    mean: mean posterior. majority: the fraction of segments voting for each class (argmax).
+    logsum: geometric mean of the posteriors, renormalised. max: per-class max, renormalised.
+    """
+    _check_rule(rule)
+    return _RULES[rule](_as_seg_post(seg_post))
+
+
+def decide(seg_post, rule: str = DEFAULT_RULE) -> int:
+    """The class index the utterance gets under `rule`: the argmax of `vote`.
+
+    Ties (the usual case for majority with an even number of segments) go to the tied class
+    with the highest mean posterior, then to the earlier class.
+    """
+    post = _as_seg_post(seg_post)
+    scores = vote(post, rule)
+    tied = np.flatnonzero(scores == scores.max())
+    if len(tied) == 1:
+        return int(tied[0])
+    mean = _mean(post)
+    return int(tied[np.argmax(mean[tied])])
+
+
+# --- the decode dir -------------------------------------------------------------------------
+
+
+@dataclass
+class DecodeDir:
+    path: Path
+    classes: List[str]
+    seg_post: Dict[str, np.ndarray]        # seg -> [C]
+    seg2utt: Dict[str, str]
+    post: Dict[str, Dict[str, np.ndarray]]  # rule -> utt -> [C]
+    hyp: Dict[str, Dict[str, str]]          # rule -> utt -> class name
+    info: dict
+
+    @property
+    def rules(self) -> List[str]:
+        return list(self.hyp)
+
+    @property
+    def default_rule(self) -> str:
+        rule = self.info.get("rule", DEFAULT_RULE)
+        return rule if rule in self.hyp else self.rules[0]
+
+    @property
+    def utts(self) -> List[str]:
+        return sorted(set(self.seg2utt.values()))
+
+
+def group_segments(seg_post: Mapping[str, np.ndarray], seg2utt: Mapping[str, str]) -> Dict[str, np.ndarray]:
+    """utt -> its segments' posteriors stacked [S, C] (segments in id order)."""
+    missing = sorted(set(seg_post) ^ set(seg2utt))
+    if missing:
+        raise ValueError(f"{len(missing)} segment(s) are in only one of seg_post and seg2utt, e.g. '{missing[0]}'")
+    rows: Dict[str, List[np.ndarray]] = {}
+    for seg in sorted(seg_post):
+        rows.setdefault(seg2utt[seg], []).append(np.asarray(seg_post[seg], dtype=np.float64))
+    return {utt: np.stack(rows[utt]) for utt in sorted(rows)}
+
+
+def _format_post(post: Mapping[str, np.ndarray]) -> str:
+    return format_table((k, " ".join(NUMBER_FORMAT % p for p in v)) for k, v in post.items())
+
+
+def _write_votes(folder: Path, post: Mapping[str, np.ndarray], hyp: Mapping[str, str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "post").write_text(_format_post(post), encoding="utf-8")
+    (folder / "hyp").write_text(format_table(hyp.items()), encoding="utf-8")
+
+
+def is_decode_dir(path) -> bool:
+    return (Path(path) / "post_seg").is_file()
+
+
+def write_decode_dir(out_dir, seg_post: Dict[str, np.ndarray], seg2utt: Dict[str, str], classes: Sequence[str],
+                     info: dict, default_rule: str = DEFAULT_RULE) -> None:
+    """Vote every utterance under every rule and write the decode dir atomically (replacing one there)."""
+    _check_rule(default_rule)
+    classes = list(classes)
+    if not seg_post:
+        raise ValueError("no segments to write")
+    by_utt = group_segments(seg_post, seg2utt)
+    for seg, p in seg_post.items():
+        if np.shape(p) != (len(classes),):
+            raise ValueError(f"segment '{seg}' has posterior shape {np.shape(p)}, expected ({len(classes)},)")
+    with atomic_output_dir(out_dir, "decode dir", is_decode_dir) as tmp:
+        (tmp / "post_seg").write_text(_format_post(seg_post), encoding="utf-8")
+        (tmp / "seg2utt").write_text(format_table(seg2utt.items()), encoding="utf-8")
+        (tmp / "classes").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
+        for rule in VOTING_RULES:
+            post = {u: vote(p, rule) for u, p in by_utt.items()}
+            hyp = {u: classes[decide(p, rule)] for u, p in by_utt.items()}
+            _write_votes(tmp / "votes" / rule, post, hyp)
+            if rule == default_rule:
+                _write_votes(tmp, post, hyp)
+        doc = {**info, "rule": info.get("rule", default_rule)}
+        (tmp / "decode.yaml").write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def _read_post(path: Path, num_classes: int) -> Dict[str, np.ndarray]:
+    post = {}
+    for key, value in read_table(path).items():
+        try:
+            row = np.array([float(x) for x in value.split()])
+        except ValueError:
+            raise ScoreError(f"{path}: '{key}' has a value that is not a number") from None
+        if row.shape != (num_classes,) or not np.all(np.isfinite(row)):
+            raise ScoreError(f"{path}: '{key}' has {row.size} value(s), expected {num_classes} finite posteriors")
+        post[key] = row
+    return post
+
+
+def _read_classes(path: Path) -> List[str]:
+    classes = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not classes or len(set(classes)) != len(classes):
+        raise ScoreError(f"{path}: needs one distinct class name per line")
+    return classes
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise ScoreError(f"{path}: missing; is {path.parent} a decode dir written by 'sertk decode'?")
+    return path
+
+
+def _read_info(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        info = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        raise ScoreError(f"{path}: not valid YAML") from None
+    if not isinstance(info, dict):
+        raise ScoreError(f"{path}: expected a mapping")
+    return info
+
+
+def read_decode_dir(path) -> DecodeDir:
+    """Read a decode dir; missing files and malformed lines raise `ScoreError` naming the file."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ScoreError(f"{path}: no such decode dir")
+    classes = _read_classes(_require(path / "classes"))
+    seg_post = _read_post(_require(path / "post_seg"), len(classes))
+    seg2utt = read_table(_require(path / "seg2utt"))
+    odd = sorted(set(seg_post) ^ set(seg2utt))
+    if odd:
+        raise ScoreError(f"{path}: {len(odd)} segment(s) are in only one of post_seg and seg2utt, e.g. '{odd[0]}'")
+    post, hyp = {}, {}
+    for rule in _rules_present(path):
+        post[rule] = _read_post(_require(path / "votes" / rule / "post"), len(classes))
+        hyp[rule] = read_table(_require(path / "votes" / rule / "hyp"))
+    if not hyp:
+        raise ScoreError(f"{path}: no votes/<rule>/ folders (known rules: {', '.join(VOTING_RULES)})")
+    return DecodeDir(path, classes, seg_post, seg2utt, post, hyp, _read_info(path / "decode.yaml"))
+
+
+def _rules_present(path: Path) -> List[str]:
+    """The known rules first, in their order, then any other rule a decoder wrote."""
+    votes = path / "votes"
+    found = {p.name for p in votes.iterdir() if p.is_dir()} if votes.is_dir() else set()
+    return [r for r in VOTING_RULES if r in found] + sorted(found - set(VOTING_RULES))

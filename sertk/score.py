@@ -1,0 +1,331 @@
+"""Scoring: WA, UA, macro-F1, per-class numbers and confusion matrices (text and PNG).
+
+Every number is a function of the confusion matrix, so pooling folds is summing their matrices
+(`metrics_from_confusion(sum of matrices)`). Numbers are fractions in [0, 1] in JSON and
+percentages in the text a person reads.
+
+    score_decode_dir(decode_dir, data_dir)  -> <decode_dir>/scoring/{metrics.json,confusion.txt,confusion.png}
+    score_files(hyp, ref)                   -> the same numbers for plain Kaldi-style `<utt> <class>` files
+"""
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from sertk.data.datadir import DataDir
+from sertk.data.labels import load_label_map
+from sertk.data.table import read_table
+from sertk.decode import DecodeDir, read_decode_dir
+from sertk.errors import ScoreError
+from sertk.fsutil import atomic_write_text
+
+SCORING_DIR = "scoring"
+SEGMENT = "segment"
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def confusion(ref: Sequence[int], hyp: Sequence[int], num_classes: int) -> np.ndarray:
+    """Counts [C, C]: rows are the reference class, columns the hypothesis."""
+    ref, hyp = np.asarray(ref, dtype=np.int64), np.asarray(hyp, dtype=np.int64)
+    if ref.shape != hyp.shape or ref.ndim != 1:
+        raise ValueError(f"ref and hyp must be 1-D and of the same length, got {ref.shape} and {hyp.shape}")
+    if ref.size and (min(ref.min(), hyp.min()) < 0 or max(ref.max(), hyp.max()) >= num_classes):
+        raise ValueError(f"class indices must be in [0, {num_classes})")
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (ref, hyp), 1)
+    return cm
+
+
+def metrics(ref: Sequence[int], hyp: Sequence[int], classes: Sequence[str]) -> dict:
+    """WA, UA, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
+
+    See `metrics_from_confusion` for the rules on classes that are absent or never predicted.
+    """
+    return metrics_from_confusion(confusion(ref, hyp, len(classes)), classes)
+
+
+def metrics_from_confusion(cm, classes: Sequence[str]) -> dict:
+    """All numbers from a confusion matrix (rows = reference, columns = hypothesis).
+
+    - wa: accuracy over all items.
+    - ua: mean recall over the classes *present in the reference* (balanced accuracy). A class
+      with no reference item has recall null and is left out of UA and macro-F1, so a test fold
+      that lacks a class is not charged a 0 for it; its false alarms still lower the other
+      classes' recall.
+    - macro_f1: mean F1 over the same classes as UA.
+    - a class that is never predicted has precision 0 (not NaN), F1 0, and a note says so.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    classes = list(classes)
+    if cm.shape != (len(classes), len(classes)):
+        raise ValueError(f"confusion matrix shape {cm.shape} does not match {len(classes)} classes")
+    total = int(cm.sum())
+    if total == 0:
+        raise ScoreError("nothing to score: no reference items")
+    per_class, notes = {}, []
+    for i, name in enumerate(classes):
+        per_class[name] = _class_numbers(cm, i)
+        if per_class[name]["support"] == 0:
+            notes.append(f"class '{name}' is absent from the reference: recall and F1 are null, "
+                         "and it is left out of UA and macro-F1")
+        elif per_class[name]["predicted"] == 0:
+            notes.append(f"class '{name}' is never predicted: its precision is set to 0")
+    present = [c for c in classes if per_class[c]["support"] > 0]
+    return {
+        "num_utts": total,
+        "wa": float(np.trace(cm)) / total,
+        "ua": float(np.mean([per_class[c]["recall"] for c in present])),
+        "macro_f1": float(np.mean([per_class[c]["f1"] for c in present])),
+        "classes": classes,
+        "per_class": per_class,
+        "confusion": cm.tolist(),
+        "notes": notes,
+    }
+
+
+def _class_numbers(cm: np.ndarray, i: int) -> dict:
+    correct, support, predicted = int(cm[i, i]), int(cm[i].sum()), int(cm[:, i].sum())
+    precision = correct / predicted if predicted else 0.0
+    if not support:
+        return {"precision": precision, "recall": None, "f1": None, "support": 0, "predicted": predicted}
+    recall = correct / support
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support, "predicted": predicted}
+
+
+# --- text -------------------------------------------------------------------------------------
+
+
+def pct(x: Optional[float]) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def confusion_text(cm, classes: Sequence[str]) -> str:
+    """The matrix as aligned text: one row per reference class, one column per hypothesis class."""
+    cm = np.asarray(cm)
+    corner = "ref \\ hyp"
+    label_w = max(len(corner), *(len(c) for c in classes))
+    col_w = max(max(len(c) for c in classes), len(str(int(cm.max()) if cm.size else 0)))
+    lines = [f"{corner:<{label_w}}  " + "  ".join(f"{c:>{col_w}}" for c in classes)]
+    for name, row in zip(classes, cm, strict=True):
+        lines.append(f"{name:<{label_w}}  " + "  ".join(f"{int(n):>{col_w}}" for n in row))
+    return "\n".join(lines) + "\n"
+
+
+def per_class_text(m: dict) -> str:
+    """Precision, recall, F1 (percent) and support of every class, aligned."""
+    w = max(len("class"), *(len(c) for c in m["classes"]))
+    lines = [f"{'class':<{w}}  {'prec':>6}  {'recall':>6}  {'F1':>6}  {'support':>7}"]
+    for name in m["classes"]:
+        c = m["per_class"][name]
+        lines.append(f"{name:<{w}}  {pct(c['precision']):>6}  {pct(c['recall']):>6}  {pct(c['f1']):>6}  "
+                     f"{c['support']:>7}")
+    return "\n".join(lines) + "\n"
+
+
+def summary_text(result: dict) -> str:
+    """WA/UA/macro-F1 (percent) per voting rule and at segment level, as `score_decode_dir` returns them."""
+    rows = [("utterance", f"{rule}{'*' if rule == result['default_rule'] else ''}", m)
+            for rule, m in result["utterance"].items()]
+    if SEGMENT in result:
+        rows.append((SEGMENT, "-", result[SEGMENT]))
+    lines = [f"{'level':<9}  {'rule':<9}  {'WA':>6}  {'UA':>6}  {'F1':>6}  {'N':>6}"]
+    lines += [f"{level:<9}  {rule:<9}  {pct(m['wa']):>6}  {pct(m['ua']):>6}  {pct(m['macro_f1']):>6}  "
+              f"{m['num_utts']:>6}" for level, rule, m in rows]
+    return "\n".join(lines) + "\n(* default rule; WA/UA/F1 in percent; F1 = macro-F1)\n"
+
+
+# --- pictures -----------------------------------------------------------------------------------
+
+_CELL_MIN = 34
+_PAD = 8
+_DARK = np.array([33, 76, 140])  # shading of a row-normalised 1.0 cell (blue)
+
+
+def _font():
+    from PIL import ImageFont
+    try:
+        return ImageFont.load_default(size=13)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _text_size(draw, text: str, font):
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    return right - left, bottom - top
+
+
+def _vertical_text(text: str, font):
+    """`text` rendered on its own image and turned 90 degrees (reads bottom to top)."""
+    from PIL import Image, ImageDraw
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left, top, right, bottom = probe.textbbox((0, 0), text, font=font)
+    img = Image.new("RGB", (right - left + 2, bottom - top + 2), "white")
+    ImageDraw.Draw(img).text((1 - left, 1 - top), text, fill="black", font=font)
+    return img.rotate(90, expand=True)
+
+
+def _render(cm, classes: Sequence[str], title: str = ""):
+    """The confusion matrix as a PIL image: counts in cells, shading by row-normalised fraction."""
+    from PIL import Image, ImageDraw
+    cm = np.asarray(cm, dtype=np.int64)
+    font = _font()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = _text_size(probe, "Ag", font)[1] + _PAD
+    cell = max(_CELL_MIN, _text_size(probe, str(int(cm.max()) if cm.size else 0), font)[0] + 2 * _PAD)
+    col_labels = [_vertical_text(c, font) for c in classes]
+    ref_label = _vertical_text("reference", font)
+    label_w = max(_text_size(probe, c, font)[0] for c in classes) + _PAD
+    # top to bottom: title, "hypothesis", column names, grid; left to right: "reference", row names, grid
+    axis_y = _PAD + (line_h if title else 0)
+    top = axis_y + line_h + max(i.height for i in col_labels) + _PAD // 2
+    left = _PAD + ref_label.width + _PAD // 2 + label_w
+    n = len(classes)
+    width = max(left + n * cell + _PAD, _text_size(probe, title, font)[0] + 2 * _PAD if title else 0)
+    img = Image.new("RGB", (width, top + n * cell + _PAD), "white")
+    draw = ImageDraw.Draw(img)
+    if title:
+        draw.text((_PAD, _PAD), title, fill="black", font=font)
+    draw.text((left, axis_y), "hypothesis", fill="black", font=font)
+    img.paste(ref_label, (_PAD, top + max(0, (n * cell - ref_label.height) // 2)))
+    rows = cm.sum(axis=1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    for j, label in enumerate(col_labels):
+        img.paste(label, (left + j * cell + (cell - label.width) // 2, top - label.height - _PAD // 2))
+    for i, name in enumerate(classes):
+        y = top + i * cell
+        draw.text((left - label_w, y + (cell - line_h + _PAD) // 2), name, fill="black", font=font)
+        for j in range(n):
+            _draw_cell(draw, (left + j * cell, y), cell, int(cm[i, j]), frac[i, j], font)
+    return img
+
+
+def _draw_cell(draw, xy, size: int, count: int, frac: float, font) -> None:
+    x, y = xy
+    fill = tuple(int(v) for v in np.round(255 - frac * (255 - _DARK)))
+    draw.rectangle([x, y, x + size, y + size], fill=fill, outline=(160, 160, 160))
+    w, h = _text_size(draw, str(count), font)
+    draw.text((x + (size - w) // 2, y + (size - h) // 2), str(count),
+              fill="white" if frac > 0.5 else "black", font=font, anchor="lt")
+
+
+def confusion_image(cm, classes: Sequence[str], title: str = "") -> np.ndarray:
+    """The confusion picture as an HWC uint8 array (for TensorBoard's `add_image(..., dataformats="HWC")`)."""
+    return np.asarray(_render(cm, classes, title), dtype=np.uint8)
+
+
+def save_confusion_png(cm, classes: Sequence[str], path, title: str = "") -> None:
+    """Write the confusion picture to `path` as PNG, atomically."""
+    buf = io.BytesIO()
+    _render(cm, classes, title).save(buf, format="PNG")
+    _atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --- scoring outputs ----------------------------------------------------------------------------
+
+
+def check_same_items(have, want, have_name: str, want_name: str) -> None:
+    """Both sides must hold the same ids; the error says how many are missing or extra and names one."""
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing:
+        raise ScoreError(f"{have_name}: {len(missing)} utterance(s) of {want_name} are missing, e.g. '{missing[0]}'")
+    if extra:
+        raise ScoreError(f"{have_name}: {len(extra)} utterance(s) are not in {want_name}, e.g. '{extra[0]}'")
+
+
+def class_indices(labels: Mapping[str, str], classes: Sequence[str], where: str) -> Dict[str, int]:
+    """id -> class index; a class name not in `classes` is an error naming `where`."""
+    index = {c: i for i, c in enumerate(classes)}
+    for key, name in labels.items():
+        if name not in index:
+            raise ScoreError(f"{where}: '{key}' has class '{name}', which is not one of {list(classes)}")
+    return {key: index[name] for key, name in labels.items()}
+
+
+def score_labels(hyp: Mapping[str, str], ref: Mapping[str, str], classes: Sequence[str],
+                 hyp_name: str, ref_name: str) -> dict:
+    """Metrics of hypothesis class names against reference class names, matched by id."""
+    check_same_items(hyp, ref, hyp_name, ref_name)
+    h, r = class_indices(hyp, classes, hyp_name), class_indices(ref, classes, ref_name)
+    keys = sorted(ref)
+    return metrics([r[k] for k in keys], [h[k] for k in keys], classes)
+
+
+def _segment_metrics(dec: DecodeDir, utt2emo: Mapping[str, str]) -> dict:
+    """Each segment's argmax against its utterance's label."""
+    seg_hyp = {seg: dec.classes[int(np.argmax(p))] for seg, p in dec.seg_post.items()}
+    seg_ref = {seg: utt2emo[dec.seg2utt[seg]] for seg in dec.seg_post}
+    return score_labels(seg_hyp, seg_ref, dec.classes, str(dec.path / "post_seg"), "its utterances' labels")
+
+
+def score_decode_dir(decode_dir, data_dir, write: bool = True) -> dict:
+    """Score every voting rule (utterance level) and the segments of a decode dir against a data dir.
+
+    Writes `<decode_dir>/scoring/metrics.json`, `confusion.txt` and `confusion.png` (default rule).
+    """
+    dec = read_decode_dir(decode_dir)
+    dd = DataDir.load(data_dir, audio="none")  # scoring needs the labels, not the audio
+    if sorted(dd.labels.classes) != sorted(dec.classes):
+        raise ScoreError(f"{dec.path / 'classes'}: classes {dec.classes} differ from those of "
+                         f"{data_dir}/labels.yaml {list(dd.labels.classes)}")
+    check_same_items(dec.utts, dd.utts, str(dec.path), str(data_dir))
+    utterance = {rule: score_labels(hyp, dd.utt2emo, dec.classes, str(dec.path / "votes" / rule / "hyp"),
+                                    str(Path(data_dir) / "utt2emo"))
+                 for rule, hyp in dec.hyp.items()}
+    result = {"decode_dir": str(dec.path), "data_dir": str(data_dir), "classes": dec.classes,
+              "default_rule": dec.default_rule, "utterance": utterance,
+              SEGMENT: _segment_metrics(dec, dd.utt2emo)}
+    if write:
+        write_scoring(dec.path / SCORING_DIR, result)
+    return result
+
+
+def write_scoring(out_dir: Path, result: dict) -> None:
+    """metrics.json, and confusion.txt/.png of the default rule, into `out_dir`."""
+    m = result["utterance"][result["default_rule"]]
+    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out_dir / "confusion.txt", confusion_text(m["confusion"], m["classes"]))
+    save_confusion_png(m["confusion"], m["classes"], out_dir / "confusion.png",
+                       title=f"{result['decode_dir']} ({result['default_rule']})")
+
+
+def read_label_file(path) -> Dict[str, str]:
+    """A Kaldi-style `<utt> <class>` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScoreError(f"{path}: no such file")
+    table = read_table(path)
+    if not table:
+        raise ScoreError(f"{path}: empty")
+    return table
+
+
+def score_files(hyp_path, ref_path, labels_path=None) -> dict:
+    """Score plain `<utt> <class>` files from any system.
+
+    The classes (and their order) come from `labels_path` (a labels.yaml) when given, and a class
+    outside it is an error; otherwise they are every class seen in ref or hyp, sorted.
+    """
+    hyp, ref = read_label_file(hyp_path), read_label_file(ref_path)
+    classes: List[str] = (list(load_label_map(labels_path).classes) if labels_path
+                          else sorted(set(ref.values()) | set(hyp.values())))
+    return score_labels(hyp, ref, classes, str(hyp_path), str(ref_path))

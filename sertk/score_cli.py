@@ -1,0 +1,70 @@
+"""`sertk score` (one decode dir, or plain hyp/ref files) and `sertk results collect` (all folds)."""
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from sertk.results import DECODE_SUBDIR, RESULTS_FILE, collect, summary_markdown
+from sertk.score import SCORING_DIR, confusion_text, per_class_text, score_decode_dir, score_files, summary_text
+
+any_path = click.Path(path_type=Path)
+
+
+def _echo_metrics(m: dict) -> None:
+    """Per-class numbers, the confusion matrix and any notes of one metrics dict."""
+    click.echo(per_class_text(m))
+    click.echo(confusion_text(m["confusion"], m["classes"]))
+    for note in m["notes"]:
+        click.echo(f"note: {note}")
+
+
+@click.command("score")
+@click.argument("decode_dir", required=False, type=any_path)
+@click.option("--data", "data_dir", type=any_path, help="The data dir that was decoded (references in utt2emo).")
+@click.option("--hyp", type=any_path, help="Plain hypothesis file, `<utt> <class>` per line (any system).")
+@click.option("--ref", type=any_path, help="Plain reference file, `<utt> <class>` per line.")
+@click.option("--labels", type=any_path,
+              help="labels.yaml giving the classes and their order for --hyp/--ref [default: classes seen].")
+def score(decode_dir: Optional[Path], data_dir: Optional[Path], hyp: Optional[Path], ref: Optional[Path],
+          labels: Optional[Path]) -> None:
+    """Score DECODE_DIR against --data (every voting rule and the segments), or --hyp against --ref.
+
+    \b
+    sertk score exp/loso/crnn/fold1/decode_test --data data/loso/fold1/test
+    sertk score --hyp hyp --ref ref [--labels labels.yaml]
+
+    Decode dir scoring writes DECODE_DIR/scoring/{metrics.json,confusion.txt,confusion.png}.
+    """
+    if decode_dir is not None:
+        if data_dir is None or hyp or ref or labels:
+            raise click.UsageError("DECODE_DIR needs --data DATA_DIR (and no --hyp/--ref/--labels)")
+        result = score_decode_dir(decode_dir, data_dir)
+        click.echo(summary_text(result))
+        click.echo(f"utterance level, rule {result['default_rule']}:")
+        _echo_metrics(result["utterance"][result["default_rule"]])
+        click.echo(f"wrote {Path(result['decode_dir']) / SCORING_DIR}/")
+    elif hyp is not None and ref is not None and data_dir is None:
+        m = score_files(hyp, ref, labels)
+        click.echo(f"WA {100 * m['wa']:.2f}  UA {100 * m['ua']:.2f}  macro-F1 {100 * m['macro_f1']:.2f}  "
+                   f"N {m['num_utts']}")
+        _echo_metrics(m)
+    else:
+        raise click.UsageError("give DECODE_DIR --data DATA_DIR, or --hyp FILE --ref FILE")
+
+
+@click.group()
+def results() -> None:
+    """Results across the folds of a protocol."""
+
+
+@results.command("collect")
+@click.argument("model_exp_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def collect_cmd(model_exp_dir: Path) -> None:
+    """Score every MODEL_EXP_DIR/fold<k>/decode_test, pool and average over folds; write RESULTS.md.
+
+    Also writes MODEL_EXP_DIR/metrics.json and confusion.png, and each fold's scoring/ dir.
+    """
+    result = collect(model_exp_dir)
+    click.echo(summary_markdown(result))
+    click.echo(f"wrote {model_exp_dir / RESULTS_FILE} ({len(result['folds'])} fold(s) of "
+               f"{model_exp_dir}/fold*/{DECODE_SUBDIR})")

@@ -1,0 +1,174 @@
+"""`collect` over a synthetic exp tree of 3 folds: pooled vs mean +- std by hand, missing folds, RESULTS.md."""
+import json
+import logging
+import math
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from sertk.cli import SertkGroup
+from sertk.data.datadir import DataDir
+from sertk.data.labels import LabelMap
+from sertk.data.protocols import make_folds
+from sertk.envinfo import environment, environment_markdown, git_hash
+from sertk.errors import ScoreError
+from sertk.results import collect, find_fold_dirs, mean_std
+from sertk.score_cli import results
+from helpers import write_utt_segments
+
+LABELS = LabelMap(("a", "b"), {"A": "a", "B": "b"}, "toy")
+# per speaker (= loso test fold): reference and hypothesis of each utterance
+FOLDS = {
+    "s1": ("abab", "abab"),      # WA 1,   UA 1,   F1 1
+    "s2": ("abab", "aaaa"),      # WA 1/2, UA 1/2, F1 (2/3 + 0)/2
+    "s3": ("aaaaab", "aaaaaa"),  # WA 5/6, UA 1/2, F1 (10/11 + 0)/2
+}
+P = {"a": [0.9, 0.1], "b": [0.1, 0.9]}
+
+
+def toy_data() -> DataDir:
+    tables = {n: {} for n in ("wav.scp", "utt2spk", "utt2emo")}
+    for spk, (ref, _) in FOLDS.items():
+        for i, cls in enumerate(ref):
+            utt = f"{spk}-{i:03d}"
+            tables["wav.scp"][utt], tables["utt2spk"][utt], tables["utt2emo"][utt] = f"/nowhere/{utt}.wav", spk, cls
+    return DataDir(tables, LABELS)
+
+
+def segments(spk: str):
+    """Two segments per utterance, both for the hypothesis; in fold 1 the second segment
+    leans weakly the other way, so fold 1 is half right at segment level and right by every rule."""
+    _, hyp = FOLDS[spk]
+    other = {"a": [0.4, 0.6], "b": [0.6, 0.4]}
+    return {f"{spk}-{i:03d}": [P[h], other[h] if spk == "s1" else P[h]] for i, h in enumerate(hyp)}
+
+
+@pytest.fixture
+def exp_tree(tmp_path):
+    """protocol dir (loso over s1..s3) and exp/loso/toy/fold{1,2,3}/decode_test."""
+    protocol_dir = tmp_path / "data" / "loso"
+    make_folds(toy_data(), "loso", protocol_dir, corpus="toy")
+    model_dir = tmp_path / "exp" / "loso" / "toy"
+    for k, spk in enumerate(FOLDS, start=1):
+        info = {"checkpoint": f"{model_dir}/fold{k}/best.pt", "protocol_dir": str(protocol_dir),
+                "features": "fbank80", "rule": "mean"}
+        write_utt_segments(model_dir / f"fold{k}" / "decode_test", segments(spk), ["a", "b"], info)
+    (model_dir / "fold1" / "environment.yaml").write_text(yaml.safe_dump({"python": "3.11.9", "gpu": "H100"}))
+    return model_dir
+
+
+def test_pooled_and_mean_std_by_hand(exp_tree):
+    res = collect(exp_tree)
+    assert res["folds"] == ["fold1", "fold2", "fold3"] and res["missing_folds"] == []
+    pooled = res["pooled"]["utterance/mean"]  # confusion [[9, 0], [3, 2]] over 14 utterances
+    assert pooled["confusion"] == [[9, 0], [3, 2]] and pooled["num_utts"] == 14
+    assert pooled["wa"] == pytest.approx(11 / 14)
+    assert pooled["ua"] == pytest.approx((1 + 2 / 5) / 2)
+    assert pooled["macro_f1"] == pytest.approx((6 / 7 + 4 / 7) / 2)
+    stats = res["fold_mean_std"]["utterance/mean"]
+    assert stats["wa"]["mean"] == pytest.approx(7 / 9)
+    assert stats["wa"]["std"] == pytest.approx(math.sqrt(21) / 18)  # sample std: deviations 2/9, -5/18, 1/18
+    assert stats["ua"]["mean"] == pytest.approx(2 / 3) and stats["ua"]["std"] == pytest.approx(math.sqrt(1 / 12))
+    assert stats["macro_f1"]["mean"] == pytest.approx((1 + 1 / 3 + 5 / 11) / 3)
+    assert stats["wa"]["num_folds"] == 3
+    # every rule agrees here; segment level: 4/8 + 4/8 + 5/6 of 12 -> 18 of 28
+    for rule in ("majority", "logsum", "max"):
+        assert res["pooled"][f"utterance/{rule}"]["confusion"] == [[9, 0], [3, 2]]
+    assert res["pooled"]["segment"]["wa"] == pytest.approx(18 / 28)
+    assert res["fold_mean_std"]["segment"]["wa"]["mean"] == pytest.approx((0.5 + 0.5 + 10 / 12) / 3)
+    assert [f["utterance/mean"]["wa"] for f in res["per_fold"]] == pytest.approx([1, 0.5, 5 / 6])
+    assert (exp_tree / "fold2" / "decode_test" / "scoring" / "metrics.json").is_file()
+
+
+def test_results_md_and_metrics_json(exp_tree):
+    res = collect(exp_tree)
+    md = (exp_tree / "RESULTS.md").read_text()
+    sections = ["# RESULTS: toy on loso", "## Protocol card", "## Environment (scoring)", "## Environment (training",
+                "## Summary", "## Per fold", "## Pooled confusion matrix"]
+    positions = [md.index(s) for s in sections]
+    assert positions == sorted(positions)
+    for text in ("corpus: `toy`", "protocol: `loso`", "speaker-independent: yes", "classes (2): a, b",
+                 "folds: 3; scored 3", "voting rule: `mean`", "features: `fbank80`", "dev set: one training speaker",
+                 "python version: `", "pytorch version: `", "Git hash: `", "GPU: `H100`",
+                 "| utterance | mean (default) | 78.57 | 70.00 | 71.43 | 77.78 ± 25.46 | 66.67 ± 28.87 |",
+                 "| segment | - | 64.29 |", "| fold2 | s2 | 4 | 50.00 | 50.00 | 33.33 |",
+                 "ref \\ hyp"):
+        assert text in md, text
+    saved = json.loads((exp_tree / "metrics.json").read_text())
+    assert saved["pooled"]["utterance/mean"]["wa"] == pytest.approx(11 / 14)
+    assert saved["fold_mean_std"] == json.loads(json.dumps(res["fold_mean_std"]))
+    assert (exp_tree / "confusion.png").is_file()
+
+
+def test_missing_fold_is_reported_not_silently_averaged(exp_tree, caplog):
+    (exp_tree / "fold2" / "decode_test" / "post_seg").unlink()
+    with caplog.at_level(logging.WARNING, logger="sertk"):
+        res = collect(exp_tree)
+    assert res["folds"] == ["fold1", "fold3"] and res["missing_folds"] == ["fold2"]
+    assert "1 of 3 fold(s)" in caplog.text and "fold2" in caplog.text
+    assert res["pooled"]["utterance/mean"]["confusion"] == [[7, 0], [1, 2]]
+    assert res["fold_mean_std"]["utterance/mean"]["wa"]["num_folds"] == 2
+    md = (exp_tree / "RESULTS.md").read_text()
+    assert "**missing: fold2**" in md and "Missing folds not included: fold2" in md
+    assert "| fold2 | s2 | missing |" in md
+
+
+def test_a_fold_the_card_names_but_without_a_dir_is_missing(exp_tree):
+    shutil.rmtree(exp_tree / "fold3")
+    assert collect(exp_tree)["missing_folds"] == ["fold3"]
+
+
+def test_no_decoded_fold_is_an_error(tmp_path):
+    (tmp_path / "fold1").mkdir()
+    with pytest.raises(ScoreError, match="no fold<k>/decode_test/ decode dirs"):
+        collect(tmp_path)
+
+
+def test_decode_yaml_must_say_what_to_score_against(tmp_path):
+    write_utt_segments(tmp_path / "fold1" / "decode_test", {"u": [P["a"]]}, ["a", "b"], {})
+    with pytest.raises(ScoreError, match="names neither 'data_dir' nor 'protocol_dir'"):
+        collect(tmp_path)
+
+
+def test_folds_sort_numerically(tmp_path):
+    for name in ("fold10", "fold2", "fold1", "folded", "fold9"):
+        (tmp_path / name).mkdir()
+    assert list(find_fold_dirs(tmp_path)) == [1, 2, 9, 10]
+
+
+def test_mean_std_uses_sample_std_and_none_for_one_fold():
+    assert mean_std([0.5, 1.0])["std"] == pytest.approx(np.std([0.5, 1.0], ddof=1))
+    assert mean_std([0.7]) == {"mean": 0.7, "std": None, "num_folds": 1}
+
+
+def test_cli_collect_prints_the_summary(exp_tree):
+    result = CliRunner().invoke(SertkGroup(commands={"results": results}), ["results", "collect", str(exp_tree)])
+    assert result.exit_code == 0, result.output
+    assert "| utterance | mean (default) | 78.57 |" in result.output and "RESULTS.md" in result.output
+
+
+def test_environment_record():
+    env = environment()
+    assert env["python"].count(".") == 2 and env["sertk"] and env["numpy"] == np.__version__
+    assert set(env) >= {"date", "platform", "cpu", "gpu", "torch", "librosa", "git_hash", "command"}
+    assert env["git_hash"] is None or len(env["git_hash"]) == 40
+    assert git_hash() == env["git_hash"]
+    md = environment_markdown({"python": "3.11", "gpu": None, "extra": 1}, "Environment")
+    assert md == "## Environment\n\n- python version: `3.11`\n- GPU: `none`\n- extra: `1`\n"
+
+
+def test_relative_paths_in_decode_yaml_and_a_single_fold(tmp_path):
+    """Recipes write paths relative to egs/<corpus>/; protocol_dir may also name protocol.yaml itself."""
+    make_folds(toy_data(), "loso", tmp_path / "data" / "loso", corpus="toy")
+    model_dir = tmp_path / "exp" / "loso" / "toy"
+    info = {"data_dir": "data/loso/fold2/test", "protocol_dir": "data/loso/protocol.yaml"}
+    write_utt_segments(model_dir / "fold2" / "decode_test", segments("s2"), ["a", "b"], info)
+    res = collect(model_dir)
+    assert res["folds"] == ["fold2"] and res["missing_folds"] == ["fold1", "fold3"]
+    assert res["card"]["corpus"] == "toy"
+    assert res["fold_mean_std"]["utterance/mean"]["wa"] == {"mean": 0.5, "std": None, "num_folds": 1}
+    assert "| utterance | mean (default) | 50.00 | 50.00 | 33.33 | 50.00 | 50.00 | 33.33 | 4 |" in \
+        (model_dir / "RESULTS.md").read_text()
