@@ -54,8 +54,10 @@ def main(verbose: int, quiet: bool) -> None:
 
 def _register() -> None:
     from sertk.data.cli import data
+    from sertk.features.cli import features
     from sertk.score_cli import results, score
-    for command in (data, score, results):
+    from sertk.train.cli import config_group, decode, train
+    for command in (data, features, train, decode, score, results, config_group):
         main.add_command(command)
 
 

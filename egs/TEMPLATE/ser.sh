@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# The SER recipe stages, shared by every corpus (ESPnet style). A corpus's run.sh sets
+#   corpus=<name>  protocol=<default protocol>  <corpus>_root=<default root or empty>
+# (and anything else it wants to default), then sources this file from its own folder.
+#
+# Stages (GUIDE section 2):
+#   0 download the corpus where it is public (verified), else say where to get it
+#   1 prepare data/all from the release, validate it, write the protocol's folds and check them
+#   2 extract the features the model reads into dump/<tag>/
+#   3 train one model per fold into exp/<protocol>/<model>/fold<k>/
+#   4 decode dev and test with the dev-selected checkpoint (segment posteriors, voting)
+#   5 score every fold, pool the folds, write exp/<protocol>/<model>/RESULTS.md
+# Every stage skips finished work and redoes unfinished work, so a run can be repeated or resumed.
+set -euo pipefail
+run_args=("$@")
+
+stage=${stage:-0}            # first stage to run
+stop_stage=${stop_stage:-5}  # last stage to run
+model=${model:-crnn}         # conf/models/<model>.yaml
+protocol=${protocol:?run.sh must set protocol}
+folds=${folds:-all}          # e.g. 1,3 to run only those folds
+ngpu=${ngpu:-0}              # 0: CPU; 1: the first GPU (multi-GPU training is not supported yet)
+nj=${nj:-2}                  # parallel feature-extraction jobs
+train_args=${train_args:-}   # passed to `sertk train`, e.g. "--set optim.lr=1e-4 --set train.epochs=5"
+decode_args=${decode_args:-}
+corpus=${corpus:?run.sh must set corpus}
+root_var="${corpus}_root"
+help_message="Usage: $0 [--stage N] [--stop_stage M] [--model NAME] [--protocol NAME] [--folds 1,3]
+          [--ngpu K] [--nj J] [--${root_var} PATH] [--train_args \"--set key=value ...\"] [--decode_args ...]"
+
+recipe_dir=$(pwd)
+tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../tools" && pwd)
+. "${tools_dir}/parse_options.sh"
+[ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (options start with --)" >&2; exit 1; }
+
+log() { echo "$(date '+%F %T') [stage ${current_stage:-?}] $*" >&2; }
+die() { echo "$0: error: $*" >&2; exit 1; }
+run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
+
+command -v sertk >/dev/null || die "the sertk command is not installed (pip install -e . at the repository root)"
+model_conf=conf/models/${model}.yaml
+[ -f "$model_conf" ] || die "no model config $model_conf (models here: $(ls conf/models | sed 's/\.yaml$//' | tr '\n' ' '))"
+[ "$ngpu" -le 1 ] || die "--ngpu $ngpu: multi-GPU training is not supported yet; use --ngpu 1"
+if [ "$ngpu" -ge 1 ]; then device=cuda; else device=cpu; fi
+feat_tag=$(sertk -q config get "$model_conf" features.tag)
+feat_conf=conf/features/${feat_tag}.yaml
+[ -f "$feat_conf" ] || die "$model_conf asks for features '$feat_tag' but there is no $feat_conf"
+corpus_root=${!root_var:-}
+data=data/${protocol}
+exp=exp/${protocol}/${model}
+dump=dump/${feat_tag}
+
+fold_list() {  # the folds to run, one per line; an unknown fold is an error
+  local n k
+  n=$(find "$data" -maxdepth 1 -name 'fold*' -type d | wc -l)
+  [ "$n" -gt 0 ] || die "no folds in $data; run stage 1 first"
+  if [ "$folds" = all ]; then seq 1 "$n"; return; fi
+  for k in ${folds//,/ }; do
+    { [[ $k =~ ^[0-9]+$ ]] && [ "$k" -ge 1 ] && [ "$k" -le "$n" ]; } || die "--folds: '$k' is not a fold of $data (1..$n)"
+  done
+  for k in ${folds//,/ }; do echo "$k"; done
+}
+
+# a run.sh in the exp dir repeats this command
+mkdir -p "$exp"
+{ echo "#!/usr/bin/env bash"; echo "cd $(printf '%q' "$recipe_dir") && ./run.sh $(printf '%q ' "${run_args[@]}")"; } > "$exp/run.sh"
+chmod +x "$exp/run.sh"
+
+current_stage=0
+if run_stage 0; then
+  if [ -n "$corpus_root" ]; then
+    log "using --${root_var} ${corpus_root}"
+  elif [ "$(type -t download_corpus)" = function ]; then
+    corpus_root=$(download_corpus)
+  else
+    die "--${root_var} is required: ${corpus} is licensed, not downloadable (${corpus_source:-see its documentation})"
+  fi
+fi
+if [ -z "$corpus_root" ] && [ -d "downloads/${corpus}" ]; then corpus_root=downloads/${corpus}; fi
+
+current_stage=1
+if run_stage 1; then
+  if [ -f "$data/protocol.yaml" ]; then
+    log "$data already made; skipping (remove data/ to prepare again)"
+  else
+    [ -n "$corpus_root" ] || die "--${root_var} is required for stage 1 (or run stage 0 to download)"
+    log "preparing data/all from $corpus_root"
+    sertk data prepare "$corpus" --root "$corpus_root" --out data/all --labels conf/labels.yaml ${prepare_args:-}
+    sertk data validate data/all
+    sertk data folds data/all --protocol "$protocol" --out "$data"
+    sertk data check "$data" > "$data/check.txt" && log "$(tail -n 1 "$data/check.txt")"
+  fi
+fi
+
+current_stage=2
+if run_stage 2; then
+  log "features '$feat_tag' -> $dump"
+  sertk features extract data/all "$dump" --conf "$feat_conf" --nj "$nj" --device "$device"
+fi
+
+current_stage=3
+if run_stage 3; then
+  fold_ids=$(fold_list)
+  for k in $fold_ids; do
+    log "training $model on fold $k"
+    # shellcheck disable=SC2086
+    sertk train --config "$model_conf" --fold-dir "$data/fold$k" --feats "$dump" --exp "$exp/fold$k" \
+      --device "$device" $train_args
+  done
+fi
+
+current_stage=4
+if run_stage 4; then
+  fold_ids=$(fold_list)
+  for k in $fold_ids; do
+    for set in dev test; do
+      # shellcheck disable=SC2086
+      sertk decode --exp "$exp/fold$k" --data "$data/fold$k/$set" --feats "$dump" --out "$exp/fold$k/decode_$set" \
+        --protocol-dir "$data" --device "$device" $decode_args
+    done
+  done
+fi
+
+current_stage=5
+if run_stage 5; then
+  fold_ids=$(fold_list)
+  for k in $fold_ids; do
+    sertk -q score "$exp/fold$k/decode_test" --data "$data/fold$k/test" > "$exp/fold$k/decode_test/score.txt"
+  done
+  sertk results collect "$exp"
+  log "wrote $exp/RESULTS.md"
+fi

@@ -1,0 +1,76 @@
+"""`sertk train`, `sertk decode` and `sertk config`."""
+from pathlib import Path
+from typing import Optional, Tuple
+
+import click
+import yaml
+
+from sertk.train.config import get_key, load_config
+
+config_path = click.Path(exists=True, dir_okay=False, path_type=Path)
+existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
+overrides = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                         help="Override a config key, e.g. --set optim.lr=1e-4 (repeatable).")
+
+
+def _device(device: Optional[str]) -> str:
+    import torch
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@click.command()
+@click.option("--config", "config_file", required=True, type=config_path, help="Experiment YAML (conf/models/<model>.yaml).")
+@click.option("--fold-dir", required=True, type=existing_dir, help="Protocol fold with train/ and dev/ data dirs.")
+@click.option("--feats", required=True, type=existing_dir, help="Feature dump dir (dump/<tag>).")
+@click.option("--exp", "exp_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Experiment dir.")
+@click.option("--device", help="cpu, cuda or cuda:N [default: cuda if available].")
+@overrides
+def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device: Optional[str], sets: Tuple[str]) -> None:
+    """Train one model on one fold; best.pt by dev UA, resumable from last.pt."""
+    from sertk.train.trainer import train as run_training
+    summary = run_training(load_config(config_file, sets), fold_dir, feats, exp_dir, _device(device))
+    click.echo(f"{exp_dir}: best dev UA {summary.best_dev_ua:.4f} at epoch {summary.best_epoch} "
+               f"({summary.epochs_run} epochs)")
+
+
+@click.command()
+@click.option("--exp", "exp_dir", required=True, type=existing_dir, help="Experiment dir holding the checkpoint.")
+@click.option("--data", "data_dir", required=True, type=existing_dir, help="Data dir to decode.")
+@click.option("--feats", required=True, type=existing_dir, help="Feature dump dir holding its features.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Decode dir to write.")
+@click.option("--checkpoint", default="best.pt", show_default=True, help="Checkpoint file in the exp dir.")
+@click.option("--retest", is_flag=True,
+              help="Allow decoding a test set again, or with a checkpoint other than best.pt. Test results "
+                   "must never steer a model choice.")
+@click.option("--protocol-dir", type=existing_dir, help="Protocol dir, recorded for RESULTS.md.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--device", help="cpu, cuda or cuda:N [default: cuda if available].")
+def decode(exp_dir, data_dir, feats, out, checkpoint, retest, protocol_dir, batch_size, device) -> None:
+    """Segment posteriors of DATA with the dev-selected checkpoint, and utterance decisions by voting."""
+    from sertk.train.decoding import decode_data_dir
+    result = decode_data_dir(exp_dir, data_dir, feats, out, checkpoint=checkpoint, retest=retest,
+                             protocol_dir=protocol_dir, batch_size=batch_size, device=_device(device))
+    click.echo(f"{out}: {result}")
+
+
+@click.group("config")
+def config_group() -> None:
+    """Show resolved experiment configs."""
+
+
+@config_group.command()
+@click.argument("config_file", type=config_path)
+@overrides
+def show(config_file: Path, sets: Tuple[str]) -> None:
+    """Print the fully resolved config (defaults, model defaults, file, overrides)."""
+    click.echo(yaml.safe_dump(load_config(config_file, sets), sort_keys=False), nl=False)
+
+
+@config_group.command()
+@click.argument("config_file", type=config_path)
+@click.argument("key")
+@overrides
+def get(config_file: Path, key: str, sets: Tuple[str]) -> None:
+    """Print one key of the resolved config, e.g. `features.tag` (for shell recipes)."""
+    value = get_key(load_config(config_file, sets), key)
+    click.echo(value if not isinstance(value, (dict, list)) else yaml.safe_dump(value).strip())

@@ -1,0 +1,100 @@
+"""Segment datasets: stored frame features, normalised, cut into fixed-length windows."""
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from sertk.data.datadir import DataDir
+from sertk.errors import SertkError
+from sertk.features.segments import cut, segment_bounds, segment_id
+
+# frames two streams of one model may differ by (framing edge effects) before it is an error
+FRAME_SLACK = 2
+
+
+@dataclass(frozen=True)
+class Segment:
+    seg: str
+    utt: str
+    start: int
+    end: int
+
+
+class SegmentDataset(Dataset):
+    """All windows of every utterance in `datadir`; features held in memory, normalised once.
+
+    `feats` maps stream -> utt -> [frames, dim] array; `normalize(stream, utt, x)` applies the
+    fold's statistics. Items are dicts of numpy arrays: one per stream, `mask`, `label` (-1 when
+    the data dir has no labels) and `index` (into `segments`).
+    """
+
+    def __init__(self, datadir: DataDir, feats: Dict[str, Dict[str, np.ndarray]], length: int, hop: int,
+                 normalize: Callable[[str, str, np.ndarray], np.ndarray], classes: Sequence[str]):
+        self.streams = list(feats)
+        self.length = length
+        self.features: Dict[str, Dict[str, np.ndarray]] = {s: {} for s in self.streams}
+        self.segments: List[Segment] = []
+        labels = datadir.tables.get("utt2emo", {})
+        index = {c: i for i, c in enumerate(classes)}
+        self.labels: Dict[str, int] = {u: index[labels[u]] for u in datadir.utts if u in labels}
+        for utt in datadir.utts:
+            arrays = {s: feats[s].get(utt) for s in self.streams}
+            missing = [s for s, a in arrays.items() if a is None]
+            if missing:
+                raise SertkError(f"utterance '{utt}' has no stored features for stream(s) {missing}; "
+                                 "run feature extraction on this data dir")
+            frames = _common_frames(utt, arrays)
+            for s, a in arrays.items():
+                self.features[s][utt] = normalize(s, utt, np.asarray(a[:frames], dtype=np.float32))
+            for start, end in segment_bounds(frames, length, hop):
+                self.segments.append(Segment(segment_id(utt, start, end), utt, start, end))
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def __getitem__(self, i: int) -> Dict[str, np.ndarray]:
+        seg = self.segments[i]
+        item = {}
+        for s in self.streams:
+            item[s], mask = cut(self.features[s][seg.utt], seg.start, seg.end, self.length)
+        item["mask"] = mask
+        item["label"] = np.int64(self.labels.get(seg.utt, -1))
+        item["index"] = np.int64(i)
+        return item
+
+
+def _common_frames(utt: str, arrays: Dict[str, np.ndarray]) -> int:
+    counts = {s: a.shape[0] for s, a in arrays.items()}
+    if max(counts.values()) - min(counts.values()) > FRAME_SLACK:
+        raise SertkError(f"utterance '{utt}': streams disagree on the number of frames {counts}; "
+                         "a model's streams must share one frame rate")
+    return min(counts.values())
+
+
+def collate(items: List[Dict[str, np.ndarray]]) -> Dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in items[0]}
+
+
+def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, N / (C * n_c), over utterances; a class with no example gets 0."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def spec_augment(batch: Dict[str, torch.Tensor], streams: Sequence[str], cfg: dict,
+                 generator: Optional[torch.Generator] = None) -> None:
+    """In place: zero random time and frequency bands of each stream (SpecAugment, no warping)."""
+    for s in streams:
+        x = batch[s]
+        b, t, d = x.shape
+        for axis, n, width in ((1, cfg["time_masks"], cfg["time_width"]), (2, cfg["freq_masks"], cfg["freq_width"])):
+            size = t if axis == 1 else d
+            for _ in range(n):
+                w = torch.randint(0, width + 1, (b,), generator=generator)
+                start = (torch.rand(b, generator=generator) * (size - w).clamp(min=1)).long()
+                pos = torch.arange(size)[None, :]
+                band = (pos >= start[:, None]) & (pos < (start + w)[:, None])
+                x.masked_fill_(band[:, :, None] if axis == 1 else band[:, None, :], 0.0)

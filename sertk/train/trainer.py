@@ -1,0 +1,237 @@
+"""`sertk train`: one model on one fold, selected on dev UA, resumable from `last.pt`.
+
+An exp dir holds config.yaml (resolved), environment.yaml, train.log, tensorboard/, best.pt
+(best dev UA: what decoding uses) and last.pt (everything needed to resume). Each epoch starts
+from seeds derived from (seed, epoch) and last.pt is written at every epoch's end, so a run that
+was interrupted and resumed ends with the same weights as one that never stopped.
+"""
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from sertk import __version__
+from sertk.data.datadir import DataDir
+from sertk.envinfo import environment
+from sertk.features.segments import SegmentConfig
+from sertk.fsutil import atomic_write_text
+from sertk.models import build_model
+from sertk.score import confusion_image, metrics
+from sertk.train.checkpoint import load_checkpoint, save_checkpoint
+from sertk.train.config import ConfigError, model_options
+from sertk.train.data import SegmentDataset, class_weights, collate, spec_augment
+from sertk.train.features import Normalization, frame_hop, load_streams
+from sertk.train.infer import by_utterance, segment_posteriors, utterance_decisions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSummary:
+    best_epoch: int
+    best_dev_ua: float
+    epochs_run: int
+    resumed_from: Optional[int]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp_dir: Path, device: str = "cpu") -> TrainSummary:
+    fold_dir, dump_dir, exp_dir = Path(fold_dir), Path(dump_dir), Path(exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    handler = _log_to(exp_dir / "train.log")
+    try:
+        return _Run(config, fold_dir, dump_dir, exp_dir, device).fit()
+    finally:
+        logging.getLogger("sertk").removeHandler(handler)
+        handler.close()
+
+
+class _Run:
+    def __init__(self, config, fold_dir: Path, dump_dir: Path, exp_dir: Path, device: str):
+        self.config, self.exp_dir, self.device = config, exp_dir, device
+        self.resume = load_checkpoint(exp_dir / "last.pt") if (exp_dir / "last.pt").is_file() else None
+        if self.resume is not None and self.resume["config"] != config:
+            raise ConfigError(f"{exp_dir} was trained with another config; give a new exp dir or remove it "
+                              f"(compare {exp_dir / 'config.yaml'})")
+        self.train_dd, self.dev_dd = DataDir.load(fold_dir / "train"), DataDir.load(fold_dir / "dev")
+        self.classes = list(self.train_dd.labels.classes)
+        if list(self.dev_dd.labels.classes) != self.classes:
+            raise ConfigError(f"{fold_dir}: train and dev have different class lists")
+        seed_everything(config["train"]["seed"])
+        self.model = build_model(config["model"]["name"], len(self.classes), **model_options(config)).to(device)
+        self.streams = list(self.model.streams)
+        feats = load_streams(dump_dir, self.streams, self.train_dd.utts + self.dev_dd.utts)
+        self.norm = Normalization.fit(config["features"]["cmvn"], feats, self.train_dd, [self.dev_dd])
+        seg = SegmentConfig(config["segments"]["length"], config["segments"]["hop"])
+        hop_s = frame_hop(dump_dir, self.streams)
+        length, hop = seg.frames(hop_s)
+        train_hop = SegmentConfig(seg.length, config["segments"]["train_hop"] or seg.hop).frames(hop_s)[1]
+        self.train_set = SegmentDataset(self.train_dd, feats, length, train_hop, self.norm.apply, self.classes)
+        self.dev_set = SegmentDataset(self.dev_dd, feats, length, hop, self.norm.apply, self.classes)
+        self.optimizer = _optimizer(config["optim"], self.model.parameters())
+        self.scheduler = _scheduler(config["scheduler"], self.optimizer, config["train"]["epochs"])
+        weights = class_weights(list(self.train_set.labels.values()), len(self.classes)) \
+            if config["train"]["class_weighted"] else None
+        self.criterion = torch.nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
+        self.amp = config["train"]["amp"] and device.startswith("cuda")
+
+    def fit(self) -> TrainSummary:
+        cfg = self.config["train"]
+        state = {"epoch": 0, "best_ua": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
+        resumed = None
+        if self.resume is not None:
+            if self.resume["finished"]:
+                log.info("%s: training already finished (best dev UA %.4f at epoch %d); skipping",
+                         self.exp_dir, self.resume["best_ua"], self.resume["best_epoch"])
+                return TrainSummary(self.resume["best_epoch"], self.resume["best_ua"], self.resume["epoch"], None)
+            self._restore(self.resume)
+            state = {k: self.resume[k] for k in state}
+            resumed = state["epoch"]
+            log.info("%s: resuming after epoch %d", self.exp_dir, resumed)
+        else:
+            atomic_write_text(self.exp_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+            atomic_write_text(self.exp_dir / "environment.yaml", yaml.safe_dump(environment(), sort_keys=False))
+            log.info("%s: %d train segments (%d utts), %d dev segments (%d utts), %d parameters, device %s",
+                     self.exp_dir, len(self.train_set), len(self.train_dd.utts), len(self.dev_set),
+                     len(self.dev_dd.utts), sum(p.numel() for p in self.model.parameters()), self.device)
+        from torch.utils.tensorboard import SummaryWriter  # heavy import, only when training
+        with SummaryWriter(str(self.exp_dir / "tensorboard")) as writer:
+            while state["epoch"] < cfg["epochs"]:
+                epoch = state["epoch"] + 1
+                seed_everything(cfg["seed"] * 1000 + epoch)
+                train_loss = self._train_epoch(epoch)
+                dev = self._evaluate()
+                self._step_scheduler(dev["ua"])
+                improved = dev["ua"] > state["best_ua"]
+                if improved:
+                    state.update(best_ua=dev["ua"], best_epoch=epoch, bad_epochs=0)
+                    self._save_best(epoch, dev)
+                else:
+                    state["bad_epochs"] += 1
+                lr = self.optimizer.param_groups[0]["lr"]
+                state["epoch"] = epoch
+                state["history"].append({"epoch": epoch, "train_loss": train_loss, "dev_loss": dev["loss"],
+                                         "dev_wa": dev["wa"], "dev_ua": dev["ua"], "lr": lr})
+                self._log_epoch(writer, epoch, train_loss, dev, lr, improved)
+                stop = state["bad_epochs"] >= cfg["patience"] and epoch >= cfg["min_epochs"]
+                finished = stop or epoch >= cfg["epochs"]
+                save_checkpoint(self.exp_dir / "last.pt", self._full_state(state, finished))
+                if stop:
+                    log.info("early stop: dev UA has not improved for %d epochs", cfg["patience"])
+                    break
+        log.info("best dev UA %.4f at epoch %d", state["best_ua"], state["best_epoch"])
+        return TrainSummary(state["best_epoch"], state["best_ua"], state["epoch"], resumed)
+
+    def _train_epoch(self, epoch: int) -> float:
+        self.model.train()
+        generator = torch.Generator().manual_seed(self.config["train"]["seed"] * 1000 + epoch)
+        loader = DataLoader(self.train_set, batch_size=self.config["train"]["batch_size"], shuffle=True,
+                            collate_fn=collate, generator=generator, drop_last=len(self.train_set) > 1)
+        total, count = 0.0, 0
+        for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None):
+            if self.config["augment"]["specaugment"]:
+                spec_augment(batch, self.streams, self.config["augment"], generator)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                loss = self.criterion(self.model(batch)["logits"].float(), batch["label"])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config["train"]["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["train"]["grad_clip"])
+            self.optimizer.step()
+            total += loss.item() * len(batch["label"])
+            count += len(batch["label"])
+        if not math.isfinite(total):
+            raise ConfigError(f"epoch {epoch}: the training loss is not finite; lower optim.lr")
+        return total / max(count, 1)
+
+    def _evaluate(self) -> Dict[str, Any]:
+        post = segment_posteriors(self.model, self.dev_set, self.config["train"]["batch_size"], self.device)
+        seg_labels = np.array([self.dev_set.labels[s.utt] for s in self.dev_set.segments])
+        loss = float(-np.mean(np.log(np.maximum(post[np.arange(len(post)), seg_labels], 1e-12))))
+        hyp = utterance_decisions(self.dev_set, post, self.config["decode"]["rule"])
+        utts = sorted(hyp)
+        m = metrics([self.dev_set.labels[u] for u in utts], [hyp[u] for u in utts], self.classes)
+        return {"loss": loss, "wa": m["wa"], "ua": m["ua"], "confusion": m["confusion"],
+                "num_utts": len(by_utterance(self.dev_set, post))}
+
+    def _step_scheduler(self, dev_ua: float) -> None:
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(dev_ua)
+        elif self.scheduler is not None:
+            self.scheduler.step()
+
+    def _log_epoch(self, writer, epoch, train_loss, dev, lr, improved) -> None:
+        for key, value in (("train/loss", train_loss), ("dev/loss", dev["loss"]), ("dev/wa", dev["wa"]),
+                           ("dev/ua", dev["ua"]), ("lr", lr)):
+            writer.add_scalar(key, value, epoch)
+        writer.add_image("dev/confusion", confusion_image(np.asarray(dev["confusion"]), self.classes),
+                         epoch, dataformats="HWC")
+        log.info("epoch %d: train loss %.4f, dev loss %.4f, dev WA %.4f, dev UA %.4f, lr %.2e%s",
+                 epoch, train_loss, dev["loss"], dev["wa"], dev["ua"], lr, " *best*" if improved else "")
+
+    def _save_best(self, epoch: int, dev: Dict[str, Any]) -> None:
+        save_checkpoint(self.exp_dir / "best.pt", {
+            "model": self.model.state_dict(), "config": self.config, "classes": self.classes,
+            "normalization": self.norm.state_dict(), "epoch": epoch,
+            "dev": {"wa": dev["wa"], "ua": dev["ua"], "loss": dev["loss"]}, "sertk_version": __version__})
+
+    def _full_state(self, state: Dict[str, Any], finished: bool) -> Dict[str, Any]:
+        return {**state, "finished": finished, "config": self.config, "classes": self.classes,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "normalization": self.norm.state_dict(), "sertk_version": __version__}
+
+    def _restore(self, ckpt: Dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt["scheduler"] is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+
+
+def _optimizer(cfg: Dict[str, Any], params) -> torch.optim.Optimizer:
+    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+    if cfg["name"] not in optimizers:
+        raise ConfigError(f"optim.name '{cfg['name']}' is not one of {sorted(optimizers)}")
+    return optimizers[cfg["name"]](params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+
+def _scheduler(cfg: Dict[str, Any], optimizer, epochs: int):
+    name = cfg["name"]
+    if name == "none":
+        return None
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, cfg["step_size"], cfg["gamma"])
+    if name == "plateau":  # on dev UA, which should go up
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "max", cfg["factor"], cfg["patience"])
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    raise ConfigError(f"scheduler.name '{name}' is not one of none, step, plateau, cosine")
+
+
+def _log_to(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("sertk")
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:  # the log file gets INFO even when the console is quiet
+        logger.setLevel(logging.INFO)
+    return handler
+
+
+def history(exp_dir: Path) -> List[Dict[str, Any]]:
+    return load_checkpoint(Path(exp_dir) / "last.pt")["history"]

@@ -1,0 +1,134 @@
+"""Trainer and decoder on a tiny generated corpus: resume, hygiene, logging, invariance."""
+import numpy as np
+import pytest
+import torch
+
+from replicas import make_emodb
+from sertk.data.corpora import prepare_corpus
+from sertk.data.datadir import DataDir
+from sertk.data.protocols import make_folds
+from sertk.decode import read_decode_dir
+from sertk.features.extract import extract_features
+from sertk.train import trainer as trainer_module
+from sertk.train.config import ConfigError, load_config
+from sertk.train.decoding import DecodeError, decode_data_dir
+from sertk.train.features import Normalization, load_streams
+from sertk.train.trainer import train
+
+FEATURES = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16}}}
+TINY = ["model.name=crnn", "model.n_mels=16", "model.channels=[4,8]", "model.lstm_hidden=8",
+        "model.attention_hidden=8", "train.epochs=3", "train.batch_size=4", "segments.length=0.3",
+        "segments.hop=0.1", "train.patience=10"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("train")
+    root = make_emodb(base / "emodb", speakers=["03", "08", "09"], texts=["a01", "b02"], emotions="WLA")
+    dd = prepare_corpus("emodb", root, base / "all").datadir
+    make_folds(dd, "loso", base / "loso")
+    extract_features(base / "all", FEATURES, base / "dump")
+    return base
+
+
+def config(*extra):
+    return load_config(None, TINY + list(extra))
+
+
+def weights(exp):
+    return torch.load(exp / "last.pt", weights_only=True)["model"]
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(setup, tmp_path, monkeypatch):
+    fold, dump = setup / "loso" / "fold1", setup / "dump"
+    train(config(), fold, dump, tmp_path / "straight")
+
+    real_save = trainer_module.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if path.name == "last.pt" and state["epoch"] == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(), fold, dump, tmp_path / "resumed")
+    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    summary = train(config(), fold, dump, tmp_path / "resumed")
+    assert summary.resumed_from == 2 and summary.epochs_run == 3
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
+def test_a_finished_run_is_skipped_and_a_changed_config_refused(setup, tmp_path):
+    fold, dump, exp = setup / "loso" / "fold1", setup / "dump", tmp_path / "exp"
+    first = train(config(), fold, dump, exp)
+    stamp = (exp / "last.pt").stat().st_mtime_ns
+    again = train(config(), fold, dump, exp)
+    assert (again.best_epoch, again.best_dev_ua) == (first.best_epoch, first.best_dev_ua)
+    assert (exp / "last.pt").stat().st_mtime_ns == stamp
+    with pytest.raises(ConfigError, match="trained with another config"):
+        train(config("optim.lr=0.1"), fold, dump, exp)
+
+
+def test_exp_dir_contents_and_tensorboard(setup, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    exp = tmp_path / "exp"
+    train(config(), setup / "loso" / "fold1", setup / "dump", exp)
+    for name in ("config.yaml", "environment.yaml", "train.log", "best.pt", "last.pt"):
+        assert (exp / name).is_file(), name
+    best = torch.load(exp / "best.pt", weights_only=True)
+    assert best["classes"] == ["anger", "boredom", "disgust", "fear", "happiness", "sadness", "neutral"]
+    events = EventAccumulator(str(exp / "tensorboard")).Reload()
+    assert {"train/loss", "dev/loss", "dev/wa", "dev/ua", "lr"} <= set(events.Tags()["scalars"])
+    assert "dev/confusion" in events.Tags()["images"]
+    assert len(events.Scalars("dev/ua")) == 3
+    assert "epoch 3: train loss" in (exp / "train.log").read_text()
+
+
+def test_global_cmvn_sees_training_utterances_only(setup):
+    train_dd = DataDir.load(setup / "loso" / "fold1" / "train")
+    test_dd = DataDir.load(setup / "loso" / "fold1" / "test")
+    feats = load_streams(setup / "dump", ["logmel"], train_dd.utts + test_dd.utts)
+    norm = Normalization.fit("global", feats, train_dd)
+    frames = np.concatenate([feats["logmel"][u] for u in train_dd.utts])
+    normalised = np.concatenate([norm.apply("logmel", u, feats["logmel"][u]) for u in train_dd.utts])
+    np.testing.assert_allclose(normalised.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(normalised.std(0), 1, atol=1e-3)
+    assert not np.allclose(frames.mean(0), np.concatenate([feats["logmel"][u] for u in test_dd.utts]).mean(0))
+
+
+@pytest.fixture(scope="module")
+def trained(setup, tmp_path_factory):
+    exp = tmp_path_factory.mktemp("exp") / "fold1"
+    train(config(), setup / "loso" / "fold1", setup / "dump", exp)
+    return exp
+
+
+def test_test_set_is_decoded_once_with_the_dev_selected_checkpoint(setup, trained, tmp_path):
+    test, dump, out = setup / "loso" / "fold1" / "test", setup / "dump", tmp_path / "decode_test"
+    decode_data_dir(trained, test, dump, out)
+    assert read_decode_dir(out).info["checkpoint"] == "best.pt"
+    assert "already decoded" in decode_data_dir(trained, test, dump, out)
+    with pytest.raises(DecodeError, match="decode it with the dev-selected best.pt, not last.pt"):
+        decode_data_dir(trained, test, dump, tmp_path / "other", checkpoint="last.pt")
+    decode_data_dir(trained, test, dump, tmp_path / "other", checkpoint="last.pt", retest=True)
+    # the model changes (e.g. it was retrained): decoding test again needs the explicit flag
+    best = torch.load(trained / "best.pt", weights_only=True)
+    best["epoch"] = 99
+    torch.save(best, trained / "best.pt")
+    with pytest.raises(DecodeError, match="already decoded with another checkpoint"):
+        decode_data_dir(trained, test, dump, out)
+    decode_data_dir(trained, test, dump, out, retest=True)
+    dev_out = tmp_path / "decode_dev"
+    decode_data_dir(trained, setup / "loso" / "fold1" / "dev", dump, dev_out, checkpoint="last.pt")
+
+
+def test_posteriors_do_not_depend_on_batch_size(setup, trained, tmp_path):
+    data, dump = setup / "loso" / "fold1" / "dev", setup / "dump"
+    decode_data_dir(trained, data, dump, tmp_path / "b1", batch_size=1)
+    decode_data_dir(trained, data, dump, tmp_path / "b64", batch_size=64)
+    one, many = read_decode_dir(tmp_path / "b1").seg_post, read_decode_dir(tmp_path / "b64").seg_post
+    assert one.keys() == many.keys() and len(one) > 1
+    for seg in one:
+        np.testing.assert_allclose(one[seg], many[seg], atol=1e-5)
