@@ -1,0 +1,302 @@
+"""Stage 2: a data dir -> a feature dump (see `storage` for the layout).
+
+Utterances are sorted by duration and cut into batches (little padding), and the batches are
+shared out over `nj` jobs balanced by audio length; each job writes its own ark per stream. The
+batches do not depend on `nj`, so any `nj` gives the same arrays. The dump is built in a temp
+dir and moved into place only when every job has finished, and a dump whose config and
+utterance list match the request is left alone.
+"""
+import concurrent.futures
+import hashlib
+import multiprocessing
+import os
+import time
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import yaml
+
+from sertk.audio import audio_info, load_audio
+from sertk.data.datadir import DataDir
+from sertk.errors import FeatureError
+from sertk.features import storage
+from sertk.features.frontends import DUMP_INFO_KEY, FeatureConfig, Stream, build_frontends, parse_config
+from sertk.fsutil import atomic_output_dir
+
+DEFAULT_BATCH_SIZE = 32
+# A batch also ends at this many padded samples (batch size x longest utterance): on CPU the FFT
+# slows down several times per frame once a batch's spectrogram no longer fits in cache (2^20
+# samples is about 65 s at 16 kHz); on GPU the cap only bounds memory.
+MAX_BATCH_SAMPLES = {"cpu": 2 ** 20, "cuda": 2 ** 24}
+
+
+@dataclass
+class StreamReport:
+    name: str
+    utts: int
+    frames: int
+    dim: int
+    frame_shift: float        # seconds
+    compute_seconds: float    # summed over jobs; a spectrogram shared by streams counts for the first
+
+
+@dataclass
+class ExtractReport:
+    out_dir: Path
+    skipped: bool             # the dump was already up to date
+    utts: int
+    audio_seconds: float
+    streams: List[StreamReport]
+    nj: int = 1               # jobs actually run (no more than there are batches)
+    device: str = "cpu"
+    load_seconds: float = 0.0   # reading and resampling audio, summed over jobs
+    setup_seconds: float = 0.0  # checking config and data dir, planning, building the frontends
+    wall_seconds: float = 0.0   # everything, set-up included
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_config(path) -> Dict[str, Any]:
+    """Read a feature config YAML file (checked later by `parse_config`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeatureError(f"{path}: no such feature config")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise FeatureError(f"{path}: not a valid YAML file ({e.__class__.__name__})") from None
+
+
+def extract_features(data_dir, config: Dict[str, Any], out_dir, nj: int = 1, device: str = "cpu",
+                     batch_size: int = DEFAULT_BATCH_SIZE, source: str = "feature config") -> ExtractReport:
+    """Compute every stream of `config` for every utterance of `data_dir` into the dump `out_dir`."""
+    start = time.perf_counter()
+    cfg = parse_config(config, source)
+    if nj < 1 or batch_size < 1:
+        raise FeatureError(f"nj and batch_size must be >= 1 (got {nj}, {batch_size})")
+    _check_device(device)
+    dd = DataDir.load(data_dir, audio="none")   # missing audio is reported by load_audio, naming the file
+    wav_scp = dd.tables["wav.scp"]
+    utts = dd.utts
+    checksum = _utterance_checksum(utts, wav_scp)
+    out_dir = Path(out_dir).resolve()
+    previous = _up_to_date(out_dir, cfg, checksum)
+    if previous is not None:
+        return previous
+
+    if not utts:
+        raise FeatureError(f"{data_dir}: the data dir has no utterances")
+    durations = _durations(dd, utts)
+    max_samples = MAX_BATCH_SAMPLES.get(torch.device(device).type, MAX_BATCH_SAMPLES["cpu"])
+    parts = _share_out(plan_batches(durations, batch_size, max_samples / cfg.sample_rate), durations, nj)
+    streams = build_frontends(cfg)
+    setup_seconds = time.perf_counter() - start
+    with atomic_output_dir(out_dir, "feature dump", storage.is_feature_dump) as tmp:
+        for name in cfg.streams:
+            (tmp / name).mkdir()
+        jobs = [Job(j, [[(u, wav_scp[u]) for u in batch] for batch in part], streams, cfg.sample_rate, str(tmp),
+                    device) for j, part in enumerate(parts, start=1)]
+        results = _run_jobs(jobs)
+        report = _finish(tmp, out_dir, cfg, results, checksum)
+    report.nj, report.device = len(jobs), device
+    report.setup_seconds, report.wall_seconds = setup_seconds, time.perf_counter() - start
+    return report
+
+
+# --- planning -----------------------------------------------------------------------------------
+
+def _utterance_checksum(utts: Sequence[str], wav_scp: Dict[str, str]) -> str:
+    """Ids, paths, sizes and modification times: a dump is reused only for the very same audio."""
+    h = hashlib.sha256()
+    for utt in utts:
+        try:
+            st = os.stat(wav_scp[utt])
+            stamp = f"{st.st_size} {st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"   # load_audio will say so, naming the file
+        h.update(f"{utt} {wav_scp[utt]} {stamp}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _check_device(device: str) -> None:
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise FeatureError(f"unknown device '{device}' (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FeatureError(f"device '{device}' was asked for, but CUDA is not available here")
+
+
+def _durations(dd: DataDir, utts: Sequence[str]) -> Dict[str, float]:
+    """Seconds per utterance, for batching only: utt2dur when the data dir has it, else the header."""
+    utt2dur = dd.tables.get("utt2dur", {})
+    out = {}
+    for utt in utts:
+        try:
+            out[utt] = float(utt2dur[utt])
+        except (KeyError, ValueError):
+            out[utt] = audio_info(dd.tables["wav.scp"][utt]).duration
+    return out
+
+
+def plan_batches(durations: Dict[str, float], batch_size: int, max_seconds: float) -> List[List[str]]:
+    """Utterances sorted by duration (so a batch pads little), cut into batches of at most `batch_size`
+    utterances and `max_seconds` of padded audio (batch size x its longest utterance)."""
+    batches: List[List[str]] = [[]]
+    for utt in sorted(durations, key=lambda u: (durations[u], u)):
+        batch = batches[-1]
+        if batch and (len(batch) == batch_size or (len(batch) + 1) * durations[utt] > max_seconds):
+            batches.append([])
+        batches[-1].append(utt)
+    return [b for b in batches if b]
+
+
+def _share_out(batches: List[List[str]], durations: Dict[str, float], nj: int) -> List[List[List[str]]]:
+    """Batches over at most `nj` jobs, longest first to the least loaded job."""
+    nj = min(nj, len(batches))
+    parts: List[List[List[str]]] = [[] for _ in range(nj)]
+    load = [0.0] * nj
+    for batch in sorted(batches, key=lambda b: -sum(durations[u] for u in b)):
+        j = load.index(min(load))
+        parts[j].append(batch)
+        load[j] += sum(durations[u] for u in batch)
+    return [sorted(p, key=lambda b: durations[b[0]]) for p in parts if p]
+
+
+# --- jobs ---------------------------------------------------------------------------------------
+
+@dataclass
+class Job:
+    index: int                                 # 1-based; names feats.<index>.ark
+    batches: List[List[Tuple[str, str]]]       # (utt, wav path)
+    # built once by the caller and pickled to workers, so they need not import librosa's filters
+    # (about a second of start-up each)
+    streams: Dict[str, Stream]
+    sample_rate: int
+    out_dir: str                               # the temp dump dir
+    device: str
+
+
+@dataclass
+class JobResult:
+    entries: Dict[str, List[storage.Entry]]
+    dims: Dict[str, int]
+    samples: int = 0
+    load_seconds: float = 0.0
+    stream_seconds: Dict[str, float] = field(default_factory=dict)
+
+
+_ABORT: Optional[Any] = None   # a multiprocessing Event in worker processes: another job failed
+
+
+def _init_worker(abort, threads: int) -> None:
+    global _ABORT
+    _ABORT = abort
+    torch.set_num_threads(threads)
+
+
+def run_job(job: Job) -> JobResult:
+    device = torch.device(job.device)
+    streams = {name: m.to(device) for name, m in job.streams.items()}
+    result = JobResult({name: [] for name in streams}, {name: m.dim for name, m in streams.items()},
+                       stream_seconds={name: 0.0 for name in streams})
+    writers = {name: storage.ArkWriter(Path(job.out_dir) / name / storage.ark_name(job.index)) for name in streams}
+    try:
+        with torch.inference_mode():
+            for batch in job.batches:
+                if _ABORT is not None and _ABORT.is_set():
+                    break
+                t0 = time.perf_counter()
+                wave, lengths = _load_batch([path for _, path in batch], job.sample_rate)
+                result.load_seconds += time.perf_counter() - t0
+                result.samples += int(lengths.sum())
+                wave, lengths = wave.to(device), lengths.to(device)
+                for name, stream in streams.items():
+                    t0 = time.perf_counter()
+                    feats, frame_lengths = stream(wave, lengths)
+                    feats, frame_lengths = feats.cpu().numpy(), frame_lengths.tolist()
+                    for i, (utt, _) in enumerate(batch):
+                        writers[name].write(utt, feats[i, :frame_lengths[i]])
+                    result.stream_seconds[name] += time.perf_counter() - t0
+    finally:
+        for name, w in writers.items():
+            w.close()
+            result.entries[name] = w.entries
+    return result
+
+
+def _load_batch(paths: Sequence[str], sample_rate: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Zero-padded [B, T] float32 and lengths [B]."""
+    audio = [load_audio(p, sample_rate) for p in paths]
+    lengths = np.array([len(a) for a in audio], dtype=np.int64)
+    wave = np.zeros((len(audio), int(lengths.max())), dtype=np.float32)
+    for i, a in enumerate(audio):
+        wave[i, :len(a)] = a
+    return torch.from_numpy(wave), torch.from_numpy(lengths)
+
+
+def _run_jobs(jobs: List[Job]) -> List[JobResult]:
+    if len(jobs) == 1:
+        return [run_job(jobs[0])]
+    # spawn, not fork: a forked child of a process that has used torch's OpenMP pool can hang
+    ctx = multiprocessing.get_context("spawn")
+    abort = ctx.Event()
+    threads = max(1, torch.get_num_threads() // len(jobs))
+    with concurrent.futures.ProcessPoolExecutor(len(jobs), mp_context=ctx, initializer=_init_worker,
+                                                initargs=(abort, threads)) as pool:
+        futures = [pool.submit(run_job, job) for job in jobs]
+        try:
+            return [f.result() for f in futures]
+        except BrokenProcessPool:
+            abort.set()
+            raise FeatureError("a feature extraction job died (out of memory? try a smaller --batch-size "
+                               "or fewer --nj)") from None
+        except BaseException:
+            abort.set()   # the other jobs stop after their current batch
+            raise
+
+
+# --- finishing ----------------------------------------------------------------------------------
+
+def _finish(tmp: Path, out_dir: Path, cfg: FeatureConfig, results: List[JobResult], checksum: str) -> ExtractReport:
+    audio_seconds = sum(r.samples for r in results) / cfg.sample_rate
+    reports = []
+    for name in cfg.streams:
+        entries = [e for r in results for e in r.entries[name]]
+        storage.write_stream_index(tmp / name, out_dir / name, entries)
+        reports.append(StreamReport(name, len(entries), sum(e[3] for e in entries), results[0].dims[name],
+                                    cfg.streams[name].hop_samples(cfg.sample_rate) / cfg.sample_rate,
+                                    sum(r.stream_seconds[name] for r in results)))
+    doc = cfg.to_dict()
+    doc[DUMP_INFO_KEY] = {"utterances": reports[0].utts, "utt_checksum": checksum,
+                          "audio_seconds": round(audio_seconds, 3),
+                          "dims": {r.name: r.dim for r in reports},
+                          "frame_shift": {r.name: r.frame_shift for r in reports}}
+    storage.write_dump_config(tmp, doc)
+    return ExtractReport(out_dir, False, reports[0].utts, audio_seconds, reports,
+                         load_seconds=sum(r.load_seconds for r in results))
+
+
+def _up_to_date(out_dir: Path, cfg: FeatureConfig, checksum: str) -> Optional[ExtractReport]:
+    """The report of an existing dump made with the same config from the same utterances, else None."""
+    if not storage.is_feature_dump(out_dir):
+        return None
+    try:
+        doc = storage.read_dump_config(out_dir)
+        info = doc.get(DUMP_INFO_KEY) or {}
+        same = ({k: doc.get(k) for k in ("sample_rate", "streams")} == cfg.to_dict()
+                and info.get("utt_checksum") == checksum)
+        if not same:
+            return None
+        streams = [StreamReport(name, len(n), sum(n.values()), int(info["dims"][name]),
+                                float(info["frame_shift"][name]), 0.0)
+                   for name, n in ((name, storage.num_frames(out_dir, name)) for name in cfg.streams)]
+    except (FeatureError, KeyError, TypeError, ValueError):
+        return None   # damaged or from an older layout: rebuild
+    return ExtractReport(out_dir, True, int(info["utterances"]), float(info["audio_seconds"]), streams)

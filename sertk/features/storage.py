@@ -1,0 +1,110 @@
+"""The feature dump on disk, Kaldi style, so Kaldi users can bring or take features as they are:
+
+    <dump>/features.yaml              the resolved feature config, plus a `dump` section (utterances,
+                                      a checksum of the utterance list, dims, frame shifts)
+    <dump>/<stream>/feats.scp         <utt> <absolute path>/feats.<job>.ark:<offset>, sorted by utt
+    <dump>/<stream>/feats.<job>.ark   Kaldi binary float32 matrices [num_frames, dim]
+    <dump>/<stream>/utt2num_frames    <utt> <num_frames>
+
+Readers use `load_feats` (lazy) and `num_frames`; `extract` writes through `ArkWriter` and
+`write_stream_index`.
+"""
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
+
+import kaldiio
+import numpy as np
+import yaml
+
+from sertk.data.table import format_table, read_table
+from sertk.errors import FeatureError
+from sertk.fsutil import atomic_write_text
+
+CONFIG_FILE = "features.yaml"
+SCP_FILE = "feats.scp"
+NUM_FRAMES_FILE = "utt2num_frames"
+
+Entry = Tuple[str, str, int, int]   # (utt, ark file name, byte offset of the matrix, num_frames)
+
+
+def ark_name(job: int) -> str:
+    return f"feats.{job}.ark"
+
+
+class ArkWriter:
+    """Appends float32 [frames, dim] matrices to one ark file and remembers where each one is."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file = open(self.path, "wb")
+        self.entries: List[Entry] = []
+
+    def write(self, utt: str, array: np.ndarray) -> None:
+        # kaldiio writes "<utt> " and then the matrix; scp offsets point at the matrix, as in Kaldi
+        offset = self._file.tell() + len(f"{utt} ".encode("utf-8"))
+        kaldiio.save_ark(self._file, {utt: np.ascontiguousarray(array, dtype=np.float32)})
+        self.entries.append((utt, self.path.name, offset, int(array.shape[0])))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "ArkWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_stream_index(stream_dir: Path, final_stream_dir: Path, entries: Iterable[Entry]) -> None:
+    """feats.scp and utt2num_frames in `stream_dir`; scp paths point into `final_stream_dir`, where
+    the dump will be once it is moved into place."""
+    entries = list(entries)
+    final = Path(final_stream_dir).resolve()
+    (Path(stream_dir) / SCP_FILE).write_text(
+        format_table((utt, f"{final / ark}:{offset}") for utt, ark, offset, _ in entries), encoding="utf-8")
+    (Path(stream_dir) / NUM_FRAMES_FILE).write_text(
+        format_table((utt, str(n)) for utt, _, _, n in entries), encoding="utf-8")
+
+
+def write_dump_config(dump_dir: Path, doc: Dict[str, Any]) -> None:
+    atomic_write_text(Path(dump_dir) / CONFIG_FILE, yaml.safe_dump(doc, sort_keys=False))
+
+
+def read_dump_config(dump_dir) -> Dict[str, Any]:
+    path = Path(dump_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FeatureError(f"{dump_dir}: not a feature dump (no {CONFIG_FILE})")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise FeatureError(f"{path}: not a valid YAML file ({e.__class__.__name__})") from None
+    if not isinstance(doc, dict):
+        raise FeatureError(f"{path}: not a feature dump config")
+    return doc
+
+
+def is_feature_dump(path) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def stream_dir(dump_dir, stream: str) -> Path:
+    """The folder of `stream` in a dump; a `FeatureError` names the streams there if it is not one."""
+    folder = Path(dump_dir) / stream
+    if not (folder / SCP_FILE).is_file():
+        have = sorted(p.parent.name for p in Path(dump_dir).glob(f"*/{SCP_FILE}"))
+        raise FeatureError(f"{dump_dir}: no feature stream '{stream}' (streams: {', '.join(have) or 'none'})")
+    return folder
+
+
+def load_feats(dump_dir, stream: str) -> Mapping[str, np.ndarray]:
+    """utt -> float32 [num_frames, dim], read from the ark only when an utterance is looked up."""
+    return kaldiio.load_scp(str(stream_dir(dump_dir, stream) / SCP_FILE))
+
+
+def num_frames(dump_dir, stream: str) -> Dict[str, int]:
+    path = stream_dir(dump_dir, stream) / NUM_FRAMES_FILE
+    table = read_table(path)
+    try:
+        return {utt: int(n) for utt, n in table.items()}
+    except ValueError:
+        raise FeatureError(f"{path}: frame counts must be integers") from None
