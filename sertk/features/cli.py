@@ -4,7 +4,7 @@ from typing import Optional
 
 import click
 
-from sertk.features.extract import DEFAULT_BATCH_SIZE, ExtractReport, default_device, extract_features, load_config
+# extraction pulls in torch and librosa: imported when a command runs, so `sertk --help` stays fast
 
 
 @click.group()
@@ -20,8 +20,8 @@ def features() -> None:
 @click.option("--nj", default=1, show_default=True, type=click.IntRange(min=1),
               help="Parallel jobs (processes); torch threads are shared out among them.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N [default: cuda if available, else cpu].")
-@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=click.IntRange(min=1),
-              help="Utterances per batch (sorted by length, zero-padded).")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Utterances per batch (sorted by length, zero-padded) [default: 32].")
 def extract(data_dir: Path, out_dir: Path, conf: Path, nj: int, device: Optional[str], batch_size: int) -> None:
     """Compute the streams of --conf for every utterance of DATA_DIR into OUT_DIR.
 
@@ -29,13 +29,14 @@ def extract(data_dir: Path, out_dir: Path, conf: Path, nj: int, device: Optional
     utt2num_frames. A dump already made with the same config from the same utterances is skipped;
     otherwise it is rebuilt whole, and only replaced when extraction succeeded.
     """
+    from sertk.features.extract import DEFAULT_BATCH_SIZE, default_device, extract_features, load_config
     report = extract_features(data_dir, load_config(conf), out_dir, nj=nj, device=device or default_device(),
-                              batch_size=batch_size, source=str(conf))
+                              batch_size=batch_size or DEFAULT_BATCH_SIZE, source=str(conf))
     for line in report_lines(report):
         click.echo(line)
 
 
-def report_lines(report: ExtractReport):
+def report_lines(report):
     if report.skipped:
         yield (f"{report.out_dir}: up to date (same config and utterances), skipped: "
                f"{report.utts} utterances, {report.audio_seconds:.1f} s of audio")

@@ -5,7 +5,7 @@ from typing import Optional, Tuple
 import click
 import yaml
 
-from sertk.train.config import get_key, load_config
+# the config module imports the model registry (torch): imported when a command runs
 
 config_path = click.Path(exists=True, dir_okay=False, path_type=Path)
 existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -27,6 +27,7 @@ def _device(device: Optional[str]) -> str:
 @overrides
 def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device: Optional[str], sets: Tuple[str]) -> None:
     """Train one model on one fold; best.pt by dev UA, resumable from last.pt."""
+    from sertk.train.config import load_config
     from sertk.train.trainer import train as run_training
     summary = run_training(load_config(config_file, sets), fold_dir, feats, exp_dir, _device(device))
     click.echo(f"{exp_dir}: best dev UA {summary.best_dev_ua:.4f} at epoch {summary.best_epoch} "
@@ -63,6 +64,7 @@ def config_group() -> None:
 @overrides
 def show(config_file: Path, sets: Tuple[str]) -> None:
     """Print the fully resolved config (defaults, model defaults, file, overrides)."""
+    from sertk.train.config import load_config
     click.echo(yaml.safe_dump(load_config(config_file, sets), sort_keys=False), nl=False)
 
 
@@ -72,5 +74,6 @@ def show(config_file: Path, sets: Tuple[str]) -> None:
 @overrides
 def get(config_file: Path, key: str, sets: Tuple[str]) -> None:
     """Print one key of the resolved config, e.g. `features.tag` (for shell recipes)."""
+    from sertk.train.config import get_key, load_config
     value = get_key(load_config(config_file, sets), key)
     click.echo(value if not isinstance(value, (dict, list)) else yaml.safe_dump(value).strip())
