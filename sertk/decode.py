@@ -22,6 +22,7 @@ import yaml
 from sertk.data.table import format_table, read_table
 from sertk.errors import ScoreError
 from sertk.fsutil import atomic_output_dir
+from sertk.yamlutil import read_yaml_file
 
 DEFAULT_RULE = "mean"
 # log(0) would make one confident segment veto a class with -inf and turn ties into NaN; a floor
@@ -207,13 +208,7 @@ def _require(path: Path) -> Path:
 def _read_info(path: Path) -> dict:
     if not path.is_file():
         return {}
-    try:
-        info = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        raise ScoreError(f"{path}: not valid YAML") from None
-    if not isinstance(info, dict):
-        raise ScoreError(f"{path}: expected a mapping")
-    return info
+    return read_yaml_file(path, ScoreError)
 
 
 def read_decode_dir(path) -> DecodeDir:

@@ -1,5 +1,6 @@
 """Atomic file and directory output: readers never see a half-written result."""
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -53,3 +54,11 @@ def atomic_output_dir(path: Path, kind: str = "output dir",
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

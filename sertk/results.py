@@ -22,15 +22,22 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-import yaml
 
 from sertk.data.protocols import CARD_FILE, load_card
 from sertk.decode import is_decode_dir
 from sertk.envinfo import environment, environment_markdown
 from sertk.errors import ProtocolError, ScoreError
 from sertk.fsutil import atomic_write_text
-from sertk.score import (SEGMENT, confusion_text, metrics_from_confusion, pct, per_class_text,
-                         save_confusion_png, score_decode_dir)
+from sertk.score import (
+    SEGMENT,
+    confusion_text,
+    metrics_from_confusion,
+    pct,
+    per_class_text,
+    save_confusion_png,
+    score_decode_dir,
+)
+from sertk.yamlutil import read_yaml_file
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +84,7 @@ def resolve_path(value: str, near: Path) -> Path:
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        raise ScoreError(f"{path}: not valid YAML") from None
-    if not isinstance(doc, dict):
-        raise ScoreError(f"{path}: expected a mapping")
-    return doc
+    return read_yaml_file(path, ScoreError)
 
 
 def _protocol_dir_of(decode_dir: Path, info: dict) -> Optional[Path]:

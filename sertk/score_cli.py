@@ -5,7 +5,14 @@ from typing import Optional
 import click
 
 from sertk.results import DECODE_SUBDIR, RESULTS_FILE, collect, summary_markdown
-from sertk.score import SCORING_DIR, confusion_text, per_class_text, score_decode_dir, score_files, summary_text
+from sertk.score import (
+    SCORING_DIR,
+    confusion_text,
+    per_class_text,
+    score_decode_dir,
+    score_files,
+    summary_text,
+)
 
 any_path = click.Path(path_type=Path)
 

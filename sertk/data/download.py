@@ -4,7 +4,6 @@ The manifests in `corpora/manifests/` hold the SHA-256 of every file the prepare
 from a copy byte-identical to the official release; a download that does not match is refused,
 file by file. Extraction refuses absolute paths, `..`, links and implausibly large archives.
 """
-import hashlib
 import logging
 import shutil
 import stat
@@ -17,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional
 
 from sertk.errors import SertkError
-from sertk.fsutil import atomic_output_dir
+from sertk.fsutil import atomic_output_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +105,7 @@ def verify_manifest(root: Path, manifest: Path) -> List[str]:
         path = Path(root) / rel
         if not path.is_file():
             problems.append(f"{rel}: missing")
-        elif _sha256(path) != digest:
+        elif sha256_file(path) != digest:
             problems.append(f"{rel}: checksum differs")
     return problems
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -14,6 +14,7 @@ import yaml
 
 from sertk.errors import LabelError
 from sertk.fsutil import atomic_write_text
+from sertk.yamlutil import read_yaml_file
 
 DROP = "drop"
 LABEL_MAP_FILE = "labels.yaml"
@@ -84,11 +85,7 @@ def load_label_map(path) -> LabelMap:
     path = Path(path)
     if not path.is_file():
         raise LabelError(f"{path}: no such label map")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise LabelError(f"{path}: not a valid YAML text file ({e.__class__.__name__})") from None
-    return label_map_from_dict(doc, source=str(path))
+    return label_map_from_dict(read_yaml_file(path, LabelError, mapping=False), source=str(path))
 
 
 def label_map_from_dict(doc, source: str) -> LabelMap:

@@ -15,6 +15,7 @@ import yaml
 from sertk.data.datadir import DataDir
 from sertk.errors import ProtocolError
 from sertk.fsutil import atomic_output_dir
+from sertk.yamlutil import read_yaml_file
 
 SPLITS = ("train", "dev", "test")
 CARD_FILE = "protocol.yaml"
@@ -178,10 +179,7 @@ def load_card(path) -> dict:
     card_path = Path(path) / CARD_FILE
     if not card_path.is_file():
         raise ProtocolError(f"{path}: no {CARD_FILE}; is this a protocol dir made by 'sertk data folds'?")
-    try:
-        card = yaml.safe_load(card_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        raise ProtocolError(f"{card_path}: not valid YAML") from None
+    card = read_yaml_file(card_path, ProtocolError)
     for key in ("protocol", "num_folds", "speaker_independent", "checksum", "classes"):
         if not isinstance(card, dict) or key not in card:
             raise ProtocolError(f"{card_path}: the card has no '{key}'")

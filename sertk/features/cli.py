@@ -29,7 +29,12 @@ def extract(data_dir: Path, out_dir: Path, conf: Path, nj: int, device: Optional
     utt2num_frames. A dump already made with the same config from the same utterances is skipped;
     otherwise it is rebuilt whole, and only replaced when extraction succeeded.
     """
-    from sertk.features.extract import DEFAULT_BATCH_SIZE, default_device, extract_features, load_config
+    from sertk.features.extract import (
+        DEFAULT_BATCH_SIZE,
+        default_device,
+        extract_features,
+        load_config,
+    )
     report = extract_features(data_dir, load_config(conf), out_dir, nj=nj, device=device or default_device(),
                               batch_size=batch_size or DEFAULT_BATCH_SIZE, source=str(conf))
     for line in report_lines(report):

@@ -18,14 +18,20 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import yaml
 
 from sertk.audio import audio_info, load_audio
 from sertk.data.datadir import DataDir
 from sertk.errors import FeatureError
 from sertk.features import storage
-from sertk.features.frontends import DUMP_INFO_KEY, FeatureConfig, Stream, build_frontends, parse_config
+from sertk.features.frontends import (
+    DUMP_INFO_KEY,
+    FeatureConfig,
+    Stream,
+    build_frontends,
+    parse_config,
+)
 from sertk.fsutil import atomic_output_dir
+from sertk.yamlutil import read_yaml_file
 
 DEFAULT_BATCH_SIZE = 32
 # A batch also ends at this many padded samples (batch size x longest utterance): on CPU the FFT
@@ -67,10 +73,7 @@ def load_config(path) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FeatureError(f"{path}: no such feature config")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise FeatureError(f"{path}: not a valid YAML file ({e.__class__.__name__})") from None
+    return read_yaml_file(path, FeatureError, mapping=False)
 
 
 def extract_features(data_dir, config: Dict[str, Any], out_dir, nj: int = 1, device: str = "cpu",

@@ -19,6 +19,7 @@ import yaml
 from sertk.data.table import format_table, read_table
 from sertk.errors import FeatureError
 from sertk.fsutil import atomic_write_text
+from sertk.yamlutil import read_yaml_file
 
 CONFIG_FILE = "features.yaml"
 SCP_FILE = "feats.scp"
@@ -74,13 +75,7 @@ def read_dump_config(dump_dir) -> Dict[str, Any]:
     path = Path(dump_dir) / CONFIG_FILE
     if not path.is_file():
         raise FeatureError(f"{dump_dir}: not a feature dump (no {CONFIG_FILE})")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise FeatureError(f"{path}: not a valid YAML file ({e.__class__.__name__})") from None
-    if not isinstance(doc, dict):
-        raise FeatureError(f"{path}: not a feature dump config")
-    return doc
+    return read_yaml_file(path, FeatureError)
 
 
 def is_feature_dump(path) -> bool:

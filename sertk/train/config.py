@@ -13,7 +13,7 @@ import yaml
 
 from sertk.errors import SertkError
 from sertk.models import make_config
-from sertk.yamlutil import load_yaml
+from sertk.yamlutil import load_yaml, read_yaml_file
 
 
 class ConfigError(SertkError):
@@ -42,10 +42,7 @@ def load_config(path: Optional[Path], overrides: Iterable[str] = ()) -> Dict[str
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
-        try:
-            user = load_yaml(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+        user = read_yaml_file(path, ConfigError, mapping=False) or {}
         if not isinstance(user, dict):
             raise ConfigError(f"{path}: a config must be a mapping of sections")
     overrides = [_parse_override(o) for o in overrides]

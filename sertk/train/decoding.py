@@ -4,7 +4,6 @@ Test hygiene: a set named `test` is decoded with the dev-selected `best.pt`, onc
 again (after retraining) or with any other checkpoint needs `retest=True`, so looking at test
 results can never quietly become part of model selection.
 """
-import hashlib
 import logging
 from pathlib import Path
 from typing import Optional
@@ -13,6 +12,7 @@ from sertk.data.datadir import DataDir
 from sertk.decode import read_decode_dir, write_decode_dir
 from sertk.errors import SertkError
 from sertk.features.segments import SegmentConfig
+from sertk.fsutil import sha256_file
 from sertk.models import build_model
 from sertk.train.checkpoint import load_checkpoint
 from sertk.train.config import model_options
@@ -33,7 +33,7 @@ def decode_data_dir(exp_dir: Path, data_dir: Path, feats_dir: Path, out_dir: Pat
                     device: str = "cpu") -> str:
     exp_dir, data_dir, out_dir = Path(exp_dir), Path(data_dir), Path(out_dir)
     ckpt_path = exp_dir / checkpoint
-    digest = _sha256(ckpt_path) if ckpt_path.is_file() else None
+    digest = sha256_file(ckpt_path) if ckpt_path.is_file() else None
     is_test = data_dir.name == "test"
     if is_test and checkpoint != DEV_SELECTED and not retest:
         raise DecodeError(f"{data_dir} is a test set: decode it with the dev-selected {DEV_SELECTED}, "
@@ -70,10 +70,3 @@ def decode_data_dir(exp_dir: Path, data_dir: Path, feats_dir: Path, out_dir: Pat
                      default_rule=config["decode"]["rule"])
     return f"{len(dd.utts)} utterances, {len(dataset)} segments (checkpoint {checkpoint}, epoch {ckpt.get('epoch')})"
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
