@@ -107,9 +107,8 @@ class _Run:
             log.info("%s: %d train segments (%d utts), %d dev segments (%d utts), %d parameters, device %s",
                      self.exp_dir, len(self.train_set), len(self.train_dd.utts), len(self.dev_set),
                      len(self.dev_dd.utts), sum(p.numel() for p in self.model.parameters()), self.device)
-        from torch.utils.tensorboard import (
-            SummaryWriter,  # heavy import, only when training
-        )
+        # heavy import, only when training
+        from torch.utils.tensorboard import SummaryWriter
         with SummaryWriter(str(self.exp_dir / "tensorboard")) as writer:
             while state["epoch"] < cfg["epochs"]:
                 epoch = state["epoch"] + 1
