@@ -25,18 +25,14 @@ def prepare(root, out, **options):
     return prepare_valid("iemocap", root, out, **options)
 
 
-def table(out, name):
-    return read_table(out / name)
-
-
 def test_counts_ids_and_tables(release, tmp_path):
     out = tmp_path / "data"
     report = prepare(release, out)
-    utt2emo = table(out, "utt2emo")
+    utt2emo = read_table(out / "utt2emo")
     assert len(utt2emo) == N_UTTS
     assert Counter(utt2emo.values()) == CLASS_COUNTS
     speakers = {f"iemocap_Ses0{n}{g}" for n in range(1, 6) for g in "FM"}
-    assert set(table(out, "utt2spk").values()) == speakers
+    assert set(read_table(out / "utt2spk").values()) == speakers
     assert report.dropped == Counter({"fru": 10, "xxx": 5})
     assert report.skipped == Counter({"macOS ._ file": 10})  # one per dialog
 
@@ -44,16 +40,16 @@ def test_counts_ids_and_tables(release, tmp_path):
     male = "iemocap_Ses01M-Ses01F_impro01_M003"
     female = "iemocap_Ses01F-Ses01M_script01_1_F001"
     assert iemocap_utt("Ses01F_impro01_M003") == male
-    assert table(out, "utt2spk")[male] == "iemocap_Ses01M"
-    assert table(out, "utt2spk")[female] == "iemocap_Ses01F"
-    assert table(out, "utt2gen")[male] == "m" and table(out, "utt2gen")[female] == "f"
-    assert table(out, "utt2sess")[male] == "Ses01"
-    assert table(out, "utt2sess")[iemocap_utt("Ses05M_script01_1_M000")] == "Ses05"
-    assert table(out, "utt2lab_raw")[male] == "hap"
-    assert table(out, "utt2lab_raw")[female] == "exc" and utt2emo[female] == "happiness"
-    assert table(out, "wav.scp")[male].endswith("Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M003.wav")
+    assert read_table(out / "utt2spk")[male] == "iemocap_Ses01M"
+    assert read_table(out / "utt2spk")[female] == "iemocap_Ses01F"
+    assert read_table(out / "utt2gen")[male] == "m" and read_table(out / "utt2gen")[female] == "f"
+    assert read_table(out / "utt2sess")[male] == "Ses01"
+    assert read_table(out / "utt2sess")[iemocap_utt("Ses05M_script01_1_M000")] == "Ses05"
+    assert read_table(out / "utt2lab_raw")[male] == "hap"
+    assert read_table(out / "utt2lab_raw")[female] == "exc" and utt2emo[female] == "happiness"
+    assert read_table(out / "wav.scp")[male].endswith("Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M003.wav")
     # gender agrees with the speaker id everywhere
-    gen, spk = table(out, "utt2gen"), table(out, "utt2spk")
+    gen, spk = read_table(out / "utt2gen"), read_table(out / "utt2spk")
     assert all(gen[u] == spk[u][-1].lower() for u in spk)
 
 
@@ -65,7 +61,7 @@ def test_parent_of_release_is_accepted(release, tmp_path):
 def test_improvised_only(release, tmp_path):
     out = tmp_path / "data"
     report = prepare(release, out, improvised_only=True)
-    utts = table(out, "wav.scp")
+    utts = read_table(out / "wav.scp")
     assert len(utts) == 25
     assert all("_impro" in u for u in utts)
     assert report.skipped["scripted dialog (improvised_only)"] == 25
@@ -74,8 +70,8 @@ def test_improvised_only(release, tmp_path):
 def test_drop_exc(release, tmp_path):
     out = tmp_path / "data"
     report = prepare(release, out, drop_exc=True)
-    assert "exc" not in table(out, "utt2lab_raw").values()
-    assert len(table(out, "utt2emo")) == N_UTTS - 10
+    assert "exc" not in read_table(out / "utt2lab_raw").values()
+    assert len(read_table(out / "utt2emo")) == N_UTTS - 10
     assert report.dropped["exc"] == 10
     saved = yaml.safe_load((out / "labels.yaml").read_text())
     assert saved["map"]["exc"] == "drop" and saved["map"]["hap"] == "happiness"

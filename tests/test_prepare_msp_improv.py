@@ -25,10 +25,6 @@ def prepare(root, out, **options):
     return prepare_valid("msp_improv", root, out, **options)
 
 
-def table(out, name):
-    return read_table(out / name)
-
-
 def append(path, text):
     path.write_text(path.read_text() + text)
 
@@ -36,24 +32,24 @@ def append(path, text):
 def test_counts_ids_and_tables(release, tmp_path):
     out = tmp_path / "data"
     report = prepare(release, out)
-    utt2emo = table(out, "utt2emo")
+    utt2emo = read_table(out / "utt2emo")
     assert len(utt2emo) == N_UTTS
     assert Counter(utt2emo.values()) == CLASS_COUNTS
-    assert set(table(out, "utt2spk").values()) == {"msp_improv_F01", "msp_improv_M01",
+    assert set(read_table(out / "utt2spk").values()) == {"msp_improv_F01", "msp_improv_M01",
                                                    "msp_improv_F02", "msp_improv_M02"}
     assert report.dropped == Counter({"O": 4, "X": 4})
     assert report.skipped == Counter()
 
     # sentence S01A was elicited as angry, but this clip's consensus label is neutral
-    assert table(out, "utt2spk")[UTT] == "msp_improv_F01"
-    assert table(out, "utt2lab_raw")[UTT] == "N" and utt2emo[UTT] == "neutral"
-    assert table(out, "utt2target")[UTT] == "A"
-    assert table(out, "utt2rectype")[UTT] == "R"
-    assert table(out, "utt2gen")[UTT] == "f"
-    assert table(out, "utt2gen")["msp_improv_M02-MSP-IMPROV-S03S-M02-T-FM01"] == "m"
-    assert table(out, "utt2sess")["msp_improv_M02-MSP-IMPROV-S03S-M02-T-FM01"] == "session2"
-    assert set(table(out, "utt2rectype").values()) == set("PRST")
-    wav = table(out, "wav.scp")[UTT]
+    assert read_table(out / "utt2spk")[UTT] == "msp_improv_F01"
+    assert read_table(out / "utt2lab_raw")[UTT] == "N" and utt2emo[UTT] == "neutral"
+    assert read_table(out / "utt2target")[UTT] == "A"
+    assert read_table(out / "utt2rectype")[UTT] == "R"
+    assert read_table(out / "utt2gen")[UTT] == "f"
+    assert read_table(out / "utt2gen")["msp_improv_M02-MSP-IMPROV-S03S-M02-T-FM01"] == "m"
+    assert read_table(out / "utt2sess")["msp_improv_M02-MSP-IMPROV-S03S-M02-T-FM01"] == "session2"
+    assert set(read_table(out / "utt2rectype").values()) == set("PRST")
+    wav = read_table(out / "wav.scp")[UTT]
     assert wav.endswith("Audio/session1/S01A/R/MSP-IMPROV-S01A-F01-R-FM01.wav")
     assert audio_info(wav).sample_rate == 44100
 
@@ -62,8 +58,8 @@ def test_audio_folder_in_root_and_misspelt_evaluation(tmp_path):
     root = make_msp_improv(tmp_path / "rel", audio_subdir=False, evaluation_name="Evalution.txt")
     out = tmp_path / "data"
     prepare(root, out)
-    assert len(table(out, "utt2emo")) == N_UTTS
-    assert table(out, "wav.scp")[UTT].endswith("rel/session1/S01A/R/MSP-IMPROV-S01A-F01-R-FM01.wav")
+    assert len(read_table(out / "utt2emo")) == N_UTTS
+    assert read_table(out / "wav.scp")[UTT].endswith("rel/session1/S01A/R/MSP-IMPROV-S01A-F01-R-FM01.wav")
 
 
 def test_duplicate_line_with_same_label_is_used_once(tmp_path):
