@@ -1,5 +1,5 @@
 """Segment posteriors of a model over a segment dataset."""
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -40,7 +40,3 @@ def as_seg_posteriors(dataset: SegmentDataset, posteriors: np.ndarray) -> Dict[s
 
 def seg2utt(dataset: SegmentDataset) -> Dict[str, str]:
     return {seg.seg: seg.utt for seg in dataset.segments}
-
-
-def labels_of(dataset: SegmentDataset, utts: Sequence[str]) -> List[int]:
-    return [dataset.labels[u] for u in utts]

@@ -10,7 +10,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from sertk.train.checkpoint import load_checkpoint, save_checkpoint
 from sertk.train.config import ConfigError, model_options
 from sertk.train.data import SegmentDataset, class_weights, collate, spec_augment
 from sertk.train.features import Normalization, frame_hop, load_streams
-from sertk.train.infer import by_utterance, segment_posteriors, utterance_decisions
+from sertk.train.infer import segment_posteriors, utterance_decisions
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,7 @@ class _Run:
         hyp = utterance_decisions(self.dev_set, post, self.config["decode"]["rule"])
         utts = sorted(hyp)
         m = metrics([self.dev_set.labels[u] for u in utts], [hyp[u] for u in utts], self.classes)
-        return {"loss": loss, "wa": m["wa"], "ua": m["ua"], "confusion": m["confusion"],
-                "num_utts": len(by_utterance(self.dev_set, post))}
+        return {"loss": loss, "wa": m["wa"], "ua": m["ua"], "confusion": m["confusion"]}
 
     def _step_scheduler(self, dev_ua: float) -> None:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -232,7 +231,3 @@ def _log_to(path: Path) -> logging.Handler:
     if logger.getEffectiveLevel() > logging.INFO:  # the log file gets INFO even when the console is quiet
         logger.setLevel(logging.INFO)
     return handler
-
-
-def history(exp_dir: Path) -> List[Dict[str, Any]]:
-    return load_checkpoint(Path(exp_dir) / "last.pt")["history"]
