@@ -35,4 +35,6 @@ def load_checkpoint(path: Path, device: str = "cpu") -> Dict[str, Any]:
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # truncated file, foreign pickle: say which file, not a traceback
-        raise CheckpointError(f"{path}: cannot read checkpoint ({e.__class__.__name__}: {str(e)[:200]})") from None
+        # torch's own message suggests weights_only=False, which would run code from the file
+        raise CheckpointError(f"{path}: cannot read checkpoint: damaged, or not written by sertk "
+                              f"({e.__class__.__name__})") from None

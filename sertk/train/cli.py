@@ -19,13 +19,16 @@ def _device(device: Optional[str]) -> str:
 
 
 @click.command()
-@click.option("--config", "config_file", required=True, type=config_path, help="Experiment YAML (conf/models/<model>.yaml).")
+@click.option("--config", "config_file", required=True, type=config_path,
+              help="Experiment YAML (conf/models/<model>.yaml).")
 @click.option("--fold-dir", required=True, type=existing_dir, help="Protocol fold with train/ and dev/ data dirs.")
 @click.option("--feats", required=True, type=existing_dir, help="Feature dump dir (dump/<tag>).")
-@click.option("--exp", "exp_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Experiment dir.")
+@click.option("--exp", "exp_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Experiment dir.")
 @click.option("--device", help="cpu, cuda or cuda:N [default: cuda if available].")
 @overrides
-def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device: Optional[str], sets: Tuple[str]) -> None:
+def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device: Optional[str],
+          sets: Tuple[str]) -> None:
     """Train one model on one fold; best.pt by dev UA, resumable from last.pt."""
     from sertk.train.config import load_config
     from sertk.train.trainer import train as run_training
