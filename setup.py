@@ -15,7 +15,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["sertk", "sertk.*"]),
-    package_data={"sertk.data.corpora": ["labels/*.yaml", "manifests/*.sha256"]},
+    package_data={"sertk.data.corpora": ["labels/*.yaml", "manifests/*"]},
     install_requires=[
         # torch is pinned by the install command, not here, so that users keep their CUDA build.
         "torch>=2.1",

@@ -38,14 +38,20 @@ die() { echo "$0: error: $*" >&2; exit 1; }
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 
 command -v sertk >/dev/null || die "the sertk command is not installed (pip install -e . at the repository root)"
-model_conf=conf/models/${model}.yaml
-[ -f "$model_conf" ] || die "no model config $model_conf (models here: $(ls conf/models | sed 's/\.yaml$//' | tr '\n' ' '))"
+template_conf=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/conf
+conf_file() {  # conf/<path> from the recipe when it has one, else the shared default in TEMPLATE/conf
+  if [ -f "conf/$1" ]; then echo "conf/$1"; elif [ -f "$template_conf/$1" ]; then echo "$template_conf/$1"; fi
+}
+model_conf=$(conf_file "models/${model}.yaml")
+[ -n "$model_conf" ] || die "no model config conf/models/${model}.yaml (models: $(ls conf/models "$template_conf/models" 2>/dev/null | sed -n 's/\.yaml$//p' | sort -u | tr '\n' ' '))"
 [ "$ngpu" -le 1 ] || die "--ngpu $ngpu: multi-GPU training is not supported yet; use --ngpu 1"
 if [ "$ngpu" -ge 1 ]; then device=cuda; else device=cpu; fi
 feat_tag=$(sertk -q config get "$model_conf" features.tag)
-feat_conf=conf/features/${feat_tag}.yaml
-[ -f "$feat_conf" ] || die "$model_conf asks for features '$feat_tag' but there is no $feat_conf"
+feat_conf=$(conf_file "features/${feat_tag}.yaml")
+[ -n "$feat_conf" ] || die "$model_conf asks for features '$feat_tag' but there is no conf/features/${feat_tag}.yaml"
 corpus_root=${!root_var:-}
+labels_arg=""  # conf/labels.yaml overrides the label map shipped with sertk
+if [ -f conf/labels.yaml ]; then labels_arg="--labels conf/labels.yaml"; fi
 data=data/${protocol}
 exp=exp/${protocol}/${model}
 dump=dump/${feat_tag}
@@ -70,8 +76,8 @@ current_stage=0
 if run_stage 0; then
   if [ -n "$corpus_root" ]; then
     log "using --${root_var} ${corpus_root}"
-  elif [ "$(type -t download_corpus)" = function ]; then
-    corpus_root=$(download_corpus)
+  elif [ "${downloadable:-false}" = true ]; then
+    corpus_root=$(sertk data download "$corpus" --dest downloads)
   else
     die "--${root_var} is required: ${corpus} is licensed, not downloadable (${corpus_source:-see its documentation})"
   fi
@@ -85,7 +91,8 @@ if run_stage 1; then
   else
     [ -n "$corpus_root" ] || die "--${root_var} is required for stage 1 (or run stage 0 to download)"
     log "preparing data/all from $corpus_root"
-    sertk data prepare "$corpus" --root "$corpus_root" --out data/all --labels conf/labels.yaml ${prepare_args:-}
+    # shellcheck disable=SC2086
+    sertk data prepare "$corpus" --root "$corpus_root" --out data/all $labels_arg ${prepare_args:-}
     sertk data validate data/all
     sertk data folds data/all --protocol "$protocol" --out "$data"
     sertk data check "$data" > "$data/check.txt" && log "$(tail -n 1 "$data/check.txt")"

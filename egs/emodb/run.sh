@@ -7,9 +7,6 @@ cd "$(dirname "$0")"
 corpus=emodb
 protocol=loso
 emodb_root=
-
-download_corpus() {
-  sertk data download emodb --dest downloads
-}
+downloadable=true
 
 . ../TEMPLATE/ser.sh

@@ -1,8 +1,11 @@
-"""Stage 0: fetch a public corpus, extract it safely, verify every file against a manifest.
+"""Stage 0: fetch a public corpus, extract it safely, verify it against the official release.
 
-The manifests in `corpora/manifests/` hold the SHA-256 of every file the preparer reads, taken
-from a copy byte-identical to the official release; a download that does not match is refused,
-file by file. Extraction refuses absolute paths, `..`, links and implausibly large archives.
+The manifests in `corpora/manifests/` list every file the preparer reads. Where we hold a copy
+byte-identical to the release (EmoDB) each line carries the file's SHA-256 and a download that
+does not match is refused, file by file. Where we do not (our RAVDESS copy is resampled), the
+archive itself is checked against the MD5 its publisher lists, and the manifest gives names only,
+so a truncated or wrong archive is still refused. Extraction refuses absolute paths, `..`, links
+and implausibly large archives.
 """
 import logging
 import shutil
@@ -16,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional
 
 from sertk.errors import SertkError
-from sertk.fsutil import atomic_output_dir, sha256_file
+from sertk.fsutil import atomic_output_dir, file_digest, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +34,18 @@ class DownloadError(SertkError):
 @dataclass(frozen=True)
 class Source:
     url: str
-    manifest: str      # file in MANIFESTS: "<sha256>  <path relative to the corpus root>"
+    manifest: str      # file in MANIFESTS: "<sha256>  <path>" or just "<path>" (relative to the corpus root)
     licence: str
+    archive_md5: Optional[str] = None   # as the publisher lists it
 
 
 SOURCES: Dict[str, Source] = {
     "emodb": Source("http://emodb.bilderbar.info/download/download.zip", "emodb.sha256",
                     "free for research (TU Berlin); cite Burkhardt et al., Interspeech 2005"),
+    # Zenodo record 1188976, the audio-only speech part; the MD5 is the one Zenodo lists
+    "ravdess": Source("https://zenodo.org/record/1188976/files/Audio_Speech_Actors_01-24.zip", "ravdess.files",
+                      "CC BY-NC-SA 4.0; cite Livingstone & Russo, PLoS ONE 13(5): e0196391, 2018",
+                      archive_md5="bc696df654c87fed845eb13823edef8a"),
 }
 
 
@@ -54,6 +62,9 @@ def fetch_corpus(corpus: str, dest: Path, url: Optional[str] = None, zip_path: O
         zip_path = dest / f"{corpus}.zip"
         if not zip_path.is_file():
             download(url or source.url, zip_path)
+    if source.archive_md5 and file_digest(Path(zip_path), "md5") != source.archive_md5:
+        raise DownloadError(f"{zip_path}: MD5 differs from the official release's ({source.archive_md5}); "
+                            "remove it and download again")
     log.info("extracting %s (licence: %s)", zip_path, source.licence)
     with atomic_output_dir(root, f"{corpus} download", lambda p: True) as tmp:
         safe_extract(Path(zip_path), tmp)
@@ -101,11 +112,13 @@ def verify_manifest(root: Path, manifest: Path) -> List[str]:
     """Problems ('<file>: missing' or '<file>: checksum differs'); empty when every file matches."""
     problems = []
     for line in manifest.read_text(encoding="utf-8").splitlines():
-        digest, rel = line.split(None, 1)
+        fields = line.split(None, 1)
+        digest, rel = fields if len(fields) == 2 else (None, fields[0])
         path = Path(root) / rel
         if not path.is_file():
             problems.append(f"{rel}: missing")
-        elif sha256_file(path) != digest:
+        elif digest is not None and sha256_file(path) != digest:
             problems.append(f"{rel}: checksum differs")
     return problems
+
 
