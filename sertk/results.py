@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from sertk.data.cross import dropped_text
 from sertk.data.protocols import CARD_FILE, load_card
 from sertk.decode import is_decode_dir
 from sertk.envinfo import environment, environment_markdown
@@ -273,6 +274,11 @@ def card_markdown(result: dict) -> str:
                   f"- protocol: `{card['protocol']}`" + (f": {card['description']}" if card.get("description") else ""),
                   f"- speaker-independent: {'yes' if card['speaker_independent'] else '**no** (speaker-dependent)'}",
                   f"- dev set: {card.get('dev_policy', 'not stated')}"]
+        if card.get("class_map"):   # a cross-corpus protocol
+            cmap, dropped = card["class_map"], card.get("dropped", {})
+            lines += [f"- class mapping: {cmap.get('file', 'not recorded')}"] + [
+                f"- {cmap[side]} ({side}): {dropped_text(dropped.get(side, {}))}"
+                for side in ("source", "target")]
     else:
         lines += [f"- protocol: `{result['protocol']}` (from the exp dir path; no protocol card: "
                   "decode.yaml names no readable protocol_dir)"]

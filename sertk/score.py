@@ -16,6 +16,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from sertk.data.cross import class_mapping_from_dict, dropped_text, relabel
 from sertk.data.datadir import DataDir
 from sertk.data.labels import load_label_map
 from sertk.data.table import read_table
@@ -284,6 +285,11 @@ def score_decode_dir(decode_dir, data_dir, write: bool = True) -> dict:
     """
     dec = read_decode_dir(decode_dir)
     dd = DataDir.load(data_dir, audio="none")  # scoring needs the labels, not the audio
+    left_out = None
+    if dec.info.get("class_map"):  # decoded through a cross-corpus mapping: score on the shared classes
+        mapping = class_mapping_from_dict(dec.info["class_map"], f"{dec.path / 'decode.yaml'}: class_map")
+        dd, dropped = relabel(dd, mapping, "target", str(data_dir))
+        left_out = dropped_text(dropped)
     if sorted(dd.labels.classes) != sorted(dec.classes):
         raise ScoreError(f"{dec.path / 'classes'}: classes {dec.classes} differ from those of "
                          f"{data_dir}/labels.yaml {list(dd.labels.classes)}")
@@ -294,6 +300,9 @@ def score_decode_dir(decode_dir, data_dir, write: bool = True) -> dict:
     result = {"decode_dir": str(dec.path), "data_dir": str(data_dir), "classes": dec.classes,
               "default_rule": dec.default_rule, "utterance": utterance,
               SEGMENT: _segment_metrics(dec, dd.utt2emo)}
+    if left_out is not None:
+        for m in utterance.values():
+            m["notes"].append(f"cross-corpus, through the decode's class map: {left_out}")
     if write:
         write_scoring(dec.path / SCORING_DIR, result)
     return result

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The SER recipe stages, shared by every corpus (ESPnet style). A corpus's run.sh sets
 #   corpus=<name>  protocol=<default protocol>  <corpus>_root=<default root or empty>
-# (and anything else it wants to default), then sources this file from its own folder.
+#   downloadable=true (stage 0 runs `sertk data download <corpus>`) or corpus_source="where to get it"
+# and may define its own options (variables set before sourcing) and a configure_recipe function,
+# called once the options are parsed, that turns them into prepare_args and a data_variant name.
+# conf/ files the recipe lacks come from TEMPLATE/conf; conf/labels.yaml, when there is one,
+# overrides the label map shipped with sertk.
 #
 # Stages (GUIDE section 2):
 #   0 download the corpus where it is public (verified), else say where to get it
@@ -11,6 +15,10 @@
 #   4 decode dev and test with the dev-selected checkpoint (segment posteriors, voting)
 #   5 score every fold, pool the folds, write exp/<protocol>/<model>/RESULTS.md
 # Every stage skips finished work and redoes unfinished work, so a run can be repeated or resumed.
+#
+# Cross-corpus (--cross_corpus B): one fold that trains on this corpus (dev: held-out speakers of
+# it) and tests on all of corpus B, both relabelled onto their shared classes by
+# conf/cross/<corpus>_to_<B>.yaml. Its protocol is cross_<B>: data/cross_<B>, exp/cross_<B>/<model>.
 set -euo pipefail
 run_args=("$@")
 
@@ -23,10 +31,15 @@ ngpu=${ngpu:-0}              # 0: CPU; 1: the first GPU (multi-GPU training is n
 nj=${nj:-2}                  # parallel feature-extraction jobs
 train_args=${train_args:-}   # passed to `sertk train`, e.g. "--set optim.lr=1e-4 --set train.epochs=5"
 decode_args=${decode_args:-}
+prepare_args=${prepare_args:-}  # passed to `sertk data prepare <corpus>`
+cross_corpus=${cross_corpus:-}  # test on all of this corpus instead (cross-corpus protocol)
+cross_root=${cross_root:-}      # its release folder (downloaded in stage 0 when it is public)
 corpus=${corpus:?run.sh must set corpus}
 root_var="${corpus}_root"
 help_message="Usage: $0 [--stage N] [--stop_stage M] [--model NAME] [--protocol NAME] [--folds 1,3]
-          [--ngpu K] [--nj J] [--${root_var} PATH] [--train_args \"--set key=value ...\"] [--decode_args ...]"
+          [--ngpu K] [--nj J] [--${root_var} PATH] [--train_args \"--set key=value ...\"] [--decode_args ...]
+          [--prepare_args ...] [--cross_corpus NAME --cross_root PATH]${recipe_help:+
+          $recipe_help}"
 
 recipe_dir=$(pwd)
 tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../tools" && pwd)
@@ -36,6 +49,10 @@ tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../tools" && pwd)
 log() { echo "$(date '+%F %T') [stage ${current_stage:-?}] $*" >&2; }
 die() { echo "$0: error: $*" >&2; exit 1; }
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
+
+data_variant=""   # configure_recipe may name a variant of the data (e.g. impro): data/all_<variant>, ...
+if [ "$(type -t configure_recipe)" = function ]; then configure_recipe; fi
+suffix=${data_variant:+_$data_variant}
 
 command -v sertk >/dev/null || die "the sertk command is not installed (pip install -e . at the repository root)"
 template_conf=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/conf
@@ -50,11 +67,21 @@ feat_tag=$(sertk -q config get "$model_conf" features.tag)
 feat_conf=$(conf_file "features/${feat_tag}.yaml")
 [ -n "$feat_conf" ] || die "$model_conf asks for features '$feat_tag' but there is no conf/features/${feat_tag}.yaml"
 corpus_root=${!root_var:-}
-labels_arg=""  # conf/labels.yaml overrides the label map shipped with sertk
-if [ -f conf/labels.yaml ]; then labels_arg="--labels conf/labels.yaml"; fi
-data=data/${protocol}
-exp=exp/${protocol}/${model}
-dump=dump/${feat_tag}
+labels_arg=()  # conf/labels.yaml overrides the label map shipped with sertk
+if [ -f conf/labels.yaml ]; then labels_arg=(--labels conf/labels.yaml); fi
+data_all=data/all${suffix}
+dump=dump/${feat_tag}${suffix}
+test_dump=$dump
+if [ -n "$cross_corpus" ]; then
+  [ "$cross_corpus" != "$corpus" ] || die "--cross_corpus $cross_corpus: that is this recipe's own corpus"
+  cross_map=$(conf_file "cross/${corpus}_to_${cross_corpus}.yaml")
+  [ -n "$cross_map" ] || die "--cross_corpus $cross_corpus: no class mapping conf/cross/${corpus}_to_${cross_corpus}.yaml (see $template_conf/cross/ for the format)"
+  protocol=cross_${cross_corpus}
+  cross_all=data/${cross_corpus}_all
+  test_dump=dump/${cross_corpus}_${feat_tag}
+fi
+data=data/${protocol}${suffix}
+exp=exp/${protocol}${suffix}/${model}
 
 fold_list() {  # the folds to run, one per line; an unknown fold is an error
   local n k
@@ -79,22 +106,46 @@ if run_stage 0; then
   elif [ "${downloadable:-false}" = true ]; then
     corpus_root=$(sertk data download "$corpus" --dest downloads)
   else
-    die "--${root_var} is required: ${corpus} is licensed, not downloadable (${corpus_source:-see its documentation})"
+    log "${corpus} is not downloadable: ${corpus_source:-see its documentation}; stage 1 needs --${root_var} PATH"
+  fi
+  if [ -n "$cross_corpus" ] && [ -z "$cross_root" ]; then
+    cross_root=$(sertk data download "$cross_corpus" --dest downloads) \
+      || die "--cross_root PATH is required: ${cross_corpus} cannot be downloaded here"
   fi
 fi
 if [ -z "$corpus_root" ] && [ -d "downloads/${corpus}" ]; then corpus_root=downloads/${corpus}; fi
+if [ -n "$cross_corpus" ] && [ -z "$cross_root" ] && [ -d "downloads/${cross_corpus}" ]; then
+  cross_root=downloads/${cross_corpus}
+fi
+
+prepare_data() {  # CORPUS ROOT OUT ROOT_OPTION [prepare args]: prepare and validate OUT unless it exists
+  local name=$1 root=$2 out=$3 option=$4
+  shift 4
+  if [ -f "$out/utt2emo" ]; then log "$out already prepared; skipping (remove it to prepare again)"; return; fi
+  if [ -z "$root" ]; then
+    if [ "$name" = "$corpus" ] && [ "${downloadable:-false}" != true ]; then
+      die "$option PATH is required: ${corpus_source:-give the ${name} release folder}"
+    fi
+    die "$option PATH is required for stage 1 (or run stage 0 to download ${name})"
+  fi
+  log "preparing $out from $root"
+  sertk data prepare "$name" --root "$root" --out "$out" "$@"
+  sertk data validate "$out"
+}
 
 current_stage=1
 if run_stage 1; then
   if [ -f "$data/protocol.yaml" ]; then
-    log "$data already made; skipping (remove data/ to prepare again)"
+    log "$data already made; skipping (remove it and ${data_all} to prepare again)"
   else
-    [ -n "$corpus_root" ] || die "--${root_var} is required for stage 1 (or run stage 0 to download)"
-    log "preparing data/all from $corpus_root"
     # shellcheck disable=SC2086
-    sertk data prepare "$corpus" --root "$corpus_root" --out data/all $labels_arg ${prepare_args:-}
-    sertk data validate data/all
-    sertk data folds data/all --protocol "$protocol" --out "$data"
+    prepare_data "$corpus" "$corpus_root" "$data_all" "--${root_var}" "${labels_arg[@]}" $prepare_args
+    if [ -n "$cross_corpus" ]; then
+      prepare_data "$cross_corpus" "$cross_root" "$cross_all" --cross_root
+      sertk data cross "$data_all" "$cross_all" --map "$cross_map" --out "$data"
+    else
+      sertk data folds "$data_all" --protocol "$protocol" --out "$data"
+    fi
     sertk data check "$data" > "$data/check.txt" && log "$(tail -n 1 "$data/check.txt")"
   fi
 fi
@@ -102,7 +153,11 @@ fi
 current_stage=2
 if run_stage 2; then
   log "features '$feat_tag' -> $dump"
-  sertk features extract data/all "$dump" --conf "$feat_conf" --nj "$nj" --device "$device"
+  sertk features extract "$data_all" "$dump" --conf "$feat_conf" --nj "$nj" --device "$device"
+  if [ -n "$cross_corpus" ]; then
+    log "features '$feat_tag' of ${cross_corpus} -> $test_dump"
+    sertk features extract "$cross_all" "$test_dump" --conf "$feat_conf" --nj "$nj" --device "$device"
+  fi
 fi
 
 current_stage=3
@@ -121,8 +176,10 @@ if run_stage 4; then
   fold_ids=$(fold_list)
   for k in $fold_ids; do
     for set in dev test; do
+      feats=$dump
+      if [ "$set" = test ]; then feats=$test_dump; fi
       # shellcheck disable=SC2086
-      sertk decode --exp "$exp/fold$k" --data "$data/fold$k/$set" --feats "$dump" --out "$exp/fold$k/decode_$set" \
+      sertk decode --exp "$exp/fold$k" --data "$data/fold$k/$set" --feats "$feats" --out "$exp/fold$k/decode_$set" \
         --protocol-dir "$data" --device "$device" $decode_args
     done
   done

@@ -42,7 +42,7 @@ def check_protocol(path) -> CheckReport:
                          *(str(counts[c]) for c in card["classes"]), str(sum(counts.values()))])
     report.table = format_rows(rows)
     if len(folds) == card["num_folds"]:
-        report.problems += _coverage_problems(path, folds)
+        report.problems += _coverage_problems(path, folds, card.get("tests_every_utterance", True))
         if fold_checksum(folds) != card["checksum"]:
             report.problems.append(f"{path}: the fold lists do not match the card's checksum "
                                    "(a fold dir was changed after 'sertk data folds')")
@@ -63,7 +63,7 @@ def _disjointness_problems(k: int, dirs, speaker_independent: bool) -> List[str]
     return problems
 
 
-def _coverage_problems(path: Path, folds: List[Fold]) -> List[str]:
+def _coverage_problems(path: Path, folds: List[Fold], tests_every_utterance: bool) -> List[str]:
     problems = []
     tested = Counter(u for f in folds for u in f.test)
     twice = sorted(u for u, n in tested.items() if n > 1)
@@ -74,7 +74,7 @@ def _coverage_problems(path: Path, folds: List[Fold]) -> List[str]:
         if set(f.train) | set(f.dev) | set(f.test) != everyone:
             problems.append(f"fold{k}: its splits do not hold the same utterances as fold1's")
     untested = everyone - set(tested)
-    if untested:
+    if untested and tests_every_utterance:   # a cross-corpus protocol tests only the target corpus
         problems.append(f"{len(untested)} utterance(s) are never tested, e.g. '{sorted(untested)[0]}'")
     utt2fold = read_table(path / "utt2fold") if (path / "utt2fold").is_file() else {}
     expected = {u: str(k) for k, f in enumerate(folds, start=1) for u in f.test}

@@ -62,25 +62,43 @@ def loso(dd: DataDir) -> List[Fold]:
     return _folds_from_groups(dd, [[s] for s in speakers], lambda k: [speakers[(k + 1) % len(speakers)]])
 
 
-def loso_session(dd: DataDir) -> List[Fold]:
+def _session_groups(dd: DataDir, protocol: str) -> List[List[str]]:
+    """The speakers of each session (sessions sorted); a speaker in two sessions is an error."""
     if "utt2sess" not in dd.tables:
-        raise ProtocolError("loso_session needs utt2sess in the data dir")
+        raise ProtocolError(f"{protocol} needs utt2sess in the data dir")
     sess_of_spk: Dict[str, str] = {}
     for utt, spk in dd.utt2spk.items():
         sess = dd.tables["utt2sess"][utt]
         if sess_of_spk.setdefault(spk, sess) != sess:
             raise ProtocolError(f"speaker '{spk}' appears in sessions '{sess_of_spk[spk]}' and '{sess}'; "
-                                "leave-one-session-out would leak that speaker into training")
+                                f"{protocol} would leak that speaker into training")
     sessions = sorted(set(sess_of_spk.values()))
     if len(sessions) < 2:
-        raise ProtocolError(f"loso_session needs at least 2 sessions, found {len(sessions)}")
-    groups = [sorted(s for s, x in sess_of_spk.items() if x == sess) for sess in sessions]
+        raise ProtocolError(f"{protocol} needs at least 2 sessions, found {len(sessions)}")
+    return [sorted(s for s, x in sess_of_spk.items() if x == sess) for sess in sessions]
+
+
+def loso_session(dd: DataDir) -> List[Fold]:
+    groups = _session_groups(dd, "loso_session")
 
     def dev_of(k: int) -> List[str]:
         # one speaker of the next session, alternating which one, so the genders take turns
         nxt = groups[(k + 1) % len(groups)]
         return [nxt[k % len(nxt)]]
     return _folds_from_groups(dd, groups, dev_of)
+
+
+def loso_speaker(dd: DataDir) -> List[Fold]:
+    """Each speaker tested alone; the other speaker(s) of its session are dev, the other sessions train."""
+    groups = _session_groups(dd, "loso_speaker")
+    lonely = [g[0] for g in groups if len(g) < 2]
+    if lonely:
+        raise ProtocolError(f"loso_speaker needs two speakers per session for dev; speaker {lonely[0]} is alone "
+                            "in its session")
+    fold_groups = [[spk] for g in groups for spk in g]
+    session_of = {spk: g for g in groups for spk in g}
+    return _folds_from_groups(dd, fold_groups,
+                              lambda k: [s for s in session_of[fold_groups[k][0]] if s != fold_groups[k][0]])
 
 
 def actor6(dd: DataDir) -> List[Fold]:
@@ -118,6 +136,8 @@ PROTOCOLS: Dict[str, Protocol] = {
     "loso_session": Protocol(loso_session, True,
                              "one speaker of the next session, alternating between its speakers",
                              "leave one session out (IEMOCAP: 5 folds, MSP-IMPROV: 6)"),
+    "loso_speaker": Protocol(loso_speaker, True, "the other speaker(s) of the test speaker's session",
+                             "leave one speaker out, its session partner for dev (IEMOCAP: 10 folds)"),
     "actor6": Protocol(actor6, True, "the next group of 4 actors",
                        "RAVDESS: test actors 1-4, 5-8, ..., 21-24"),
     "random_kfold": Protocol(random_kfold, False, "the next fold of the random partition",
@@ -141,15 +161,20 @@ def make_folds(dd: DataDir, protocol: str, out, corpus: Optional[str] = None, so
     proto = PROTOCOLS[protocol]
     folds = proto.build(dd, **options)
     card = _card(dd, protocol, proto, folds, corpus or dd.labels.corpus or "unknown", source, options)
+    write_protocol_dir(out, [{s: dd.select(fold.split(s)) for s in SPLITS} for fold in folds], card)
+    return card
+
+
+def write_protocol_dir(out, folds: Sequence[Dict[str, DataDir]], card: dict) -> None:
+    """Write `fold<k>/{train,dev,test}/`, `utt2fold` and the card into `out`, atomically."""
     with atomic_output_dir(out, "protocol dir", lambda p: (p / CARD_FILE).is_file()) as tmp:
-        for k, fold in enumerate(folds, start=1):
+        for k, parts in enumerate(folds, start=1):
             for split in SPLITS:
                 (tmp / f"fold{k}" / split).mkdir(parents=True)
-                dd.select(fold.split(split)).write_into(tmp / f"fold{k}" / split)
-        utt2fold = {u: str(k) for k, fold in enumerate(folds, start=1) for u in fold.test}
+                parts[split].write_into(tmp / f"fold{k}" / split)
+        utt2fold = {u: str(k) for k, parts in enumerate(folds, start=1) for u in parts["test"].utts}
         (tmp / "utt2fold").write_text("".join(f"{u} {utt2fold[u]}\n" for u in sorted(utt2fold)), encoding="utf-8")
         (tmp / CARD_FILE).write_text(yaml.safe_dump(card, sort_keys=False), encoding="utf-8")
-    return card
 
 
 def _card(dd: DataDir, name: str, proto: Protocol, folds: List[Fold], corpus: str, source: str,

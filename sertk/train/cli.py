@@ -49,11 +49,15 @@ def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device:
 @click.option("--protocol-dir", type=existing_dir, help="Protocol dir, recorded for RESULTS.md.")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--device", help="cpu, cuda or cuda:N [default: cuda if available].")
-def decode(exp_dir, data_dir, feats, out, checkpoint, retest, protocol_dir, batch_size, device) -> None:
+@click.option("--class-map", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Decode another corpus: the mapping of the model's and DATA's classes onto shared ones "
+                   "(conf/cross/<model corpus>_to_<data corpus>.yaml).")
+def decode(exp_dir, data_dir, feats, out, checkpoint, retest, protocol_dir, batch_size, device, class_map) -> None:
     """Segment posteriors of DATA with the dev-selected checkpoint, and utterance decisions by voting."""
     from sertk.train.decoding import decode_data_dir
     result = decode_data_dir(exp_dir, data_dir, feats, out, checkpoint=checkpoint, retest=retest,
-                             protocol_dir=protocol_dir, batch_size=batch_size, device=_device(device))
+                             protocol_dir=protocol_dir, batch_size=batch_size, device=_device(device),
+                             class_map=class_map)
     click.echo(f"{out}: {result}")
 
 

@@ -3,11 +3,17 @@
 Test hygiene: a set named `test` is decoded with the dev-selected `best.pt`, once. Decoding it
 again (after retraining) or with any other checkpoint needs `retest=True`, so looking at test
 results can never quietly become part of model selection.
+
+Cross-corpus: with a class mapping (`sertk.data.cross`) a model decodes another corpus's data dir.
+The data dir is relabelled onto the shared classes (other classes left out, counted) and each
+segment's posteriors over the model's classes are collapsed onto the shared ones before voting,
+so every voting rule decides among the shared classes only.
 """
 import logging
 from pathlib import Path
 from typing import Optional
 
+from sertk.data.cross import collapse, dropped_text, load_class_mapping, relabel
 from sertk.data.datadir import DataDir
 from sertk.decode import read_decode_dir, write_decode_dir
 from sertk.errors import SertkError
@@ -30,7 +36,7 @@ class DecodeError(SertkError):
 
 def decode_data_dir(exp_dir: Path, data_dir: Path, feats_dir: Path, out_dir: Path, checkpoint: str = DEV_SELECTED,
                     retest: bool = False, protocol_dir: Optional[Path] = None, batch_size: int = 64,
-                    device: str = "cpu") -> str:
+                    device: str = "cpu", class_map: Optional[Path] = None) -> str:
     exp_dir, data_dir, out_dir = Path(exp_dir), Path(data_dir), Path(out_dir)
     ckpt_path = exp_dir / checkpoint
     digest = sha256_file(ckpt_path) if ckpt_path.is_file() else None
@@ -38,20 +44,34 @@ def decode_data_dir(exp_dir: Path, data_dir: Path, feats_dir: Path, out_dir: Pat
     if is_test and checkpoint != DEV_SELECTED and not retest:
         raise DecodeError(f"{data_dir} is a test set: decode it with the dev-selected {DEV_SELECTED}, "
                           f"not {checkpoint} (pass --retest if you really mean it)")
+    mapping = load_class_mapping(class_map) if class_map is not None else None
     if (out_dir / "decode.yaml").is_file():
         previous = read_decode_dir(out_dir).info
-        if previous.get("checkpoint_sha256") == digest and previous.get("data_dir") == str(data_dir.resolve()):
+        previous_map = previous.get("class_map") or None
+        same_map = (previous_map is None and mapping is None) or (
+            previous_map is not None and mapping is not None
+            and all(previous_map.get(k) == v for k, v in mapping.to_dict().items() if k != "file"))
+        if (previous.get("checkpoint_sha256") == digest and previous.get("data_dir") == str(data_dir.resolve())
+                and same_map):
             return "already decoded with this checkpoint; skipping"
         if is_test and not retest:
             raise DecodeError(f"{out_dir}: this test set was already decoded with another checkpoint; "
                               "decoding it again needs --retest")
     ckpt = load_checkpoint(ckpt_path, device)
-    config, classes = ckpt["config"], list(ckpt["classes"])
+    config, model_classes = ckpt["config"], list(ckpt["classes"])
     dd = DataDir.load(data_dir)
-    if list(dd.labels.classes) != classes:
+    dropped = None
+    if mapping is not None:
+        mapping.check("source", model_classes, f"the model in {exp_dir}")
+        dd, dropped = relabel(dd, mapping, "target", str(data_dir))
+        log.info("%s: %s", data_dir, dropped_text(dropped))
+        if not dd.utts:
+            raise DecodeError(f"{data_dir}: no utterance is left on the shared classes of {class_map}")
+    elif list(dd.labels.classes) != model_classes:
         raise DecodeError(f"{data_dir} has classes {list(dd.labels.classes)} but the model was trained on "
-                          f"{classes}")
-    model = build_model(config["model"]["name"], len(classes), **model_options(config)).to(device)
+                          f"{model_classes} (to decode another corpus, give a class mapping with --class-map)")
+    classes = list(dd.labels.classes)
+    model = build_model(config["model"]["name"], len(model_classes), **model_options(config)).to(device)
     model.load_state_dict(ckpt["model"])
     streams = list(model.streams)
     feats = load_streams(feats_dir, streams, dd.utts)
@@ -60,12 +80,16 @@ def decode_data_dir(exp_dir: Path, data_dir: Path, feats_dir: Path, out_dir: Pat
         frame_hop(feats_dir, streams))
     dataset = SegmentDataset(dd, feats, length, hop, norm.apply, classes)
     post = segment_posteriors(model, dataset, batch_size, device)
+    if mapping is not None:
+        post = collapse(post, model_classes, mapping)
     info = {"exp_dir": str(exp_dir.resolve()), "checkpoint": checkpoint, "checkpoint_sha256": digest,
             "checkpoint_epoch": ckpt.get("epoch"), "data_dir": str(data_dir.resolve()),
             "protocol_dir": str(Path(protocol_dir).resolve()) if protocol_dir else None,
             "features": {"tag": config["features"]["tag"], "dump": str(Path(feats_dir).resolve()),
                          "streams": streams, "cmvn": config["features"]["cmvn"]},
             "segments": dict(config["segments"]), "rule": config["decode"]["rule"], "model": config["model"]["name"]}
+    if mapping is not None:
+        info["class_map"] = {**mapping.to_dict(), "model_classes": model_classes, "dropped": dict(dropped)}
     write_decode_dir(out_dir, as_seg_posteriors(dataset, post), seg2utt(dataset), classes, info,
                      default_rule=config["decode"]["rule"])
     return f"{len(dd.utts)} utterances, {len(dataset)} segments (checkpoint {checkpoint}, epoch {ckpt.get('epoch')})"
