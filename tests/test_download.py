@@ -1,12 +1,23 @@
 """Stage 0 downloads: safe extraction and verification against the release manifest."""
 import os
+import re
 import stat
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from sertk.data.download import DownloadError, download, fetch_corpus, safe_extract, verify_manifest
+from sertk.data import download as download_module
+from sertk.data.download import (
+    MANIFESTS,
+    SOURCES,
+    DownloadError,
+    download,
+    fetch_corpus,
+    safe_extract,
+    verify_manifest,
+)
 
 CORPORA = Path(os.environ.get("SERTK_CORPORA", Path(__file__).resolve().parents[2] / "shared" / "corpora"))
 
@@ -89,3 +100,61 @@ def test_tampered_emodb_zip_is_refused(tmp_path):
     with pytest.raises(DownloadError, match=r"1 file\(s\) differ from the official release, e.g. wav/03a01Fa.wav"):
         fetch_corpus("emodb", tmp_path / "downloads", zip_path=archive)
     assert not (tmp_path / "downloads" / "emodb").exists()
+
+
+def test_name_only_manifest_lines_check_presence(tmp_path):
+    (tmp_path / "Actor_01").mkdir()
+    (tmp_path / "Actor_01" / "a.wav").write_bytes(b"any content")
+    manifest = tmp_path / "m.files"
+    manifest.write_text("Actor_01/a.wav\nActor_01/b.wav\n")
+    assert verify_manifest(tmp_path, manifest) == ["Actor_01/b.wav: missing"]
+
+
+def test_ravdess_manifest_lists_the_speech_release():
+    lines = (MANIFESTS / SOURCES["ravdess"].manifest).read_text().splitlines()
+    assert len(lines) == len(set(lines)) == 1440
+    for line in lines:
+        m = re.fullmatch(r"Actor_(\d\d)/03-01-0[1-8]-0[12]-0[12]-0[12]-(\d\d)\.wav", line)
+        assert m and m[1] == m[2], line
+
+
+@pytest.fixture
+def small_ravdess_source(tmp_path, monkeypatch):
+    """SOURCES["ravdess"] pointing at a small manifest and the MD5 of a zip of a replica."""
+    import hashlib
+    from replicas import make_ravdess
+    release = make_ravdess(tmp_path / "release", actors=[1], emotions=[1, 2])
+    names = sorted(str(p.relative_to(release)) for p in release.rglob("03-01-*.wav"))
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "ravdess.files").write_text("".join(f"{n}\n" for n in names))
+    archive = make_zip(tmp_path / "speech.zip", {n: (release / n).read_bytes() for n in names})
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    monkeypatch.setattr(download_module, "MANIFESTS", manifests)
+    monkeypatch.setitem(SOURCES, "ravdess", replace(SOURCES["ravdess"], archive_md5=md5))
+    return archive, names
+
+
+def test_ravdess_zip_is_checked_by_md5_and_names(small_ravdess_source, tmp_path):
+    archive, names = small_ravdess_source
+    root = fetch_corpus("ravdess", tmp_path / "downloads", zip_path=archive)
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*.wav")) == names
+
+
+def test_a_different_ravdess_zip_is_refused_before_extraction(small_ravdess_source, tmp_path):
+    archive, names = small_ravdess_source
+    other = make_zip(tmp_path / "other.zip", {names[0]: b"not the release"})
+    with pytest.raises(DownloadError, match=r"MD5 differs from the official release's"):
+        fetch_corpus("ravdess", tmp_path / "downloads", zip_path=other)
+    assert not (tmp_path / "downloads" / "ravdess").exists()
+
+
+def test_a_zip_missing_release_files_is_refused(small_ravdess_source, tmp_path, monkeypatch):
+    import hashlib
+    archive, names = small_ravdess_source
+    partial = make_zip(tmp_path / "partial.zip", {names[0]: b"x"})
+    monkeypatch.setitem(SOURCES, "ravdess",
+                        replace(SOURCES["ravdess"], archive_md5=hashlib.md5(partial.read_bytes()).hexdigest()))
+    missing = len(names) - 1
+    with pytest.raises(DownloadError, match=rf"{missing} file\(s\) differ from the official release, e.g. {names[1]}: missing"):
+        fetch_corpus("ravdess", tmp_path / "downloads", zip_path=partial)

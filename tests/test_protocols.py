@@ -10,7 +10,7 @@ from sertk.data.check import check_protocol
 from sertk.data.corpora import prepare_corpus
 from sertk.data.datadir import DataDir
 from sertk.data.labels import LabelMap
-from sertk.data.protocols import actor6, loso, loso_session, make_folds, random_kfold
+from sertk.data.protocols import actor6, loso, loso_session, loso_speaker, make_folds, random_kfold
 from sertk.errors import ProtocolError
 
 LABELS = LabelMap(("a", "b"), {"a": "a", "b": "b"}, "toy")
@@ -77,6 +77,25 @@ def test_loso_session_refuses_a_speaker_in_two_sessions():
 def test_loso_session_needs_utt2sess():
     with pytest.raises(ProtocolError, match="needs utt2sess"):
         loso_session(toy_dir(["a", "b", "c"]))
+
+
+def test_loso_speaker_tests_each_speaker_with_its_session_partner_as_dev():
+    spk = [f"S{s}{g}" for s in range(1, 6) for g in "FM"]
+    dd = toy_dir(spk, sessions={s: s[:2] for s in spk})
+    folds = loso_speaker(dd)
+    assert len(folds) == 10
+    assert_partition(dd, folds)
+    assert [speakers_of(dd, f.test) for f in folds[:3]] == [{"S1F"}, {"S1M"}, {"S2F"}]
+    assert [speakers_of(dd, f.dev) for f in folds[:3]] == [{"S1M"}, {"S1F"}, {"S2M"}]
+    assert speakers_of(dd, folds[0].train) == set(spk) - {"S1F", "S1M"}
+
+
+def test_loso_speaker_needs_a_session_partner_for_dev():
+    dd = toy_dir(["A", "B", "C"], sessions={"A": "1", "B": "1", "C": "2"})
+    with pytest.raises(ProtocolError, match="speaker C is alone in its session"):
+        loso_speaker(dd)
+    with pytest.raises(ProtocolError, match="loso_speaker needs utt2sess"):
+        loso_speaker(toy_dir(["a", "b", "c"]))
 
 
 def test_actor6_groups_of_four():

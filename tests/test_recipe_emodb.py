@@ -1,40 +1,19 @@
 """egs/emodb/run.sh end to end: on a generated EmoDB-like corpus (always), and one real fold."""
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import yaml
 
+from recipes import CORPORA, TINY, copy_recipe, run_recipe
 from replicas import make_emodb
-
-REPO = Path(__file__).resolve().parents[1]
-CORPORA = Path(os.environ.get("SERTK_CORPORA", REPO.parent / "shared" / "corpora"))
-TINY = ("--set train.epochs=2 --set train.batch_size=8 --set model.channels=[4,8] --set model.lstm_hidden=8 "
-        "--set model.attention_hidden=8")
 
 
 @pytest.fixture
 def recipe(tmp_path):
-    """A copy of the recipe tree (egs/emodb, egs/TEMPLATE, tools), so runs never write into the repo."""
-    for part in ("egs/emodb", "egs/TEMPLATE", "tools"):
-        shutil.copytree(REPO / part, tmp_path / part, ignore=shutil.ignore_patterns("data", "dump", "exp"))
-    return tmp_path / "egs" / "emodb"
-
-
-def run(recipe, *args, check=True):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(["./run.sh", *args], cwd=recipe, capture_output=True, text=True, env=env)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return copy_recipe(tmp_path, "emodb")
 
 
 def test_generated_corpus_through_stage_5(recipe, tmp_path):
     corpus = make_emodb(tmp_path / "corpus", speakers=["03", "08", "09"], texts=["a01", "b02"])
-    run(recipe, "--emodb_root", corpus, "--nj", "1", "--train_args", TINY)
+    run_recipe(recipe, "--emodb_root", corpus, "--nj", "1", "--train_args", TINY)
     exp = recipe / "exp" / "loso" / "crnn"
     results = (exp / "RESULTS.md").read_text()
     assert "loso" in results and "emodb" in results
@@ -53,19 +32,19 @@ def test_generated_corpus_through_stage_5(recipe, tmp_path):
 
     # a second run finds everything done and changes nothing
     before = {p: p.stat().st_mtime_ns for p in exp.rglob("*.pt")}
-    rerun = run(recipe, "--emodb_root", corpus, "--nj", "1", "--train_args", TINY)
+    rerun = run_recipe(recipe, "--emodb_root", corpus, "--nj", "1", "--train_args", TINY)
     assert "already" in rerun.stderr + rerun.stdout
     assert {p: p.stat().st_mtime_ns for p in exp.rglob("*.pt")} == before
 
 
 def test_options_are_checked(recipe, tmp_path):
-    result = run(recipe, "--no_such_option", "1", check=False)
+    result = run_recipe(recipe, "--no_such_option", "1", check=False)
     assert result.returncode == 1 and "unknown option --no_such_option" in result.stderr
-    result = run(recipe, "--model", "nope", check=False)
+    result = run_recipe(recipe, "--model", "nope", check=False)
     assert result.returncode == 1 and "no model config conf/models/nope.yaml" in result.stderr
     corpus = make_emodb(tmp_path / "corpus", speakers=["03", "08", "09"], texts=["a01"])
-    run(recipe, "--emodb_root", corpus, "--stop_stage", "1")
-    result = run(recipe, "--stage", "3", "--folds", "1,7", check=False)
+    run_recipe(recipe, "--emodb_root", corpus, "--stop_stage", "1")
+    result = run_recipe(recipe, "--stage", "3", "--folds", "1,7", check=False)
     assert result.returncode == 1 and "--folds: '7' is not a fold of data/loso (1..3)" in result.stderr
 
 
@@ -73,7 +52,7 @@ def test_one_real_fold_for_a_few_epochs(recipe):
     root = CORPORA / "emodb"
     if not root.is_dir():
         pytest.skip(f"real corpus not available: {root} is absent")
-    run(recipe, "--emodb_root", root, "--folds", "1", "--stop_stage", "4",
+    run_recipe(recipe, "--emodb_root", root, "--folds", "1", "--stop_stage", "4",
         "--train_args", "--set train.epochs=2")
     fold = recipe / "exp" / "loso" / "crnn" / "fold1"
     test_utts = (recipe / "data" / "loso" / "fold1" / "test" / "wav.scp").read_text().count("\n")

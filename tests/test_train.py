@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from replicas import make_emodb
 from sertk.data.corpora import prepare_corpus
@@ -132,3 +133,43 @@ def test_posteriors_do_not_depend_on_batch_size(setup, trained, tmp_path):
     assert one.keys() == many.keys() and len(one) > 1
     for seg in one:
         np.testing.assert_allclose(one[seg], many[seg], atol=1e-5)
+
+
+def test_another_corpus_is_decoded_and_scored_through_a_class_map(trained, tmp_path):
+    from replicas import make_ravdess
+    from sertk.data.cross import class_mapping_from_dict
+    from sertk.score import score_decode_dir
+
+    rav = make_ravdess(tmp_path / "rav", actors=[1, 2], emotions=[1, 5, 6, 8])
+    prepare_corpus("ravdess", rav, tmp_path / "rav_all")
+    extract_features(tmp_path / "rav_all", FEATURES, tmp_path / "rav_dump")
+    doc = {"source": "emodb", "target": "ravdess", "classes": ["anger", "fear"],
+           "source_map": {c: "drop" for c in ("boredom", "disgust", "happiness", "sadness", "neutral")},
+           "target_map": {c: "drop" for c in ("neutral", "calm", "happiness", "sadness", "disgust", "surprise")}}
+    (tmp_path / "map.yaml").write_text(yaml.safe_dump(doc))
+    args = (trained, tmp_path / "rav_all", tmp_path / "rav_dump")
+    with pytest.raises(DecodeError, match="give a class mapping with --class-map"):
+        decode_data_dir(*args, tmp_path / "plain")
+    out = tmp_path / "cross"
+    decode_data_dir(*args, out, class_map=tmp_path / "map.yaml")
+    dec = read_decode_dir(out)
+    assert dec.classes == ["anger", "fear"]
+    rav_dd = DataDir.load(tmp_path / "rav_all")
+    kept = sorted(u for u, c in rav_dd.utt2emo.items() if c in ("anger", "fear"))
+    assert dec.utts == kept and dec.info["class_map"]["dropped"] == {"neutral": 2, "surprise": 4}
+    for p in dec.seg_post.values():
+        assert p.shape == (2,) and p.sum() == pytest.approx(1, abs=1e-5)
+    assert dec.info["class_map"]["model_classes"] == ["anger", "boredom", "disgust", "fear", "happiness",
+                                                      "sadness", "neutral"]
+    assert "already decoded" in decode_data_dir(*args, out, class_map=tmp_path / "map.yaml")
+    doc["classes"], doc["source_map"]["fear"] = ["anger"], "drop"
+    doc["target_map"]["fear"] = "drop"
+    (tmp_path / "map2.yaml").write_text(yaml.safe_dump(doc))
+    assert "already decoded" not in decode_data_dir(*args, out, class_map=tmp_path / "map2.yaml")
+    assert read_decode_dir(out).classes == ["anger"]   # a changed mapping is decoded again
+    decode_data_dir(*args, out, class_map=tmp_path / "map.yaml")
+    result = score_decode_dir(out, tmp_path / "rav_all")
+    assert result["utterance"]["mean"]["num_utts"] == len(kept)
+    assert any("6 utterance(s) of classes outside the shared set left out" in n
+               for n in result["utterance"]["mean"]["notes"])
+    class_mapping_from_dict(dec.info["class_map"], "decode.yaml")   # the record is a usable mapping

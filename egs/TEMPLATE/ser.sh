@@ -2,6 +2,7 @@
 # The SER recipe stages, shared by every corpus (ESPnet style). A corpus's run.sh sets
 #   corpus=<name>  protocol=<default protocol>  <corpus>_root=<default root or empty>
 #   downloadable=true (stage 0 runs `sertk data download <corpus>`) or corpus_source="where to get it"
+#   import_csv=true when the corpus has no preparer: <corpus>_root is then a CSV for `sertk data import`
 # and may define its own options (variables set before sourcing) and a configure_recipe function,
 # called once the options are parsed, that turns them into prepare_args and a data_variant name.
 # conf/ files the recipe lacks come from TEMPLATE/conf; conf/labels.yaml, when there is one,
@@ -129,7 +130,11 @@ prepare_data() {  # CORPUS ROOT OUT ROOT_OPTION [prepare args]: prepare and vali
     die "$option PATH is required for stage 1 (or run stage 0 to download ${name})"
   fi
   log "preparing $out from $root"
-  sertk data prepare "$name" --root "$root" --out "$out" "$@"
+  if [ "$name" = "$corpus" ] && [ "${import_csv:-false}" = true ]; then
+    sertk data import --csv "$root" --out "$out" --corpus "$name" "$@"
+  else
+    sertk data prepare "$name" --root "$root" --out "$out" "$@"
+  fi
   sertk data validate "$out"
 }
 

@@ -1,0 +1,40 @@
+"""Running a recipe (egs/<corpus>/run.sh) in a throw-away copy of the recipe tree."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CORPORA = Path(os.environ.get("SERTK_CORPORA", REPO.parent / "shared" / "corpora"))
+# a model small enough for recipe tests to train in seconds
+TINY = ("--set train.epochs=2 --set train.batch_size=8 --set model.channels=[4,8] --set model.lstm_hidden=8 "
+        "--set model.attention_hidden=8")
+
+
+def copy_recipe(tmp_path: Path, corpus: str) -> Path:
+    """A copy of egs/<corpus>, egs/TEMPLATE and tools, so runs never write into the repository."""
+    for part in (f"egs/{corpus}", "egs/TEMPLATE", "tools"):
+        shutil.copytree(REPO / part, tmp_path / part, ignore=shutil.ignore_patterns("data", "dump", "exp", "downloads"))
+    return tmp_path / "egs" / corpus
+
+
+def run_recipe(recipe: Path, *args, check: bool = True) -> subprocess.CompletedProcess:
+    """./run.sh ARGS in `recipe`, with this interpreter's `sertk` first on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["./run.sh", *map(str, args)], cwd=recipe, capture_output=True, text=True, env=env)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def assert_folds_done(exp: Path, folds: int) -> None:
+    """Every fold trained, decoded with the dev-selected checkpoint and scored; RESULTS.md written."""
+    import yaml
+    for k in range(1, folds + 1):
+        fold = exp / f"fold{k}"
+        assert (fold / "best.pt").is_file() and (fold / "train.log").is_file()
+        assert (fold / "decode_test" / "scoring" / "metrics.json").is_file()
+        assert yaml.safe_load((fold / "decode_test" / "decode.yaml").read_text())["checkpoint"] == "best.pt"
+    assert not (exp / f"fold{folds + 1}").exists()
+    assert (exp / "RESULTS.md").is_file() and (exp / "metrics.json").is_file()

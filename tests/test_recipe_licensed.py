@@ -1,0 +1,80 @@
+"""egs/iemocap and egs/msp_improv on generated replicas of their release layouts."""
+import pytest
+import yaml
+
+from recipes import TINY, assert_folds_done, copy_recipe, run_recipe
+from replicas_licensed import make_iemocap, make_msp_improv
+
+ONE_EPOCH = TINY.replace("train.epochs=2", "train.epochs=1")
+
+
+@pytest.fixture
+def iemocap(tmp_path):
+    return copy_recipe(tmp_path, "iemocap")
+
+
+@pytest.fixture
+def msp_improv(tmp_path):
+    return copy_recipe(tmp_path, "msp_improv")
+
+
+def test_iemocap_replica_through_stage_5(iemocap, tmp_path):
+    release = make_iemocap(tmp_path / "corpus")
+    run_recipe(iemocap, "--iemocap_root", release, "--nj", "1", "--train_args", ONE_EPOCH)
+    assert_folds_done(iemocap / "exp" / "loso_session" / "crnn", 5)
+    card = yaml.safe_load((iemocap / "data" / "loso_session" / "protocol.yaml").read_text())
+    assert card["classes"] == ["neutral", "happiness", "anger", "sadness"]
+    raw = (iemocap / "data" / "all" / "utt2lab_raw").read_text()
+    emo = dict(line.split() for line in (iemocap / "data" / "all" / "utt2emo").read_text().splitlines())
+    exc = [line.split()[0] for line in raw.splitlines() if line.endswith(" exc")]
+    assert exc and {emo[u] for u in exc} == {"happiness"}   # excited merged into happiness
+
+
+def test_iemocap_improvised_only_and_loso_speaker(iemocap, tmp_path):
+    release = make_iemocap(tmp_path / "corpus")
+    run_recipe(iemocap, "--iemocap_root", release, "--improvised_only", "true", "--stop_stage", "1")
+    impro = (iemocap / "data" / "all_impro" / "wav.scp").read_text().splitlines()
+    assert impro and all("_impro" in line.split()[0] for line in impro)
+    assert (iemocap / "data" / "loso_session_impro" / "protocol.yaml").is_file()
+    assert not (iemocap / "data" / "all").exists()
+    run_recipe(iemocap, "--iemocap_root", release, "--protocol", "loso_speaker", "--stop_stage", "1")
+    card = yaml.safe_load((iemocap / "data" / "loso_speaker" / "protocol.yaml").read_text())
+    assert card["num_folds"] == 10
+    assert card["folds"][0]["test_speakers"] == ["iemocap_Ses01F"]
+    assert card["folds"][0]["dev_speakers"] == ["iemocap_Ses01M"]
+    result = run_recipe(iemocap, "--improvised_only", "maybe", check=False)
+    assert result.returncode == 1 and "--improvised_only takes true or false" in result.stderr
+
+
+def test_msp_improv_replica_through_stage_5(msp_improv, tmp_path):
+    release = make_msp_improv(tmp_path / "corpus", sessions=range(1, 7))
+    run_recipe(msp_improv, "--msp_improv_root", release, "--nj", "1", "--train_args", ONE_EPOCH)
+    assert_folds_done(msp_improv / "exp" / "loso_session" / "crnn", 6)
+
+
+@pytest.mark.parametrize("corpus, expected", [
+    ("iemocap", "Session1 .. Session5"),
+    ("msp_improv", "Evaluation.txt and Audio/"),
+])
+def test_missing_root_stops_at_stage_1_saying_where_to_get_it(tmp_path, corpus, expected):
+    recipe = copy_recipe(tmp_path, corpus)
+    result = run_recipe(recipe, check=False)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("./run.sh: error: --" + corpus + "_root PATH is required") and "licensed" in last
+    assert expected in last and "[stage 0]" in result.stderr and not (recipe / "data").exists()
+
+
+@pytest.mark.parametrize("corpus, wrong, expected", [
+    ("iemocap", "nowhere", "nowhere: corpus root does not exist"),
+    ("iemocap", ".", "no Session1..Session5 folders found"),
+    ("msp_improv", ".", "no Evaluation.txt or Evalution.txt found"),
+])
+def test_wrong_root_stops_at_stage_1_with_one_line(tmp_path, corpus, wrong, expected):
+    recipe = copy_recipe(tmp_path, corpus)
+    result = run_recipe(recipe, f"--{corpus}_root", tmp_path / wrong, check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert "[stage 1] preparing data/all" in lines[-2] and lines[-1].startswith("sertk: error: ")
+    assert expected in lines[-1] and "Traceback" not in result.stderr
+    assert not (recipe / "data" / "all").exists()
