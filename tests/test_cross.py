@@ -67,6 +67,13 @@ def test_mapping_mistakes_are_named(corpora, changes, message):
         relabel(emo, m, "target", "emodb")
 
 
+def test_a_mapping_the_wrong_way_round_is_named(corpora):
+    rav, emo = corpora
+    with pytest.raises(LabelError, match="holds corpus 'emodb', but test map expects source corpus 'ravdess' "
+                                         r"\(is the mapping the wrong way round\?\)"):
+        relabel(emo, mapping(), "source", "emodb dir")
+
+
 def test_missing_keys_and_files(tmp_path):
     with pytest.raises(LabelError, match="a class mapping needs 'target'"):
         class_mapping_from_dict({"source": "a", "classes": ["x"]}, "m")
@@ -123,7 +130,8 @@ def test_cross_protocol_trains_on_source_and_tests_on_all_of_target(corpora, tmp
 def test_cross_protocol_refusals(corpora, tmp_path):
     rav, emo = corpora
     with pytest.raises(ProtocolError, match="share speaker"):
-        make_cross_protocol(rav, rav, class_mapping_from_dict({**RAV_TO_EMO, "target_map": RAV_TO_EMO["source_map"]},
+        make_cross_protocol(rav, rav, class_mapping_from_dict({**RAV_TO_EMO, "target": "ravdess",
+                                                                "target_map": RAV_TO_EMO["source_map"]},
                                                                "m"), tmp_path / "x")
     with pytest.raises(ProtocolError, match=r"dev speaker\(s\) \['ravdess_99'\] are not speakers"):
         make_cross_protocol(rav, emo, mapping(), tmp_path / "x", dev_speakers=["ravdess_99"])

@@ -97,6 +97,10 @@ def class_mapping_from_dict(doc: dict, where: str) -> ClassMapping:
 
 def relabel(dd: DataDir, mapping: ClassMapping, side: str, where: str) -> Tuple[DataDir, Counter]:
     """`dd` on the shared classes, and the count of utterances left out per original class."""
+    corpus = getattr(mapping, side)
+    if dd.labels.corpus and dd.labels.corpus != corpus:
+        raise LabelError(f"{where} holds corpus '{dd.labels.corpus}', but {mapping.path} expects {side} corpus "
+                         f"'{corpus}' (is the mapping the wrong way round?)")
     classes = list(dd.labels.classes)
     mapping.check(side, classes, where)
     new_class = {c: mapping.shared(side, c) for c in classes}
