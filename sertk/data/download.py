@@ -120,5 +120,3 @@ def verify_manifest(root: Path, manifest: Path) -> List[str]:
         elif digest is not None and sha256_file(path) != digest:
             problems.append(f"{rel}: checksum differs")
     return problems
-
-
