@@ -43,6 +43,17 @@ def test_cross_corpus_needs_a_mapping_and_a_root(recipe, tmp_path):
     release = make_ravdess(tmp_path / "release", actors=range(1, 3), emotions=[5])
     result = run_recipe(recipe, "--stage", "1", "--ravdess_root", release, "--cross_corpus", "emodb", check=False)
     assert result.returncode == 1 and "--cross_root PATH is required" in result.stderr.splitlines()[-1]
+    # a licensed target: stage 0 cannot download it and says so in one line
+    (recipe / "conf" / "cross").mkdir(parents=True)
+    (recipe / "conf" / "cross" / "ravdess_to_iemocap.yaml").write_text(
+        "source: ravdess\ntarget: iemocap\nclasses: [anger]\n")
+    result = run_recipe(recipe, "--ravdess_root", release, "--cross_corpus", "iemocap", check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and lines[-1].startswith("./run.sh: error: --cross_root PATH is required: "
+                                                           "iemocap could not be downloaded (")
+    assert not any(line.startswith("Usage:") for line in lines)
+    result = run_recipe(recipe, "--protocol", "loso", "--cross_corpus", "emodb", check=False)
+    assert result.returncode == 1 and "--protocol loso and --cross_corpus exclude each other" in result.stderr
 
 
 def test_one_real_fold_for_a_few_epochs(recipe):

@@ -42,6 +42,7 @@ help_message="Usage: $0 [--stage N] [--stop_stage M] [--model NAME] [--protocol 
           [--prepare_args ...] [--cross_corpus NAME --cross_root PATH]${recipe_help:+
           $recipe_help}"
 
+recipe_protocol=$protocol
 recipe_dir=$(pwd)
 tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../tools" && pwd)
 . "${tools_dir}/parse_options.sh"
@@ -75,6 +76,8 @@ dump=dump/${feat_tag}${suffix}
 test_dump=$dump
 if [ -n "$cross_corpus" ]; then
   [ "$cross_corpus" != "$corpus" ] || die "--cross_corpus $cross_corpus: that is this recipe's own corpus"
+  [ "$protocol" = "$recipe_protocol" ] \
+    || die "--protocol $protocol and --cross_corpus exclude each other (the cross-corpus protocol is cross_${cross_corpus})"
   cross_map=$(conf_file "cross/${corpus}_to_${cross_corpus}.yaml")
   [ -n "$cross_map" ] || die "--cross_corpus $cross_corpus: no class mapping conf/cross/${corpus}_to_${cross_corpus}.yaml (see $template_conf/cross/ for the format)"
   protocol=cross_${cross_corpus}
@@ -110,8 +113,13 @@ if run_stage 0; then
     log "${corpus} is not downloadable: ${corpus_source:-see its documentation}; stage 1 needs --${root_var} PATH"
   fi
   if [ -n "$cross_corpus" ] && [ -z "$cross_root" ]; then
-    cross_root=$(sertk data download "$cross_corpus" --dest downloads) \
-      || die "--cross_root PATH is required: ${cross_corpus} cannot be downloaded here"
+    download_log=$(mktemp)
+    if cross_root=$(sertk data download "$cross_corpus" --dest downloads 2>"$download_log"); then
+      cat "$download_log" >&2; rm -f "$download_log"
+    else
+      reason=$(tail -n 1 "$download_log"); rm -f "$download_log"
+      die "--cross_root PATH is required: ${cross_corpus} could not be downloaded (${reason})"
+    fi
   fi
 fi
 if [ -z "$corpus_root" ] && [ -d "downloads/${corpus}" ]; then corpus_root=downloads/${corpus}; fi
