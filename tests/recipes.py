@@ -7,9 +7,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CORPORA = Path(os.environ.get("SERTK_CORPORA", REPO.parent / "shared" / "corpora"))
-# a model small enough for recipe tests to train in seconds
-TINY = ("--set train.epochs=2 --set train.batch_size=8 --set model.channels=[4,8] --set model.lstm_hidden=8 "
-        "--set model.attention_hidden=8")
+
+
+def tiny_args(epochs: int) -> str:
+    """--train_args for a crnn small enough for recipe tests to train in seconds."""
+    return (f"--set train.epochs={epochs} --set train.batch_size=8 --set model.channels=[4,8] "
+            "--set model.lstm_hidden=8 --set model.attention_hidden=8")
+
+
+TINY = tiny_args(2)
 
 
 def copy_recipe(tmp_path: Path, corpus: str) -> Path:
@@ -38,3 +44,14 @@ def assert_folds_done(exp: Path, folds: int) -> None:
         assert yaml.safe_load((fold / "decode_test" / "decode.yaml").read_text())["checkpoint"] == "best.pt"
     assert not (exp / f"fold{folds + 1}").exists()
     assert (exp / "RESULTS.md").is_file() and (exp / "metrics.json").is_file()
+
+
+def run_real_fold1(recipe: Path, corpus: str, protocol: str, train_args: str) -> Path:
+    """Fold 1 of the real corpus in ../shared/corpora through decoding (skips when it is absent);
+    returns exp/<protocol>/crnn/fold1."""
+    import pytest
+    root = CORPORA / corpus
+    if not root.is_dir():
+        pytest.skip(f"real corpus not available: {root} is absent")
+    run_recipe(recipe, f"--{corpus}_root", root, "--folds", "1", "--stop_stage", "4", "--train_args", train_args)
+    return recipe / "exp" / protocol / "crnn" / "fold1"

@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from recipes import CORPORA, TINY, copy_recipe, run_recipe
+from recipes import TINY, copy_recipe, run_real_fold1, run_recipe
 from replicas import make_emodb
 
 
@@ -49,12 +49,7 @@ def test_options_are_checked(recipe, tmp_path):
 
 
 def test_one_real_fold_for_a_few_epochs(recipe):
-    root = CORPORA / "emodb"
-    if not root.is_dir():
-        pytest.skip(f"real corpus not available: {root} is absent")
-    run_recipe(recipe, "--emodb_root", root, "--folds", "1", "--stop_stage", "4",
-        "--train_args", "--set train.epochs=2")
-    fold = recipe / "exp" / "loso" / "crnn" / "fold1"
+    fold = run_real_fold1(recipe, "emodb", "loso", "--set train.epochs=2")
     test_utts = (recipe / "data" / "loso" / "fold1" / "test" / "wav.scp").read_text().count("\n")
     assert (fold / "decode_test" / "hyp").read_text().count("\n") == test_utts == 49
     assert "epoch 2:" in (fold / "train.log").read_text()

@@ -2,10 +2,10 @@
 import pytest
 import yaml
 
-from recipes import TINY, assert_folds_done, copy_recipe, run_recipe
+from recipes import assert_folds_done, copy_recipe, run_recipe, tiny_args
 from replicas_licensed import make_iemocap, make_msp_improv
 
-ONE_EPOCH = TINY.replace("train.epochs=2", "train.epochs=1")
+ONE_EPOCH = tiny_args(1)
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """A new corpus needs only a CSV and a thin run.sh (egs/README.md, 'Adding a corpus')."""
-from recipes import TINY, assert_folds_done, copy_recipe, run_recipe
+from recipes import assert_folds_done, copy_recipe, run_recipe, tiny_args
 from replicas import write_wav
 
 RUN_SH = """#!/usr/bin/env bash
@@ -28,7 +28,7 @@ def test_a_csv_and_a_thin_run_sh_make_a_recipe(tmp_path):
             rows.append(f"wav/{spk}_{i}.wav,{label},{spk}")
     (audio / "list.csv").write_text("\n".join(rows) + "\n")
     run_recipe(recipe, "--mycorpus_root", audio / "list.csv", "--nj", "1",
-               "--train_args", TINY.replace("train.epochs=2", "train.epochs=1"))
+               "--train_args", tiny_args(1))
     exp = recipe / "exp" / "loso" / "crnn"
     assert_folds_done(exp, 3)
     assert "corpus: `mycorpus`" in (exp / "RESULTS.md").read_text()

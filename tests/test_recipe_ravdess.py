@@ -2,10 +2,10 @@
 import pytest
 import yaml
 
-from recipes import CORPORA, TINY, assert_folds_done, copy_recipe, run_recipe
+from recipes import assert_folds_done, copy_recipe, run_real_fold1, run_recipe, tiny_args
 from replicas import make_emodb, make_ravdess
 
-ONE_EPOCH = TINY.replace("train.epochs=2", "train.epochs=1")
+ONE_EPOCH = tiny_args(1)
 
 
 @pytest.fixture
@@ -57,13 +57,8 @@ def test_cross_corpus_needs_a_mapping_and_a_root(recipe, tmp_path):
 
 
 def test_one_real_fold_for_a_few_epochs(recipe):
-    root = CORPORA / "ravdess"
-    if not root.is_dir():
-        pytest.skip(f"real corpus not available: {root} is absent")
     # the small model keeps this real-data run (1440 files, 960 training utterances) to about a minute
-    run_recipe(recipe, "--ravdess_root", root, "--folds", "1", "--stop_stage", "4",
-               "--train_args", TINY.replace("train.epochs=2", "train.epochs=3"))
-    fold = recipe / "exp" / "actor6" / "crnn" / "fold1"
+    fold = run_real_fold1(recipe, "ravdess", "actor6", tiny_args(3))
     assert (fold / "decode_test" / "hyp").read_text().count("\n") == 240   # actors 1-4, 60 files each
     log = (fold / "train.log").read_text()
     assert "960 utts" in log and "epoch 3:" in log
