@@ -12,6 +12,7 @@ import kaldiio
 import librosa
 import numpy as np
 import pytest
+import scipy.signal
 import torch
 import yaml
 from click.testing import CliRunner
@@ -89,11 +90,12 @@ def _librosa_mfcc(y, n_mfcc, n_mels=64):
     return _quiet(librosa.feature.mfcc, y=y, sr=SR, n_mfcc=n_mfcc, n_mels=n_mels, **STFT).T
 
 
-def _ref_energy(y):
+def _ref_energy(y, window=None):
     # the STFT window's span: frames of n_fft centred on f * hop, the window in the middle win samples
     frames = librosa.util.frame(np.pad(y.astype(np.float64), N_FFT // 2), frame_length=N_FFT, hop_length=HOP)
     lo = (N_FFT - WIN) // 2
-    return (frames[lo:lo + WIN] ** 2).sum(axis=0)[:, None]
+    weights = 1.0 if window is None else scipy.signal.get_window(window, WIN, fftbins=True)[:, None]
+    return ((weights * frames[lo:lo + WIN]) ** 2).sum(axis=0)[:, None]
 
 
 # --- streams against librosa --------------------------------------------------------------------
@@ -150,6 +152,18 @@ def test_energy_and_log_energy(signals):
         ref = _ref_energy(y)
         np.testing.assert_allclose(e, ref, rtol=1e-5, atol=1e-9)
         np.testing.assert_allclose(le, np.log(ref + 1e-6), atol=1e-4, rtol=0)
+
+
+def test_window_weighted_energy(signals):
+    # short-time energy of Hamming-windowed frames (MPAF-CNN's LLD), and its log
+    energy, _, _ = _run({"type": "energy", "weighted": True, "window": "hamming"}, signals)
+    log_energy, _, _ = _run({"type": "log_energy", "weighted": True, "window": "hamming", "eps": 1e-10}, signals)
+    for y, e, le in zip(signals, energy, log_energy):
+        ref = _ref_energy(y, "hamming")
+        assert e.shape == ref.shape
+        np.testing.assert_allclose(e, ref, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(le, np.log(ref + 1e-10), atol=1e-3, rtol=0)
+        assert (e <= _ref_energy(y) + 1e-9).all()   # a window <= 1 only takes energy away
 
 
 def test_deltas_match_librosa(signals):

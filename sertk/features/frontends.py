@@ -21,7 +21,7 @@ stream spec is checked against it (unknown keys, types and values are a `Feature
 What each type matches: logmel = log(librosa.feature.melspectrogram + log_offset); mfcc =
 librosa.feature.mfcc (power_to_db with top_db per utterance, DCT-II ortho); zcr =
 librosa.feature.zero_crossing_rate with frame_length = the window in samples; energy = sum of
-squared samples over the STFT window's span; deltas = librosa.feature.delta (mode 'interp'), and
+squared samples over the STFT window's span (weighted: of the samples times the window); deltas = librosa.feature.delta (mode 'interp'), and
 for utterances shorter than delta_width, where librosa refuses, the same polynomial fit over all
 their frames.
 """
@@ -127,11 +127,12 @@ class MfccConfig(MelConfig):
 
 @dataclass
 class EnergyConfig(FramedConfig):
-    """Sum of squared samples over the STFT window's span (no window weighting)."""
+    """Sum of squared samples over the STFT window's span; with `weighted`, of the windowed samples."""
+    weighted: bool = False   # sum (w[n] x[n])^2 with the `window` (e.g. Hamming-windowed short-time energy)
 
 
 @dataclass
-class LogEnergyConfig(FramedConfig):
+class LogEnergyConfig(EnergyConfig):
     eps: float = 1e-6   # log(energy + eps)
 
     def check(self, sample_rate: int, where: str) -> None:
@@ -425,22 +426,41 @@ class _WindowSpan:
 
 
 class Energy(Stream):
-    """Frame energy sum(x^2) over the window span (zero outside the signal); log(energy + eps) if `log`."""
+    """Frame energy sum(x^2) over the window span (zero outside the signal), or sum((w x)^2) when
+    `weighted`; log(energy + eps) for log_energy."""
 
-    def __init__(self, config: FramedConfig, sample_rate: int, log_eps: Optional[float] = None):
+    def __init__(self, config: EnergyConfig, sample_rate: int):
         span = _WindowSpan(config, sample_rate)
         super().__init__(1, span.hop)
-        self.span, self.log_eps = span, log_eps
+        self.span = span
+        self.log_eps = config.eps if isinstance(config, LogEnergyConfig) else None
+        self.weighted = config.weighted
+        make = torch.hann_window if config.window == "hann" else torch.hamming_window
+        self.register_buffer("window_sq", make(span.win, periodic=True, dtype=torch.float64).square(),
+                             persistent=False)
 
     def compute(self, wave, lengths, frame_lengths):
+        energy = self._weighted(wave) if self.weighted else self._plain(wave)
+        if self.log_eps is not None:
+            energy = torch.log(energy + self.log_eps)
+        return energy[..., None]
+
+    def _plain(self, wave):
         # cumulative sums make each frame O(1); float64 keeps quiet frames after loud ones exact enough
         T = wave.shape[1]
         csum = torch.nn.functional.pad(torch.cumsum(wave.double().pow(2), dim=1), (1, 0))
         start, end = self.span.bounds(T, wave.device)
-        energy = (csum[:, end.clamp(0, T)] - csum[:, start.clamp(0, T)]).clamp(min=0).float()
-        if self.log_eps is not None:
-            energy = torch.log(energy + self.log_eps)
-        return energy[..., None]
+        return (csum[:, end.clamp(0, T)] - csum[:, start.clamp(0, T)]).clamp(min=0).float()
+
+    def _weighted(self, wave):
+        # a strided correlation of x^2 with w^2 over each frame's span, zero padded like the STFT
+        T = wave.shape[1]
+        frames = int(num_frames(T, self.span.hop))
+        left = -self.span.offset
+        right = max(0, (frames - 1) * self.span.hop + self.span.win - left - T)
+        squared = torch.nn.functional.pad(wave.double().square(), (left, right))[:, None]
+        energy = torch.nn.functional.conv1d(squared, self.window_sq[None, None], stride=self.span.hop)
+        return energy[:, 0, :frames].float()
 
 
 class ZeroCrossingRate(Stream):
@@ -570,8 +590,8 @@ def _build(config: StreamConfig, sample_rate: int, shared: Dict) -> Stream:
         stream = LogMel(config, mel, hop) if isinstance(config, LogMelConfig) else Mfcc(config, mel, hop)
     elif isinstance(config, ZcrConfig):
         stream = ZeroCrossingRate(config, sample_rate)
-    elif isinstance(config, (EnergyConfig, LogEnergyConfig)):
-        stream = Energy(config, sample_rate, config.eps if isinstance(config, LogEnergyConfig) else None)
+    elif isinstance(config, EnergyConfig):
+        stream = Energy(config, sample_rate)
     else:  # pragma: no cover - STREAM_TYPES and this function list the same types
         raise FeatureError(f"no frontend for {type(config).__name__}")
     return WithDeltas(stream, config.deltas, config.delta_width) if config.deltas else stream
