@@ -10,10 +10,10 @@ from typing import Dict, List
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from sertk.models import register
 from sertk.models.pooling import AttentionPooling, downsample_mask
+from sertk.models.sequence import run_lstm
 
 
 @dataclass
@@ -60,8 +60,6 @@ class CRNN(nn.Module):
             mask = downsample_mask(mask, 2, h.shape[2])
         h = h * mask[:, None, :, None]
         h = h.permute(0, 2, 1, 3).flatten(2)                  # [B, T', C * F']
-        lengths = mask.sum(1).clamp(min=1)
-        packed = pack_padded_sequence(h, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        h, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=h.shape[1])
+        h, _ = run_lstm(self.lstm, h, mask)
         pooled = self.pool(h, mask)
         return {"logits": self.out(self.dropout(pooled))}

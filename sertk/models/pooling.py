@@ -2,6 +2,8 @@
 import torch
 from torch import nn
 
+from sertk.models.sequence import masked_softmax
+
 
 class AttentionPooling(nn.Module):
     """Softmax attention over valid frames: sum_t a_t h_t with a = softmax(w^T tanh(W h_t))."""
@@ -12,8 +14,7 @@ class AttentionPooling(nn.Module):
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """h: [B, T, D]; mask: [B, T] bool, at least one True per row -> [B, D]."""
-        scores = self.score(h).squeeze(-1).masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(scores, dim=1)
+        weights = masked_softmax(self.score(h).squeeze(-1), mask, dim=1)
         return torch.bmm(weights.unsqueeze(1), h).squeeze(1)
 
 
