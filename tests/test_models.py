@@ -1,4 +1,6 @@
 """Every registered model: shapes, batch and padding invariance, and that it can learn."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -7,8 +9,7 @@ from sertk.models import available_models, build_model, model_class
 
 def batch_for(model, batch=4, frames=200, valid=None, seed=0):
     g = torch.Generator().manual_seed(seed)
-    dims = {"logmel": model.cfg.n_mels}
-    out = {s: torch.randn(batch, frames, dims[s], generator=g) for s in model.streams}
+    out = {s: torch.randn(batch, frames, model.stream_dims[s], generator=g) for s in model.streams}
     mask = torch.ones(batch, frames, dtype=torch.bool)
     if valid is not None:
         for i, v in enumerate(valid):
@@ -19,14 +20,23 @@ def batch_for(model, batch=4, frames=200, valid=None, seed=0):
     return out
 
 
+def build_for_frames(name, frames, num_classes=5, **cfg):
+    """A model for `frames`-frame segments (models with fixed-length segments are built for them)."""
+    if "frames" in {f.name for f in dataclasses.fields(model_class(name).Config)}:
+        cfg["frames"] = frames
+    torch.manual_seed(0)
+    return build_model(name, num_classes, **cfg)
+
+
 @pytest.fixture(params=available_models())
 def model(request):
-    torch.manual_seed(0)
-    return build_model(request.param, num_classes=5)
+    return build_for_frames(request.param, 200)
 
 
-def test_logit_shape(model):
+@pytest.mark.parametrize("name", available_models())
+def test_logit_shape(name):
     for frames in (50, 200, 333):
+        model = build_for_frames(name, frames)
         assert model(batch_for(model, frames=frames))["logits"].shape == (4, 5)
 
 
@@ -48,8 +58,10 @@ def test_padding_content_is_ignored(model):
     torch.testing.assert_close(model(batch)["logits"], model(noisy)["logits"], atol=1e-5, rtol=1e-5)
 
 
-def test_overfits_a_tiny_batch(model):
-    batch = batch_for(model, batch=8, frames=100)
+@pytest.mark.parametrize("name", available_models())
+def test_overfits_a_tiny_batch(name):
+    model = build_for_frames(name, 50)
+    batch = batch_for(model, batch=8, frames=50)
     labels = torch.arange(8) % 5
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()

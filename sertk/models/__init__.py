@@ -1,7 +1,9 @@
 """Model registry (timm style): `build_model(name, num_classes, **cfg)`.
 
 Each model file holds one family: an `nn.Module` whose `Config` dataclass carries the defaults
-(the spec's, for the published models) and whose `streams` names the feature streams it reads.
+(the spec's, for the published models), whose `streams` names the feature streams it reads,
+`stream_dims` their dims per frame, and `fixed_frames` the segment length in frames it was built
+for (None when it takes any length).
 `forward(batch)` takes a dict of padded tensors `{stream: [B, T, D], "mask": [B, T] bool}` and
 returns a dict with `logits` [B, C] (plus any auxiliary outputs its loss needs).
 """

@@ -35,6 +35,8 @@ class CRNN(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.streams = (cfg.stream,)
+        self.stream_dims = {cfg.stream: cfg.n_mels}
+        self.fixed_frames = None
         blocks, in_ch = [], 1
         for ch in cfg.channels:
             blocks.append(nn.Sequential(nn.Conv2d(in_ch, ch, 3, padding=1), nn.BatchNorm2d(ch), nn.ReLU(),

@@ -167,17 +167,20 @@ class MPAM(nn.Module):
         self.local = MultiScale(dim, cin, cout, cfg.multiscale)
         flat = cout * n_freq if dim == 2 else cout                       # 2-D: d = C * F per frame [I]
         self.attend = FrameAttention(flat, cfg.attention, cfg.attention_softmax, cfg.attention_residual)
-        self.w_time = nn.Parameter(torch.full((cfg.frames,), 1.0 / cfg.frames))   # W_F or W_C: mean at init
-        linear = dim == 2 and cfg.fdgr_reduce == "linear"
+        # W_F or W_C, the mean over time at init; none when the classifier reads no global vector (M8)
+        self.w_time = nn.Parameter(torch.full((cfg.frames,), 1.0 / cfg.frames)) if cfg.global_features else None
+        linear = dim == 2 and cfg.fdgr_reduce == "linear" and cfg.global_features
         self.to_global = nn.Linear(flat, cfg.lld_channels) if linear else None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor):
         m = _time_mask(self.local(_time_mask(x, mask)), mask)
         flat, tdgr = self.attend(m.flatten(1, -2), mask)
         x = _time_mask(flat.view(m.shape), mask)
-        pooled = torch.einsum("b...t,t->b...", x, self.w_time)         # [B, C, F] or [B, C]
-        if self.dim == 2:
-            pooled = self.to_global(pooled.flatten(1)) if self.to_global is not None else pooled.mean(1)
+        pooled = None
+        if self.w_time is not None:
+            pooled = torch.einsum("b...t,t->b...", x, self.w_time)     # [B, C, F] or [B, C]
+            if self.dim == 2:
+                pooled = self.to_global(pooled.flatten(1)) if self.to_global is not None else pooled.mean(1)
         return x, tdgr * mask.to(tdgr.dtype), pooled
 
 
@@ -209,6 +212,7 @@ class Branch(nn.Module):
             x, tdgr, pooled = layer(x, mask)
             if tdgr is not None:
                 tdgr_sum = tdgr if tdgr_sum is None else tdgr_sum + tdgr
+            if pooled is not None:
                 global_sum = pooled if global_sum is None else global_sum + pooled
         return x, tdgr_sum, global_sum
 
@@ -230,17 +234,22 @@ class FineGrainedFusion(nn.Module):
         self.activation = torch.relu if cfg.ffs_activation == "relu" else (lambda t: t)
         self.literal = cfg.ffs_mode == "literal"
 
-    def forward(self, x_a: torch.Tensor, x_b: torch.Tensor, mask: torch.Tensor):
-        """x_a [B, T, d_a], x_b [B, T, d_b], both zero at padded frames -> Y_1, Y_2 (zero there too)."""
+    def maps(self, x_a: torch.Tensor, x_b: torch.Tensor, mask: torch.Tensor):
+        """A_1 [B, T1, T2] and A_2 [B, T2, T1]; padded frames get no weight."""
         q_a, k_a = self.activation(self.q_a(x_a)), self.activation(self.k_a(x_a))
         q_b, k_b = self.activation(self.q_b(x_b)), self.activation(self.k_b(x_b))
         valid = mask[:, None, :]                                         # over the last axis
         if self.literal:
-            a_1 = masked_softmax(q_b @ k_a.transpose(1, 2), valid, dim=2).transpose(1, 2)   # [B, T1, T2]
-            a_2 = masked_softmax(q_a @ k_b.transpose(1, 2), valid, dim=2).transpose(1, 2)   # [B, T2, T1]
+            a_1 = masked_softmax(q_b @ k_a.transpose(1, 2), valid, dim=2).transpose(1, 2)
+            a_2 = masked_softmax(q_a @ k_b.transpose(1, 2), valid, dim=2).transpose(1, 2)
         else:
             a_1 = masked_softmax(q_a @ k_b.transpose(1, 2), valid, dim=2)
             a_2 = masked_softmax(q_b @ k_a.transpose(1, 2), valid, dim=2)
+        return a_1, a_2
+
+    def forward(self, x_a: torch.Tensor, x_b: torch.Tensor, mask: torch.Tensor):
+        """x_a [B, T, d_a], x_b [B, T, d_b], both zero at padded frames -> Y_1, Y_2 (zero there too)."""
+        a_1, a_2 = self.maps(x_a, x_b, mask)
         frames = mask[..., None].to(x_a.dtype)
         y_1 = (self.w_y1(self.norm_1(a_1 @ x_b)) + x_a) * frames
         y_2 = (self.w_y2(self.norm_2(a_2 @ x_a)) + x_b) * frames
@@ -257,7 +266,9 @@ class MPAFCNN(nn.Module):
         self.cfg = cfg
         use_ms, use_lld = cfg.branches in ("both", "ms"), cfg.branches in ("both", "lld")
         self.streams = tuple(s for s, used in ((cfg.mel_stream, use_ms), (cfg.lld_stream, use_lld)) if used)
-        self.stream_dims = {cfg.mel_stream: cfg.n_mels, cfg.lld_stream: cfg.n_lld}
+        self.stream_dims = {s: d for s, d in ((cfg.mel_stream, cfg.n_mels), (cfg.lld_stream, cfg.n_lld))
+                            if s in self.streams}
+        self.fixed_frames = cfg.frames
         self.ms = Branch(2, 1, cfg.ms_channels, cfg.n_mels, cfg) if use_ms else None
         self.lld = Branch(1, cfg.n_lld, cfg.lld_channels, 1, cfg) if use_lld else None
         self.with_tdgr = cfg.mpam and cfg.tdgr

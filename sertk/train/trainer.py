@@ -78,6 +78,10 @@ class _Run:
         seg = SegmentConfig(config["segments"]["length"], config["segments"]["hop"])
         hop_s = frame_hop(dump_dir, self.streams)
         length, hop = seg.frames(hop_s)
+        fixed = getattr(self.model, "fixed_frames", None)
+        if fixed is not None and fixed != length:
+            raise ConfigError(f"model {config['model']['name']} takes {fixed}-frame segments, but segments.length "
+                              f"{seg.length} s is {length} frames of {hop_s} s; set model.frames={length}")
         train_hop = SegmentConfig(seg.length, config["segments"]["train_hop"] or seg.hop).frames(hop_s)[1]
         self.train_set = SegmentDataset(self.train_dd, feats, length, train_hop, self.norm.apply, self.classes)
         self.dev_set = SegmentDataset(self.dev_dd, feats, length, hop, self.norm.apply, self.classes)
