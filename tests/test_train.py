@@ -72,6 +72,18 @@ def test_a_finished_run_is_skipped_and_a_changed_config_refused(setup, tmp_path)
         train(config("optim.lr=0.1"), fold, dump, exp)
 
 
+def test_a_fixed_length_model_refuses_another_segment_length(setup, tmp_path):
+    # mpaf_cnn's time weights are sized by its frames; 0.3 s segments are 30 frames, not 20
+    mpaf = ["model.name=mpaf_cnn", "model.branches=ms", "model.n_mels=16", "model.fdgr_reduce=linear",
+            "model.frames=20", "train.epochs=1", "segments.length=0.3"]
+    with pytest.raises(ConfigError, match="mpaf_cnn takes 20-frame segments, but segments.length 0.3 s is 30 "
+                                          r"frames of 0.01 s; set model.frames=30"):
+        train(load_config(None, mpaf), setup / "loso" / "fold1", setup / "dump", tmp_path / "exp")
+    summary = train(load_config(None, mpaf[:-3] + ["model.frames=30", "train.epochs=1", "segments.length=0.3"]),
+                    setup / "loso" / "fold1", setup / "dump", tmp_path / "exp2")
+    assert summary.epochs_run == 1
+
+
 def test_exp_dir_contents_and_tensorboard(setup, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     exp = tmp_path / "exp"
