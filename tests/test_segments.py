@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sertk.features.segments import SegmentConfig, cut, segment_bounds, segment_id
+from sertk.features.segments import SegmentConfig, SegmentError, cut, segment_bounds, segment_id
 
 
 def test_short_utterance_is_one_padded_segment():
@@ -16,6 +16,14 @@ def test_exact_length_is_one_segment():
 
 def test_tail_is_covered_by_a_window_aligned_to_the_end():
     assert segment_bounds(350, 200, 100) == [(0, 200), (100, 300), (150, 350)]
+
+
+def test_tail_drop_leaves_out_frames_after_the_last_full_window():
+    assert segment_bounds(350, 200, 100, tail="drop") == [(0, 200), (100, 300)]
+    assert segment_bounds(150, 200, 100, tail="drop") == [(0, 150)]   # a short utterance still counts
+    assert SegmentConfig.from_config({"length": 2.0, "hop": 1.0}).tail == "end"   # older configs
+    with pytest.raises(SegmentError, match="segments.tail must be one of end, drop, not 'last'"):
+        SegmentConfig(2.0, 0.4, "last")
 
 
 def test_no_extra_window_when_the_hop_lands_on_the_end():

@@ -3,36 +3,55 @@
 Windows are cut from stored frame-level features, so segmentation never re-reads audio. An
 utterance shorter than one window becomes one segment padded at the end (its mask says which
 frames are real); otherwise windows start every `hop` frames and, if the last one stops short of
-the end, one more window aligned to the end covers the tail.
+the end, one more window aligned to the end covers the tail (tail "end"), or the frames after the
+last full window are left out (tail "drop").
 """
 from dataclasses import dataclass
 from typing import List, Tuple
 
 import numpy as np
 
+from sertk.errors import SertkError
+
+TAILS = ("end", "drop")
+
+
+class SegmentError(SertkError, ValueError):
+    """Segment settings that cannot cut any window."""
+
 
 @dataclass(frozen=True)
 class SegmentConfig:
     length: float = 2.0   # seconds
     hop: float = 1.0      # seconds
+    tail: str = "end"     # end: one more window aligned to the utterance's end | drop
+
+    @classmethod
+    def from_config(cls, section: dict) -> "SegmentConfig":
+        """From an experiment config's `segments` section (configs written before `tail` existed: end)."""
+        return cls(section["length"], section["hop"], section.get("tail", "end"))
+
+    def __post_init__(self):
+        if self.tail not in TAILS:
+            raise SegmentError(f"segments.tail must be one of {', '.join(TAILS)}, not {self.tail!r}")
 
     def frames(self, frame_hop_s: float) -> Tuple[int, int]:
         """(window, hop) in frames for features with the given frame hop in seconds."""
         length, hop = round(self.length / frame_hop_s), round(self.hop / frame_hop_s)
         if length < 1 or hop < 1:
-            raise ValueError(f"segment length {self.length} s and hop {self.hop} s must each span at least "
+            raise SegmentError(f"segment length {self.length} s and hop {self.hop} s must each span at least "
                              f"one frame of {frame_hop_s} s")
         return length, hop
 
 
-def segment_bounds(num_frames: int, length: int, hop: int) -> List[Tuple[int, int]]:
+def segment_bounds(num_frames: int, length: int, hop: int, tail: str = "end") -> List[Tuple[int, int]]:
     """[start, end) frame bounds of the windows of one utterance; end - start <= length."""
     if num_frames <= 0:
         raise ValueError("an utterance needs at least one frame")
     if num_frames <= length:
         return [(0, num_frames)]
     starts = list(range(0, num_frames - length + 1, hop))
-    if starts[-1] + length < num_frames:
+    if starts[-1] + length < num_frames and tail == "end":
         starts.append(num_frames - length)
     return [(s, s + length) for s in starts]
 

@@ -25,7 +25,8 @@ DEFAULTS: Dict[str, Any] = {
     # tag: the feature config conf/features/<tag>.yaml and dump/<tag>/ the recipe uses;
     # cmvn: global | speaker | none, global statistics from the fold's train part only
     "features": {"tag": "logmel64", "cmvn": "global"},
-    "segments": {"length": 2.0, "hop": 1.0, "train_hop": None},  # seconds; train_hop defaults to hop
+    # seconds; train_hop defaults to hop; tail: end (a last window aligned to the end) | drop
+    "segments": {"length": 2.0, "hop": 1.0, "train_hop": None, "tail": "end"},
     "train": {"epochs": 40, "batch_size": 32, "seed": 0, "patience": 10, "min_epochs": 1,
               "class_weighted": True, "grad_clip": 5.0, "amp": True},
     "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0},

@@ -31,7 +31,8 @@ class SegmentDataset(Dataset):
     """
 
     def __init__(self, datadir: DataDir, feats: Dict[str, Dict[str, np.ndarray]], length: int, hop: int,
-                 normalize: Callable[[str, str, np.ndarray], np.ndarray], classes: Sequence[str]):
+                 normalize: Callable[[str, str, np.ndarray], np.ndarray], classes: Sequence[str],
+                 tail: str = "end"):
         self.streams = list(feats)
         self.length = length
         self.features: Dict[str, Dict[str, np.ndarray]] = {s: {} for s in self.streams}
@@ -48,7 +49,7 @@ class SegmentDataset(Dataset):
             frames = _common_frames(utt, arrays)
             for s, a in arrays.items():
                 self.features[s][utt] = normalize(s, utt, np.asarray(a[:frames], dtype=np.float32))
-            for start, end in segment_bounds(frames, length, hop):
+            for start, end in segment_bounds(frames, length, hop, tail):
                 self.segments.append(Segment(segment_id(utt, start, end), utt, start, end))
 
     def __len__(self) -> int:

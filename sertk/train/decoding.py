@@ -76,9 +76,9 @@ def decode_data_dir(exp_dir: Path, data_dir: Path, feats_dir: Path, out_dir: Pat
     streams = list(model.streams)
     feats = load_streams(feats_dir, streams, dd.utts)
     norm = Normalization.from_state_dict(ckpt["normalization"], feats, dd)
-    length, hop = SegmentConfig(config["segments"]["length"], config["segments"]["hop"]).frames(
-        frame_hop(feats_dir, streams))
-    dataset = SegmentDataset(dd, feats, length, hop, norm.apply, classes)
+    seg = SegmentConfig.from_config(config["segments"])
+    length, hop = seg.frames(frame_hop(feats_dir, streams))
+    dataset = SegmentDataset(dd, feats, length, hop, norm.apply, classes, seg.tail)
     post = segment_posteriors(model, dataset, batch_size, device)
     if mapping is not None:
         post = collapse(post, model_classes, mapping)

@@ -75,16 +75,17 @@ class _Run:
         self.streams = list(self.model.streams)
         feats = load_streams(dump_dir, self.streams, self.train_dd.utts + self.dev_dd.utts)
         self.norm = Normalization.fit(config["features"]["cmvn"], feats, self.train_dd, [self.dev_dd])
-        seg = SegmentConfig(config["segments"]["length"], config["segments"]["hop"])
+        seg = SegmentConfig.from_config(config["segments"])
         hop_s = frame_hop(dump_dir, self.streams)
         length, hop = seg.frames(hop_s)
         fixed = getattr(self.model, "fixed_frames", None)
         if fixed is not None and fixed != length:
             raise ConfigError(f"model {config['model']['name']} takes {fixed}-frame segments, but segments.length "
                               f"{seg.length} s is {length} frames of {hop_s} s; set model.frames={length}")
-        train_hop = SegmentConfig(seg.length, config["segments"]["train_hop"] or seg.hop).frames(hop_s)[1]
-        self.train_set = SegmentDataset(self.train_dd, feats, length, train_hop, self.norm.apply, self.classes)
-        self.dev_set = SegmentDataset(self.dev_dd, feats, length, hop, self.norm.apply, self.classes)
+        train_hop = SegmentConfig(seg.length, config["segments"]["train_hop"] or seg.hop, seg.tail).frames(hop_s)[1]
+        self.train_set = SegmentDataset(self.train_dd, feats, length, train_hop, self.norm.apply, self.classes,
+                                        seg.tail)
+        self.dev_set = SegmentDataset(self.dev_dd, feats, length, hop, self.norm.apply, self.classes, seg.tail)
         self.optimizer = _optimizer(config["optim"], self.model.parameters())
         self.scheduler = _scheduler(config["scheduler"], self.optimizer, config["train"]["epochs"])
         weights = class_weights(list(self.train_set.labels.values()), len(self.classes)) \
