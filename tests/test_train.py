@@ -72,6 +72,15 @@ def test_a_finished_run_is_skipped_and_a_changed_config_refused(setup, tmp_path)
         train(config("optim.lr=0.1"), fold, dump, exp)
 
 
+def test_utterance_weighted_training_changes_the_loss_it_follows(setup, tmp_path):
+    fold, dump = setup / "loso" / "fold1", setup / "dump"
+    train(config("train.epochs=1"), fold, dump, tmp_path / "plain")
+    train(config("train.epochs=1", "train.utterance_weighted=true"), fold, dump, tmp_path / "weighted")
+    history = [torch.load(tmp_path / name / "last.pt", weights_only=True)["history"][0]["train_loss"]
+               for name in ("plain", "weighted")]
+    assert history[0] != history[1]
+
+
 def test_a_fixed_length_model_refuses_another_segment_length(setup, tmp_path):
     # mpaf_cnn's time weights are sized by its frames; 0.3 s segments are 30 frames, not 20
     mpaf = ["model.name=mpaf_cnn", "model.branches=ms", "model.n_mels=16", "model.fdgr_reduce=linear",

@@ -28,7 +28,7 @@ DEFAULTS: Dict[str, Any] = {
     # seconds; train_hop defaults to hop; tail: end (a last window aligned to the end) | drop
     "segments": {"length": 2.0, "hop": 1.0, "train_hop": None, "tail": "end"},
     "train": {"epochs": 40, "batch_size": 32, "seed": 0, "patience": 10, "min_epochs": 1,
-              "class_weighted": True, "grad_clip": 5.0, "amp": True},
+              "class_weighted": True, "utterance_weighted": False, "grad_clip": 5.0, "amp": True},
     "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0},
     "scheduler": {"name": "none", "step_size": 10, "gamma": 0.5, "factor": 0.5, "patience": 3},
     "augment": {"specaugment": False, "time_masks": 2, "time_width": 20, "freq_masks": 2, "freq_width": 8},

@@ -52,6 +52,13 @@ class SegmentDataset(Dataset):
             for start, end in segment_bounds(frames, length, hop, tail):
                 self.segments.append(Segment(segment_id(utt, start, end), utt, start, end))
 
+    def utterance_shares(self) -> np.ndarray:
+        """Per segment, 1 / the number of segments of its utterance: every utterance sums to 1."""
+        counts: Dict[str, int] = {}
+        for seg in self.segments:
+            counts[seg.utt] = counts.get(seg.utt, 0) + 1
+        return np.array([1.0 / counts[seg.utt] for seg in self.segments], dtype=np.float32)
+
     def __len__(self) -> int:
         return len(self.segments)
 

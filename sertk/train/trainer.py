@@ -30,6 +30,7 @@ from sertk.train.config import ConfigError, model_options
 from sertk.train.data import SegmentDataset, class_weights, collate, spec_augment
 from sertk.train.features import Normalization, frame_hop, load_streams
 from sertk.train.infer import segment_posteriors, utterance_decisions
+from sertk.train.loss import SegmentLoss
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,9 @@ class _Run:
         self.scheduler = _scheduler(config["scheduler"], self.optimizer, config["train"]["epochs"])
         weights = class_weights(list(self.train_set.labels.values()), len(self.classes)) \
             if config["train"]["class_weighted"] else None
-        self.criterion = torch.nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
+        shares = torch.from_numpy(self.train_set.utterance_shares()) if config["train"]["utterance_weighted"] \
+            else None
+        self.criterion = SegmentLoss(weights, shares).to(device)
         self.amp = config["train"]["amp"] and device.startswith("cuda")
 
     def fit(self) -> TrainSummary:
@@ -152,7 +155,7 @@ class _Run:
                 spec_augment(batch, self.streams, self.config["augment"], generator)
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-                loss = self.criterion(self.model(batch)["logits"].float(), batch["label"])
+                loss = self.criterion(self.model(batch)["logits"].float(), batch["label"], batch["index"])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.config["train"]["grad_clip"]:
