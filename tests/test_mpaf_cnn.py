@@ -159,5 +159,5 @@ def test_inputs_of_the_wrong_length_or_width_are_named():
 def test_every_config_field_is_documented():
     source = inspect.getsource(MPAFCNNConfig)
     for field in dataclasses.fields(MPAFCNNConfig):
-        line = next(l for l in source.splitlines() if l.strip().startswith(f"{field.name}:"))
+        line = next(text for text in source.splitlines() if text.strip().startswith(f"{field.name}:"))
         assert "#" in line, f"{field.name} has no comment saying what it is"

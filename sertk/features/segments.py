@@ -39,8 +39,8 @@ class SegmentConfig:
         """(window, hop) in frames for features with the given frame hop in seconds."""
         length, hop = round(self.length / frame_hop_s), round(self.hop / frame_hop_s)
         if length < 1 or hop < 1:
-            raise SegmentError(f"segment length {self.length} s and hop {self.hop} s must each span at least "
-                             f"one frame of {frame_hop_s} s")
+            raise SegmentError(f"segment length {self.length} s and hop {self.hop} s must each span at "
+                               f"least one frame of {frame_hop_s} s")
         return length, hop
 
 
