@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from recipes import TINY, copy_recipe, run_real_fold1, run_recipe
+from recipes import TINY, copy_recipe, run_real_fold1, run_recipe, tiny_args
 from replicas import make_emodb
 
 
@@ -35,6 +35,16 @@ def test_generated_corpus_through_stage_5(recipe, tmp_path):
     rerun = run_recipe(recipe, "--emodb_root", corpus, "--nj", "1", "--train_args", TINY)
     assert "already" in rerun.stderr + rerun.stdout
     assert {p: p.stat().st_mtime_ns for p in exp.rglob("*.pt")} == before
+
+
+def test_scoring_while_folds_are_missing_lists_them(recipe, tmp_path):
+    corpus = make_emodb(tmp_path / "corpus", speakers=["03", "08", "09"], texts=["a01"])
+    run_recipe(recipe, "--emodb_root", corpus, "--nj", "1", "--train_args", tiny_args(1), "--folds", "1",
+               "--stop_stage", "4")
+    result = run_recipe(recipe, "--stage", "5")
+    assert "fold 2 has no decode_test/ yet (stage 4); scoring the others" in result.stderr
+    results = (recipe / "exp" / "loso" / "crnn" / "RESULTS.md").read_text()
+    assert "scored 1; **missing: fold2, fold3**" in results
 
 
 def test_options_are_checked(recipe, tmp_path):

@@ -202,6 +202,10 @@ current_stage=5
 if run_stage 5; then
   fold_ids=$(fold_list)
   for k in $fold_ids; do
+    if [ ! -d "$exp/fold$k/decode_test" ]; then  # e.g. still training: RESULTS.md lists it as missing
+      log "fold $k has no decode_test/ yet (stage 4); scoring the others"
+      continue
+    fi
     sertk -q score "$exp/fold$k/decode_test" --data "$data/fold$k/test" > "$exp/fold$k/decode_test/score.txt"
   done
   sertk results collect "$exp"
