@@ -3,6 +3,7 @@ from pathlib import Path
 from typing import Dict, Sequence
 
 import numpy as np
+import torch
 
 from sertk.data.corpora import prepare_corpus
 from sertk.data.validate import validate_dir
@@ -23,4 +24,19 @@ def write_utt_segments(out, utt_segments: Dict[str, Sequence[Sequence[float]]], 
                 for j, p in enumerate(segs)}
     seg2utt = {f"{u}-s{j}": u for u, segs in utt_segments.items() for j in range(len(segs))}
     write_decode_dir(out, seg_post, seg2utt, classes, info if info is not None else {"checkpoint": "best.pt"}, **kw)
+    return out
+
+
+def batch_for(model, batch=4, frames=200, valid=None, seed=0):
+    """A random model input: each stream the model reads [batch, frames, dim], and `mask`; utterance i
+    has valid[i] frames (zeros after them), all frames when `valid` is None."""
+    g = torch.Generator().manual_seed(seed)
+    out = {s: torch.randn(batch, frames, model.stream_dims[s], generator=g) for s in model.streams}
+    mask = torch.ones(batch, frames, dtype=torch.bool)
+    if valid is not None:
+        for i, v in enumerate(valid):
+            mask[i, v:] = False
+            for s in model.streams:
+                out[s][i, v:] = 0
+    out["mask"] = mask
     return out

@@ -4,20 +4,8 @@ import dataclasses
 import pytest
 import torch
 
+from helpers import batch_for
 from sertk.models import available_models, build_model, model_class
-
-
-def batch_for(model, batch=4, frames=200, valid=None, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = {s: torch.randn(batch, frames, model.stream_dims[s], generator=g) for s in model.streams}
-    mask = torch.ones(batch, frames, dtype=torch.bool)
-    if valid is not None:
-        for i, v in enumerate(valid):
-            mask[i, v:] = False
-            for s in model.streams:
-                out[s][i, v:] = 0
-    out["mask"] = mask
-    return out
 
 
 def build_for_frames(name, frames, num_classes=5, **cfg):

@@ -5,6 +5,7 @@ import inspect
 import pytest
 import torch
 
+from helpers import batch_for
 from sertk.models import ModelConfigError, build_model
 from sertk.models.mpaf_cnn import CHOICES, FineGrainedFusion, FrameAttention, MPAFCNNConfig
 
@@ -13,16 +14,6 @@ FRAMES = 50   # switches are checked on short segments to stay fast; the maths d
 
 def count(module):
     return sum(p.numel() for p in module.parameters())
-
-
-def batch(model, n=3, frames=FRAMES, valid=(FRAMES, 31, 7), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = {s: torch.randn(n, frames, d, generator=g) for s, d in model.stream_dims.items()}
-    mask = torch.arange(frames)[None, :] < torch.tensor(valid)[:, None]
-    for s in model.stream_dims:
-        out[s] = out[s] * mask[..., None]
-    out["mask"] = mask
-    return out
 
 
 def test_default_parameter_count_is_the_specs_section_9():
@@ -53,7 +44,7 @@ def test_parameter_formulas_of_section_9_for_other_sizes():
 def test_segment_shapes_and_branch_outputs():
     model = build_model("mpaf_cnn", 4).eval()
     for valid in ((200, 200), (200, 64)):
-        out = model(batch(model, n=2, frames=200, valid=valid))["logits"]
+        out = model(batch_for(model, batch=2, frames=200, valid=valid))["logits"]
         assert out.shape == (2, 4) and torch.isfinite(out).all()
 
 
@@ -101,7 +92,7 @@ SWITCHES = [{name: value} for name, values in CHOICES.items() for value in value
 def test_every_switch_trains_and_ignores_padding_and_batch(options):
     torch.manual_seed(0)
     model = build_model("mpaf_cnn", 3, frames=FRAMES, **options)
-    data = batch(model)
+    data = batch_for(model, batch=3, frames=FRAMES, valid=[FRAMES, 31, 7])
     model.train()
     loss = torch.nn.functional.cross_entropy(model(data)["logits"], torch.tensor([0, 1, 2]))
     loss.backward()
@@ -149,8 +140,8 @@ def test_impossible_configs_are_named(options, message):
 def test_inputs_of_the_wrong_length_or_width_are_named():
     model = build_model("mpaf_cnn", 4)
     with pytest.raises(ModelConfigError, match="built for 200-frame segments .* got 150; set model.frames"):
-        model(batch(model, n=1, frames=150, valid=(150,)))
-    data = batch(model, n=1, frames=200, valid=(200,))
+        model(batch_for(model, batch=1, frames=150))
+    data = batch_for(model, batch=1, frames=200)
     data["lld"] = data["lld"][..., :40]
     with pytest.raises(ModelConfigError, match="stream 'lld' has 40 dims per frame .* expects 42; set model.n_lld"):
         model(data)
