@@ -47,6 +47,7 @@ def report_lines(report):
                f"{report.utts} utterances, {report.audio_seconds:.1f} s of audio")
         for s in report.streams:
             yield f"  {s.name}: {s.utts} utts, {s.frames} frames, dim {s.dim}"
+        yield from _preprocess_lines(report.preprocess)
         return
     yield (f"{report.out_dir}: {report.utts} utterances, {report.audio_seconds:.1f} s of audio "
            f"(device {report.device}, nj {report.nj})")
@@ -59,6 +60,17 @@ def report_lines(report):
     loading = f"audio loading {report.load_seconds:.2f} s" + (" summed over jobs" if report.nj > 1 else " of it")
     yield (f"  set-up {report.setup_seconds:.2f} s; extraction {extraction:.2f} s ({loading}), "
            f"{_times_real_time(report.audio_seconds, extraction)} real time")
+    yield from _preprocess_lines(report.preprocess)
+
+
+def _preprocess_lines(summary):
+    """What silence removal and the fixed length did: audio left out by design is counted, not silent."""
+    if not summary:
+        return
+    yield (f"  preprocess: {summary['silence_removed_seconds']:.1f} s of silence removed from "
+           f"{summary['input_seconds']:.1f} s; no speech run found in {summary['no_speech_found']} (kept whole); "
+           f"{summary['padded']} padded, {summary['cut']} cut to the fixed length "
+           f"({summary['cut_seconds']:.1f} s left out)")
 
 
 def _times_real_time(audio_seconds: float, seconds: float) -> str:

@@ -30,6 +30,7 @@ from sertk.features.frontends import (
     build_frontends,
     parse_config,
 )
+from sertk.features.preprocess import PreprocessConfig, PreprocessStats, preprocess
 from sertk.fsutil import atomic_output_dir
 from sertk.yamlutil import read_yaml_file
 
@@ -59,9 +60,10 @@ class ExtractReport:
     streams: List[StreamReport]
     nj: int = 1               # jobs actually run (no more than there are batches)
     device: str = "cpu"
-    load_seconds: float = 0.0   # reading and resampling audio, summed over jobs
+    load_seconds: float = 0.0   # reading, resampling and preprocessing audio, summed over jobs
     setup_seconds: float = 0.0  # checking config and data dir, planning, building the frontends
     wall_seconds: float = 0.0   # everything, set-up included
+    preprocess: Optional[Dict[str, Any]] = None   # PreprocessStats.summary when the config preprocesses
 
 
 def default_device() -> str:
@@ -104,7 +106,7 @@ def extract_features(data_dir, config: Dict[str, Any], out_dir, nj: int = 1, dev
         for name in cfg.streams:
             (tmp / name).mkdir()
         jobs = [Job(j, [[(u, wav_scp[u]) for u in batch] for batch in part], streams, cfg.sample_rate, str(tmp),
-                    device) for j, part in enumerate(parts, start=1)]
+                    device, cfg.preprocess) for j, part in enumerate(parts, start=1)]
         results = _run_jobs(jobs)
         report = _finish(tmp, out_dir, cfg, results, checksum)
     report.nj, report.device = len(jobs), device
@@ -184,6 +186,7 @@ class Job:
     sample_rate: int
     out_dir: str                               # the temp dump dir
     device: str
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
 
 @dataclass
@@ -193,6 +196,7 @@ class JobResult:
     samples: int = 0
     load_seconds: float = 0.0
     stream_seconds: Dict[str, float] = field(default_factory=dict)
+    preprocess: PreprocessStats = field(default_factory=PreprocessStats)
 
 
 _ABORT: Optional[Any] = None   # a multiprocessing Event in worker processes: another job failed
@@ -216,7 +220,8 @@ def run_job(job: Job) -> JobResult:
                 if _ABORT is not None and _ABORT.is_set():
                     break
                 t0 = time.perf_counter()
-                wave, lengths = _load_batch([path for _, path in batch], job.sample_rate)
+                wave, lengths = _load_batch([path for _, path in batch], job.sample_rate, job.preprocess,
+                                            result.preprocess)
                 result.load_seconds += time.perf_counter() - t0
                 result.samples += int(lengths.sum())
                 wave, lengths = wave.to(device), lengths.to(device)
@@ -234,9 +239,12 @@ def run_job(job: Job) -> JobResult:
     return result
 
 
-def _load_batch(paths: Sequence[str], sample_rate: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Zero-padded [B, T] float32 and lengths [B]."""
+def _load_batch(paths: Sequence[str], sample_rate: int, config: PreprocessConfig,
+                stats: PreprocessStats) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Zero-padded [B, T] float32 and lengths [B], each utterance preprocessed (counted in `stats`)."""
     audio = [load_audio(p, sample_rate) for p in paths]
+    if config.active:
+        audio = [preprocess(a, config, sample_rate, stats) for a in audio]
     lengths = np.array([len(a) for a in audio], dtype=np.int64)
     wave = np.zeros((len(audio), int(lengths.max())), dtype=np.float32)
     for i, a in enumerate(audio):
@@ -281,9 +289,15 @@ def _finish(tmp: Path, out_dir: Path, cfg: FeatureConfig, results: List[JobResul
                           "audio_seconds": round(audio_seconds, 3),
                           "dims": {r.name: r.dim for r in reports},
                           "frame_shift": {r.name: r.frame_shift for r in reports}}
+    summary = None
+    if cfg.preprocess.active:
+        stats = PreprocessStats()
+        for r in results:
+            stats.add(r.preprocess)
+        summary = doc[DUMP_INFO_KEY]["preprocess"] = stats.summary(cfg.sample_rate)
     storage.write_dump_config(tmp, doc)
     return ExtractReport(out_dir, False, reports[0].utts, audio_seconds, reports,
-                         load_seconds=sum(r.load_seconds for r in results))
+                         load_seconds=sum(r.load_seconds for r in results), preprocess=summary)
 
 
 def _up_to_date(out_dir: Path, cfg: FeatureConfig, checksum: str) -> Optional[ExtractReport]:
@@ -293,7 +307,8 @@ def _up_to_date(out_dir: Path, cfg: FeatureConfig, checksum: str) -> Optional[Ex
     try:
         doc = storage.read_dump_config(out_dir)
         info = doc.get(DUMP_INFO_KEY) or {}
-        same = ({k: doc.get(k) for k in ("sample_rate", "streams")} == cfg.to_dict()
+        # parsed again, so options added since the dump was made compare at their defaults
+        same = (parse_config({k: v for k, v in doc.items() if k != DUMP_INFO_KEY}).to_dict() == cfg.to_dict()
                 and info.get("utt_checksum") == checksum)
         if not same:
             return None
@@ -302,4 +317,5 @@ def _up_to_date(out_dir: Path, cfg: FeatureConfig, checksum: str) -> Optional[Ex
                    for name, n in ((name, storage.num_frames(out_dir, name)) for name in cfg.streams)]
     except (FeatureError, KeyError, TypeError, ValueError):
         return None   # damaged or from an older layout: rebuild
-    return ExtractReport(out_dir, True, int(info["utterances"]), float(info["audio_seconds"]), streams)
+    return ExtractReport(out_dir, True, int(info["utterances"]), float(info["audio_seconds"]), streams,
+                         preprocess=info.get("preprocess"))

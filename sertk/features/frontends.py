@@ -39,9 +39,12 @@ import torch
 from torch import nn
 
 from sertk.errors import FeatureError
+from sertk.features.preprocess import PreprocessConfig, parse_preprocess
 
 WINDOWS = ("hann", "hamming")   # periodic, as scipy.signal.get_window(..., fftbins=True)
 MAX_DELTAS = 2
+DELTA_AXES = ("time", "coefficient")
+PAD_MODES = ("constant", "reflect")
 
 
 # --- configs ------------------------------------------------------------------------------------
@@ -49,12 +52,20 @@ MAX_DELTAS = 2
 @dataclass
 class StreamConfig:
     deltas: int = 0          # 0: none; 1: + deltas; 2: + deltas and delta-deltas, appended along dim
-    delta_width: int = 9     # frames; odd, >= 3 (librosa.feature.delta, mode 'interp')
+    delta_width: int = 9     # frames (or coefficients); odd, >= 3 (librosa.feature.delta, mode 'interp')
+    # time: along frames (the usual deltas); coefficient: across the feature dims of each frame, as
+    # librosa.feature.delta(mfcc, axis=-2) (SD-CAFF's deltas, spec sd_caff.md 2.2)
+    delta_axis: str = "time"
+    # false: the k-th deltas are librosa.feature.delta(x, order=k); true: the first-order delta of
+    # the (k-1)-th, delta(delta(x)) (SD-CAFF's released code)
+    delta_chain: bool = False
 
     def check(self, sample_rate: int, where: str) -> None:
         _require(0 <= self.deltas <= MAX_DELTAS, where, f"deltas must be 0, 1 or 2, not {self.deltas}")
         _require(self.delta_width >= 3 and self.delta_width % 2 == 1, where,
                  f"delta_width must be an odd number >= 3, not {self.delta_width}")
+        _require(self.delta_axis in DELTA_AXES, where,
+                 f"delta_axis must be one of {', '.join(DELTA_AXES)}, not '{self.delta_axis}'")
 
     def hop_samples(self, sample_rate: int) -> int:
         raise NotImplementedError
@@ -91,6 +102,9 @@ class MelConfig(FramedConfig):
     fmax: Optional[float] = None   # None: sample_rate / 2
     htk: bool = False              # mel scale: Slaney (librosa default) or HTK
     norm: Optional[str] = "slaney"  # filter area normalisation: slaney | None
+    # center=True padding of the STFT: constant (zeros, librosa >= 0.10) | reflect (librosa <= 0.9),
+    # each utterance reflected at its own ends
+    pad_mode: str = "constant"
 
     def check(self, sample_rate: int, where: str) -> None:
         super().check(sample_rate, where)
@@ -99,6 +113,8 @@ class MelConfig(FramedConfig):
         _require(0 <= self.fmin < fmax <= sample_rate / 2, where,
                  f"need 0 <= fmin < fmax <= sample_rate / 2 ({sample_rate / 2:g}); got {self.fmin:g}, {fmax:g}")
         _require(self.norm in (None, "slaney"), where, f"norm must be slaney or null, not '{self.norm}'")
+        _require(self.pad_mode in PAD_MODES, where,
+                 f"pad_mode must be one of {', '.join(PAD_MODES)}, not '{self.pad_mode}'")
 
 
 @dataclass
@@ -175,11 +191,15 @@ TYPE_NAMES = {cls: name for name, cls in STREAM_TYPES.items()}
 class FeatureConfig:
     sample_rate: int = 16000   # audio is resampled to this rate (only when it differs)
     streams: Dict[str, StreamConfig] = field(default_factory=dict)   # name -> stream; names are dir names
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)   # before every stream
 
     def to_dict(self) -> Dict[str, Any]:
         """The resolved config: every option spelled out, loadable again by `parse_config`."""
-        return {"sample_rate": self.sample_rate,
-                "streams": {name: stream_to_dict(s) for name, s in self.streams.items()}}
+        doc: Dict[str, Any] = {"sample_rate": self.sample_rate}
+        if self.preprocess.active:   # configs without preprocessing read as they always did
+            doc["preprocess"] = self.preprocess.to_dict()
+        doc["streams"] = {name: stream_to_dict(s) for name, s in self.streams.items()}
+        return doc
 
 
 # keys that `extract` writes into features.yaml beside the config; ignored when it is read back
@@ -191,10 +211,10 @@ def parse_config(doc: Any, source: str = "feature config") -> FeatureConfig:
     """Check a feature config (the YAML document as a dict) and fill in every default."""
     if not isinstance(doc, dict):
         raise FeatureError(f"{source}: a feature config is a mapping with 'sample_rate' and 'streams'")
-    unknown = set(doc) - {"sample_rate", "streams", DUMP_INFO_KEY}
+    unknown = set(doc) - {"sample_rate", "preprocess", "streams", DUMP_INFO_KEY}
     if unknown:
         raise FeatureError(f"{source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                           "known: sample_rate, streams")
+                           "known: sample_rate, preprocess, streams")
     sr = doc.get("sample_rate", FeatureConfig.sample_rate)
     if not isinstance(sr, int) or isinstance(sr, bool) or sr <= 0:
         raise FeatureError(f"{source}: sample_rate must be a positive integer, not {sr!r}")
@@ -206,7 +226,7 @@ def parse_config(doc: Any, source: str = "feature config") -> FeatureConfig:
         if not isinstance(name, str) or not STREAM_NAME.match(name):
             raise FeatureError(f"{source}: stream name {name!r} must be letters, digits, '_', '.', '-'")
         parsed[name] = parse_stream(spec, sr, f"{source}: streams.{name}")
-    return FeatureConfig(sr, parsed)
+    return FeatureConfig(sr, parsed, parse_preprocess(doc.get("preprocess"), sr, f"{source}: preprocess"))
 
 
 def parse_stream(spec: Any, sample_rate: int, where: str = "stream") -> StreamConfig:
@@ -314,14 +334,14 @@ class _LastCall(nn.Module):
         super().__init__()
         self._last: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if self._last is not None and self._last[0] is wave:
             return self._last[1]
-        out = self.run(wave)
+        out = self.run(wave, lengths)
         self._last = (wave, out)
         return out
 
-    def run(self, wave: torch.Tensor) -> torch.Tensor:
+    def run(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def __getstate__(self):   # a pickled copy (e.g. sent to a worker) carries no batch along
@@ -331,19 +351,37 @@ class _LastCall(nn.Module):
 
 
 class PowerSpectrogram(_LastCall):
-    """|STFT|^2 as [B, frames, n_fft // 2 + 1], framed like librosa.stft(center=True, pad_mode='constant')."""
+    """|STFT|^2 as [B, frames, n_fft // 2 + 1], framed like librosa.stft(center=True, pad_mode=...)."""
 
-    def __init__(self, config: FramedConfig, sample_rate: int):
+    def __init__(self, config: FramedConfig, sample_rate: int, pad_mode: str = "constant"):
         super().__init__()
         self.win, self.hop = config.samples(sample_rate)
-        self.n_fft = config.n_fft
+        self.n_fft, self.pad_mode = config.n_fft, pad_mode
         make = torch.hann_window if config.window == "hann" else torch.hamming_window
         self.register_buffer("window", make(self.win, periodic=True), persistent=False)
 
-    def run(self, wave: torch.Tensor) -> torch.Tensor:
+    def run(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.pad_mode == "reflect":
+            wave, center = reflect_pad(wave, lengths, self.n_fft // 2), False
+        else:
+            center = True
         spec = torch.stft(wave, self.n_fft, hop_length=self.hop, win_length=self.win, window=self.window,
-                          center=True, pad_mode="constant", return_complex=True)
+                          center=center, pad_mode="constant", return_complex=True)
         return (spec.real.square() + spec.imag.square()).transpose(1, 2)
+
+
+def reflect_pad(wave: torch.Tensor, lengths: torch.Tensor, pad: int) -> torch.Tensor:
+    """[B, T] -> [B, pad + T + pad]: each utterance padded by reflection at its own two ends, as
+    numpy.pad(x[:length], pad, mode='reflect') (any length, reflecting again when pad > length);
+    zeros after the utterance's padded end."""
+    B, T = wave.shape
+    pos = torch.arange(-pad, T + pad, device=wave.device)[None, :]
+    n = lengths[:, None]
+    period = (2 * (n - 1)).clamp(min=1)
+    folded = pos.abs() % period
+    index = torch.where(folded < n, folded, period - folded).clamp(0, T - 1)
+    out = torch.gather(wave, 1, index.expand(B, -1))
+    return out.masked_fill_(pos >= n + pad, 0.0)
 
 
 class MelSpectrogram(_LastCall):
@@ -368,8 +406,8 @@ class MelSpectrogram(_LastCall):
             self.bands.append((lo, hi))
             self.register_buffer(f"fb{i}", torch.from_numpy(np.ascontiguousarray(weights[lo:hi])), persistent=False)
 
-    def run(self, wave: torch.Tensor) -> torch.Tensor:
-        power = self.power(wave)
+    def run(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        power = self.power(wave, lengths)
         return torch.cat([torch.matmul(power[..., lo:hi], getattr(self, f"fb{i}"))
                           for i, (lo, hi) in enumerate(self.bands)], dim=-1)
 
@@ -380,7 +418,7 @@ class LogMel(Stream):
         self.mel, self.offset = mel, config.log_offset
 
     def compute(self, wave, lengths, frame_lengths):
-        return torch.add(self.mel(wave), self.offset).log_()   # the mel may be shared: not in place
+        return torch.add(self.mel(wave, lengths), self.offset).log_()   # the mel may be shared: not in place
 
 
 class Mfcc(Stream):
@@ -396,7 +434,7 @@ class Mfcc(Stream):
         self.register_buffer("dct", torch.from_numpy(dct.T.astype(np.float32)).contiguous(), persistent=False)
 
     def compute(self, wave, lengths, frame_lengths):
-        db = torch.clamp(self.mel(wave), min=self.amin).log10_().mul_(10.0)
+        db = torch.clamp(self.mel(wave, lengths), min=self.amin).log10_().mul_(10.0)
         if self.top_db is not None:
             # the floor is relative to each utterance's own maximum over its valid frames only
             valid = frame_mask(frame_lengths, db.shape[1])[..., None]
@@ -488,11 +526,14 @@ class ZeroCrossingRate(Stream):
 class WithDeltas(Stream):
     """Appends deltas (and delta-deltas) of a stream, as librosa.feature.delta(width, order, mode='interp')
     on each utterance alone. Utterances shorter than `width` frames (where librosa refuses) get the
-    derivative of one polynomial fitted to all their frames (degree min(order, frames - 1))."""
+    derivative of one polynomial fitted to all their frames (degree min(order, frames - 1)).
 
-    def __init__(self, base: Stream, deltas: int, width: int):
+    axis "coefficient" differentiates across each frame's dims instead (librosa's axis=-2 on a
+    [dims, frames] matrix); `chain` makes the k-th deltas the first-order delta of the (k-1)-th."""
+
+    def __init__(self, base: Stream, deltas: int, width: int, axis: str = "time", chain: bool = False):
         super().__init__(base.dim * (1 + deltas), base.hop)
-        self.base, self.deltas, self.width = base, deltas, width
+        self.base, self.deltas, self.width, self.axis, self.chain = base, deltas, width, axis, chain
 
     def compute(self, wave, lengths, frame_lengths):
         x = self.base.compute(wave, lengths, frame_lengths)
@@ -500,8 +541,17 @@ class WithDeltas(Stream):
         out = x.new_empty(x.shape[:-1] + (d * (1 + self.deltas),))
         out[..., :d] = x
         for order in range(1, self.deltas + 1):   # written in place: no concatenation copies
-            savgol_delta(x, frame_lengths, self.width, order, out=out[..., order * d:(order + 1) * d])
+            source = out[..., (order - 1) * d:order * d] if self.chain else x
+            self._delta(source, frame_lengths, 1 if self.chain else order, out[..., order * d:(order + 1) * d])
         return out
+
+    def _delta(self, x, frame_lengths, order, out) -> None:
+        if self.axis == "time":
+            savgol_delta(x, frame_lengths, self.width, order, out=out)
+        else:   # every frame has all its dims: the "length" along the coefficient axis is d
+            xt = x.transpose(1, 2)
+            dims = torch.full((x.shape[0],), x.shape[-1], dtype=torch.long, device=x.device)
+            out.copy_(savgol_delta(xt.contiguous(), dims, self.width, order).transpose(1, 2))
 
 
 class Concat(Stream):
@@ -594,13 +644,15 @@ def _build(config: StreamConfig, sample_rate: int, shared: Dict) -> Stream:
         stream = Energy(config, sample_rate)
     else:  # pragma: no cover - STREAM_TYPES and this function list the same types
         raise FeatureError(f"no frontend for {type(config).__name__}")
-    return WithDeltas(stream, config.deltas, config.delta_width) if config.deltas else stream
+    if not config.deltas:
+        return stream
+    return WithDeltas(stream, config.deltas, config.delta_width, config.delta_axis, config.delta_chain)
 
 
 def _mel_module(config: MelConfig, sample_rate: int, shared: Dict) -> MelSpectrogram:
-    stft_key = ("stft", config.win_length, config.hop_length, config.n_fft, config.window)
+    stft_key = ("stft", config.win_length, config.hop_length, config.n_fft, config.window, config.pad_mode)
     if stft_key not in shared:
-        shared[stft_key] = PowerSpectrogram(config, sample_rate)
+        shared[stft_key] = PowerSpectrogram(config, sample_rate, config.pad_mode)
     mel_key = stft_key + (config.n_mels, config.fmin, config.fmax, config.htk, config.norm)
     if mel_key not in shared:
         shared[mel_key] = MelSpectrogram(config, sample_rate, shared[stft_key])

@@ -7,7 +7,7 @@ the end, one more window aligned to the end covers the tail (tail "end"), or the
 last full window are left out (tail "drop").
 """
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -22,7 +22,7 @@ class SegmentError(SertkError, ValueError):
 
 @dataclass(frozen=True)
 class SegmentConfig:
-    length: float = 2.0   # seconds
+    length: Optional[float] = 2.0   # seconds; None: no windows, each utterance is one segment
     hop: float = 1.0      # seconds
     tail: str = "end"     # end: one more window aligned to the utterance's end | drop
 
@@ -35,8 +35,11 @@ class SegmentConfig:
         if self.tail not in TAILS:
             raise SegmentError(f"segments.tail must be one of {', '.join(TAILS)}, not {self.tail!r}")
 
-    def frames(self, frame_hop_s: float) -> Tuple[int, int]:
-        """(window, hop) in frames for features with the given frame hop in seconds."""
+    def frames(self, frame_hop_s: float) -> Tuple[Optional[int], Optional[int]]:
+        """(window, hop) in frames for features with the given frame hop in seconds; (None, None) for
+        whole utterances."""
+        if self.length is None:
+            return None, None
         length, hop = round(self.length / frame_hop_s), round(self.hop / frame_hop_s)
         if length < 1 or hop < 1:
             raise SegmentError(f"segment length {self.length} s and hop {self.hop} s must each span at "

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from sertk.models import ModelConfigError, register
+from sertk.models.pooling import zero_padded_frames
 from sertk.models.sequence import masked_mean, masked_softmax, run_lstm
 
 CHOICES = {
@@ -102,13 +103,6 @@ def _check(cfg: MPAFCNNConfig) -> None:
         raise ModelConfigError(f"mpaf_cnn: ms_freq_pool ({cfg.ms_freq_pool}) must divide n_mels ({cfg.n_mels})")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ModelConfigError(f"mpaf_cnn: dropout must be in [0, 1), not {cfg.dropout}")
-
-
-def _time_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x [B, C, ..., T] with frames where mask [B, T] is False set to zero."""
-    if bool(mask.all()):   # most training segments are full 2 s: skip the multiply and its backward
-        return x
-    return x * mask.view(mask.shape[0], *([1] * (x.dim() - 2)), mask.shape[1]).to(x.dtype)
 
 
 def _conv_bn(dim: int, cin: int, cout: int, kernel: int) -> nn.Sequential:
@@ -176,9 +170,9 @@ class MPAM(nn.Module):
         self.to_global = nn.Linear(flat, cfg.lld_channels) if linear else None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor):
-        m = _time_mask(self.local(_time_mask(x, mask)), mask)
+        m = zero_padded_frames(self.local(zero_padded_frames(x, mask)), mask)
         flat, tdgr = self.attend(m.flatten(1, -2), mask)
-        x = _time_mask(flat.view(m.shape), mask)
+        x = zero_padded_frames(flat.view(m.shape), mask)
         pooled = None
         if self.w_time is not None:
             pooled = torch.einsum("b...t,t->b...", x, self.w_time)     # [B, C, F] or [B, C]
@@ -195,7 +189,7 @@ class PlainLayer(nn.Module):
         self.block = _conv_bn(dim, cin, cout, 3)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor):
-        return _time_mask(torch.relu(self.block(_time_mask(x, mask))), mask), None, None
+        return zero_padded_frames(torch.relu(self.block(zero_padded_frames(x, mask))), mask), None, None
 
 
 class Branch(nn.Module):

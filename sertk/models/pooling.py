@@ -24,3 +24,18 @@ def downsample_mask(mask: torch.Tensor, factor: int, length: int) -> torch.Tenso
         return mask[:, :length]
     pooled = nn.functional.max_pool1d(mask.float().unsqueeze(1), factor, factor, ceil_mode=True).squeeze(1) > 0
     return pooled[:, :length]
+
+
+def zero_padded_frames(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x [B, C, ..., T] with frames where mask [B, T] is False set to zero."""
+    if bool(mask.all()):   # full segments (most of training): skip the multiply and its backward
+        return x
+    return x * mask.view(mask.shape[0], *([1] * (x.dim() - 2)), mask.shape[1]).to(x.dtype)
+
+
+def masked_time_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of x [B, C, ..., T] over every axis after C, valid frames (mask [B, T]) only -> [B, C]."""
+    weights = mask.view(mask.shape[0], *([1] * (x.dim() - 2)), mask.shape[1]).to(x.dtype)
+    per_frame = x[0, 0].numel() // x.shape[-1]   # entries per frame (e.g. frequency bins)
+    count = (weights.sum(dim=-1).flatten(1)[:, :1] * per_frame).clamp(min=1)
+    return (x * weights).flatten(2).sum(-1) / count

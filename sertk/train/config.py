@@ -25,12 +25,17 @@ DEFAULTS: Dict[str, Any] = {
     # tag: the feature config conf/features/<tag>.yaml and dump/<tag>/ the recipe uses;
     # cmvn: global | speaker | none, global statistics from the fold's train part only
     "features": {"tag": "logmel64", "cmvn": "global"},
-    # seconds; train_hop defaults to hop; tail: end (a last window aligned to the end) | drop
+    # seconds; length null: no windows, one segment per utterance; train_hop defaults to hop;
+    # tail: end (a last window aligned to the end) | drop
     "segments": {"length": 2.0, "hop": 1.0, "train_hop": None, "tail": "end"},
     "train": {"epochs": 40, "batch_size": 32, "seed": 0, "patience": 10, "min_epochs": 1,
               "class_weighted": True, "utterance_weighted": False, "grad_clip": 5.0, "amp": True},
+    # multi-task loss (sertk.train.loss.Objective): (1 - gender_weight) (CE + center_weight center) on emotion
+    # + gender_weight (CE + center_weight center) on utt2gen; center_lr: SD-CAFF's center gradient scale
+    "loss": {"gender_weight": 0.0, "center_weight": 0.0, "center_lr": None},
     "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0},
-    "scheduler": {"name": "none", "step_size": 10, "gamma": 0.5, "factor": 0.5, "patience": 3},
+    # step: x gamma every step_size epochs; multistep: x gamma after each epoch in milestones
+    "scheduler": {"name": "none", "step_size": 10, "gamma": 0.5, "milestones": [], "factor": 0.5, "patience": 3},
     "augment": {"specaugment": False, "time_masks": 2, "time_width": 20, "freq_masks": 2, "freq_width": 8},
     "decode": {"rule": "mean"},
 }

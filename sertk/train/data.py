@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sertk.data.datadir import DataDir
+from sertk.data.validate import GENDERS
 from sertk.errors import SertkError
 from sertk.features.segments import cut, segment_bounds, segment_id
 
@@ -27,19 +28,24 @@ class SegmentDataset(Dataset):
 
     `feats` maps stream -> utt -> [frames, dim] array; `normalize(stream, utt, x)` applies the
     fold's statistics. Items are dicts of numpy arrays: one per stream, `mask`, `label` (-1 when
-    the data dir has no labels) and `index` (into `segments`).
+    the data dir has no labels) and `index` (into `segments`); with `with_gender`, also `gender`
+    (the index in GENDERS of the utterance's utt2gen, -1 where it has none).
+    `length` None: no windows, every utterance is one segment (padded to the longest).
     """
 
-    def __init__(self, datadir: DataDir, feats: Dict[str, Dict[str, np.ndarray]], length: int, hop: int,
-                 normalize: Callable[[str, str, np.ndarray], np.ndarray], classes: Sequence[str],
-                 tail: str = "end"):
+    def __init__(self, datadir: DataDir, feats: Dict[str, Dict[str, np.ndarray]], length: Optional[int],
+                 hop: Optional[int], normalize: Callable[[str, str, np.ndarray], np.ndarray],
+                 classes: Sequence[str], tail: str = "end", with_gender: bool = False):
         self.streams = list(feats)
-        self.length = length
         self.features: Dict[str, Dict[str, np.ndarray]] = {s: {} for s in self.streams}
         self.segments: List[Segment] = []
         labels = datadir.tables.get("utt2emo", {})
         index = {c: i for i, c in enumerate(classes)}
         self.labels: Dict[str, int] = {u: index[labels[u]] for u in datadir.utts if u in labels}
+        genders = datadir.tables.get("utt2gen", {})
+        self.genders: Optional[Dict[str, int]] = {u: GENDERS.index(genders[u]) for u in datadir.utts
+                                                  if genders.get(u) in GENDERS} if with_gender else None
+        longest = 0
         for utt in datadir.utts:
             arrays = {s: feats[s].get(utt) for s in self.streams}
             missing = [s for s, a in arrays.items() if a is None]
@@ -49,8 +55,11 @@ class SegmentDataset(Dataset):
             frames = _common_frames(utt, arrays)
             for s, a in arrays.items():
                 self.features[s][utt] = normalize(s, utt, np.asarray(a[:frames], dtype=np.float32))
-            for start, end in segment_bounds(frames, length, hop, tail):
+            longest = max(longest, frames)
+            bounds = [(0, frames)] if length is None else segment_bounds(frames, length, hop, tail)
+            for start, end in bounds:
                 self.segments.append(Segment(segment_id(utt, start, end), utt, start, end))
+        self.length = longest if length is None else length
 
     def utterance_shares(self) -> np.ndarray:
         """Per segment, 1 / the number of segments of its utterance: every utterance sums to 1."""
@@ -70,6 +79,8 @@ class SegmentDataset(Dataset):
         item["mask"] = mask
         item["label"] = np.int64(self.labels.get(seg.utt, -1))
         item["index"] = np.int64(i)
+        if self.genders is not None:
+            item["gender"] = np.int64(self.genders.get(seg.utt, -1))
         return item
 
 

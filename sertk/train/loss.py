@@ -1,8 +1,13 @@
-"""The segment-level training loss: cross-entropy, optionally class-weighted and utterance-weighted."""
-from typing import Optional
+"""Training losses: the segment-level cross-entropy (optionally class- and utterance-weighted), and
+the multi-task objective with a gender task and center losses built on it."""
+from typing import Dict, Optional
 
 import torch
+from torch import nn
 from torch.nn import functional as F
+
+from sertk.data.validate import GENDERS   # utt2gen values; their order gives the gender labels (f 0, m 1)
+
 
 
 class SegmentLoss:
@@ -29,3 +34,67 @@ class SegmentLoss:
         if self.segment_weights is not None:
             weights = weights * self.segment_weights[index]
         return (weights * nll).sum() / weights.sum().clamp(min=torch.finfo(nll.dtype).tiny)
+
+
+class CenterLoss(nn.Module):
+    """Wen et al. 2016: the mean over labelled samples of ||e_i - c_{y_i}||^2, distances clamped to
+    [1e-12, 1e12] (the KaiyangZhou implementation SD-CAFF uses); centers start as randn(classes, dim)."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.centers = nn.Parameter(torch.randn(num_classes, dim))
+
+    def forward(self, embedding: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        known = labels >= 0
+        if not bool(known.any()):
+            return embedding.sum() * 0.0
+        diff = embedding[known] - self.centers[labels[known]]
+        return diff.square().sum(dim=1).clamp(1e-12, 1e12).mean()
+
+
+class Objective(nn.Module):
+    """The training loss over a batch of model outputs (SD-CAFF's joint loss, spec sd_caff.md 4):
+
+        (1 - g) (CE_emotion + λ center_emotion) + g (CE_gender + λ center_gender)
+
+    with g = gender_weight and λ = center_weight; with both 0 it is the emotion `SegmentLoss` alone.
+    The emotion CE keeps the SegmentLoss weights; the gender CE is plain, over segments whose gender is
+    known (batch["gender"] >= 0). Centers are parameters here, trained with the model's optimizer;
+    center_dims gives each task's embedding width (the model's `center_dims`)."""
+
+    def __init__(self, emotion: SegmentLoss, num_classes: int, gender_weight: float = 0.0,
+                 center_weight: float = 0.0, center_dims: Optional[Dict[str, int]] = None):
+        super().__init__()
+        self.emotion, self.gender_weight, self.center_weight = emotion, gender_weight, center_weight
+        self.centers = nn.ModuleDict()
+        if center_weight > 0:
+            self.centers["emotion"] = CenterLoss(num_classes, center_dims["emotion"])
+            if gender_weight > 0:
+                self.centers["gender"] = CenterLoss(len(GENDERS), center_dims["gender"])
+
+    def to(self, device) -> "Objective":
+        self.emotion = self.emotion.to(device)
+        return super().to(device)
+
+    def forward(self, out: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = self.emotion(out["logits"].float(), batch["label"], batch["index"])
+        if "emotion" in self.centers:
+            loss = loss + self.center_weight * self.centers["emotion"](out["center_embedding"].float(), batch["label"])
+        if self.gender_weight <= 0:
+            return loss
+        gender = batch["gender"]
+        known = gender >= 0
+        gen_loss = F.cross_entropy(out["gender_logits"].float()[known], gender[known]) if bool(known.any()) \
+            else out["gender_logits"].sum() * 0.0
+        if "gender" in self.centers:
+            gen_loss = gen_loss + self.center_weight * self.centers["gender"](
+                out["gender_center_embedding"].float(), gender)
+        return (1 - self.gender_weight) * loss + self.gender_weight * gen_loss
+
+    def scale_center_gradients(self, center_lr: float, lr: float) -> None:
+        """SD-CAFF's center-loss learning rate (spec 4, lr_cent): after backward, the emotion centers'
+        gradients times center_lr / (center_weight * lr), a leftover of SGD center-loss code that Adam's
+        normalisation all but cancels; the gender centers are left alone, as in the released code."""
+        centers = self.centers["emotion"].centers if "emotion" in self.centers else None
+        if centers is not None and centers.grad is not None:
+            centers.grad.mul_(center_lr / (self.center_weight * lr))

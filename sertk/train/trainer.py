@@ -30,7 +30,7 @@ from sertk.train.config import ConfigError, model_options
 from sertk.train.data import SegmentDataset, class_weights, collate, spec_augment
 from sertk.train.features import Normalization, frame_hop, load_streams
 from sertk.train.infer import segment_posteriors, utterance_decisions
-from sertk.train.loss import SegmentLoss
+from sertk.train.loss import Objective, SegmentLoss
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +84,16 @@ class _Run:
             raise ConfigError(f"model {config['model']['name']} takes {fixed}-frame segments, but segments.length "
                               f"{seg.length} s is {length} frames of {hop_s} s; set model.frames={length}")
         train_hop = SegmentConfig(seg.length, config["segments"]["train_hop"] or seg.hop, seg.tail).frames(hop_s)[1]
+        with_gender = config["loss"]["gender_weight"] > 0
         self.train_set = SegmentDataset(self.train_dd, feats, length, train_hop, self.norm.apply, self.classes,
-                                        seg.tail)
+                                        seg.tail, with_gender=with_gender)
+        if with_gender:
+            _check_genders(self.train_set, fold_dir / "train")
         self.dev_set = SegmentDataset(self.dev_dd, feats, length, hop, self.norm.apply, self.classes, seg.tail)
-        self.optimizer = _optimizer(config["optim"], self.model.parameters())
+        self.objective = _objective(config, self.model, self.train_set, len(self.classes)).to(device)
+        self.optimizer = _optimizer(config["optim"], list(self.model.parameters()) +
+                                    list(self.objective.parameters()))
         self.scheduler = _scheduler(config["scheduler"], self.optimizer, config["train"]["epochs"])
-        weights = class_weights(list(self.train_set.labels.values()), len(self.classes)) \
-            if config["train"]["class_weighted"] else None
-        shares = torch.from_numpy(self.train_set.utterance_shares()) if config["train"]["utterance_weighted"] \
-            else None
-        self.criterion = SegmentLoss(weights, shares).to(device)
         self.amp = config["train"]["amp"] and device.startswith("cuda")
 
     def fit(self) -> TrainSummary:
@@ -155,9 +155,12 @@ class _Run:
                 spec_augment(batch, self.streams, self.config["augment"], generator)
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-                loss = self.criterion(self.model(batch)["logits"].float(), batch["label"], batch["index"])
+                loss = self.objective(self.model(batch), batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.config["loss"]["center_lr"] is not None:
+                self.objective.scale_center_gradients(self.config["loss"]["center_lr"],
+                                                      self.optimizer.param_groups[0]["lr"])
             if self.config["train"]["grad_clip"]:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["train"]["grad_clip"])
             self.optimizer.step()
@@ -199,12 +202,14 @@ class _Run:
 
     def _full_state(self, state: Dict[str, Any], finished: bool) -> Dict[str, Any]:
         return {**state, "finished": finished, "config": self.config, "classes": self.classes,
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "model": self.model.state_dict(), "objective": self.objective.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                 "normalization": self.norm.state_dict(), "sertk_version": __version__}
 
     def _restore(self, ckpt: Dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
+        self.objective.load_state_dict(ckpt.get("objective", {}))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt["scheduler"] is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -223,11 +228,48 @@ def _scheduler(cfg: Dict[str, Any], optimizer, epochs: int):
         return None
     if name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, cfg["step_size"], cfg["gamma"])
+    if name == "multistep":
+        milestones = cfg["milestones"]
+        if not milestones or any(not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in milestones):
+            raise ConfigError(f"scheduler.milestones must be a list of epochs >= 1 for multistep, not {milestones!r}")
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, sorted(milestones), cfg["gamma"])
     if name == "plateau":  # on dev UA, which should go up
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "max", cfg["factor"], cfg["patience"])
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
-    raise ConfigError(f"scheduler.name '{name}' is not one of none, step, plateau, cosine")
+    raise ConfigError(f"scheduler.name '{name}' is not one of none, step, multistep, plateau, cosine")
+
+
+def _objective(config: Dict[str, Any], model, train_set: SegmentDataset, num_classes: int) -> Objective:
+    """The loss of config["loss"] on top of the emotion SegmentLoss; auxiliary parts need model heads."""
+    cfg, name = config["loss"], config["model"]["name"]
+    gender, center = cfg["gender_weight"], cfg["center_weight"]
+    if not 0.0 <= gender < 1.0 or center < 0:
+        raise ConfigError(f"loss.gender_weight must be in [0, 1) and loss.center_weight >= 0 (got {gender}, {center})")
+    tasks = getattr(model, "tasks", ("emotion",))
+    if gender > 0 and "gender" not in tasks:
+        raise ConfigError(f"model {name} has no gender head; set loss.gender_weight=0")
+    center_dims = getattr(model, "center_dims", None)
+    if center > 0 and not center_dims:
+        raise ConfigError(f"model {name} gives no center-loss embedding; set loss.center_weight=0")
+    if cfg["center_lr"] is not None and (center <= 0 or cfg["center_lr"] <= 0):
+        raise ConfigError("loss.center_lr needs loss.center_weight > 0 and a positive value (or null)")
+    weights = class_weights(list(train_set.labels.values()), num_classes) \
+        if config["train"]["class_weighted"] else None
+    shares = torch.from_numpy(train_set.utterance_shares()) if config["train"]["utterance_weighted"] else None
+    return Objective(SegmentLoss(weights, shares), num_classes, gender, center, center_dims)
+
+
+def _check_genders(train_set: SegmentDataset, train_dir: Path) -> None:
+    """The gender task learns from utt2gen: none at all is an error, a few missing are counted and skipped."""
+    utts = len(train_set.labels)
+    known = len(train_set.genders)
+    if known == 0:
+        raise ConfigError(f"{train_dir}: loss.gender_weight > 0 needs utt2gen (f/m per utterance), and this data dir "
+                          "has none; set loss.gender_weight=0")
+    if known < utts:
+        log.warning("%s: %d of %d training utterances have no utt2gen entry; the gender loss skips them",
+                    train_dir, utts - known, utts)
 
 
 def _log_to(path: Path) -> logging.Handler:
