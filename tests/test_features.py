@@ -463,3 +463,37 @@ def test_batches_are_sorted_by_length_and_capped():
     durations = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 30.0, "e": 0.5}
     assert plan_batches(durations, 2, 10.0) == [["e", "a"], ["b", "c"], ["d"]]
     assert plan_batches(durations, 8, 5.0) == [["e", "a"], ["b"], ["c"], ["d"]]
+
+
+# --- SD-CAFF's front-end options: reflect padding, deltas across coefficients, chained deltas ------
+
+SD_CAFF_MFCC = {"type": "mfcc", "n_mfcc": 20, "n_mels": 128, "n_fft": 2048, "win_length": 0.048,
+                "hop_length": 0.024, "pad_mode": "reflect"}
+
+
+def test_reflect_padding_matches_librosa_per_utterance(signals):
+    # 300 and 700 samples are shorter than n_fft / 2: numpy's reflection folds back again
+    utts, _, _ = _run(SD_CAFF_MFCC, signals)
+    for y, got in zip(signals, utts):
+        ref = _quiet(librosa.feature.mfcc, y=y, sr=SR, n_mfcc=20, n_fft=2048, win_length=768, hop_length=384,
+                     pad_mode="reflect").T
+        np.testing.assert_allclose(got, ref, atol=2e-3, rtol=0)
+
+
+def test_coefficient_axis_and_chained_deltas_match_librosa(signals):
+    spec = {**SD_CAFF_MFCC, "deltas": 2, "delta_axis": "coefficient", "delta_chain": True}
+    chained, _, _ = _run(spec, signals)
+    direct, _, _ = _run({**spec, "delta_chain": False}, signals)
+    for y, got, got_direct in zip(signals, chained, direct):
+        m = _quiet(librosa.feature.mfcc, y=y, sr=SR, n_mfcc=20, n_fft=2048, win_length=768, hop_length=384,
+                   pad_mode="reflect")
+        d = librosa.feature.delta(m, axis=-2)
+        np.testing.assert_allclose(got, np.concatenate([m, d, librosa.feature.delta(d, axis=-2)]).T, atol=2e-3)
+        np.testing.assert_allclose(got_direct[:, 40:], librosa.feature.delta(m, axis=-2, order=2).T, atol=2e-3)
+
+
+def test_new_front_end_options_are_checked():
+    for option, message in (({"pad_mode": "edge"}, "pad_mode must be one of constant, reflect"),
+                            ({"delta_axis": "freq"}, "delta_axis must be one of time, coefficient")):
+        with pytest.raises(FeatureError, match=message):
+            parse_config({"streams": {"a": {"type": "mfcc", **option}}})

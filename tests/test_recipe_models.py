@@ -1,6 +1,8 @@
 """The published models through the recipes: every recipe finds each model's config, and each
 model trains for one epoch, decodes and scores on a generated corpus with its own training set-up."""
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 import yaml
 
@@ -28,28 +30,71 @@ MPAF_SETUP = {  # the paper's training set-up (spec section 4) and decision rule
     "features.tag": "mpaf", "model.n_mels": 64, "model.n_lld": 42, "model.frames": 200}
 
 
+def _assert_config(name, setup):
+    config = load_config(REPO / "egs" / "TEMPLATE" / "conf" / "models" / f"{name}.yaml")
+    for key, value in setup.items():
+        section, option = key.split(".")
+        assert config[section][option] == value, key
+
+
+def _train_one_epoch(tmp_path, model, corpus):
+    """Every fold of the recipe on `corpus`, one epoch with the model's own config; checks the folds,
+    the parameter count in train.log and that the config the recipe trained with is the model's."""
+    recipe = copy_recipe(tmp_path, "emodb")
+    run_recipe(recipe, "--emodb_root", corpus, "--nj", "1", "--model", model, "--train_args", "--set train.epochs=1")
+    exp = recipe / "exp" / "loso" / model
+    assert_folds_done(exp, 3)
+    classes = torch.load(exp / "fold1" / "best.pt", weights_only=True)["classes"]
+    params = sum(p.numel() for p in build_model(model, len(classes)).parameters())
+    assert f" {params} parameters" in (exp / "fold1" / "train.log").read_text()
+    trained = yaml.safe_load((exp / "fold1" / "config.yaml").read_text())
+    assert trained["train"]["epochs"] == 1
+    return recipe, exp, trained
+
+
 def test_mpaf_cnn_config_is_the_papers_set_up():
-    config = load_config(REPO / "egs" / "TEMPLATE" / "conf" / "models" / "mpaf_cnn.yaml")
-    for key, value in MPAF_SETUP.items():
-        section, name = key.split(".")
-        assert config[section][name] == value, key
+    _assert_config("mpaf_cnn", MPAF_SETUP)
 
 
 def test_mpaf_cnn_trains_one_epoch_through_the_recipe(tmp_path):
-    recipe = copy_recipe(tmp_path, "emodb")
     corpus = make_emodb(tmp_path / "corpus", speakers=["03", "08", "09"], texts=["a01"], emotions="WLAN")
     write_wav(corpus / "wav" / "03a01Wa.wav", seconds=2.9)   # 291 frames: windows at 0, 40, 80 and 91
-    run_recipe(recipe, "--emodb_root", corpus, "--nj", "1", "--model", "mpaf_cnn",
-               "--train_args", "--set train.epochs=1")
-    exp = recipe / "exp" / "loso" / "mpaf_cnn"
-    assert_folds_done(exp, 3)
+    recipe, exp, trained = _train_one_epoch(tmp_path, "mpaf_cnn", corpus)
     dump = yaml.safe_load((recipe / "dump" / "mpaf" / "features.yaml").read_text())
     assert sorted(dump["streams"]) == ["lld", "logmel"]
     segments = [line.split()[1] for k in (1, 2, 3)
                 for line in (exp / f"fold{k}" / "decode_test" / "seg2utt").read_text().splitlines()]
     assert sum(utt.endswith("03a01Wa") for utt in segments) == 4
-    classes = torch.load(exp / "fold1" / "best.pt", weights_only=True)["classes"]
-    params = sum(p.numel() for p in build_model("mpaf_cnn", len(classes)).parameters())
-    assert f" {params} parameters" in (exp / "fold1" / "train.log").read_text()
-    trained = yaml.safe_load((exp / "fold1" / "config.yaml").read_text())
-    assert trained["train"]["epochs"] == 1 and trained["optim"]["lr"] == 1e-4
+    assert trained["optim"]["lr"] == 1e-4
+
+
+SD_CAFF_SETUP = {  # spec section 4 (training) and 5 (one 6 s clip, argmax)
+    "optim.name": "adam", "optim.lr": 5e-4, "optim.weight_decay": 1e-6, "train.batch_size": 32,
+    "train.epochs": 30, "train.class_weighted": False, "train.grad_clip": 0.0, "loss.gender_weight": 0.3,
+    "loss.center_weight": 0.15, "loss.center_lr": 0.1, "scheduler.name": "multistep",
+    "scheduler.milestones": [11, 21], "scheduler.gamma": 0.1, "segments.length": None, "decode.rule": "mean",
+    "features.tag": "sd_caff", "features.cmvn": "none", "model.n_mfcc": 60, "model.stream_deltas": 1,
+    "model.dynamic_inputs": ["mfcc", "delta"], "model.lstm_hidden": 1024, "model.bidirectional": False}
+
+
+def test_sd_caff_config_is_the_papers_set_up():
+    _assert_config("sd_caff", SD_CAFF_SETUP)
+
+
+def test_sd_caff_trains_one_epoch_through_the_recipe(tmp_path):
+    corpus = make_emodb(tmp_path / "corpus", speakers=["03", "08", "09"], texts=["a01"], emotions="WLAN")
+    # 8.8 s of tones and short pauses: longer than 6 s whatever the silence remover keeps, so it is cut
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    parts = [x for f in range(200, 1000, 100) for x in (0.4 * np.sin(2 * np.pi * f * t), np.zeros(1600))]
+    sf.write(str(corpus / "wav" / "03a01Wa.wav"), np.concatenate(parts) + 0.002 * rng.standard_normal(8 * 17600),
+             16000, subtype="PCM_16")
+    recipe, exp, _ = _train_one_epoch(tmp_path, "sd_caff", corpus)
+    dump = yaml.safe_load((recipe / "dump" / "sd_caff" / "features.yaml").read_text())
+    assert dump["dump"]["dims"] == {"mfcc": 120} and dump["dump"]["preprocess"]["cut"] == 1
+    frames = {int(line.split()[1]) for line in (recipe / "dump" / "sd_caff" / "mfcc" / "utt2num_frames")
+              .read_text().splitlines()}
+    assert frames == {251}                                    # every clip is 6 s: 1 + 96000 // 384
+    for k in (1, 2, 3):                                       # one segment per utterance
+        decoded = (exp / f"fold{k}" / "decode_test" / "seg2utt").read_text().splitlines()
+        assert len(decoded) == len({line.split()[1] for line in decoded})

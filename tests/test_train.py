@@ -16,7 +16,9 @@ from sertk.train.decoding import DecodeError, decode_data_dir
 from sertk.train.features import Normalization, load_streams
 from sertk.train.trainer import train
 
-FEATURES = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16}}}
+FEATURES = {"sample_rate": 16000, "streams": {
+    "logmel": {"type": "logmel", "n_mels": 16},
+    "mfcc": {"type": "mfcc", "n_mfcc": 10, "n_mels": 16, "deltas": 1, "delta_axis": "coefficient"}}}
 TINY = ["model.name=crnn", "model.n_mels=16", "model.channels=[4,8]", "model.lstm_hidden=8",
         "model.attention_hidden=8", "train.epochs=3", "train.batch_size=4", "segments.length=0.3",
         "segments.hop=0.1", "train.patience=10"]
@@ -32,17 +34,22 @@ def setup(tmp_path_factory):
     return base
 
 
+# SD-CAFF's set-up in miniature: whole utterances, joint loss with gender and centers, multistep LR
+SD_TINY = ["model.name=sd_caff", "model.n_mfcc=10", "model.lstm_hidden=16", "model.lstm_pool=8",
+           "model.channels=[4,4,8,8,8]", "model.inter_channels=4", "features.tag=x", "features.cmvn=none",
+           "segments.length=null", "train.epochs=3", "train.batch_size=4", "loss.gender_weight=0.3",
+           "loss.center_weight=0.15", "loss.center_lr=0.1", "scheduler.name=multistep", "scheduler.milestones=[2]",
+           "scheduler.gamma=0.1", "optim.weight_decay=1e-6", "train.grad_clip=0.0"]
+
+
 def config(*extra):
     return load_config(None, TINY + list(extra))
 
 
-def weights(exp):
-    return torch.load(exp / "last.pt", weights_only=True)["model"]
-
-
-def test_interrupted_and_resumed_equals_uninterrupted(setup, tmp_path, monkeypatch):
+@pytest.mark.parametrize("options", [TINY, SD_TINY], ids=["crnn", "sd_caff"])
+def test_interrupted_and_resumed_equals_uninterrupted(options, setup, tmp_path, monkeypatch):
     fold, dump = setup / "loso" / "fold1", setup / "dump"
-    train(config(), fold, dump, tmp_path / "straight")
+    train(load_config(None, options), fold, dump, tmp_path / "straight")
 
     real_save = trainer_module.save_checkpoint
 
@@ -52,13 +59,51 @@ def test_interrupted_and_resumed_equals_uninterrupted(setup, tmp_path, monkeypat
             raise KeyboardInterrupt
     monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(config(), fold, dump, tmp_path / "resumed")
+        train(load_config(None, options), fold, dump, tmp_path / "resumed")
     monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
-    summary = train(config(), fold, dump, tmp_path / "resumed")
+    summary = train(load_config(None, options), fold, dump, tmp_path / "resumed")
     assert summary.resumed_from == 2 and summary.epochs_run == 3
-    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+    straight, resumed = (torch.load(tmp_path / name / "last.pt", weights_only=True) for name in ("straight", "resumed"))
+    for part in ("model", "objective"):   # the objective holds the center-loss centers
+        for name in straight[part]:
+            torch.testing.assert_close(straight[part][name], resumed[part][name], rtol=0, atol=0)
+
+
+def test_joint_loss_training_of_whole_utterances(setup, tmp_path):
+    fold, dump, exp = setup / "loso" / "fold1", setup / "dump", tmp_path / "exp"
+    train(load_config(None, SD_TINY), fold, dump, exp)
+    state = torch.load(exp / "last.pt", weights_only=True)
+    assert sorted(state["objective"]) == ["centers.emotion.centers", "centers.gender.centers"]
+    assert state["objective"]["centers.emotion.centers"].shape == (7, 7)   # EmoDB's 7 classes, 7-d embeddings
+    # milestone 2: epochs 1-2 train at 1e-3, epoch 3 at 1e-4 (the history has each epoch's own rate)
+    assert [h["lr"] for h in state["history"]] == pytest.approx([1e-3, 1e-3, 1e-4])
+    log = (exp / "train.log").read_text()
+    train_utts = len(DataDir.load(fold / "train").utts)
+    assert f"{train_utts} train segments ({train_utts} utts)" in log   # one segment per utterance
+    out = tmp_path / "decode_test"
+    decode_data_dir(exp, fold / "test", dump, out)
+    decoded = read_decode_dir(out)
+    assert sorted(decoded.seg2utt.values()) == sorted(DataDir.load(fold / "test").utts)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["loss.gender_weight=0.3"], "model crnn has no gender head; set loss.gender_weight=0"),
+    (["loss.center_weight=0.1"], "model crnn gives no center-loss embedding; set loss.center_weight=0"),
+    (["loss.gender_weight=1.0"], r"loss.gender_weight must be in \[0, 1\)"),
+    (["scheduler.name=multistep"], "scheduler.milestones must be a list of epochs"),
+])
+def test_objective_and_scheduler_settings_are_checked(options, message, setup, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        train(config(*options), setup / "loso" / "fold1", setup / "dump", tmp_path / "exp")
+
+
+def test_the_gender_task_needs_utt2gen(setup, tmp_path):
+    import shutil
+    fold = tmp_path / "fold"
+    shutil.copytree(setup / "loso" / "fold1", fold)
+    (fold / "train" / "utt2gen").unlink()
+    with pytest.raises(ConfigError, match="needs utt2gen"):
+        train(load_config(None, SD_TINY), fold, setup / "dump", tmp_path / "exp")
 
 
 def test_a_finished_run_is_skipped_and_a_changed_config_refused(setup, tmp_path):

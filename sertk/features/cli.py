@@ -68,7 +68,7 @@ def _preprocess_lines(summary):
     if not summary:
         return
     yield (f"  preprocess: {summary['silence_removed_seconds']:.1f} s of silence removed from "
-           f"{summary['input_seconds']:.1f} s; no speech run found in {summary['no_speech_found']} (kept whole); "
+           f"{summary['input_seconds']:.1f} s; {summary['kept_whole']} kept whole (no voiced run found); "
            f"{summary['padded']} padded, {summary['cut']} cut to the fixed length "
            f"({summary['cut_seconds']:.1f} s left out)")
 

@@ -93,19 +93,19 @@ class PreprocessStats:
     utts: int = 0
     input_samples: int = 0
     silence_samples: int = 0      # removed as silence
-    no_speech_found: int = 0      # utterances the remover left as they were
+    kept_whole: int = 0           # utterances the remover left as they were (no voiced run found)
     padded: int = 0               # utterances zero-padded up to fixed_length
     cut: int = 0                  # utterances cut to fixed_length
     cut_samples: int = 0          # voiced samples dropped by the cut
 
     def add(self, other: "PreprocessStats") -> None:
-        for f in ("utts", "input_samples", "silence_samples", "no_speech_found", "padded", "cut", "cut_samples"):
+        for f in ("utts", "input_samples", "silence_samples", "kept_whole", "padded", "cut", "cut_samples"):
             setattr(self, f, getattr(self, f) + getattr(other, f))
 
     def summary(self, sample_rate: int) -> Dict[str, Any]:
         return {"utterances": self.utts, "input_seconds": round(self.input_samples / sample_rate, 3),
                 "silence_removed_seconds": round(self.silence_samples / sample_rate, 3),
-                "no_speech_found": self.no_speech_found, "padded": self.padded, "cut": self.cut,
+                "kept_whole": self.kept_whole, "padded": self.padded, "cut": self.cut,
                 "cut_seconds": round(self.cut_samples / sample_rate, 3)}
 
 
@@ -119,7 +119,7 @@ def preprocess(y: np.ndarray, config: PreprocessConfig, sample_rate: int,
         remove = remove_silence_energy_zcr if config.silence == "energy_zcr" else remove_silence_split
         kept = remove(y, config)
         if kept is None:
-            stats.no_speech_found += 1
+            stats.kept_whole += 1
         else:
             stats.silence_samples += len(y) - len(kept)
             y = kept

@@ -93,6 +93,11 @@ def _check(cfg: SDCAFFConfig) -> None:
         raise ModelConfigError(f"sd_caff: channels must be a non-empty list of positive widths, not {cfg.channels}")
     if cfg.first_padding not in (0, 1):
         raise ModelConfigError(f"sd_caff: first_padding must be 0 or 1, not {cfg.first_padding}")
+    rows = cfg.n_mfcc - (2 if cfg.first_padding == 0 else 0)
+    pools = max(0, len(cfg.channels) - 2)
+    if cfg.architecture != "lstm" and rows < 2 ** pools:
+        raise ModelConfigError(f"sd_caff: {cfg.n_mfcc} MFCC rows are too few for the CNN's {pools} 2x2 pools "
+                               f"(it needs n_mfcc >= {2 ** pools + cfg.n_mfcc - rows})")
     if cfg.bidirectional and cfg.lstm_hidden % 2:
         raise ModelConfigError(f"sd_caff: a bidirectional LSTM splits lstm_hidden in two; {cfg.lstm_hidden} is odd")
     if cfg.lstm_pool > cfg.lstm_hidden:

@@ -123,6 +123,7 @@ class _Run:
                 seed_everything(cfg["seed"] * 1000 + epoch)
                 train_loss = self._train_epoch(epoch)
                 dev = self._evaluate()
+                lr = self.optimizer.param_groups[0]["lr"]   # the rate this epoch trained with
                 self._step_scheduler(dev["ua"])
                 improved = dev["ua"] > state["best_ua"]
                 if improved:
@@ -130,7 +131,6 @@ class _Run:
                     self._save_best(epoch, dev)
                 else:
                     state["bad_epochs"] += 1
-                lr = self.optimizer.param_groups[0]["lr"]
                 state["epoch"] = epoch
                 state["history"].append({"epoch": epoch, "train_loss": train_loss, "dev_loss": dev["loss"],
                                          "dev_wa": dev["wa"], "dev_ua": dev["ua"], "lr": lr})
