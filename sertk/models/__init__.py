@@ -23,6 +23,14 @@ class ModelConfigError(SertkError):
     """A model name or option that does not exist."""
 
 
+def check_choices(model: str, cfg, choices: Dict[str, tuple]) -> None:
+    """Each option named in `choices` holds one of its allowed values, else a ModelConfigError naming them."""
+    for option, allowed in choices.items():
+        if getattr(cfg, option) not in allowed:
+            raise ModelConfigError(f"{model}: {option} must be one of {', '.join(allowed)}, not "
+                                   f"{getattr(cfg, option)!r}")
+
+
 def register(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
     def add(cls: Type[nn.Module]) -> Type[nn.Module]:
         if name in _REGISTRY:

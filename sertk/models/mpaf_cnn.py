@@ -40,7 +40,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from sertk.models import ModelConfigError, register
+from sertk.models import ModelConfigError, check_choices, register
 from sertk.models.pooling import zero_padded_frames
 from sertk.models.sequence import masked_mean, masked_softmax, run_lstm
 
@@ -91,10 +91,7 @@ class MPAFCNNConfig:
 
 
 def _check(cfg: MPAFCNNConfig) -> None:
-    for name, allowed in CHOICES.items():
-        if getattr(cfg, name) not in allowed:
-            raise ModelConfigError(f"mpaf_cnn: {name} must be one of {', '.join(allowed)}, not "
-                                   f"{getattr(cfg, name)!r}")
+    check_choices("mpaf_cnn", cfg, CHOICES)
     for name in ("n_mels", "n_lld", "frames", "layers", "ms_channels", "lld_channels", "ms_freq_pool",
                  "lstm_hidden"):
         if getattr(cfg, name) < 1:

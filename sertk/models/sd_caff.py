@@ -35,7 +35,7 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
-from sertk.models import ModelConfigError, register
+from sertk.models import ModelConfigError, check_choices, register
 from sertk.models.pooling import masked_time_mean, zero_padded_frames
 from sertk.models.sequence import masked_mean, run_lstm
 
@@ -73,9 +73,7 @@ class SDCAFFConfig:
 
 
 def _check(cfg: SDCAFFConfig) -> None:
-    for name, allowed in CHOICES.items():
-        if getattr(cfg, name) not in allowed:
-            raise ModelConfigError(f"sd_caff: {name} must be one of {', '.join(allowed)}, not {getattr(cfg, name)!r}")
+    check_choices("sd_caff", cfg, CHOICES)
     for name in ("n_mfcc", "dyrelu_reduction", "dyrelu_k", "lstm_hidden", "lstm_pool", "inter_channels"):
         if getattr(cfg, name) < 1:
             raise ModelConfigError(f"sd_caff: {name} must be >= 1, not {getattr(cfg, name)}")
