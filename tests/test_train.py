@@ -117,6 +117,17 @@ def test_a_finished_run_is_skipped_and_a_changed_config_refused(setup, tmp_path)
         train(config("optim.lr=0.1"), fold, dump, exp)
 
 
+def test_a_run_from_before_new_config_keys_resumes(setup, tmp_path):
+    fold, dump, exp = setup / "loso" / "fold1", setup / "dump", tmp_path / "exp"
+    train(config("train.epochs=1"), fold, dump, exp)
+    state = torch.load(exp / "last.pt", weights_only=True)
+    del state["config"]["loss"], state["config"]["scheduler"]["milestones"], state["objective"]
+    state["config"]["train"]["epochs"], state["finished"] = 2, False
+    torch.save(state, exp / "last.pt")                      # as an older sertk wrote it, unfinished
+    summary = train(config("train.epochs=2"), fold, dump, exp)
+    assert summary.resumed_from == 1 and summary.epochs_run == 2
+
+
 def test_utterance_weighted_training_changes_the_loss_it_follows(tmp_path):
     root = make_emodb(tmp_path / "emodb", speakers=["03", "08", "09"], texts=["a01"], emotions="WLA")
     write_wav(root / "wav" / "09a01Wa.wav", seconds=1.2)     # one long training utterance: many segments

@@ -64,6 +64,22 @@ def load_config(path: Optional[Path], overrides: Iterable[str] = ()) -> Dict[str
     return config
 
 
+def with_new_defaults(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A config written before some keys existed, with those keys at their defaults (which is how that
+    run behaved), so a run from an older sertk resumes instead of being refused as another config."""
+    def fill(node: Dict[str, Any], defaults: Dict[str, Any]) -> Dict[str, Any]:
+        out = dict(node)
+        for key, value in defaults.items():
+            if key not in out:
+                out[key] = copy.deepcopy(value)
+            elif isinstance(value, dict) and isinstance(out[key], dict):
+                out[key] = fill(out[key], value)
+        return out
+    name = (config.get("model") or {}).get("name")
+    model_defaults = {"name": name, **dataclasses.asdict(make_config(name))} if name else {}
+    return fill(config, {**DEFAULTS, "model": model_defaults})
+
+
 def _parse_override(text: str):
     key, sep, value = text.partition("=")
     if not sep or not key.strip():

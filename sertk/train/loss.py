@@ -9,7 +9,6 @@ from torch.nn import functional as F
 from sertk.data.validate import GENDERS   # utt2gen values; their order gives the gender labels (f 0, m 1)
 
 
-
 class SegmentLoss:
     """Weighted mean cross-entropy over a batch of segments.
 

@@ -26,7 +26,7 @@ from sertk.fsutil import atomic_write_text
 from sertk.models import build_model
 from sertk.score import confusion_image, metrics
 from sertk.train.checkpoint import load_checkpoint, save_checkpoint
-from sertk.train.config import ConfigError, model_options
+from sertk.train.config import ConfigError, model_options, with_new_defaults
 from sertk.train.data import SegmentDataset, class_weights, collate, spec_augment
 from sertk.train.features import Normalization, frame_hop, load_streams
 from sertk.train.infer import segment_posteriors, utterance_decisions
@@ -64,7 +64,7 @@ class _Run:
     def __init__(self, config, fold_dir: Path, dump_dir: Path, exp_dir: Path, device: str):
         self.config, self.exp_dir, self.device = config, exp_dir, device
         self.resume = load_checkpoint(exp_dir / "last.pt") if (exp_dir / "last.pt").is_file() else None
-        if self.resume is not None and self.resume["config"] != config:
+        if self.resume is not None and with_new_defaults(self.resume["config"]) != config:
             raise ConfigError(f"{exp_dir} was trained with another config; give a new exp dir or remove it "
                               f"(compare {exp_dir / 'config.yaml'})")
         self.train_dd, self.dev_dd = DataDir.load(fold_dir / "train"), DataDir.load(fold_dir / "dev")
