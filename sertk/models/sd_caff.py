@@ -91,11 +91,9 @@ def _check(cfg: SDCAFFConfig) -> None:
         raise ModelConfigError(f"sd_caff: channels must be a non-empty list of positive widths, not {cfg.channels}")
     if cfg.first_padding not in (0, 1):
         raise ModelConfigError(f"sd_caff: first_padding must be 0 or 1, not {cfg.first_padding}")
-    rows = cfg.n_mfcc - (2 if cfg.first_padding == 0 else 0)
-    pools = max(0, len(cfg.channels) - 2)
-    if cfg.architecture != "lstm" and rows < 2 ** pools:
-        raise ModelConfigError(f"sd_caff: {cfg.n_mfcc} MFCC rows are too few for the CNN's {pools} 2x2 pools "
-                               f"(it needs n_mfcc >= {2 ** pools + cfg.n_mfcc - rows})")
+    if cfg.architecture != "lstm" and cfg.n_mfcc < cnn_min_size(cfg):
+        raise ModelConfigError(f"sd_caff: {cfg.n_mfcc} MFCC rows are too few for the CNN's "
+                               f"{max(0, len(cfg.channels) - 2)} 2x2 pools (it needs n_mfcc >= {cnn_min_size(cfg)})")
     if cfg.bidirectional and cfg.lstm_hidden % 2:
         raise ModelConfigError(f"sd_caff: a bidirectional LSTM splits lstm_hidden in two; {cfg.lstm_hidden} is odd")
     if cfg.lstm_pool > cfg.lstm_hidden:
@@ -104,6 +102,12 @@ def _check(cfg: SDCAFFConfig) -> None:
         raise ModelConfigError(f"sd_caff: dropout must be in [0, 1), not {cfg.dropout}")
     if cfg.center_dim < 0:
         raise ModelConfigError(f"sd_caff: center_dim must be >= 0, not {cfg.center_dim}")
+
+
+def cnn_min_size(cfg: SDCAFFConfig) -> int:
+    """The fewest MFCC rows or frames the CNN takes: the unpadded first conv loses 2, then layers 3-5
+    each halve after a 2x2 pool, and at least one row and frame must be left."""
+    return (2 if cfg.first_padding == 0 else 0) + 2 ** max(0, len(cfg.channels) - 2)
 
 
 class DyReLUB(nn.Module):
@@ -156,9 +160,7 @@ class StaticBranch(nn.Module):
             ConvLayer(widths[i], widths[i + 1], cfg.first_padding if i == 0 else 1, i >= 2, cfg)
             for i in range(len(cfg.channels)))
         self.dropout = nn.Dropout(cfg.dropout)
-        # frames lost before the first pooled frame can exist: the unpadded conv, then 2 per pool
-        pools = max(0, len(cfg.channels) - 2)
-        self.min_frames = (2 if cfg.first_padding == 0 else 0) + 2 ** pools
+        self.min_frames = cnn_min_size(cfg)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         for layer in self.layers:
