@@ -46,6 +46,17 @@ def test_iemocap_improvised_only_and_loso_speaker(iemocap, tmp_path):
     assert result.returncode == 1 and "--improvised_only takes true or false" in result.stderr
 
 
+def test_iemocap_excited_only_drops_plain_happy(iemocap, tmp_path):
+    release = make_iemocap(tmp_path / "corpus")
+    run_recipe(iemocap, "--iemocap_root", release, "--excited_only", "true", "--improvised_only", "true",
+               "--stop_stage", "1")
+    data = iemocap / "data" / "all_impro_exc"
+    raw = dict(line.split() for line in (data / "utt2lab_raw").read_text().splitlines())
+    emo = dict(line.split() for line in (data / "utt2emo").read_text().splitlines())
+    assert "hap" not in raw.values() and {emo[u] for u, r in raw.items() if r == "exc"} == {"happiness"}
+    assert (iemocap / "data" / "loso_session_impro_exc" / "protocol.yaml").is_file()
+
+
 def test_msp_improv_replica_through_stage_5(msp_improv, tmp_path):
     release = make_msp_improv(tmp_path / "corpus", sessions=range(1, 7))
     run_recipe(msp_improv, "--msp_improv_root", release, "--nj", "1", "--train_args", ONE_EPOCH)
