@@ -15,7 +15,7 @@ Input: one 6 s clip per utterance after silence removal (features `sd_caff`: 60 
 - Cross AFF (3.3): W_S = σ(L_S(X_S) + g_D(X_D)), W_D = σ(L_D(X_D) + g_S(X_S)), each global branch
   sized to the other branch's channels; z = [GAP(X_S ⊙ W_S) ‖ GAP(X_D ⊙ W_D)] (192-d).
 - Heads (3.4): emotion logits, gender logits, and one linear "center" embedding per task that only
-  the center loss reads (sertk.train.loss.MultiTaskLoss: 0.7 (CE + 0.15 center) + 0.3 (CE + 0.15 center)).
+  the center loss reads (sertk.train.loss.Objective: 0.7 (CE + 0.15 center) + 0.3 (CE + 0.15 center)).
 The ablation baselines of 3.5 (cnn, lstm, concat) are `architecture` values.
 
 Padded frames (a batch of unequal clips) are excluded everywhere: zeroed before every convolution,
