@@ -9,7 +9,7 @@ import click
 
 @click.group()
 def features() -> None:
-    """Frame-level features (log-mel, MFCC, energy, ZCR, deltas) stored as Kaldi ark/scp."""
+    """Feature streams (log-mel, MFCC, energy, ZCR, deltas; openSMILE LLDs and functionals) stored as Kaldi ark/scp."""
 
 
 @features.command()
@@ -48,6 +48,7 @@ def report_lines(report):
         for s in report.streams:
             yield f"  {s.name}: {s.utts} utts, {s.frames} frames, dim {s.dim}"
         yield from _preprocess_lines(report.preprocess)
+        yield from _note_lines(report.notes)
         return
     yield (f"{report.out_dir}: {report.utts} utterances, {report.audio_seconds:.1f} s of audio "
            f"(device {report.device}, nj {report.nj})")
@@ -61,6 +62,17 @@ def report_lines(report):
     yield (f"  set-up {report.setup_seconds:.2f} s; extraction {extraction:.2f} s ({loading}), "
            f"{_times_real_time(report.audio_seconds, extraction)} real time")
     yield from _preprocess_lines(report.preprocess)
+    yield from _note_lines(report.notes)
+
+
+NOTE_TEXT = {"padded_short": "utterance(s) shorter than two frames, zero-padded to two",
+             "nonfinite_values": "non-finite value(s) set to 0"}
+
+
+def _note_lines(notes):
+    for stream, counts in (notes or {}).items():
+        for key, n in counts.items():
+            yield f"  {stream}: {n} {NOTE_TEXT.get(key, key)}"
 
 
 def _preprocess_lines(summary):

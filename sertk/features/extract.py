@@ -64,6 +64,7 @@ class ExtractReport:
     setup_seconds: float = 0.0  # checking config and data dir, planning, building the frontends
     wall_seconds: float = 0.0   # everything, set-up included
     preprocess: Optional[Dict[str, Any]] = None   # PreprocessStats.summary when the config preprocesses
+    notes: Optional[Dict[str, Dict[str, int]]] = None   # stream -> what its module counted (non-zero only)
 
 
 def default_device() -> str:
@@ -197,6 +198,8 @@ class JobResult:
     load_seconds: float = 0.0
     stream_seconds: Dict[str, float] = field(default_factory=dict)
     preprocess: PreprocessStats = field(default_factory=PreprocessStats)
+    # per stream, what its module counted (e.g. openSMILE: utterances padded, non-finite values)
+    stream_counts: Dict[str, Dict[str, int]] = field(default_factory=dict)
 
 
 _ABORT: Optional[Any] = None   # a multiprocessing Event in worker processes: another job failed
@@ -236,6 +239,7 @@ def run_job(job: Job) -> JobResult:
         for name, w in writers.items():
             w.close()
             result.entries[name] = w.entries
+        result.stream_counts = {name: dict(m.counts) for name, m in streams.items() if getattr(m, "counts", None)}
     return result
 
 
@@ -289,6 +293,10 @@ def _finish(tmp: Path, out_dir: Path, cfg: FeatureConfig, results: List[JobResul
                           "audio_seconds": round(audio_seconds, 3),
                           "dims": {r.name: r.dim for r in reports},
                           "frame_shift": {r.name: r.frame_shift for r in reports}}
+    doc[DUMP_INFO_KEY].update(stream_layout(cfg))
+    notes = _stream_notes(results)
+    if notes:
+        doc[DUMP_INFO_KEY]["notes"] = notes
     summary = None
     if cfg.preprocess.active:
         stats = PreprocessStats()
@@ -297,7 +305,33 @@ def _finish(tmp: Path, out_dir: Path, cfg: FeatureConfig, results: List[JobResul
         summary = doc[DUMP_INFO_KEY]["preprocess"] = stats.summary(cfg.sample_rate)
     storage.write_dump_config(tmp, doc)
     return ExtractReport(out_dir, False, reports[0].utts, audio_seconds, reports,
-                         load_seconds=sum(r.load_seconds for r in results), preprocess=summary)
+                         load_seconds=sum(r.load_seconds for r in results), preprocess=summary, notes=notes)
+
+
+def stream_layout(cfg: FeatureConfig) -> Dict[str, Any]:
+    """What a reader needs beyond the frame shift (only written when some stream needs it, so dumps of
+    torch streams read as before): levels other than frame, non-centred frame windows, segment windows."""
+    sr = cfg.sample_rate
+    layout: Dict[str, Any] = {}
+    levels = {n: s.level for n, s in cfg.streams.items() if s.level != "frame"}
+    windows = {n: s.window_length(sr) for n, s in cfg.streams.items() if s.window_length(sr) is not None}
+    segment_windows = {n: s.windows_info(sr) for n, s in cfg.streams.items() if s.windows_info(sr) is not None}
+    for key, value in (("levels", levels), ("frame_window", windows), ("windows", segment_windows)):
+        if value:
+            layout[key] = value
+    return layout
+
+
+def _stream_notes(results: List[JobResult]) -> Dict[str, Dict[str, int]]:
+    """Counts summed over jobs, only the non-zero ones."""
+    notes: Dict[str, Dict[str, int]] = {}
+    for r in results:
+        for name, counts in r.stream_counts.items():
+            for key, n in counts.items():
+                if n:
+                    notes.setdefault(name, {}).setdefault(key, 0)
+                    notes[name][key] += n
+    return notes
 
 
 def _up_to_date(out_dir: Path, cfg: FeatureConfig, checksum: str) -> Optional[ExtractReport]:
@@ -318,4 +352,4 @@ def _up_to_date(out_dir: Path, cfg: FeatureConfig, checksum: str) -> Optional[Ex
     except (FeatureError, KeyError, TypeError, ValueError):
         return None   # damaged or from an older layout: rebuild
     return ExtractReport(out_dir, True, int(info["utterances"]), float(info["audio_seconds"]), streams,
-                         preprocess=info.get("preprocess"))
+                         preprocess=info.get("preprocess"), notes=info.get("notes"))

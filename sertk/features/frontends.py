@@ -61,14 +61,31 @@ class StreamConfig:
     delta_chain: bool = False
 
     def check(self, sample_rate: int, where: str) -> None:
-        _require(0 <= self.deltas <= MAX_DELTAS, where, f"deltas must be 0, 1 or 2, not {self.deltas}")
-        _require(self.delta_width >= 3 and self.delta_width % 2 == 1, where,
+        check_option(0 <= self.deltas <= MAX_DELTAS, where, f"deltas must be 0, 1 or 2, not {self.deltas}")
+        check_option(self.delta_width >= 3 and self.delta_width % 2 == 1, where,
                  f"delta_width must be an odd number >= 3, not {self.delta_width}")
-        _require(self.delta_axis in DELTA_AXES, where,
+        check_option(self.delta_axis in DELTA_AXES, where,
                  f"delta_axis must be one of {', '.join(DELTA_AXES)}, not '{self.delta_axis}'")
 
     def hop_samples(self, sample_rate: int) -> int:
         raise NotImplementedError
+
+    # what a stream's rows are: frame (one per frame) | segment (one per segment window) | utterance (one)
+    level = "frame"
+    # torch streams can be stacked by a concat stream; streams computed by another tool (openSMILE) cannot
+    concatenable = True
+
+    def window_length(self, sample_rate: int) -> Optional[float]:
+        """Seconds each frame's analysis window spans when frames are not centred (frame f covers
+        [f * hop, f * hop + window)); None for the centred frames of the torch streams."""
+        return None
+
+    def windows_info(self, sample_rate: int) -> Optional[Dict[str, Any]]:
+        """For segment-level streams, the windows their rows follow; else None."""
+        return None
+
+    def resolve(self, streams: Dict[str, "StreamConfig"], sample_rate: int, where: str) -> None:
+        """Check references to the other streams of the config (none by default)."""
 
 
 @dataclass
@@ -80,11 +97,11 @@ class FramedConfig(StreamConfig):
 
     def check(self, sample_rate: int, where: str) -> None:
         super().check(sample_rate, where)
-        _require(self.window in WINDOWS, where, f"window must be one of {', '.join(WINDOWS)}, not '{self.window}'")
+        check_option(self.window in WINDOWS, where, f"window must be one of {', '.join(WINDOWS)}, not '{self.window}'")
         win, hop = self.samples(sample_rate)
-        _require(win >= 2 and hop >= 1, where, "win_length and hop_length must be at least 2 and 1 samples")
-        _require(self.n_fft % 2 == 0, where, f"n_fft must be even (so frames are centred), not {self.n_fft}")
-        _require(self.n_fft >= win, where, f"n_fft ({self.n_fft}) must be >= win_length in samples ({win}); "
+        check_option(win >= 2 and hop >= 1, where, "win_length and hop_length must be at least 2 and 1 samples")
+        check_option(self.n_fft % 2 == 0, where, f"n_fft must be even (so frames are centred), not {self.n_fft}")
+        check_option(self.n_fft >= win, where, f"n_fft ({self.n_fft}) must be >= win_length in samples ({win}); "
                  "raise n_fft")
 
     def samples(self, sample_rate: int) -> Tuple[int, int]:
@@ -109,11 +126,11 @@ class MelConfig(FramedConfig):
     def check(self, sample_rate: int, where: str) -> None:
         super().check(sample_rate, where)
         fmax = sample_rate / 2 if self.fmax is None else self.fmax
-        _require(self.n_mels >= 1, where, "n_mels must be >= 1")
-        _require(0 <= self.fmin < fmax <= sample_rate / 2, where,
+        check_option(self.n_mels >= 1, where, "n_mels must be >= 1")
+        check_option(0 <= self.fmin < fmax <= sample_rate / 2, where,
                  f"need 0 <= fmin < fmax <= sample_rate / 2 ({sample_rate / 2:g}); got {self.fmin:g}, {fmax:g}")
-        _require(self.norm in (None, "slaney"), where, f"norm must be slaney or null, not '{self.norm}'")
-        _require(self.pad_mode in PAD_MODES, where,
+        check_option(self.norm in (None, "slaney"), where, f"norm must be slaney or null, not '{self.norm}'")
+        check_option(self.pad_mode in PAD_MODES, where,
                  f"pad_mode must be one of {', '.join(PAD_MODES)}, not '{self.pad_mode}'")
 
 
@@ -123,7 +140,7 @@ class LogMelConfig(MelConfig):
 
     def check(self, sample_rate: int, where: str) -> None:
         super().check(sample_rate, where)
-        _require(self.log_offset > 0, where, "log_offset must be > 0")
+        check_option(self.log_offset > 0, where, "log_offset must be > 0")
 
 
 @dataclass
@@ -135,10 +152,10 @@ class MfccConfig(MelConfig):
 
     def check(self, sample_rate: int, where: str) -> None:
         super().check(sample_rate, where)
-        _require(1 <= self.n_mfcc <= self.n_mels, where, f"n_mfcc must be in 1..n_mels ({self.n_mels})")
-        _require(self.amin > 0, where, "amin must be > 0")
-        _require(self.top_db is None or self.top_db >= 0, where, "top_db must be >= 0 or null")
-        _require(self.lifter >= 0, where, "lifter must be >= 0")
+        check_option(1 <= self.n_mfcc <= self.n_mels, where, f"n_mfcc must be in 1..n_mels ({self.n_mels})")
+        check_option(self.amin > 0, where, "amin must be > 0")
+        check_option(self.top_db is None or self.top_db >= 0, where, "top_db must be >= 0 or null")
+        check_option(self.lifter >= 0, where, "lifter must be >= 0")
 
 
 @dataclass
@@ -153,7 +170,7 @@ class LogEnergyConfig(EnergyConfig):
 
     def check(self, sample_rate: int, where: str) -> None:
         super().check(sample_rate, where)
-        _require(self.eps > 0, where, "eps must be > 0")
+        check_option(self.eps > 0, where, "eps must be > 0")
 
 
 @dataclass
@@ -168,9 +185,12 @@ class ConcatConfig(StreamConfig):
 
     def check(self, sample_rate: int, where: str) -> None:
         super().check(sample_rate, where)
-        _require(bool(self.parts), where, "a concat stream needs at least one part")
+        check_option(bool(self.parts), where, "a concat stream needs at least one part")
+        check_option(all(p.concatenable for p in self.parts), where,
+                     "parts must be torch streams (" + ", ".join(n for n, c in STREAM_TYPES.items() if c.concatenable)
+                     + "); give openSMILE streams their own name")
         hops = {p.hop_samples(sample_rate) for p in self.parts}
-        _require(len(hops) == 1, where, f"all parts must share hop_length (frame rate); got {sorted(hops)} samples")
+        check_option(len(hops) == 1, where, f"all parts must share hop_length (frame rate); got {sorted(hops)} samples")
 
     def hop_samples(self, sample_rate: int) -> int:
         return self.parts[0].hop_samples(sample_rate)
@@ -185,6 +205,12 @@ STREAM_TYPES: Dict[str, type] = {
     "concat": ConcatConfig,
 }
 TYPE_NAMES = {cls: name for name, cls in STREAM_TYPES.items()}
+
+
+def register_stream_type(name: str, cls: type) -> None:
+    """Add a stream type defined outside this module (its config class has a `build` method)."""
+    STREAM_TYPES[name] = cls
+    TYPE_NAMES[cls] = name
 
 
 @dataclass
@@ -226,6 +252,8 @@ def parse_config(doc: Any, source: str = "feature config") -> FeatureConfig:
         if not isinstance(name, str) or not STREAM_NAME.match(name):
             raise FeatureError(f"{source}: stream name {name!r} must be letters, digits, '_', '.', '-'")
         parsed[name] = parse_stream(spec, sr, f"{source}: streams.{name}")
+    for name, stream in parsed.items():
+        stream.resolve(parsed, sr, f"{source}: streams.{name}")
     return FeatureConfig(sr, parsed, parse_preprocess(doc.get("preprocess"), sr, f"{source}: preprocess"))
 
 
@@ -285,7 +313,7 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
     raise FeatureError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
-def _require(ok: bool, where: str, message: str) -> None:
+def check_option(ok: bool, where: str, message: str) -> None:
     if not ok:
         raise FeatureError(f"{where}: {message}")
 
@@ -627,11 +655,13 @@ def build_frontend(stream_config, sample_rate: int) -> Stream:
 def build_frontends(config: FeatureConfig) -> Dict[str, Stream]:
     """Every stream of a feature config; streams with the same STFT / filterbank share one module,
     so a batch computes each spectrogram once."""
-    shared: Dict = {}
+    shared: Dict = {"streams": config.streams}
     return {name: _build(s, config.sample_rate, shared) for name, s in config.streams.items()}
 
 
 def _build(config: StreamConfig, sample_rate: int, shared: Dict) -> Stream:
+    if hasattr(config, "build"):   # a registered type builds its own module
+        return config.build(sample_rate, shared.get("streams", {}))
     if isinstance(config, ConcatConfig):
         stream: Stream = Concat([_build(p, sample_rate, shared) for p in config.parts])
     elif isinstance(config, (LogMelConfig, MfccConfig)):
@@ -657,3 +687,7 @@ def _mel_module(config: MelConfig, sample_rate: int, shared: Dict) -> MelSpectro
     if mel_key not in shared:
         shared[mel_key] = MelSpectrogram(config, sample_rate, shared[stft_key])
     return shared[mel_key]
+
+
+# registers opensmile_lld and opensmile_functionals (opensmile itself is imported only when they run)
+from sertk.features import opensmile_streams  # noqa: E402,F401

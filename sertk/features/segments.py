@@ -6,6 +6,7 @@ frames are real); otherwise windows start every `hop` frames and, if the last on
 the end, one more window aligned to the end covers the tail (tail "end"), or the frames after the
 last full window are left out (tail "drop").
 """
+import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -35,12 +36,18 @@ class SegmentConfig:
         if self.tail not in TAILS:
             raise SegmentError(f"segments.tail must be one of {', '.join(TAILS)}, not {self.tail!r}")
 
-    def frames(self, frame_hop_s: float) -> Tuple[Optional[int], Optional[int]]:
+    def frames(self, frame_hop_s: float, frame_window_s: Optional[float] = None) -> Tuple[Optional[int], Optional[int]]:
         """(window, hop) in frames for features with the given frame hop in seconds; (None, None) for
-        whole utterances."""
+        whole utterances. Centred frames (frame_window_s None): length / hop frames, rounded. Frames
+        that each span frame_window_s from their start (openSMILE, Kaldi's snip-edges): the frames
+        whose whole span fits in `length` seconds, 1 + (length - frame_window) // hop."""
         if self.length is None:
             return None, None
-        length, hop = round(self.length / frame_hop_s), round(self.hop / frame_hop_s)
+        if frame_window_s is None:
+            length = round(self.length / frame_hop_s)
+        else:   # the epsilon keeps 1.4 s of 32 ms frames at 40, not 39, whatever the float rounding
+            length = 1 + math.floor((self.length - frame_window_s) / frame_hop_s + 1e-6)
+        hop = round(self.hop / frame_hop_s)
         if length < 1 or hop < 1:
             raise SegmentError(f"segment length {self.length} s and hop {self.hop} s must each span at "
                                f"least one frame of {frame_hop_s} s")

@@ -23,8 +23,9 @@ class ConfigError(SertkError):
 DEFAULTS: Dict[str, Any] = {
     "model": {"name": None},
     # tag: the feature config conf/features/<tag>.yaml and dump/<tag>/ the recipe uses;
-    # cmvn: global | speaker | none, global statistics from the fold's train part only
-    "features": {"tag": "logmel64", "cmvn": "global"},
+    # cmvn: global | speaker | none, global statistics from the fold's train part only;
+    # clip: normalised values are cut to +-clip (null: not cut)
+    "features": {"tag": "logmel64", "cmvn": "global", "clip": None},
     # seconds; length null: no windows, one segment per utterance; train_hop defaults to hop;
     # tail: end (a last window aligned to the end) | drop
     "segments": {"length": 2.0, "hop": 1.0, "train_hop": None, "tail": "end"},
@@ -34,7 +35,8 @@ DEFAULTS: Dict[str, Any] = {
     # + gender_weight (CE + center_weight center) on utt2gen; center_lr: SD-CAFF's center gradient scale
     "loss": {"gender_weight": 0.0, "center_weight": 0.0, "center_lr": None},
     "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0},
-    # step: x gamma every step_size epochs; multistep: x gamma after each epoch in milestones
+    # step: x gamma every step_size epochs; multistep: x gamma after each epoch in milestones;
+    # exponential: x gamma after every epoch
     "scheduler": {"name": "none", "step_size": 10, "gamma": 0.5, "milestones": [], "factor": 0.5, "patience": 3},
     "augment": {"specaugment": False, "time_masks": 2, "time_width": 20, "freq_masks": 2, "freq_width": 8},
     "decode": {"rule": "mean"},
@@ -43,14 +45,7 @@ DEFAULTS: Dict[str, Any] = {
 
 def load_config(path: Optional[Path], overrides: Iterable[str] = ()) -> Dict[str, Any]:
     """The resolved config of the YAML at `path` with `overrides` ("a.b=value") applied."""
-    user: Dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file")
-        user = read_yaml_file(path, ConfigError, mapping=False) or {}
-        if not isinstance(user, dict):
-            raise ConfigError(f"{path}: a config must be a mapping of sections")
+    user = _read_user_config(Path(path)) if path is not None else {}
     overrides = [_parse_override(o) for o in overrides]
     name = dict(overrides).get("model.name") or (user.get("model") or {}).get("name")
     if not name:
@@ -62,6 +57,35 @@ def load_config(path: Optional[Path], overrides: Iterable[str] = ()) -> Dict[str
         set_key(config, key, value)
     make_config(name, **{k: v for k, v in config["model"].items() if k != "name"})  # validates model options
     return config
+
+
+def _read_user_config(path: Path, chain: tuple = ()) -> Dict[str, Any]:
+    """A config file's sections; `base: <file>` (relative to this file) names a config it changes, so a
+    corpus's variant of a shared config says only what differs."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file" + (f" (the base of {chain[-1]})" if chain else ""))
+    user = read_yaml_file(path, ConfigError, mapping=False) or {}
+    if not isinstance(user, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections")
+    base = user.pop("base", None)
+    if base is None:
+        return user
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be the path of another config file, not {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in chain:
+        raise ConfigError(f"{path}: base {base} leads back to itself")
+    merged = _read_user_config(base_path, chain + (path.resolve(),))
+    _overlay(merged, user)
+    return merged
+
+
+def _overlay(base: Dict[str, Any], user: Dict[str, Any]) -> None:
+    for key, value in user.items():
+        if isinstance(base.get(key), dict) and isinstance(value, dict):
+            _overlay(base[key], value)
+        else:
+            base[key] = value
 
 
 def with_new_defaults(config: Dict[str, Any]) -> Dict[str, Any]:

@@ -21,6 +21,7 @@ class Segment:
     utt: str
     start: int
     end: int
+    window: int = 0   # the how-manieth window of its utterance (the row of segment-level streams)
 
 
 class SegmentDataset(Dataset):
@@ -31,12 +32,18 @@ class SegmentDataset(Dataset):
     the data dir has no labels) and `index` (into `segments`); with `with_gender`, also `gender`
     (the index in GENDERS of the utterance's utt2gen, -1 where it has none).
     `length` None: no windows, every utterance is one segment (padded to the longest).
+    `levels` gives streams that are not frame-level (sertk.train.features.StreamLayout): a segment-level
+    stream holds one row per window, which the segment takes whole ([dim]); an utterance-level one holds
+    one row, which every segment of the utterance takes.
     """
 
     def __init__(self, datadir: DataDir, feats: Dict[str, Dict[str, np.ndarray]], length: Optional[int],
                  hop: Optional[int], normalize: Callable[[str, str, np.ndarray], np.ndarray],
-                 classes: Sequence[str], tail: str = "end", with_gender: bool = False):
+                 classes: Sequence[str], tail: str = "end", with_gender: bool = False,
+                 levels: Optional[Dict[str, str]] = None):
         self.streams = list(feats)
+        self.levels = {s: (levels or {}).get(s, "frame") for s in self.streams}
+        frame_streams = [s for s in self.streams if self.levels[s] == "frame"]
         self.features: Dict[str, Dict[str, np.ndarray]] = {s: {} for s in self.streams}
         self.segments: List[Segment] = []
         labels = datadir.tables.get("utt2emo", {})
@@ -52,13 +59,17 @@ class SegmentDataset(Dataset):
             if missing:
                 raise SertkError(f"utterance '{utt}' has no stored features for stream(s) {missing}; "
                                  "run feature extraction on this data dir")
-            frames = _common_frames(utt, arrays)
-            for s, a in arrays.items():
-                self.features[s][utt] = normalize(s, utt, np.asarray(a[:frames], dtype=np.float32))
-            longest = max(longest, frames)
+            frames = _common_frames(utt, {s: arrays[s] for s in frame_streams})
             bounds = [(0, frames)] if length is None else segment_bounds(frames, length, hop, tail)
-            for start, end in bounds:
-                self.segments.append(Segment(segment_id(utt, start, end), utt, start, end))
+            for s, a in arrays.items():
+                rows = {"frame": frames, "segment": len(bounds), "utterance": 1}[self.levels[s]]
+                if self.levels[s] != "frame" and a.shape[0] != rows:
+                    raise SertkError(f"utterance '{utt}': stream '{s}' has {a.shape[0]} {self.levels[s]}-level "
+                                     f"row(s) where its segments need {rows}; extract its features again")
+                self.features[s][utt] = normalize(s, utt, np.asarray(a[:rows], dtype=np.float32))
+            longest = max(longest, frames)
+            for window, (start, end) in enumerate(bounds):
+                self.segments.append(Segment(segment_id(utt, start, end), utt, start, end, window))
         self.length = longest if length is None else length
 
     def utterance_shares(self) -> np.ndarray:
@@ -75,7 +86,11 @@ class SegmentDataset(Dataset):
         seg = self.segments[i]
         item = {}
         for s in self.streams:
-            item[s], mask = cut(self.features[s][seg.utt], seg.start, seg.end, self.length)
+            rows = self.features[s][seg.utt]
+            if self.levels[s] == "frame":
+                item[s], mask = cut(rows, seg.start, seg.end, self.length)
+            else:
+                item[s] = rows[seg.window if self.levels[s] == "segment" else 0]
         item["mask"] = mask
         item["label"] = np.int64(self.labels.get(seg.utt, -1))
         item["index"] = np.int64(i)
@@ -108,6 +123,8 @@ def spec_augment(batch: Dict[str, torch.Tensor], streams: Sequence[str], cfg: di
     """In place: zero random time and frequency bands of each stream (SpecAugment, no warping)."""
     for s in streams:
         x = batch[s]
+        if x.dim() != 3:   # segment- and utterance-level vectors have no time axis to mask
+            continue
         b, t, d = x.shape
         for axis, n, width in ((1, cfg["time_masks"], cfg["time_width"]), (2, cfg["freq_masks"], cfg["freq_width"])):
             size = t if axis == 1 else d

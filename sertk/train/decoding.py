@@ -23,7 +23,7 @@ from sertk.models import build_model
 from sertk.train.checkpoint import load_checkpoint
 from sertk.train.config import model_options
 from sertk.train.data import SegmentDataset
-from sertk.train.features import Normalization, frame_hop, load_streams
+from sertk.train.features import Normalization, StreamLayout, load_streams
 from sertk.train.infer import as_seg_posteriors, seg2utt, segment_posteriors
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,9 @@ def decode_data_dir(exp_dir: Path, data_dir: Path, feats_dir: Path, out_dir: Pat
     feats = load_streams(feats_dir, streams, dd.utts)
     norm = Normalization.from_state_dict(ckpt["normalization"], feats, dd)
     seg = SegmentConfig.from_config(config["segments"])
-    length, hop = seg.frames(frame_hop(feats_dir, streams))
-    dataset = SegmentDataset(dd, feats, length, hop, norm.apply, classes, seg.tail)
+    layout = StreamLayout.read(feats_dir, streams)
+    length, hop = layout.frames(seg)
+    dataset = SegmentDataset(dd, feats, length, hop, norm.apply, classes, seg.tail, levels=layout.levels)
     post = segment_posteriors(model, dataset, batch_size, device)
     if mapping is not None:
         post = collapse(post, model_classes, mapping)

@@ -1,7 +1,8 @@
 """The trainer's view of a feature dump: the streams a model reads, for the utterances it needs,
 normalised with statistics from the fold's training part only."""
 from pathlib import Path
-from typing import Dict, Sequence
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -9,21 +10,51 @@ from sertk.data.datadir import DataDir
 from sertk.errors import FeatureError
 from sertk.features.cmvn import Normalizer, cmvn_from_state_dict, make_cmvn
 from sertk.features.frontends import DUMP_INFO_KEY
+from sertk.features.segments import SegmentConfig
 from sertk.features.storage import load_feats, read_dump_config
 
-Feats = Dict[str, Dict[str, np.ndarray]]   # stream -> utt -> [frames, dim]
+Feats = Dict[str, Dict[str, np.ndarray]]   # stream -> utt -> [rows, dim]: frames, windows or one row
 
 
-def frame_hop(dump_dir: Path, streams: Sequence[str]) -> float:
-    """The frame shift in seconds shared by `streams` (a model's streams must share one)."""
-    shifts = (read_dump_config(dump_dir).get(DUMP_INFO_KEY) or {}).get("frame_shift", {})
-    missing = [s for s in streams if s not in shifts]
-    if missing:
-        raise FeatureError(f"{dump_dir}: no stream(s) {missing} in this dump (streams: {sorted(shifts)})")
-    values = {s: float(shifts[s]) for s in streams}
-    if len(set(values.values())) > 1:
-        raise FeatureError(f"{dump_dir}: the model's streams have different frame shifts {values}")
-    return next(iter(values.values()))
+@dataclass(frozen=True)
+class StreamLayout:
+    """What a dump says about the streams a model reads: their frame grid and the level of each."""
+    dump_dir: Path
+    frame_shift: float                 # seconds, shared by the frame-level streams
+    frame_window: Optional[float]      # non-centred frames: each frame's span (see SegmentConfig.frames)
+    levels: Dict[str, str]             # stream -> frame | segment (a row per window) | utterance (one row)
+    windows: Dict[str, Dict]           # segment-level stream -> {grid, length, hop, tail}, in frames
+
+    @classmethod
+    def read(cls, dump_dir: Path, streams: Sequence[str]) -> "StreamLayout":
+        info = read_dump_config(dump_dir).get(DUMP_INFO_KEY) or {}
+        shifts = info.get("frame_shift", {})
+        missing = [s for s in streams if s not in shifts]
+        if missing:
+            raise FeatureError(f"{dump_dir}: no stream(s) {missing} in this dump (streams: {sorted(shifts)})")
+        levels = {s: (info.get("levels") or {}).get(s, "frame") for s in streams}
+        windows = {s: info["windows"][s] for s in streams if levels[s] == "segment"}
+        grids = [s for s in streams if levels[s] == "frame"] + [w["grid"] for w in windows.values()]
+        if not any(levels[s] == "frame" for s in streams):
+            raise FeatureError(f"{dump_dir}: the model reads no frame-level stream ({streams}); segments are cut "
+                               "on frames")
+        framing = {s: (float(shifts[s]), (info.get("frame_window") or {}).get(s)) for s in grids}
+        if len(set(framing.values())) > 1:
+            raise FeatureError(f"{dump_dir}: the model's streams are framed differently (shift, window) {framing}")
+        shift, window = next(iter(framing.values()))
+        return cls(Path(dump_dir), shift, window, levels, windows)
+
+    def frames(self, seg: SegmentConfig, what: str = "segments") -> Tuple[Optional[int], Optional[int]]:
+        """(length, hop) of `seg` in frames; segment-level streams must hold exactly these windows."""
+        length, hop = seg.frames(self.frame_shift, self.frame_window)
+        for stream, w in self.windows.items():
+            if (length, hop, seg.tail) != (w["length"], w["hop"], w["tail"]):
+                cut = "whole utterances" if length is None else f"{length} frames every {hop} (tail {seg.tail})"
+                raise FeatureError(
+                    f"{self.dump_dir}: stream '{stream}' holds a row per window of {w['length']} frames every "
+                    f"{w['hop']} (tail {w['tail']}), but the model's {what} cut {cut}; make the feature config's "
+                    f"segment_length / segment_hop / tail those of the model's segments, or the other way round")
+        return length, hop
 
 
 def load_streams(dump_dir: Path, streams: Sequence[str], utts: Sequence[str]) -> Feats:
@@ -46,24 +77,31 @@ class Normalization:
     speaker statistics are each speaker's own, so a decoded set's speakers get theirs afresh.
     """
 
-    def __init__(self, mode: str, per_stream: Dict[str, Normalizer]):
-        self.mode, self.per_stream = mode, per_stream
+    def __init__(self, mode: str, per_stream: Dict[str, Normalizer], clip: Optional[float] = None):
+        self.mode, self.per_stream, self.clip = mode, per_stream, clip
 
     @classmethod
-    def fit(cls, mode: str, feats: Feats, train: DataDir, others: Sequence[DataDir] = ()) -> "Normalization":
+    def fit(cls, mode: str, feats: Feats, train: DataDir, others: Sequence[DataDir] = (),
+            clip: Optional[float] = None) -> "Normalization":
         """Fit on `train`; in speaker mode also give the speakers of `others` (e.g. dev) their statistics."""
+        if clip is not None and not clip > 0:
+            raise FeatureError(f"features.clip must be a positive number of standard deviations or null, not {clip!r}")
         utt2spk = {u: s for d in (train, *others) for u, s in d.utt2spk.items()}
-        return cls(mode, {s: make_cmvn(mode, feats[s], utt2spk=utt2spk, train_utts=train.utts) for s in feats})
+        return cls(mode, {s: make_cmvn(mode, feats[s], utt2spk=utt2spk, train_utts=train.utts) for s in feats}, clip)
 
     @classmethod
     def from_state_dict(cls, state: Dict, feats: Feats, data: DataDir) -> "Normalization":
+        clip = state.get("clip")   # checkpoints from before features.clip: none
         if state["mode"] == "speaker":
-            return cls.fit("speaker", feats, data)
-        return cls(state["mode"], {s: cmvn_from_state_dict(st) for s, st in state["streams"].items()})
+            return cls.fit("speaker", feats, data, clip=clip)
+        return cls(state["mode"], {s: cmvn_from_state_dict(st) for s, st in state["streams"].items()}, clip)
 
     def apply(self, stream: str, utt: str, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.per_stream[stream].normalize(x, utt), dtype=np.float32)
+        out = np.asarray(self.per_stream[stream].normalize(x, utt), dtype=np.float32)
+        # clip: z-scored values beyond +-clip (e.g. IS10 functionals of near-constant dims) are cut there
+        return out if self.clip is None else np.clip(out, -self.clip, self.clip)
 
     def state_dict(self) -> Dict:
         """Lists, numbers and strings only, so checkpoints load with weights_only=True."""
-        return {"mode": self.mode, "streams": {s: n.state_dict() for s, n in self.per_stream.items()}}
+        return {"mode": self.mode, "clip": self.clip,
+                "streams": {s: n.state_dict() for s, n in self.per_stream.items()}}

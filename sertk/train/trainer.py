@@ -28,7 +28,7 @@ from sertk.score import confusion_image, metrics
 from sertk.train.checkpoint import load_checkpoint, save_checkpoint
 from sertk.train.config import ConfigError, model_options, with_new_defaults
 from sertk.train.data import SegmentDataset, class_weights, collate, spec_augment
-from sertk.train.features import Normalization, frame_hop, load_streams
+from sertk.train.features import Normalization, StreamLayout, load_streams
 from sertk.train.infer import segment_posteriors, utterance_decisions
 from sertk.train.loss import Objective, SegmentLoss
 
@@ -75,21 +75,24 @@ class _Run:
         self.model = build_model(config["model"]["name"], len(self.classes), **model_options(config)).to(device)
         self.streams = list(self.model.streams)
         feats = load_streams(dump_dir, self.streams, self.train_dd.utts + self.dev_dd.utts)
-        self.norm = Normalization.fit(config["features"]["cmvn"], feats, self.train_dd, [self.dev_dd])
+        self.norm = Normalization.fit(config["features"]["cmvn"], feats, self.train_dd, [self.dev_dd],
+                                      clip=config["features"]["clip"])
         seg = SegmentConfig.from_config(config["segments"])
-        hop_s = frame_hop(dump_dir, self.streams)
-        length, hop = seg.frames(hop_s)
+        layout = StreamLayout.read(dump_dir, self.streams)
+        length, hop = layout.frames(seg)
         fixed = getattr(self.model, "fixed_frames", None)
         if fixed is not None and fixed != length:
             raise ConfigError(f"model {config['model']['name']} takes {fixed}-frame segments, but segments.length "
-                              f"{seg.length} s is {length} frames of {hop_s} s; set model.frames={length}")
-        train_hop = SegmentConfig(seg.length, config["segments"]["train_hop"] or seg.hop, seg.tail).frames(hop_s)[1]
+                              f"{seg.length} s is {length} frames of {layout.frame_shift} s; set model.frames={length}")
+        train_seg = SegmentConfig(seg.length, config["segments"]["train_hop"] or seg.hop, seg.tail)
+        train_hop = layout.frames(train_seg, "segments (train_hop)")[1]
         with_gender = config["loss"]["gender_weight"] > 0
         self.train_set = SegmentDataset(self.train_dd, feats, length, train_hop, self.norm.apply, self.classes,
-                                        seg.tail, with_gender=with_gender)
+                                        seg.tail, with_gender=with_gender, levels=layout.levels)
         if with_gender:
             _check_genders(self.train_set, fold_dir / "train")
-        self.dev_set = SegmentDataset(self.dev_dd, feats, length, hop, self.norm.apply, self.classes, seg.tail)
+        self.dev_set = SegmentDataset(self.dev_dd, feats, length, hop, self.norm.apply, self.classes, seg.tail,
+                                      levels=layout.levels)
         self.objective = _objective(config, self.model, self.train_set, len(self.classes)).to(device)
         self.optimizer = _optimizer(config["optim"], list(self.model.parameters()) +
                                     list(self.objective.parameters()))
@@ -228,6 +231,8 @@ def _scheduler(cfg: Dict[str, Any], optimizer, epochs: int):
         return None
     if name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, cfg["step_size"], cfg["gamma"])
+    if name == "exponential":   # x gamma after every epoch
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, cfg["gamma"])
     if name == "multistep":
         milestones = cfg["milestones"]
         if not milestones or any(not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in milestones):
@@ -237,7 +242,7 @@ def _scheduler(cfg: Dict[str, Any], optimizer, epochs: int):
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "max", cfg["factor"], cfg["patience"])
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
-    raise ConfigError(f"scheduler.name '{name}' is not one of none, step, multistep, plateau, cosine")
+    raise ConfigError(f"scheduler.name '{name}' is not one of none, step, multistep, exponential, plateau, cosine")
 
 
 def _objective(config: Dict[str, Any], model, train_set: SegmentDataset, num_classes: int) -> Objective:
