@@ -31,9 +31,10 @@ setup(
         "pillow>=9.0",  # confusion-matrix images (already required by tensorboard)
     ],
     extras_require={
-        "opensmile": ["opensmile>=2.4"],
+        # openSMILE feature streams (STRL-SER's IS10 LLDs and functionals); its licence excludes commercial use
+        "opensmile": ["opensmile>=2.5,<3"],
         "ssl": ["transformers>=4.30"],
-        "dev": ["pytest>=7.0"],
+        "dev": ["pytest>=7.0", "opensmile>=2.5,<3"],   # the tests run the openSMILE streams too
     },
     entry_points={"console_scripts": ["sertk=sertk.cli:main"]},
 )

@@ -48,3 +48,33 @@ def test_unknown_model_and_unknown_file_key(tmp_path):
         load_config(write(tmp_path, "model: {name: crnn}\ntrian: {epochs: 3}\n"))
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "none.yaml")
+
+
+def test_a_base_file_is_changed_by_the_file_that_names_it(tmp_path):
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "m.yaml").write_text("model: {name: crnn, dropout: 0.1}\noptim: {lr: 1e-3}\n"
+                                                "train: {epochs: 5, batch_size: 8}\n")
+    path = write(tmp_path, "base: shared/m.yaml\ntrain: {epochs: 9}\nmodel: {dropout: 0.2}\n")
+    config = load_config(path)
+    assert config["train"] == {**config["train"], "epochs": 9, "batch_size": 8}
+    assert config["model"]["dropout"] == 0.2 and config["optim"]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("text, message", [
+    ("base: missing.yaml\n", r"missing.yaml: no such config file \(the base of"),
+    ("base: c.yaml\n", "leads back to itself"),
+    ("base: [a.yaml]\n", "base must be the path of another config file"),
+])
+def test_bad_base_files(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_the_ravdess_strl_ser_config_changes_only_the_ravdess_set_up():
+    from recipes import REPO
+    shared = load_config(REPO / "egs" / "TEMPLATE" / "conf" / "models" / "strl_ser.yaml")
+    ravdess = load_config(REPO / "egs" / "ravdess" / "conf" / "models" / "strl_ser.yaml")
+    changed = {(section, key) for section in shared for key in shared[section]
+               if shared[section][key] != ravdess[section][key]}
+    assert changed == {("model", "time_kernel"), ("features", "tag"), ("segments", "length"), ("segments", "hop")}
+    assert (ravdess["model"]["time_kernel"], ravdess["segments"]["length"], ravdess["segments"]["hop"]) == (3, 1.4, 0.7)

@@ -98,3 +98,30 @@ def test_sd_caff_trains_one_epoch_through_the_recipe(tmp_path):
     for k in (1, 2, 3):                                       # one segment per utterance
         decoded = (exp / f"fold{k}" / "decode_test" / "seg2utt").read_text().splitlines()
         assert len(decoded) == len({line.split()[1] for line in decoded})
+
+
+STRL_SER_SETUP = {  # spec section 4 (training) and 5 (mean of the segment posteriors)
+    "optim.name": "adam", "optim.lr": 1e-3, "optim.weight_decay": 1e-6, "train.batch_size": 128,
+    "train.epochs": 150, "train.patience": 150, "train.class_weighted": False, "scheduler.name": "exponential",
+    "scheduler.gamma": 0.95, "segments.length": 2.0, "segments.hop": 1.0, "decode.rule": "mean",
+    "features.tag": "is10_2s", "features.cmvn": "global", "model.heads": 8, "model.freq_kernel": 7,
+    "model.time_kernel": 5, "model.fusion": "sequence"}
+
+
+def test_strl_ser_config_is_the_papers_set_up():
+    _assert_config("strl_ser", STRL_SER_SETUP)
+
+
+def test_strl_ser_trains_one_epoch_through_the_recipe(tmp_path):
+    pytest.importorskip("opensmile", reason="the opensmile extra is not installed (pip install -e '.[dev]')")
+    corpus = make_emodb(tmp_path / "corpus", speakers=["03", "08", "09"], texts=["a01"], emotions="WLAN")
+    write_wav(corpus / "wav" / "03a01Wa.wav", seconds=2.9)   # 87 frames of 32 ms: windows at 0 and 28
+    write_wav(corpus / "wav" / "08a01La.wav", seconds=0.1)   # shorter than two frames: padded, counted
+    recipe, exp, trained = _train_one_epoch(tmp_path, "strl_ser", corpus)
+    dump = yaml.safe_load((recipe / "dump" / "is10_2s" / "features.yaml").read_text())
+    assert dump["dump"]["dims"] == {"is10_lld": 76, "is10_func": 1582}
+    assert dump["dump"]["notes"]["is10_lld"] == {"padded_short": 1}
+    segments = [line.split()[1] for k in (1, 2, 3)
+                for line in (exp / f"fold{k}" / "decode_test" / "seg2utt").read_text().splitlines()]
+    assert sum(utt.endswith("03a01Wa") for utt in segments) == 2
+    assert trained["scheduler"]["name"] == "exponential" and trained["features"]["clip"] == 10.0

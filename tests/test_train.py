@@ -9,6 +9,7 @@ from sertk.data.corpora import prepare_corpus
 from sertk.data.datadir import DataDir
 from sertk.data.protocols import make_folds
 from sertk.decode import read_decode_dir
+from sertk.errors import FeatureError
 from sertk.features.extract import extract_features
 from sertk.train import trainer as trainer_module
 from sertk.train.config import ConfigError, load_config
@@ -95,6 +96,21 @@ def test_joint_loss_training_of_whole_utterances(setup, tmp_path):
 def test_objective_and_scheduler_settings_are_checked(options, message, setup, tmp_path):
     with pytest.raises(ConfigError, match=message):
         train(config(*options), setup / "loso" / "fold1", setup / "dump", tmp_path / "exp")
+
+
+def test_exponential_lr_and_clipped_normalisation(setup, tmp_path):
+    fold, dump, exp = setup / "loso" / "fold1", setup / "dump", tmp_path / "exp"
+    train(config("scheduler.name=exponential", "scheduler.gamma=0.5", "features.clip=0.5"), fold, dump, exp)
+    state = torch.load(exp / "last.pt", weights_only=True)
+    assert [h["lr"] for h in state["history"]] == pytest.approx([1e-3, 5e-4, 2.5e-4])   # x gamma every epoch
+    best = torch.load(exp / "best.pt", weights_only=True)
+    assert best["normalization"]["clip"] == 0.5
+    norm = Normalization.from_state_dict(best["normalization"], {}, DataDir.load(fold / "test"))
+    x = np.linspace(-100, 100, 16 * 9, dtype=np.float32).reshape(9, 16)   # 16 mels
+    out = norm.apply("logmel", "u", x)
+    assert out.min() == -0.5 and out.max() == 0.5
+    with pytest.raises(FeatureError, match="features.clip must be a positive number"):
+        train(config("features.clip=-1"), fold, dump, tmp_path / "bad")
 
 
 def test_the_gender_task_needs_utt2gen(setup, tmp_path):

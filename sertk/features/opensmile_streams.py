@@ -59,8 +59,10 @@ def _check_feature_set(name: str, where: str) -> None:
 class OpensmileLldConfig(StreamConfig):
     feature_set: str = "IS10"
     concatenable = False
-    frame_length: float = 0.025   # seconds; IS10's own spectral framing is 25 ms / 10 ms
-    frame_shift: float = 0.010
+    # seconds, for every framer of the set (IS10 itself frames its spectral LLDs at 25 ms and its pitch at
+    # 60 ms, every 10 ms); the default is STRL-SER's 128 ms Hamming frames every 32 ms
+    frame_length: float = 0.128
+    frame_shift: float = 0.032
     lld_deltas: bool = True       # append the set's own LLD deltas (IS10: lld_de)
 
     def check(self, sample_rate: int, where: str) -> None:

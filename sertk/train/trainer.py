@@ -150,8 +150,10 @@ class _Run:
     def _train_epoch(self, epoch: int) -> float:
         self.model.train()
         generator = torch.Generator().manual_seed(self.config["train"]["seed"] * 1000 + epoch)
-        loader = DataLoader(self.train_set, batch_size=self.config["train"]["batch_size"], shuffle=True,
-                            collate_fn=collate, generator=generator, drop_last=len(self.train_set) > 1)
+        # a last incomplete batch is dropped (BatchNorm never sees a batch of 1), unless it is the only one
+        batch_size = self.config["train"]["batch_size"]
+        loader = DataLoader(self.train_set, batch_size=batch_size, shuffle=True, collate_fn=collate,
+                            generator=generator, drop_last=len(self.train_set) > batch_size)
         total, count = 0.0, 0
         for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None):
             if self.config["augment"]["specaugment"]:
