@@ -28,15 +28,19 @@ def write_utt_segments(out, utt_segments: Dict[str, Sequence[Sequence[float]]], 
 
 
 def batch_for(model, batch=4, frames=200, valid=None, seed=0):
-    """A random model input: each stream the model reads [batch, frames, dim], and `mask`; utterance i
-    has valid[i] frames (zeros after them), all frames when `valid` is None."""
+    """A random model input: each frame stream the model reads [batch, frames, dim] (its vector streams
+    [batch, dim]), and `mask`; utterance i has valid[i] frames (zeros after them), all frames when
+    `valid` is None."""
     g = torch.Generator().manual_seed(seed)
-    out = {s: torch.randn(batch, frames, model.stream_dims[s], generator=g) for s in model.streams}
+    vectors = getattr(model, "vector_streams", ())
+    out = {s: torch.randn(batch, *(() if s in vectors else (frames,)), model.stream_dims[s], generator=g)
+           for s in model.streams}
     mask = torch.ones(batch, frames, dtype=torch.bool)
     if valid is not None:
         for i, v in enumerate(valid):
             mask[i, v:] = False
             for s in model.streams:
-                out[s][i, v:] = 0
+                if s not in vectors:
+                    out[s][i, v:] = 0
     out["mask"] = mask
     return out

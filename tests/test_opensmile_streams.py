@@ -133,6 +133,18 @@ def test_segments_other_than_the_functionals_windows_are_refused(smile_dump):
         StreamLayout.read(out, ["is10_utt"])
 
 
+def test_a_model_that_reads_a_stream_at_another_level_is_refused(smile_dump):
+    from sertk.models import build_model
+    _, _, out, _ = smile_dump
+    StreamLayout.read(out, ["is10_lld", "is10_func"]).check_model(build_model("strl_ser", 4))
+    with pytest.raises(FeatureError, match="model strl_ser reads 'is10_lld' as one vector per segment, but "
+                                           "this dump holds it as frame-level rows"):
+        StreamLayout.read(out, ["is10_lld", "is10_lld"]).check_model(build_model("strl_ser", 4, hsf_stream="is10_lld"))
+    with pytest.raises(FeatureError, match="model crnn reads 'is10_func' as frames, but this dump holds it as "
+                                           "segment-level rows"):
+        StreamLayout.read(out, ["is10_func", "is10_lld"]).check_model(build_model("crnn", 4, stream="is10_func"))
+
+
 def test_a_window_row_count_that_does_not_match_is_an_error(smile_dump):
     data, seconds, out, _ = smile_dump
     dd = DataDir.load(data)

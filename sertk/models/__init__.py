@@ -3,9 +3,11 @@
 Each model file holds one family: an `nn.Module` whose `Config` dataclass carries the defaults
 (the spec's, for the published models), whose `streams` names the feature streams it reads,
 `stream_dims` their dims per frame, and `fixed_frames` the segment length in frames it was built
-for (None when it takes any length).
-`forward(batch)` takes a dict of padded tensors `{stream: [B, T, D], "mask": [B, T] bool}` and
-returns a dict with `logits` [B, C] (plus any auxiliary outputs its loss needs).
+for (None when it takes any length); `vector_streams`, when a model has it, names the streams it
+reads as one vector per segment (a segment- or utterance-level stream, e.g. functionals).
+`forward(batch)` takes a dict of padded tensors `{stream: [B, T, D] (vector streams [B, D]),
+"mask": [B, T] bool}` and returns a dict with `logits` [B, C] (plus any auxiliary outputs its loss
+needs).
 """
 import dataclasses
 import importlib

@@ -180,6 +180,7 @@ class STRLSER(nn.Module):
         self.cfg = cfg
         self.streams = (cfg.lld_stream, cfg.hsf_stream)
         self.stream_dims = {cfg.lld_stream: cfg.n_lld, cfg.hsf_stream: cfg.n_hsf}
+        self.vector_streams = (cfg.hsf_stream,)   # one row of functionals per segment
         if cfg.pool == "flatten" and not cfg.frames:
             raise ModelConfigError("strl_ser: pool flatten needs model.frames, the segment length in frames")
         self.fixed_frames = cfg.frames if cfg.pool == "flatten" else None
@@ -205,6 +206,13 @@ class STRLSER(nn.Module):
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         cfg = self.cfg
         lld, hsf, mask = batch[cfg.lld_stream], batch[cfg.hsf_stream], batch["mask"]
+        if lld.dim() != 3 or hsf.dim() != 2:
+            raise ModelConfigError(f"strl_ser: takes {cfg.lld_stream} as [B, T, {cfg.n_lld}] frames and "
+                                   f"{cfg.hsf_stream} as [B, {cfg.n_hsf}] (one row per segment); got "
+                                   f"{list(lld.shape)} and {list(hsf.shape)}")
+        if self.fixed_frames is not None and lld.shape[1] != self.fixed_frames:
+            raise ModelConfigError(f"strl_ser: pool flatten was built for {self.fixed_frames}-frame segments, "
+                                   f"got {lld.shape[1]}")
         if lld.shape[-1] != cfg.n_lld or hsf.shape[-1] != cfg.n_hsf:
             raise ModelConfigError(f"strl_ser: streams have {lld.shape[-1]} and {hsf.shape[-1]} dims, the model "
                                    f"takes {cfg.n_lld} ({cfg.lld_stream}) and {cfg.n_hsf} ({cfg.hsf_stream})")

@@ -78,6 +78,7 @@ def decode_data_dir(exp_dir: Path, data_dir: Path, feats_dir: Path, out_dir: Pat
     norm = Normalization.from_state_dict(ckpt["normalization"], feats, dd)
     seg = SegmentConfig.from_config(config["segments"])
     layout = StreamLayout.read(feats_dir, streams)
+    layout.check_model(model)
     length, hop = layout.frames(seg)
     dataset = SegmentDataset(dd, feats, length, hop, norm.apply, classes, seg.tail, levels=layout.levels)
     post = segment_posteriors(model, dataset, batch_size, device)

@@ -44,6 +44,15 @@ class StreamLayout:
         shift, window = next(iter(framing.values()))
         return cls(Path(dump_dir), shift, window, levels, windows)
 
+    def check_model(self, model) -> None:
+        """The model reads its vector streams from segment- or utterance-level rows, the others per frame."""
+        vectors = set(getattr(model, "vector_streams", ()))
+        for stream, level in self.levels.items():
+            if (stream in vectors) != (level != "frame"):
+                wanted = "one vector per segment" if stream in vectors else "frames"
+                raise FeatureError(f"{self.dump_dir}: model {model.name} reads '{stream}' as {wanted}, but this "
+                                   f"dump holds it as {level}-level rows; extract the features its config names")
+
     def frames(self, seg: SegmentConfig, what: str = "segments") -> Tuple[Optional[int], Optional[int]]:
         """(length, hop) of `seg` in frames; segment-level streams must hold exactly these windows."""
         length, hop = seg.frames(self.frame_shift, self.frame_window)

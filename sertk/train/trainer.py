@@ -79,6 +79,7 @@ class _Run:
                                       clip=config["features"]["clip"])
         seg = SegmentConfig.from_config(config["segments"])
         layout = StreamLayout.read(dump_dir, self.streams)
+        layout.check_model(self.model)
         length, hop = layout.frames(seg)
         fixed = getattr(self.model, "fixed_frames", None)
         if fixed is not None and fixed != length:
