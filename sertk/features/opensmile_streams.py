@@ -37,6 +37,8 @@ from sertk.features.segments import TAILS, SegmentConfig, SegmentError, segment_
 
 INSTALL_HINT = "pip install 'sertk[opensmile]' (or pip install opensmile)"
 SPANS = ("segment", "utterance")
+# span utterance: shorter audio is padded to this (IS10 gives no functionals for 62 ms, a vector for 128 ms)
+UTTERANCE_MIN_SECONDS = 0.16
 
 
 @dataclass(frozen=True)
@@ -236,10 +238,10 @@ class OpensmileLld(_SmileStream):
 class OpensmileFunctionals(_SmileStream):
     def __init__(self, config: OpensmileFunctionalsConfig, sample_rate: int):
         grid = config._grid
-        self.win, self.shift = grid.samples(sample_rate) if grid is not None else (0, 0)
-        min_samples = self.win + self.shift if grid is not None else int(0.16 * sample_rate)
+        win, shift = grid.samples(sample_rate) if grid is not None else (0, 0)
+        min_samples = win + shift if grid is not None else int(UTTERANCE_MIN_SECONDS * sample_rate)
         super().__init__(config.dim, config.hop_samples(sample_rate), sample_rate, min_samples)
-        self.config = config
+        self.config, self.win, self.shift = config, win, shift
         self.window_frames = config.window_frames(sample_rate) if grid is not None else None
 
     def make_smile(self):

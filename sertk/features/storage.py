@@ -1,9 +1,12 @@
 """The feature dump on disk, Kaldi style, so Kaldi users can bring or take features as they are:
 
     <dump>/features.yaml              the resolved feature config, plus a `dump` section (utterances,
-                                      a checksum of the utterance list, dims, frame shifts)
+                                      a checksum of the utterance list, dims, frame shifts; for
+                                      openSMILE streams also levels, frame windows, segment windows
+                                      and notes, see sertk.train.features.StreamLayout)
     <dump>/<stream>/feats.scp         <utt> <absolute path>/feats.<job>.ark:<offset>, sorted by utt
-    <dump>/<stream>/feats.<job>.ark   Kaldi binary float32 matrices [num_frames, dim]
+    <dump>/<stream>/feats.<job>.ark   Kaldi binary float32 matrices [num_frames, dim] (segment- and
+                                      utterance-level streams: [windows, dim], [1, dim])
     <dump>/<stream>/utt2num_frames    <utt> <num_frames>
 
 Readers use `load_feats` (lazy) and `num_frames`; `extract` writes through `ArkWriter` and
