@@ -171,12 +171,20 @@ def test_bad_stream_options_are_config_errors(stream, message):
         parse_config({"streams": {"is10_lld": LLD, "x": stream}})
 
 
-def test_without_opensmile_the_error_says_how_to_install_it(smile_data, tmp_path, monkeypatch):
+def test_without_opensmile_the_error_says_how_to_install_it(smile_data, tmp_path, monkeypatch, user_error):
     monkeypatch.setitem(sys.modules, "opensmile", None)      # import opensmile raises ImportError
-    with pytest.raises(FeatureError, match=r"need the opensmile package.*pip install 'sertk\[opensmile\]'"):
-        extract_features(smile_data[0], {"streams": {"is10_lld": LLD}}, tmp_path / "dump")
-    assert not (tmp_path / "dump").exists()
+    for nj in (1, 2):
+        with pytest.raises(FeatureError, match=r"need the opensmile package.*pip install 'sertk\[opensmile\]'"):
+            extract_features(smile_data[0], {"streams": {"is10_lld": LLD}}, tmp_path / "dump", nj=nj)
+        assert not (tmp_path / "dump").exists()
     parse_config(CONFIG)                                       # configs still parse and compare
+    from click.testing import CliRunner
+    from sertk.cli import main
+    conf = tmp_path / "is10.yaml"
+    conf.write_text(yaml.safe_dump(CONFIG))
+    message = user_error(CliRunner().invoke(main, ["features", "extract", str(smile_data[0]), str(tmp_path / "d"),
+                                                   "--conf", str(conf), "--nj", "2"]))
+    assert message.startswith("openSMILE streams need the opensmile package")
 
 
 def test_the_recipe_configs_parse(tmp_path):

@@ -173,6 +173,7 @@ class _SmileStream(Stream):
     """Runs openSMILE on each utterance of a batch (on CPU, whatever the device) and pads the rows."""
 
     def __init__(self, dim: int, hop: int, sample_rate: int, min_samples: int):
+        _opensmile()   # fail before any work (and in this process, not in a worker) when it is missing
         super().__init__(dim, hop)
         self.sample_rate, self.min_samples = sample_rate, min_samples
         self.counts = {"padded_short": 0, "nonfinite_values": 0}
