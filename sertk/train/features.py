@@ -44,6 +44,13 @@ class StreamLayout:
         shift, window = next(iter(framing.values()))
         return cls(Path(dump_dir), shift, window, levels, windows)
 
+    @classmethod
+    def for_model(cls, dump_dir: Path, model) -> "StreamLayout":
+        """The layout of the streams `model` reads, checked against the levels it reads them at."""
+        layout = cls.read(dump_dir, list(model.streams))
+        layout.check_model(model)
+        return layout
+
     def check_model(self, model) -> None:
         """The model reads its vector streams from segment- or utterance-level rows, the others per frame."""
         vectors = set(getattr(model, "vector_streams", ()))

@@ -78,8 +78,7 @@ class _Run:
         self.norm = Normalization.fit(config["features"]["cmvn"], feats, self.train_dd, [self.dev_dd],
                                       clip=config["features"]["clip"])
         seg = SegmentConfig.from_config(config["segments"])
-        layout = StreamLayout.read(dump_dir, self.streams)
-        layout.check_model(self.model)
+        layout = StreamLayout.for_model(dump_dir, self.model)
         length, hop = layout.frames(seg)
         fixed = getattr(self.model, "fixed_frames", None)
         if fixed is not None and fixed != length:
