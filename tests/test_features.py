@@ -125,6 +125,20 @@ def test_logmel_options_fmin_fmax_htk_hamming(signals):
         np.testing.assert_allclose(got, np.log(ref + 1e-3).T, atol=1e-4, rtol=0)
 
 
+def test_db_logmel_matches_librosa_power_to_db_per_utterance(signals):
+    # ESERNet's input: 128 mels, 0-8 kHz, 10 log10(max(mel, 1e-10)) floored 80 dB below each utterance's peak
+    spec = {"type": "logmel", "n_mels": 128, "fmax": 8000.0, "scale": "db", "amin": 1e-10, "top_db": 80.0}
+    utts, _, _ = _run(spec, signals)
+    for y, got in zip(signals, utts):
+        ref = librosa.power_to_db(_quiet(librosa.feature.melspectrogram, y=y, sr=SR, n_mels=128, fmax=8000.0,
+                                         **STFT), ref=1.0, amin=1e-10, top_db=80.0).T
+        np.testing.assert_allclose(got, ref, atol=2e-3, rtol=0)
+    alone, _, _ = _run(spec, signals[-1:])   # the quiet utterance: its own floor, next to loud ones or not
+    np.testing.assert_allclose(alone[0], utts[-1], atol=1e-5, rtol=0)
+    floored, _, _ = _run({**spec, "top_db": 20.0}, signals[-1:])
+    assert floored[0].min() == pytest.approx(floored[0].max() - 20.0, abs=1e-4) and utts[-1].min() < floored[0].min()
+
+
 def test_mfcc_matches_librosa_with_per_utterance_top_db(signals):
     utts, _, _ = _run({"type": "mfcc"}, signals)   # n_mfcc 40 from 64 mels
     for y, got in zip(signals, utts):
@@ -251,6 +265,8 @@ def test_resolved_config_round_trips():
     ({"streams": {"a": {"type": "mfcc", "n_mfcc": 80}}}, r"n_mfcc must be in 1\.\.n_mels"),
     ({"streams": {"a": {"type": "logmel", "fmax": 9000}}}, r"fmax <= sample_rate / 2"),
     ({"streams": {"a": {"type": "logmel", "window": "kaiser"}}}, r"window must be one of hann, hamming"),
+    ({"streams": {"a": {"type": "logmel", "scale": "ln"}}}, r"scale must be one of log, db, not 'ln'"),
+    ({"streams": {"a": {"type": "logmel", "scale": "db", "top_db": -1.0}}}, r"top_db must be >= 0 or null"),
     ({"streams": {"a": {"type": "concat", "parts": [{"type": "zcr", "hop_length": 0.02}, {"type": "energy"}]}}},
      r"all parts must share hop_length"),
     ({"streams": {"a": {"type": "concat", "parts": [{"type": "zcr", "bogus": 1}]}}},

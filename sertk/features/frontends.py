@@ -134,13 +134,24 @@ class MelConfig(FramedConfig):
                  f"pad_mode must be one of {', '.join(PAD_MODES)}, not '{self.pad_mode}'")
 
 
+LOG_SCALES = ("log", "db")
+
+
 @dataclass
 class LogMelConfig(MelConfig):
-    log_offset: float = 1e-6   # log(mel + log_offset)
+    # log: log(mel + log_offset) | db: librosa.power_to_db(mel, amin, top_db), 10 log10(max(mel, amin))
+    # floored at top_db below each utterance's own maximum (ESERNet's input, spec esernet.md 2)
+    scale: str = "log"
+    log_offset: float = 1e-6        # log scale only
+    amin: float = 1e-10             # db scale only
+    top_db: Optional[float] = 80.0  # db scale only; null: no floor
 
     def check(self, sample_rate: int, where: str) -> None:
         super().check(sample_rate, where)
+        check_option(self.scale in LOG_SCALES, where, f"scale must be one of {', '.join(LOG_SCALES)}, not '{self.scale}'")
         check_option(self.log_offset > 0, where, "log_offset must be > 0")
+        check_option(self.amin > 0, where, "amin must be > 0")
+        check_option(self.top_db is None or self.top_db >= 0, where, "top_db must be >= 0 or null")
 
 
 @dataclass
@@ -440,13 +451,27 @@ class MelSpectrogram(_LastCall):
                           for i, (lo, hi) in enumerate(self.bands)], dim=-1)
 
 
+def power_to_db(power: torch.Tensor, frame_lengths: torch.Tensor, amin: float, top_db: Optional[float]) -> torch.Tensor:
+    """librosa.power_to_db(power, ref=1.0, amin, top_db) of each utterance of [B, frames, dims]: the
+    top_db floor is relative to the utterance's own maximum over its valid frames only."""
+    db = torch.clamp(power, min=amin).log10_().mul_(10.0)   # clamp copies: a shared mel stays as it was
+    if top_db is not None:
+        valid = frame_mask(frame_lengths, db.shape[1])[..., None]
+        peak = db.masked_fill(~valid, -math.inf).amax(dim=(1, 2), keepdim=True)
+        db = torch.maximum(db, peak - top_db)
+    return db
+
+
 class LogMel(Stream):
     def __init__(self, config: LogMelConfig, mel: MelSpectrogram, hop: int):
         super().__init__(config.n_mels, hop)
-        self.mel, self.offset = mel, config.log_offset
+        self.mel, self.config = mel, config
 
     def compute(self, wave, lengths, frame_lengths):
-        return torch.add(self.mel(wave, lengths), self.offset).log_()   # the mel may be shared: not in place
+        mel = self.mel(wave, lengths)
+        if self.config.scale == "db":
+            return power_to_db(mel, frame_lengths, self.config.amin, self.config.top_db)
+        return torch.add(mel, self.config.log_offset).log_()   # the mel may be shared: not in place
 
 
 class Mfcc(Stream):
@@ -462,13 +487,7 @@ class Mfcc(Stream):
         self.register_buffer("dct", torch.from_numpy(dct.T.astype(np.float32)).contiguous(), persistent=False)
 
     def compute(self, wave, lengths, frame_lengths):
-        db = torch.clamp(self.mel(wave, lengths), min=self.amin).log10_().mul_(10.0)
-        if self.top_db is not None:
-            # the floor is relative to each utterance's own maximum over its valid frames only
-            valid = frame_mask(frame_lengths, db.shape[1])[..., None]
-            peak = db.masked_fill(~valid, -math.inf).amax(dim=(1, 2), keepdim=True)
-            db = torch.maximum(db, peak - self.top_db)
-        return torch.matmul(db, self.dct)
+        return torch.matmul(power_to_db(self.mel(wave, lengths), frame_lengths, self.amin, self.top_db), self.dct)
 
 
 def _dct_matrix(n_in: int, n_out: int) -> np.ndarray:
