@@ -127,7 +127,7 @@ def test_a_finished_run_is_skipped_and_a_changed_config_refused(setup, tmp_path)
     first = train(config(), fold, dump, exp)
     stamp = (exp / "last.pt").stat().st_mtime_ns
     again = train(config(), fold, dump, exp)
-    assert (again.best_epoch, again.best_dev_ua) == (first.best_epoch, first.best_dev_ua)
+    assert (again.best_epoch, again.best_dev_score) == (first.best_epoch, first.best_dev_score)
     assert (exp / "last.pt").stat().st_mtime_ns == stamp
     with pytest.raises(ConfigError, match="trained with another config"):
         train(config("optim.lr=0.1"), fold, dump, exp)

@@ -15,6 +15,9 @@ import numpy as np
 from sertk.errors import SertkError
 
 TAILS = ("end", "drop")
+# which windows of an utterance longer than one segment train the model: all of them, or only the
+# centre one (ESERNet's centre crop, spec esernet.md 2); decoding always reads all of them
+TRAIN_WINDOWS = ("all", "center")
 
 
 class SegmentError(SertkError, ValueError):
@@ -64,6 +67,14 @@ def segment_bounds(num_frames: int, length: int, hop: int, tail: str = "end") ->
     if starts[-1] + length < num_frames and tail == "end":
         starts.append(num_frames - length)
     return [(s, s + length) for s in starts]
+
+
+def center_bounds(num_frames: int, length: int) -> List[Tuple[int, int]]:
+    """The one window of `length` frames in the middle of the utterance (all of it when shorter)."""
+    if num_frames <= length:
+        return [(0, num_frames)]
+    start = (num_frames - length) // 2
+    return [(start, start + length)]
 
 
 def segment_id(utt: str, start: int, end: int) -> str:

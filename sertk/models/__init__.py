@@ -18,7 +18,7 @@ from torch import nn
 from sertk.errors import SertkError
 
 _REGISTRY: Dict[str, Type[nn.Module]] = {}
-_MODULES = ("crnn", "mpaf_cnn", "sd_caff", "strl_ser")  # model files imported on first use, so `import sertk` stays light
+_MODULES = ("crnn", "esernet", "esernet_swin", "mpaf_cnn", "sd_caff", "strl_ser")  # model files imported on first use, so `import sertk` stays light
 
 
 class ModelConfigError(SertkError):

@@ -29,11 +29,11 @@ def _device(device: Optional[str]) -> str:
 @overrides
 def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device: Optional[str],
           sets: Tuple[str]) -> None:
-    """Train one model on one fold; best.pt by dev UA, resumable from last.pt."""
+    """Train one model on one fold; best.pt by dev UA (train.select), resumable from last.pt."""
     from sertk.train.config import load_config
     from sertk.train.trainer import train as run_training
     summary = run_training(load_config(config_file, sets), fold_dir, feats, exp_dir, _device(device))
-    click.echo(f"{exp_dir}: best dev UA {summary.best_dev_ua:.4f} at epoch {summary.best_epoch} "
+    click.echo(f"{exp_dir}: best dev {summary.metric} {summary.best_dev_score:.4f} at epoch {summary.best_epoch} "
                f"({summary.epochs_run} epochs)")
 
 

@@ -27,17 +27,23 @@ DEFAULTS: Dict[str, Any] = {
     # clip: normalised values are cut to +-clip (null: not cut)
     "features": {"tag": "logmel64", "cmvn": "global", "clip": None},
     # seconds; length null: no windows, one segment per utterance; train_hop defaults to hop;
-    # tail: end (a last window aligned to the end) | drop
-    "segments": {"length": 2.0, "hop": 1.0, "train_hop": None, "tail": "end"},
+    # tail: end (a last window aligned to the end) | drop; train_windows: all | center (training reads only
+    # the centre window of a longer utterance; dev and decoding read all)
+    "segments": {"length": 2.0, "hop": 1.0, "train_hop": None, "tail": "end", "train_windows": "all"},
+    # select: the dev metric that picks best.pt and drives early stopping: ua | wa_ua (the mean of WA and UA)
     "train": {"epochs": 40, "batch_size": 32, "seed": 0, "patience": 10, "min_epochs": 1,
-              "class_weighted": True, "utterance_weighted": False, "grad_clip": 5.0, "amp": True},
+              "class_weighted": True, "utterance_weighted": False, "grad_clip": 5.0, "amp": True, "select": "ua"},
     # multi-task loss (sertk.train.loss.Objective): (1 - gender_weight) (CE + center_weight center) on emotion
-    # + gender_weight (CE + center_weight center) on utt2gen; center_lr: SD-CAFF's center gradient scale
-    "loss": {"gender_weight": 0.0, "center_weight": 0.0, "center_lr": None},
-    "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0},
+    # + gender_weight (CE + center_weight center) on utt2gen; center_lr: SD-CAFF's center gradient scale;
+    # reconstruction_weight r: (1 - r) x that + r x the MSE of the model's rebuilt masked frames (ESERNet)
+    "loss": {"gender_weight": 0.0, "center_weight": 0.0, "center_lr": None, "reconstruction_weight": 0.0},
+    # betas: Adam / AdamW betas, null: torch's (0.9, 0.999)
+    "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0, "betas": None},
     # step: x gamma every step_size epochs; multistep: x gamma after each epoch in milestones;
-    # exponential: x gamma after every epoch
-    "scheduler": {"name": "none", "step_size": 10, "gamma": 0.5, "milestones": [], "factor": 0.5, "patience": 3},
+    # exponential: x gamma after every epoch; cosine: to 0 over the epochs; warmup_cosine: linear warm-up
+    # over warmup_epochs, then cosine to lr x min_lr_ratio at the last epoch
+    "scheduler": {"name": "none", "step_size": 10, "gamma": 0.5, "milestones": [], "factor": 0.5, "patience": 3,
+                  "warmup_epochs": 0, "min_lr_ratio": 0.0},
     "augment": {"specaugment": False, "time_masks": 2, "time_width": 20, "freq_masks": 2, "freq_width": 8},
     "decode": {"rule": "mean"},
 }

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 from sertk.data.datadir import DataDir
 from sertk.data.validate import GENDERS
 from sertk.errors import SertkError
-from sertk.features.segments import cut, segment_bounds, segment_id
+from sertk.features.segments import center_bounds, cut, segment_bounds, segment_id
 
 # frames two streams of one model may differ by (framing edge effects) before it is an error
 FRAME_SLACK = 2
@@ -32,6 +32,8 @@ class SegmentDataset(Dataset):
     the data dir has no labels) and `index` (into `segments`); with `with_gender`, also `gender`
     (the index in GENDERS of the utterance's utt2gen, -1 where it has none).
     `length` None: no windows, every utterance is one segment (padded to the longest).
+    `windows` "center" keeps only the centre window of an utterance longer than one segment (a training
+    crop); "all" keeps every window.
     `levels` gives streams that are not frame-level (sertk.train.features.StreamLayout): a segment-level
     stream holds one row per window, which the segment takes whole ([dim]); an utterance-level one holds
     one row, which every segment of the utterance takes.
@@ -40,7 +42,7 @@ class SegmentDataset(Dataset):
     def __init__(self, datadir: DataDir, feats: Dict[str, Dict[str, np.ndarray]], length: Optional[int],
                  hop: Optional[int], normalize: Callable[[str, str, np.ndarray], np.ndarray],
                  classes: Sequence[str], tail: str = "end", with_gender: bool = False,
-                 levels: Optional[Dict[str, str]] = None):
+                 levels: Optional[Dict[str, str]] = None, windows: str = "all"):
         self.streams = list(feats)
         self.levels = {s: (levels or {}).get(s, "frame") for s in self.streams}
         frame_streams = [s for s in self.streams if self.levels[s] == "frame"]
@@ -60,7 +62,12 @@ class SegmentDataset(Dataset):
                 raise SertkError(f"utterance '{utt}' has no stored features for stream(s) {missing}; "
                                  "run feature extraction on this data dir")
             frames = _common_frames(utt, {s: arrays[s] for s in frame_streams})
-            bounds = [(0, frames)] if length is None else segment_bounds(frames, length, hop, tail)
+            if length is None:
+                bounds = [(0, frames)]
+            elif windows == "center":
+                bounds = center_bounds(frames, length)
+            else:
+                bounds = segment_bounds(frames, length, hop, tail)
             for s, a in arrays.items():
                 rows = {"frame": frames, "segment": len(bounds), "utterance": 1}[self.levels[s]]
                 if self.levels[s] != "frame" and a.shape[0] != rows:
@@ -97,6 +104,14 @@ class SegmentDataset(Dataset):
         if self.genders is not None:
             item["gender"] = np.int64(self.genders.get(seg.utt, -1))
         return item
+
+
+def check_model_length(model, dataset: SegmentDataset, where: str) -> None:
+    """A model built for at most `max_frames` frames (e.g. ESERNet's word tokens) refuses longer segments."""
+    limit = getattr(model, "max_frames", None)
+    if limit is not None and dataset.length > limit:
+        raise SertkError(f"{where}: segments of {dataset.length} frames, but model {model.name} takes at most "
+                         f"model.max_frames = {limit}; set segments.length to at most {limit} frames' worth")
 
 
 def _common_frames(utt: str, arrays: Dict[str, np.ndarray]) -> int:

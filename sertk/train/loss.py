@@ -1,5 +1,5 @@
 """Training losses: the segment-level cross-entropy (optionally class- and utterance-weighted), and
-the multi-task objective with a gender task and center losses built on it."""
+the multi-task objective built on it: a gender task, center losses, masked-frame reconstruction."""
 from typing import Dict, Optional
 
 import torch
@@ -51,20 +51,35 @@ class CenterLoss(nn.Module):
         return diff.square().sum(dim=1).clamp(1e-12, 1e12).mean()
 
 
+def masked_frame_mse(out: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """ESERNet's L1 (spec esernet.md 4, Eq. 11): the mean squared error of the rebuilt frames over the
+    hidden (frame, bin) elements only; 0 when the batch hid none."""
+    hidden = out["reconstruction_mask"]
+    if not bool(hidden.any()):
+        return out["reconstruction"].sum() * 0.0
+    diff = out["reconstruction"].float()[hidden] - out["reconstruction_target"].float()[hidden]
+    return diff.square().mean()
+
+
 class Objective(nn.Module):
     """The training loss over a batch of model outputs (SD-CAFF's joint loss, spec sd_caff.md 4):
 
         (1 - g) (CE_emotion + λ center_emotion) + g (CE_gender + λ center_gender)
 
     with g = gender_weight and λ = center_weight; with both 0 it is the emotion `SegmentLoss` alone.
+    With r = reconstruction_weight > 0 (ESERNet, spec esernet.md 4, Eq. 13 with π = 1 - r) the total is
+    (1 - r) x that + r x `masked_frame_mse`; a batch the model returns no reconstruction for (it hid
+    nothing) adds 0.
     The emotion CE keeps the SegmentLoss weights; the gender CE is plain, over segments whose gender is
     known (batch["gender"] >= 0). Centers are parameters here, trained with the model's optimizer;
     center_dims gives each task's embedding width (the model's `center_dims`)."""
 
     def __init__(self, emotion: SegmentLoss, num_classes: int, gender_weight: float = 0.0,
-                 center_weight: float = 0.0, center_dims: Optional[Dict[str, int]] = None):
+                 center_weight: float = 0.0, center_dims: Optional[Dict[str, int]] = None,
+                 reconstruction_weight: float = 0.0):
         super().__init__()
         self.emotion, self.gender_weight, self.center_weight = emotion, gender_weight, center_weight
+        self.reconstruction_weight = reconstruction_weight
         self.centers = nn.ModuleDict()
         if center_weight > 0:
             self.centers["emotion"] = CenterLoss(num_classes, center_dims["emotion"])
@@ -76,6 +91,13 @@ class Objective(nn.Module):
         return super().to(device)
 
     def forward(self, out: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = self._tasks(out, batch)
+        r = self.reconstruction_weight
+        if r <= 0 or "reconstruction" not in out:
+            return loss
+        return (1 - r) * loss + r * masked_frame_mse(out)
+
+    def _tasks(self, out: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         loss = self.emotion(out["logits"].float(), batch["label"], batch["index"])
         if "emotion" in self.centers:
             loss = loss + self.center_weight * self.centers["emotion"](out["center_embedding"].float(), batch["label"])

@@ -21,26 +21,28 @@ from tqdm import tqdm
 from sertk import __version__
 from sertk.data.datadir import DataDir
 from sertk.envinfo import environment
-from sertk.features.segments import SegmentConfig
+from sertk.features.segments import TRAIN_WINDOWS, SegmentConfig
 from sertk.fsutil import atomic_write_text
 from sertk.models import build_model
 from sertk.score import confusion_image, metrics
 from sertk.train.checkpoint import load_checkpoint, save_checkpoint
 from sertk.train.config import ConfigError, model_options, with_new_defaults
-from sertk.train.data import SegmentDataset, class_weights, collate, spec_augment
+from sertk.train.data import SegmentDataset, check_model_length, class_weights, collate, spec_augment
 from sertk.train.features import Normalization, StreamLayout, load_streams
 from sertk.train.infer import segment_posteriors, utterance_decisions
 from sertk.train.loss import Objective, SegmentLoss
 
 log = logging.getLogger(__name__)
+SELECT = {"ua": "UA", "wa_ua": "(WA + UA) / 2"}   # train.select: the dev score that picks best.pt
 
 
 @dataclass
 class TrainSummary:
     best_epoch: int
-    best_dev_ua: float
+    best_dev_score: float   # of the train.select metric
     epochs_run: int
     resumed_from: Optional[int]
+    metric: str = "UA"
 
 
 def seed_everything(seed: int) -> None:
@@ -86,13 +88,18 @@ class _Run:
                               f"{seg.length} s is {length} frames of {layout.frame_shift} s; set model.frames={length}")
         train_seg = SegmentConfig(seg.length, config["segments"]["train_hop"] or seg.hop, seg.tail)
         train_hop = layout.frames(train_seg, "segments (train_hop)")[1]
+        train_windows = _train_windows(config["segments"], layout)
+        if config["train"]["select"] not in SELECT:
+            raise ConfigError(f"train.select must be one of {', '.join(SELECT)}, not {config['train']['select']!r}")
         with_gender = config["loss"]["gender_weight"] > 0
         self.train_set = SegmentDataset(self.train_dd, feats, length, train_hop, self.norm.apply, self.classes,
-                                        seg.tail, with_gender=with_gender, levels=layout.levels)
+                                        seg.tail, with_gender=with_gender, levels=layout.levels, windows=train_windows)
         if with_gender:
             _check_genders(self.train_set, fold_dir / "train")
         self.dev_set = SegmentDataset(self.dev_dd, feats, length, hop, self.norm.apply, self.classes, seg.tail,
                                       levels=layout.levels)
+        for name, dataset in (("train", self.train_set), ("dev", self.dev_set)):
+            check_model_length(self.model, dataset, str(fold_dir / name))
         self.objective = _objective(config, self.model, self.train_set, len(self.classes)).to(device)
         self.optimizer = _optimizer(config["optim"], list(self.model.parameters()) +
                                     list(self.objective.parameters()))
@@ -105,9 +112,10 @@ class _Run:
         resumed = None
         if self.resume is not None:
             if self.resume["finished"]:
-                log.info("%s: training already finished (best dev UA %.4f at epoch %d); skipping",
-                         self.exp_dir, self.resume["best_ua"], self.resume["best_epoch"])
-                return TrainSummary(self.resume["best_epoch"], self.resume["best_ua"], self.resume["epoch"], None)
+                log.info("%s: training already finished (best dev %s %.4f at epoch %d); skipping",
+                         self.exp_dir, SELECT[cfg["select"]], self.resume["best_ua"], self.resume["best_epoch"])
+                return TrainSummary(self.resume["best_epoch"], self.resume["best_ua"], self.resume["epoch"], None,
+                                    SELECT[cfg["select"]])
             self._restore(self.resume)
             state = {k: self.resume[k] for k in state}
             resumed = state["epoch"]
@@ -128,9 +136,10 @@ class _Run:
                 dev = self._evaluate()
                 lr = self.optimizer.param_groups[0]["lr"]   # the rate this epoch trained with
                 self._step_scheduler(dev["ua"])
-                improved = dev["ua"] > state["best_ua"]
+                # state keeps the name best_ua for runs written before train.select; it holds the select score
+                improved = dev["score"] > state["best_ua"]
                 if improved:
-                    state.update(best_ua=dev["ua"], best_epoch=epoch, bad_epochs=0)
+                    state.update(best_ua=dev["score"], best_epoch=epoch, bad_epochs=0)
                     self._save_best(epoch, dev)
                 else:
                     state["bad_epochs"] += 1
@@ -142,10 +151,10 @@ class _Run:
                 finished = stop or epoch >= cfg["epochs"]
                 save_checkpoint(self.exp_dir / "last.pt", self._full_state(state, finished))
                 if stop:
-                    log.info("early stop: dev UA has not improved for %d epochs", cfg["patience"])
+                    log.info("early stop: dev %s has not improved for %d epochs", SELECT[cfg["select"]], cfg["patience"])
                     break
-        log.info("best dev UA %.4f at epoch %d", state["best_ua"], state["best_epoch"])
-        return TrainSummary(state["best_epoch"], state["best_ua"], state["epoch"], resumed)
+        log.info("best dev %s %.4f at epoch %d", SELECT[cfg["select"]], state["best_ua"], state["best_epoch"])
+        return TrainSummary(state["best_epoch"], state["best_ua"], state["epoch"], resumed, SELECT[cfg["select"]])
 
     def _train_epoch(self, epoch: int) -> float:
         self.model.train()
@@ -182,7 +191,8 @@ class _Run:
         hyp = utterance_decisions(self.dev_set, post, self.config["decode"]["rule"])
         utts = sorted(hyp)
         m = metrics([self.dev_set.labels[u] for u in utts], [hyp[u] for u in utts], self.classes)
-        return {"loss": loss, "wa": m["wa"], "ua": m["ua"], "confusion": m["confusion"]}
+        score = m["ua"] if self.config["train"]["select"] == "ua" else (m["wa"] + m["ua"]) / 2
+        return {"loss": loss, "wa": m["wa"], "ua": m["ua"], "score": score, "confusion": m["confusion"]}
 
     def _step_scheduler(self, dev_ua: float) -> None:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -224,7 +234,14 @@ def _optimizer(cfg: Dict[str, Any], params) -> torch.optim.Optimizer:
     optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
     if cfg["name"] not in optimizers:
         raise ConfigError(f"optim.name '{cfg['name']}' is not one of {sorted(optimizers)}")
-    return optimizers[cfg["name"]](params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    options = {}
+    betas = cfg.get("betas")
+    if betas is not None:
+        if cfg["name"] == "sgd" or not (isinstance(betas, list) and len(betas) == 2 and all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+            raise ConfigError(f"optim.betas must be null or two numbers in [0, 1) for adam or adamw, not {betas!r}")
+        options["betas"] = tuple(float(b) for b in betas)
+    return optimizers[cfg["name"]](params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], **options)
 
 
 def _scheduler(cfg: Dict[str, Any], optimizer, epochs: int):
@@ -244,7 +261,27 @@ def _scheduler(cfg: Dict[str, Any], optimizer, epochs: int):
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "max", cfg["factor"], cfg["patience"])
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
-    raise ConfigError(f"scheduler.name '{name}' is not one of none, step, multistep, exponential, plateau, cosine")
+    if name == "warmup_cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg["warmup_epochs"], cfg["min_lr_ratio"],
+                                                                          epochs))
+    raise ConfigError(f"scheduler.name '{name}' is not one of none, step, multistep, exponential, plateau, cosine, "
+                      "warmup_cosine")
+
+
+def warmup_cosine(warmup: int, min_ratio: float, epochs: int):
+    """The lr factor of each epoch (0-based: epochs already trained): warmup linear steps 1/W .. 1, then
+    a cosine from 1 down to min_ratio at the last epoch (SpeechFormer++'s schedule, ESERNet spec 4)."""
+    if not (isinstance(warmup, int) and 0 <= warmup < max(epochs, 1)) or not 0.0 <= min_ratio <= 1.0:
+        raise ConfigError(f"scheduler.warmup_epochs must be in 0..epochs - 1 and min_lr_ratio in [0, 1] "
+                          f"(got {warmup}, {min_ratio})")
+
+    def factor(done: int) -> float:
+        if done < warmup:
+            return (done + 1) / warmup
+        span = max(epochs - 1 - warmup, 1)
+        progress = min((done - warmup) / span, 1.0)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
 
 
 def _objective(config: Dict[str, Any], model, train_set: SegmentDataset, num_classes: int) -> Objective:
@@ -261,10 +298,26 @@ def _objective(config: Dict[str, Any], model, train_set: SegmentDataset, num_cla
         raise ConfigError(f"model {name} gives no center-loss embedding; set loss.center_weight=0")
     if cfg["center_lr"] is not None and (center <= 0 or cfg["center_lr"] <= 0):
         raise ConfigError("loss.center_lr needs loss.center_weight > 0 and a positive value (or null)")
+    reconstruction = cfg["reconstruction_weight"]
+    if not 0.0 <= reconstruction < 1.0:
+        raise ConfigError(f"loss.reconstruction_weight must be in [0, 1), not {reconstruction}")
+    if reconstruction > 0 and "reconstruction" not in tasks:
+        raise ConfigError(f"model {name} rebuilds no masked frames; set loss.reconstruction_weight=0")
     weights = class_weights(list(train_set.labels.values()), num_classes) \
         if config["train"]["class_weighted"] else None
     shares = torch.from_numpy(train_set.utterance_shares()) if config["train"]["utterance_weighted"] else None
-    return Objective(SegmentLoss(weights, shares), num_classes, gender, center, center_dims)
+    return Objective(SegmentLoss(weights, shares), num_classes, gender, center, center_dims, reconstruction)
+
+
+def _train_windows(segments: Dict[str, Any], layout: StreamLayout) -> str:
+    """segments.train_windows, checked: a centre crop is not one of the windows segment-level rows follow."""
+    windows = segments["train_windows"]
+    if windows not in TRAIN_WINDOWS:
+        raise ConfigError(f"segments.train_windows must be one of {', '.join(TRAIN_WINDOWS)}, not {windows!r}")
+    if windows == "center" and layout.windows:
+        raise ConfigError(f"segments.train_windows center cuts windows that the segment-level stream(s) "
+                          f"{sorted(layout.windows)} hold no rows for; use all")
+    return windows
 
 
 def _check_genders(train_set: SegmentDataset, train_dir: Path) -> None:

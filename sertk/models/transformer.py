@@ -1,0 +1,84 @@
+"""Transformer pieces shared by the attention models: sinusoidal positions, multi-head attention with a
+boolean key mask, and the post-LayerNorm encoder layer (Vaswani et al. 2017)."""
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    """[length, dim]: sin at even dims, cos at odd dims, wavelengths 2 pi .. 10000 * 2 pi."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    rate = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * rate)
+    table[:, 1::2] = torch.cos(position * rate)[:, :dim // 2]
+    return table
+
+
+def xavier_linears(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every Linear in `module` (SpeechFormer's init)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class MultiHeadAttention(nn.Module):
+    """Q, K, V from one Linear(D, 3D), an output Linear(D, D): 4 D^2 + 4 D parameters. `heads_of` and
+    `merge` expose the per-head projections, so attention patterns other than global ones can share them."""
+
+    def __init__(self, dim: int, heads: int, attn_dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads, self.head_dim, self.attn_dropout = heads, dim // heads, attn_dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def heads_of(self, x: torch.Tensor):
+        """x [B, N, D] -> q, k, v, each [B, H, N, D / H]."""
+        b, n, _ = x.shape
+        return self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def merge(self, heads: torch.Tensor) -> torch.Tensor:
+        """[B, H, N, D / H] -> out-projected [B, N, D]."""
+        b, _, n, _ = heads.shape
+        return self.out(heads.transpose(1, 2).reshape(b, n, -1))
+
+    def forward(self, x: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+        """Global self-attention of x [B, N, D]; keys where key_valid [B, N] is False get no weight."""
+        q, k, v = self.heads_of(x)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_valid[:, None, None, :],
+                                             dropout_p=self.attn_dropout if self.training else 0.0)
+        return self.merge(out)
+
+
+class FeedForward(nn.Sequential):
+    """Linear(D, hidden) -> ReLU -> dropout -> Linear(hidden, D)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+
+
+class PostNormLayer(nn.Module):
+    """h = LN(h + drop(MHSA(h))); h = LN(h + drop(FFN(h))). `residual` False drops the first residual
+    (ESERNet's Eq. 2 as printed); with D = 128 and hidden 512 it has 198,272 parameters."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, dropout: float, attn_dropout: float,
+                 residual: bool = True):
+        super().__init__()
+        self.attn = MultiHeadAttention(dim, heads, attn_dropout)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, hidden, dropout)
+        self.drop = nn.Dropout(dropout)
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor, key_valid: torch.Tensor, attended: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`attended`, when given, is the attention output to use (a subclass's own pattern)."""
+        att = self.attn(x, key_valid) if attended is None else attended
+        x = self.norm1((x if self.residual else 0) + self.drop(att))
+        return self.norm2(x + self.drop(self.ffn(x)))
