@@ -125,3 +125,37 @@ def test_strl_ser_trains_one_epoch_through_the_recipe(tmp_path):
                 for line in (exp / f"fold{k}" / "decode_test" / "seg2utt").read_text().splitlines()]
     assert sum(utt.endswith("03a01Wa") for utt in segments) == 2
     assert trained["scheduler"]["name"] == "exponential" and trained["features"]["clip"] == 10.0
+
+
+ESERNET_SETUP = {  # spec section 4 (training) and 5 (one 8 s segment per utterance, mean over longer ones)
+    "optim.name": "adamw", "optim.lr": 5e-4, "optim.betas": [0.9, 0.98], "optim.weight_decay": 0.01,
+    "train.batch_size": 32, "train.epochs": 120, "train.patience": 20, "train.select": "wa_ua",
+    "train.class_weighted": False, "train.grad_clip": 1.0, "loss.reconstruction_weight": 0.5,
+    "scheduler.name": "warmup_cosine", "scheduler.warmup_epochs": 5, "scheduler.min_lr_ratio": 0.01,
+    "segments.length": 8.0, "segments.hop": 4.0, "segments.train_windows": "center", "decode.rule": "mean",
+    "features.tag": "esernet", "features.cmvn": "global", "model.n_mels": 128, "model.max_frames": 800,
+    "model.mask_rate": 0.15, "model.fusion": "late_concat", "augment.specaugment": False}
+
+
+def test_esernet_config_is_the_specs_set_up():
+    _assert_config("esernet", ESERNET_SETUP)
+    emodb = load_config(REPO / "egs" / "emodb" / "conf" / "models" / "esernet.yaml")
+    assert emodb["train"]["epochs"] == 150                   # the spec's EmoDB default; the rest shared
+    shared = load_config(REPO / "egs" / "TEMPLATE" / "conf" / "models" / "esernet.yaml")
+    assert {k: v for k, v in emodb.items() if k != "train"} == {k: v for k, v in shared.items() if k != "train"}
+    swin = load_config(REPO / "egs" / "TEMPLATE" / "conf" / "models" / "esernet_swin.yaml")
+    assert swin["model"]["name"] == "esernet_swin" and swin["optim"] == shared["optim"]
+
+
+def test_esernet_trains_one_epoch_through_the_recipe(tmp_path):
+    corpus = make_emodb(tmp_path / "corpus", speakers=["03", "08", "09"], texts=["a01"], emotions="WLAN")
+    write_wav(corpus / "wav" / "03a01Wa.wav", seconds=9.5)   # 951 frames: longer than the 8 s segment
+    recipe, exp, trained = _train_one_epoch(tmp_path, "esernet", corpus)
+    dump = yaml.safe_load((recipe / "dump" / "esernet" / "features.yaml").read_text())
+    assert dump["dump"]["dims"] == {"logmel": 128} and dump["streams"]["logmel"]["scale"] == "db"
+    segments = [line.split()[1] for k in (1, 2, 3)
+                for line in (exp / f"fold{k}" / "decode_test" / "seg2utt").read_text().splitlines()]
+    assert sum(utt.endswith("03a01Wa") for utt in segments) == 2   # decoded: windows at 0 and the end (151)
+    train_log = (exp / "fold2" / "train.log").read_text()           # fold 2 trains on speaker 03's long file
+    assert " 4 train segments (4 utts)" in train_log                 # ... as its centre 8 s only (all: 5)
+    assert trained["loss"]["reconstruction_weight"] == 0.5 and "(WA + UA) / 2" in train_log

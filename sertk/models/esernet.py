@@ -204,6 +204,11 @@ class HierarchicalLayer(PostNormLayer):
 
     def forward(self, x, valid, words, assign):
         """x [B, N, D], valid [B, N], words [B, N_x, D], assign [N] (word of each position)."""
+        frame_att, word_att = self.attend(x, valid, words, assign)
+        return super().forward(x, valid, attended=frame_att), super().forward(words, valid, attended=word_att)
+
+    def attend(self, x, valid, words, assign):
+        """The attention outputs (out-projected) of the fine tokens [B, N, D] and the word tokens [B, N_x, D]."""
         n_words, assign = words.shape[1], assign[:x.shape[1]]
         q, k, v = self.attn.heads_of(x)
         qw, kw, vw = self.attn.heads_of(words)
@@ -231,9 +236,7 @@ class HierarchicalLayer(PostNormLayer):
             a_word, a_win = att[..., :1], att[..., 1:]
         a_word, a_win = self.attn_drop(a_word), self.attn_drop(a_win)
         frame_out = a_word * own_word + torch.einsum("bhnw,bhndw->bhnd", a_win, v_win)
-        x = super().forward(x, valid, attended=self.attn.merge(frame_out))
-        words = super().forward(words, valid, attended=self.attn.merge(word_out))
-        return x, words
+        return self.attn.merge(frame_out), self.attn.merge(word_out)
 
 
 def _segment_softmax(scores: torch.Tensor, valid: torch.Tensor, assign: torch.Tensor, n_words: int) -> torch.Tensor:
