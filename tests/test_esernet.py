@@ -273,3 +273,58 @@ def test_relationship_pathway_keeps_positions_on_the_max_frames_grid():
     path = RelationshipPathway(_model().cfg)
     assert path.assign0[:120].tolist() == [j // 80 for j in range(120)]
     assert path.merges[2].member.shape == (10, 32)
+
+
+# --- esernet_swin (spec 3.6, not the paper's method) ------------------------------------------------
+
+SWIN_SMALL = dict(image_size=32, patch_size=2, embed_dim=16, swin_depths=[2, 2], swin_heads=[2, 4], window_size=4)
+
+
+def test_swin_variant_is_swin_t_plus_the_cue_pathway():
+    torch.manual_seed(0)
+    model = build_model("esernet_swin", 4)
+    assert _count(model.swin) == 27_519_354                         # timm's swin_tiny_patch4_window7_224, no head
+    assert _count(model.cue) == 809_856                             # the same cue pathway as esernet
+    assert _count(model.classifier) == (768 + 128) * 128 + 128 + 128 * 4 + 4
+    assert _count(model) == 28_444_542
+
+
+def test_swin_images_are_each_utterances_valid_frames_only():
+    from sertk.models.esernet_swin import spectrogram_images
+    torch.manual_seed(0)
+    x = torch.randn(2, 50, 8)
+    valid = torch.zeros(2, 50, dtype=torch.bool)
+    valid[0, :30], valid[1] = True, True
+    images = spectrogram_images(x, valid, 16, 3)
+    assert images.shape == (2, 3, 16, 16)
+    noisy = x.clone()
+    noisy[0, 30:] = 1e3                                             # padding never reaches the image
+    torch.testing.assert_close(spectrogram_images(noisy, valid, 16, 3), images)
+    alone = spectrogram_images(x[:1, :30], valid[:1, :30], 16, 3)   # nor does the batch's longest length
+    torch.testing.assert_close(alone[0], images[0])
+    # mel bins run up the image's rows, frames across its columns
+    ramp = torch.arange(8.0).expand(1, 16, 8)
+    image = spectrogram_images(ramp, torch.ones(1, 16, dtype=torch.bool), 8, 1)[0, 0]
+    torch.testing.assert_close(image[:, 0], torch.arange(8.0))
+    torch.testing.assert_close(image[0], torch.zeros(8))
+
+
+@pytest.mark.parametrize("options", [dict(fusion="none"), dict(cue_pathway=False)])
+def test_swin_switches_train_forward_and_backward(options):
+    torch.manual_seed(0)
+    model = build_model("esernet_swin", 4, **SWIN_SMALL, **options)
+    model.train()
+    out = model(_batch(model, frames=60, valid=[60, 41, 7]))
+    assert out["logits"].shape == (3, 4)
+    out["logits"].sum().backward()
+    assert all(p.grad is not None for p in model.swin.parameters())
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(window_size=5), "esernet_swin: "),
+    (dict(fusion="shared_stem"), "fusion"),
+    (dict(swin_depths=[2, 2], swin_heads=[3]), "esernet_swin: "),
+])
+def test_bad_swin_options_are_named(options, message):
+    with pytest.raises(ModelConfigError, match=message):
+        build_model("esernet_swin", 4, **{**SWIN_SMALL, **options})

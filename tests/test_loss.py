@@ -1,9 +1,10 @@
 """The segment loss: class weights as torch's weighted cross-entropy, utterance shares."""
 import numpy as np
+import pytest
 import torch
 
 from sertk.train.data import SegmentDataset
-from sertk.train.loss import SegmentLoss
+from sertk.train.loss import Objective, SegmentLoss, masked_frame_mse
 
 
 def test_class_weights_are_torchs_weighted_mean():
@@ -41,3 +42,24 @@ def test_dataset_shares_sum_to_one_per_utterance():
     for seg, share in zip(data.segments, shares):
         per_utt[seg.utt] = per_utt.get(seg.utt, 0.0) + share
     assert len(data) == 1 + 6 and np.allclose(list(per_utt.values()), 1.0)
+
+
+def test_masked_frame_mse_counts_the_hidden_elements_only():
+    rebuilt = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    target = torch.tensor([[[0.0, 0.0], [3.0, 1.0]]])
+    hidden = torch.tensor([[[True, False], [False, True]]])   # errors 1 and 3 count; the 2 is not hidden
+    out = {"reconstruction": rebuilt, "reconstruction_target": target, "reconstruction_mask": hidden}
+    assert masked_frame_mse(out).item() == (1 + 9) / 2
+    assert masked_frame_mse({**out, "reconstruction_mask": torch.zeros_like(hidden)}).item() == 0.0
+
+
+def test_the_reconstruction_weight_mixes_the_two_losses():
+    """ESERNet's Eq. 13 with pi = 1 - r: (1 - r) CE + r MSE; a batch without reconstruction is CE alone."""
+    logits, labels = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0])
+    out = {"logits": logits, "reconstruction": torch.ones(1, 1, 1), "reconstruction_target": torch.zeros(1, 1, 1),
+           "reconstruction_mask": torch.ones(1, 1, 1, dtype=torch.bool)}
+    batch = {"label": labels, "index": torch.arange(2)}
+    ce = torch.nn.functional.cross_entropy(logits, labels).item()
+    objective = Objective(SegmentLoss(), 2, reconstruction_weight=0.25)
+    assert objective(out, batch).item() == pytest.approx(0.75 * ce + 0.25 * 1.0)
+    assert objective({"logits": logits}, batch).item() == pytest.approx(ce)

@@ -1,4 +1,6 @@
 """Trainer and decoder on a tiny generated corpus: resume, hygiene, logging, invariance."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -92,10 +94,45 @@ def test_joint_loss_training_of_whole_utterances(setup, tmp_path):
     (["loss.center_weight=0.1"], "model crnn gives no center-loss embedding; set loss.center_weight=0"),
     (["loss.gender_weight=1.0"], r"loss.gender_weight must be in \[0, 1\)"),
     (["scheduler.name=multistep"], "scheduler.milestones must be a list of epochs"),
+    (["scheduler.name=warmup_cosine", "scheduler.warmup_epochs=-1"], "scheduler.warmup_epochs must be an integer >= 0"),
+    (["scheduler.name=warmup_cosine", "scheduler.min_lr_ratio=1.5"], r"min_lr_ratio in \[0, 1\]"),
+    (["loss.reconstruction_weight=0.5"], "model crnn rebuilds no masked frames; set loss.reconstruction_weight=0"),
+    (["loss.reconstruction_weight=1.0"], r"loss.reconstruction_weight must be in \[0, 1\)"),
+    (["optim.betas=[0.9]"], "optim.betas must be null or two numbers in \\[0, 1\\) for adam or adamw"),
+    (["optim.name=sgd", "optim.betas=[0.9,0.99]"], "optim.betas must be null or two numbers"),
+    (["train.select=wa"], "train.select must be one of ua, wa_ua, not 'wa'"),
+    (["segments.train_windows=middle"], "segments.train_windows must be one of all, center, not 'middle'"),
 ])
 def test_objective_and_scheduler_settings_are_checked(options, message, setup, tmp_path):
     with pytest.raises(ConfigError, match=message):
         train(config(*options), setup / "loso" / "fold1", setup / "dump", tmp_path / "exp")
+
+
+def test_warmup_cosine_climbs_then_falls_to_the_floor():
+    factor = trainer_module.warmup_cosine(2, 0.1, 6)
+    # warm-up 1/2, 1; then a cosine over the 3 remaining steps: 1 at epoch 3, 0.1 at the last (6)
+    expected = [0.5, 1.0, 1.0, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 3)),
+                0.1 + 0.9 * 0.5 * (1 + math.cos(2 * math.pi / 3)), 0.1]
+    assert [factor(done) for done in range(6)] == pytest.approx(expected)
+    assert factor(10) == pytest.approx(0.1)          # past the end it stays at the floor
+    short = trainer_module.warmup_cosine(5, 0.0, 2)  # a run shorter than the warm-up is all warm-up
+    assert [short(done) for done in range(2)] == pytest.approx([0.2, 0.4])
+
+
+def test_esernet_training_options_reach_the_run(setup, tmp_path):
+    """warmup_cosine, AdamW betas, the (WA + UA) / 2 checkpoint rule and centre-cropped training windows."""
+    fold, dump, exp = setup / "loso" / "fold1", setup / "dump", tmp_path / "exp"
+    summary = train(config("scheduler.name=warmup_cosine", "scheduler.warmup_epochs=1", "scheduler.min_lr_ratio=0.5",
+                           "optim.name=adamw", "optim.betas=[0.8,0.9]", "train.select=wa_ua",
+                           "segments.train_windows=center"), fold, dump, exp)
+    state = torch.load(exp / "last.pt", weights_only=True)
+    assert [h["lr"] for h in state["history"]] == pytest.approx([1e-3, 1e-3, 5e-4])
+    assert state["optimizer"]["param_groups"][0]["betas"] == (0.8, 0.9)
+    scores = [(h["dev_wa"] + h["dev_ua"]) / 2 for h in state["history"]]
+    assert summary.metric == "(WA + UA) / 2" and summary.best_dev_score == pytest.approx(max(scores))
+    assert summary.best_epoch == scores.index(max(scores)) + 1
+    train_utts = len(DataDir.load(fold / "train").utts)   # one centre window per training utterance
+    assert f"{train_utts} train segments ({train_utts} utts)" in (exp / "train.log").read_text()
 
 
 def test_exponential_lr_and_clipped_normalisation(setup, tmp_path):
