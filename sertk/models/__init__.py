@@ -18,7 +18,8 @@ from torch import nn
 from sertk.errors import SertkError
 
 _REGISTRY: Dict[str, Type[nn.Module]] = {}
-_MODULES = ("crnn", "esernet", "esernet_swin", "mpaf_cnn", "sd_caff", "strl_ser")  # model files imported on first use, so `import sertk` stays light
+# model files imported on first use, so `import sertk` stays light
+_MODULES = ("crnn", "esernet", "esernet_swin", "mpaf_cnn", "sd_caff", "strl_ser")
 
 
 class ModelConfigError(SertkError):
@@ -31,6 +32,20 @@ def check_choices(model: str, cfg, choices: Dict[str, tuple]) -> None:
         if getattr(cfg, option) not in allowed:
             raise ModelConfigError(f"{model}: {option} must be one of {', '.join(allowed)}, not "
                                    f"{getattr(cfg, option)!r}")
+
+
+def check_counts(model: str, cfg, names) -> None:
+    """Each option in `names` (a size, a depth, a count) is >= 1, else a ModelConfigError naming it."""
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ModelConfigError(f"{model}: {name} must be >= 1, not {getattr(cfg, name)}")
+
+
+def check_rates(model: str, cfg, names) -> None:
+    """Each option in `names` (a dropout or masking rate) is in [0, 1), else a ModelConfigError naming it."""
+    for name in names:
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            raise ModelConfigError(f"{model}: {name} must be in [0, 1), not {getattr(cfg, name)}")
 
 
 def register(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:

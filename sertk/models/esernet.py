@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sertk.models import ModelConfigError, check_choices, register
+from sertk.models import ModelConfigError, check_choices, check_counts, check_rates, register
 from sertk.models.sequence import masked_mean
 from sertk.models.transformer import MultiHeadAttention, PostNormLayer, sinusoidal_positions, xavier_linears
 
@@ -93,16 +93,10 @@ class ESERNetConfig(CueOptions):
 
 
 def check_cue_options(model: str, cfg: CueOptions) -> None:
-    for name in ("n_mels", "max_frames", "cue_depth", "cue_heads", "mask_span", "classifier_hidden"):
-        if getattr(cfg, name) < 1:
-            raise ModelConfigError(f"{model}: {name} must be >= 1, not {getattr(cfg, name)}")
+    check_counts(model, cfg, ("n_mels", "max_frames", "cue_depth", "cue_heads", "mask_span", "classifier_hidden"))
     if cfg.n_mels % cfg.cue_heads:
         raise ModelConfigError(f"{model}: n_mels {cfg.n_mels} must divide into cue_heads {cfg.cue_heads}")
-    if not 0.0 <= cfg.mask_rate < 1.0:
-        raise ModelConfigError(f"{model}: mask_rate must be in [0, 1), not {cfg.mask_rate}")
-    for name in ("dropout", "attn_dropout", "classifier_dropout"):
-        if not 0.0 <= getattr(cfg, name) < 1.0:
-            raise ModelConfigError(f"{model}: {name} must be in [0, 1), not {getattr(cfg, name)}")
+    check_rates(model, cfg, ("mask_rate", "dropout", "attn_dropout", "classifier_dropout"))
     if cfg.ffn_ratio <= 0:
         raise ModelConfigError(f"{model}: ffn_ratio must be > 0, not {cfg.ffn_ratio}")
 
@@ -118,9 +112,7 @@ def _check(cfg: ESERNetConfig) -> None:
     if len(cfg.widths) != steps + 1:
         raise ModelConfigError(f"esernet: widths needs {steps + 1} values (each step, then the utterance "
                                f"layers), got {cfg.widths}")
-    for name in ("heads", "utterance_depth", "standard_depth"):
-        if getattr(cfg, name) < 1:
-            raise ModelConfigError(f"esernet: {name} must be >= 1, not {getattr(cfg, name)}")
+    check_counts("esernet", cfg, ("heads", "utterance_depth", "standard_depth"))
     if min(cfg.depths) < 1 or any(w < 1 or w % 2 == 0 for w in cfg.windows):
         raise ModelConfigError(f"esernet: depths must be >= 1 and windows odd and >= 1 (got {cfg.depths}, "
                                f"{cfg.windows})")

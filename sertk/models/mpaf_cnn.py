@@ -40,7 +40,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from sertk.models import ModelConfigError, check_choices, register
+from sertk.models import ModelConfigError, check_choices, check_counts, check_rates, register
 from sertk.models.pooling import zero_padded_frames
 from sertk.models.sequence import masked_mean, masked_softmax, run_lstm
 
@@ -92,14 +92,11 @@ class MPAFCNNConfig:
 
 def _check(cfg: MPAFCNNConfig) -> None:
     check_choices("mpaf_cnn", cfg, CHOICES)
-    for name in ("n_mels", "n_lld", "frames", "layers", "ms_channels", "lld_channels", "ms_freq_pool",
-                 "lstm_hidden"):
-        if getattr(cfg, name) < 1:
-            raise ModelConfigError(f"mpaf_cnn: {name} must be >= 1, not {getattr(cfg, name)}")
+    check_counts("mpaf_cnn", cfg, ("n_mels", "n_lld", "frames", "layers", "ms_channels", "lld_channels",
+                                   "ms_freq_pool", "lstm_hidden"))
     if cfg.n_mels % cfg.ms_freq_pool:
         raise ModelConfigError(f"mpaf_cnn: ms_freq_pool ({cfg.ms_freq_pool}) must divide n_mels ({cfg.n_mels})")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ModelConfigError(f"mpaf_cnn: dropout must be in [0, 1), not {cfg.dropout}")
+    check_rates("mpaf_cnn", cfg, ("dropout",))
 
 
 def _conv_bn(dim: int, cin: int, cout: int, kernel: int) -> nn.Sequential:

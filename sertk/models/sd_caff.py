@@ -36,7 +36,7 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
-from sertk.models import ModelConfigError, check_choices, register
+from sertk.models import ModelConfigError, check_choices, check_counts, check_rates, register
 from sertk.models.pooling import masked_time_mean, zero_padded_frames
 from sertk.models.sequence import masked_mean, run_lstm
 
@@ -75,9 +75,8 @@ class SDCAFFConfig:
 
 def _check(cfg: SDCAFFConfig) -> None:
     check_choices("sd_caff", cfg, CHOICES)
-    for name in ("n_mfcc", "dyrelu_reduction", "dyrelu_k", "lstm_hidden", "lstm_pool", "inter_channels"):
-        if getattr(cfg, name) < 1:
-            raise ModelConfigError(f"sd_caff: {name} must be >= 1, not {getattr(cfg, name)}")
+    check_counts("sd_caff", cfg, ("n_mfcc", "dyrelu_reduction", "dyrelu_k", "lstm_hidden", "lstm_pool",
+                                  "inter_channels"))
     if not 0 <= cfg.stream_deltas < len(BLOCKS):
         raise ModelConfigError(f"sd_caff: stream_deltas must be 0, 1 or 2, not {cfg.stream_deltas}")
     available = BLOCKS[:cfg.stream_deltas + 1]
@@ -99,8 +98,7 @@ def _check(cfg: SDCAFFConfig) -> None:
         raise ModelConfigError(f"sd_caff: a bidirectional LSTM splits lstm_hidden in two; {cfg.lstm_hidden} is odd")
     if cfg.lstm_pool > cfg.lstm_hidden:
         raise ModelConfigError(f"sd_caff: lstm_pool ({cfg.lstm_pool}) cannot exceed lstm_hidden ({cfg.lstm_hidden})")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ModelConfigError(f"sd_caff: dropout must be in [0, 1), not {cfg.dropout}")
+    check_rates("sd_caff", cfg, ("dropout",))
     if cfg.center_dim < 0:
         raise ModelConfigError(f"sd_caff: center_dim must be >= 0, not {cfg.center_dim}")
 

@@ -77,7 +77,8 @@ class PostNormLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.residual = residual
 
-    def forward(self, x: torch.Tensor, key_valid: torch.Tensor, attended: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_valid: torch.Tensor,
+                attended: Optional[torch.Tensor] = None) -> torch.Tensor:
         """`attended`, when given, is the attention output to use (a subclass's own pattern)."""
         att = self.attn(x, key_valid) if attended is None else attended
         x = self.norm1((x if self.residual else 0) + self.drop(att))

@@ -1,0 +1,63 @@
+"""ESERNet training-step speed: seconds per step (forward, both losses, backward, AdamW) of the default
+model on a batch of segments, by segment length, with and without attention dropout.
+
+    python benchmarks/esernet_step.py [--batch-size 32] [--frames 300,500,800] [--repeat 3] [--device cpu]
+
+Why it exists: the cue pathway attends over all frames of the 8 s segment, and on a CPU torch's
+scaled_dot_product_attention with dropout falls back to its plain path, which materialises the
+[batch, heads, T, T] weights and a dropout mask over them; this prints what that costs, so a
+training run's epoch time can be estimated from its batches before it is started. Inputs are random
+(the cost does not depend on the values). Each figure is the median of --repeat steps after a warm-up.
+"""
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from sertk.models import build_model
+from sertk.train.loss import Objective, SegmentLoss
+
+
+def step_seconds(attn_dropout: float, batch_size: int, frames: int, repeat: int, device: str) -> float:
+    torch.manual_seed(0)
+    model = build_model("esernet", 7, attn_dropout=attn_dropout).to(device).train()
+    objective = Objective(SegmentLoss(), 7, reconstruction_weight=0.5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), weight_decay=0.01)
+    batch = {"logmel": torch.randn(batch_size, frames, 128, device=device),
+             "mask": torch.ones(batch_size, frames, dtype=torch.bool, device=device),
+             "label": torch.randint(0, 7, (batch_size,), device=device),
+             "index": torch.arange(batch_size, device=device)}
+    times = []
+    for _ in range(repeat + 1):   # the first is a warm-up
+        start = time.perf_counter()
+        loss = objective(model(batch), batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--frames", default="300,500,800", help="segment lengths in frames (10 ms each)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    frames = [int(f) for f in args.frames.split(",")]
+    print(f"esernet training step, batch {args.batch_size}; torch {torch.__version__}, {torch.get_num_threads()} "
+          f"threads, {args.device} ({platform.processor() or platform.machine()}); median of {args.repeat}")
+    print(f"{'frames':>6}  {'attn dropout 0.1 (s)':>20}  {'attn dropout 0 (s)':>18}  {'ratio':>5}")
+    for t in frames:
+        with_drop = step_seconds(0.1, args.batch_size, t, args.repeat, args.device)
+        without = step_seconds(0.0, args.batch_size, t, args.repeat, args.device)
+        print(f"{t:>6}  {with_drop:>20.2f}  {without:>18.2f}  {with_drop / without:>5.1f}")
+
+
+if __name__ == "__main__":
+    main()
