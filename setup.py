@@ -33,8 +33,10 @@ setup(
     extras_require={
         # openSMILE feature streams (STRL-SER's IS10 LLDs and functionals); its licence excludes commercial use
         "opensmile": ["opensmile>=2.5,<3"],
+        # self-supervised speech encoders (HuBERT, WavLM, wav2vec 2.0, Whisper) as the `ssl` feature stream
         "ssl": ["transformers>=4.30"],
-        "dev": ["pytest>=7.0", "opensmile>=2.5,<3"],   # the tests run the openSMILE streams too
+        # the tests run the openSMILE and ssl streams too (ssl on tiny random encoders: nothing is downloaded)
+        "dev": ["pytest>=7.0", "opensmile>=2.5,<3", "transformers>=4.30"],
     },
     entry_points={"console_scripts": ["sertk=sertk.cli:main"]},
 )

@@ -10,7 +10,8 @@ from sertk.models import available_models, build_model, model_class
 
 # models too heavy for CPU tests at their defaults, built small (their defaults are tested in their own files)
 SMALL = {"esernet_swin": dict(image_size=32, patch_size=2, embed_dim=16, swin_depths=[2, 2], swin_heads=[2, 4],
-                              window_size=4)}
+                              window_size=4),
+         "msfpn": dict(input_dim=24, widths=[32, 16, 16], lstm_hidden=16, fc_hidden=16)}
 
 
 def build_for_frames(name, frames, num_classes=5, **cfg):

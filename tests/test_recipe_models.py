@@ -159,3 +159,45 @@ def test_esernet_trains_one_epoch_through_the_recipe(tmp_path):
     train_log = (exp / "fold2" / "train.log").read_text()           # fold 2 trains on speaker 03's long file
     assert " 4 train segments (4 utts)" in train_log                 # ... as its centre 8 s only (all: 5)
     assert trained["loss"]["reconstruction_weight"] == 0.5 and "(WA + UA) / 2" in train_log
+
+
+MSFPN_SETUP = {  # spec section 4 (training) and 5 (whole utterances, one decision each)
+    "optim.name": "adam", "optim.lr": 1e-5, "optim.betas": [0.9, 0.999], "optim.weight_decay": 0.0,
+    "scheduler.name": "none", "train.batch_size": 32, "train.bucket": True, "train.epochs": 100,
+    "train.patience": 10, "train.select": "ua", "train.class_weighted": False, "train.grad_clip": 5.0,
+    "segments.length": None, "decode.rule": "mean", "augment.specaugment": False,
+    "features.tag": "hubert_large", "features.cmvn": "none", "model.stream": "ssl", "model.input_dim": 1024}
+
+
+def test_msfpn_configs_are_the_specs_set_up():
+    _assert_config("msfpn", MSFPN_SETUP)
+    logmel = load_config(REPO / "egs" / "TEMPLATE" / "conf" / "models" / "msfpn_logmel.yaml")
+    shared = load_config(REPO / "egs" / "TEMPLATE" / "conf" / "models" / "msfpn.yaml")
+    assert {k: v for k, v in logmel.items() if k not in ("model", "features")} == \
+        {k: v for k, v in shared.items() if k not in ("model", "features")}          # same training set-up
+    assert (logmel["model"]["stream"], logmel["model"]["input_dim"], logmel["model"]["input_projection"],
+            logmel["features"]["tag"]) == ("logmel", 80, True, "msfpn_logmel")
+    features = yaml.safe_load((REPO / "egs" / "TEMPLATE" / "conf" / "features" / "hubert_large.yaml").read_text())
+    assert features["streams"]["ssl"] == {"type": "ssl", "model": "facebook/hubert-large-ll60k", "layer": -1}
+
+
+def test_msfpn_trains_one_epoch_on_an_ssl_stream_through_the_recipe(tmp_path):
+    pytest.importorskip("transformers", reason="the ssl extra is not installed (pip install -e '.[dev]')")
+    from ssl_encoders import save_encoder
+    corpus = make_emodb(tmp_path / "corpus", speakers=["03", "08", "09"], texts=["a01"], emotions="WLAN")
+    encoder = save_encoder("hubert", tmp_path / "hubert")
+    recipe = copy_recipe(tmp_path, "emodb")
+    (recipe / "conf" / "features").mkdir(parents=True, exist_ok=True)   # the recipe's own copy points at it
+    (recipe / "conf" / "features" / "hubert_large.yaml").write_text(yaml.safe_dump(
+        {"sample_rate": 16000, "streams": {"ssl": {"type": "ssl", "model": str(encoder), "layer": -1}}}))
+    run_recipe(recipe, "--emodb_root", corpus, "--nj", "1", "--model", "msfpn", "--folds", "1", "--train_args",
+               "--set train.epochs=1 --set model.input_dim=16 --set model.widths=[32,16,16]")
+    exp = recipe / "exp" / "loso" / "msfpn"
+    assert (exp / "fold1" / "decode_test" / "scoring" / "metrics.json").is_file()
+    assert "scored 1" in (exp / "RESULTS.md").read_text()
+    dump = yaml.safe_load((recipe / "dump" / "hubert_large" / "features.yaml").read_text())
+    assert dump["dump"]["dims"] == {"ssl": 16} and dump["dump"]["frame_shift"] == {"ssl": 0.02}
+    train_log = (exp / "fold1" / "train.log").read_text()
+    assert " 4 train segments (4 utts)" in train_log                     # whole utterances, one segment each
+    segments = (exp / "fold1" / "decode_test" / "seg2utt").read_text().splitlines()
+    assert len(segments) == 4

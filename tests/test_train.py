@@ -308,3 +308,39 @@ def test_another_corpus_is_decoded_and_scored_through_a_class_map(trained, tmp_p
     assert any("6 utterance(s) of classes outside the shared set left out" in n
                for n in result["utterance"]["mean"]["notes"])
     class_mapping_from_dict(dec.info["class_map"], "decode.yaml")   # the record is a usable mapping
+
+
+def test_length_batches_shuffle_similar_lengths_and_drop_only_the_last_short_one():
+    from sertk.train.data import BUCKET_POOL, length_batches
+    lengths = list(np.random.default_rng(0).integers(1, 500, size=4 * BUCKET_POOL * 3 + 5))
+    runs = [length_batches(lengths, 4, torch.Generator().manual_seed(s), drop_last=True) for s in (0, 0, 1)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]                   # seeded, and reshuffled per seed
+    flat = sorted(i for b in runs[0] for i in b)
+    assert len(flat) == len(set(flat)) == len(lengths) - 1 and all(len(b) == 4 for b in runs[0])
+    spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in runs[0]])
+    assert spread < 60                                                  # random batches of 4: about 250
+    kept = length_batches(lengths, 4, torch.Generator().manual_seed(0), drop_last=False)
+    assert sorted(i for b in kept for i in b) == list(range(len(lengths)))
+
+
+def test_whole_utterances_are_padded_to_the_batch_not_the_data_set(setup):
+    from sertk.train.data import SegmentDataset, collate
+    dd = DataDir.load(setup / "loso" / "fold1" / "train")
+    feats = {"logmel": {u: np.ones((10 + 7 * i, 3), dtype=np.float32) for i, u in enumerate(dd.utts)}}
+    ds = SegmentDataset(dd, feats, None, None, lambda s, u, x: x, list(dd.labels.classes))
+    sizes = [ds.frames(i) for i in range(len(ds))]
+    assert [ds[i]["logmel"].shape[0] for i in range(len(ds))] == sizes
+    shortest = sorted(range(len(ds)), key=sizes.__getitem__)[:2]
+    batch = collate([ds[i] for i in shortest])
+    assert batch["logmel"].shape[1] == max(sizes[i] for i in shortest) < ds.length
+    assert batch["mask"].sum(1).tolist() == [sizes[i] for i in shortest]
+
+
+def test_bucketed_training_runs_and_changes_the_batches(setup, tmp_path):
+    fold, dump = setup / "loso" / "fold1", setup / "dump"
+    plain = train(config("segments.length=null", "train.epochs=1"), fold, dump, tmp_path / "plain")
+    bucketed = train(config("segments.length=null", "train.epochs=1", "train.bucket=true"), fold, dump,
+                     tmp_path / "bucket")
+    assert plain.epochs_run == bucketed.epochs_run == 1
+    a, b = (torch.load(tmp_path / d / "last.pt", weights_only=True)["model"] for d in ("plain", "bucket"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)

@@ -9,7 +9,8 @@ import click
 
 @click.group()
 def features() -> None:
-    """Feature streams (log-mel, MFCC, energy, ZCR, deltas; openSMILE LLDs and functionals) stored as Kaldi ark/scp."""
+    """Feature streams (log-mel, MFCC, energy, ZCR, deltas; openSMILE LLDs and functionals; SSL encoder
+    hidden states) stored as Kaldi ark/scp."""
 
 
 @features.command()

@@ -310,13 +310,16 @@ def _finish(tmp: Path, out_dir: Path, cfg: FeatureConfig, results: List[JobResul
 
 def stream_layout(cfg: FeatureConfig) -> Dict[str, Any]:
     """What a reader needs beyond the frame shift (only written when some stream needs it, so dumps of
-    torch streams read as before): levels other than frame, non-centred frame windows, segment windows."""
+    torch streams read as before): levels other than frame, non-centred frame windows, segment windows,
+    layers stored side by side."""
     sr = cfg.sample_rate
     layout: Dict[str, Any] = {}
     levels = {n: s.level for n, s in cfg.streams.items() if s.level != "frame"}
     windows = {n: s.window_length(sr) for n, s in cfg.streams.items() if s.window_length(sr) is not None}
     segment_windows = {n: s.windows_info(sr) for n, s in cfg.streams.items() if s.windows_info(sr) is not None}
-    for key, value in (("levels", levels), ("frame_window", windows), ("windows", segment_windows)):
+    layers = {n: s.stacked_layers(sr) for n, s in cfg.streams.items() if s.stacked_layers(sr) is not None}
+    for key, value in (("levels", levels), ("frame_window", windows), ("windows", segment_windows),
+                       ("layers", layers)):
         if value:
             layout[key] = value
     return layout

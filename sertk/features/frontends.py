@@ -84,6 +84,10 @@ class StreamConfig:
         """For segment-level streams, the windows their rows follow; else None."""
         return None
 
+    def stacked_layers(self, sample_rate: int) -> Optional[int]:
+        """For streams that store several layers side by side ([frames, layers x dim]), how many; else None."""
+        return None
+
     def resolve(self, streams: Dict[str, "StreamConfig"], sample_rate: int, where: str) -> None:
         """Check references to the other streams of the config (none by default)."""
 
@@ -708,5 +712,6 @@ def _mel_module(config: MelConfig, sample_rate: int, shared: Dict) -> MelSpectro
     return shared[mel_key]
 
 
-# registers opensmile_lld and opensmile_functionals (opensmile itself is imported only when they run)
-from sertk.features import opensmile_streams  # noqa: E402,F401
+# registers opensmile_lld and opensmile_functionals, and ssl (opensmile and transformers themselves are
+# imported only when they run)
+from sertk.features import opensmile_streams, ssl_streams  # noqa: E402,F401

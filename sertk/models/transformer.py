@@ -83,3 +83,24 @@ class PostNormLayer(nn.Module):
         att = self.attn(x, key_valid) if attended is None else attended
         x = self.norm1((x if self.residual else 0) + self.drop(att))
         return self.norm2(x + self.drop(self.ffn(x)))
+
+
+def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor,
+                     radius: torch.Tensor) -> torch.Tensor:
+    """Local attention of q, k, v [B, H, N, d]: the query at n of head h sees the valid keys in
+    [n - radius[h], n + radius[h]]. Scores are computed one offset at a time, so memory grows with the
+    widest window, not with N^2. A query with no valid key (a padded frame) gets finite weights; its
+    output is meant to be discarded."""
+    r = int(radius.max())
+    n = q.shape[2]
+    k_pad, v_pad = F.pad(k, (0, 0, r, r)), F.pad(v, (0, 0, r, r))
+    valid_pad = F.pad(valid, (r, r))
+    offsets = torch.arange(-r, r + 1, device=q.device)
+    scores = torch.stack([(q * k_pad[:, :, j:j + n]).sum(-1) for j in range(2 * r + 1)], -1) * q.shape[-1] ** -0.5
+    allowed = (offsets.abs()[None, :] <= radius[:, None])[None, :, None, :] \
+        & valid_pad.unfold(1, 2 * r + 1, 1)[:, None]                     # [B, H, N, window]
+    weights = torch.softmax(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min), dim=-1)
+    out = weights[..., 0, None] * v_pad[:, :, :n]
+    for j in range(1, 2 * r + 1):
+        out = out + weights[..., j, None] * v_pad[:, :, j:j + n]
+    return out

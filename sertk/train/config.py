@@ -30,9 +30,11 @@ DEFAULTS: Dict[str, Any] = {
     # tail: end (a last window aligned to the end) | drop; train_windows: all | center (training reads only
     # the centre window of a longer utterance; dev and decoding read all)
     "segments": {"length": 2.0, "hop": 1.0, "train_hop": None, "tail": "end", "train_windows": "all"},
-    # select: the dev metric that picks best.pt and drives early stopping: ua | wa_ua (the mean of WA and UA)
+    # select: the dev metric that picks best.pt and drives early stopping: ua | wa_ua (the mean of WA and UA);
+    # bucket: batches of segments of similar length (whole utterances pad less), still shuffled
     "train": {"epochs": 40, "batch_size": 32, "seed": 0, "patience": 10, "min_epochs": 1,
-              "class_weighted": True, "utterance_weighted": False, "grad_clip": 5.0, "amp": True, "select": "ua"},
+              "class_weighted": True, "utterance_weighted": False, "grad_clip": 5.0, "amp": True, "select": "ua",
+              "bucket": False},
     # multi-task loss (sertk.train.loss.Objective): (1 - gender_weight) (CE + center_weight center) on emotion
     # + gender_weight (CE + center_weight center) on utt2gen; center_lr: SD-CAFF's center gradient scale;
     # reconstruction_weight r: (1 - r) x that + r x the MSE of the model's rebuilt masked frames (ESERNet)

@@ -13,6 +13,7 @@ from sertk.features.segments import center_bounds, cut, segment_bounds, segment_
 
 # frames two streams of one model may differ by (framing edge effects) before it is an error
 FRAME_SLACK = 2
+BUCKET_POOL = 20   # length_batches sorts within pools of this many batches: similar lengths, still shuffled
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,14 @@ class SegmentDataset(Dataset):
             longest = max(longest, frames)
             for window, (start, end) in enumerate(bounds):
                 self.segments.append(Segment(segment_id(utt, start, end), utt, start, end, window))
+        # whole utterances (length None): each item is its own length, and `collate` pads a batch to its
+        # longest, not the data set's
         self.length = longest if length is None else length
+        self.whole = length is None
+
+    def frames(self, i: int) -> int:
+        """Frames segment i covers (its padded length is `length`, or its own for whole utterances)."""
+        return self.segments[i].end - self.segments[i].start
 
     def utterance_shares(self) -> np.ndarray:
         """Per segment, 1 / the number of segments of its utterance: every utterance sums to 1."""
@@ -95,7 +103,7 @@ class SegmentDataset(Dataset):
         for s in self.streams:
             rows = self.features[s][seg.utt]
             if self.levels[s] == "frame":
-                item[s], mask = cut(rows, seg.start, seg.end, self.length)
+                item[s], mask = cut(rows, seg.start, seg.end, seg.end - seg.start if self.whole else self.length)
             else:
                 item[s] = rows[seg.window if self.levels[s] == "segment" else 0]
         item["mask"] = mask
@@ -123,7 +131,30 @@ def _common_frames(utt: str, arrays: Dict[str, np.ndarray]) -> int:
 
 
 def collate(items: List[Dict[str, np.ndarray]]) -> Dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in items[0]}
+    """Stacked items; arrays of different lengths (whole utterances) zero-padded to the longest first."""
+    out = {}
+    for k in items[0]:
+        arrays = [it[k] for it in items]
+        longest = max(a.shape[0] for a in arrays) if arrays[0].ndim else 0
+        if arrays[0].ndim and any(a.shape[0] != longest for a in arrays):
+            arrays = [np.pad(a, [(0, longest - a.shape[0])] + [(0, 0)] * (a.ndim - 1)) for a in arrays]
+        out[k] = torch.from_numpy(np.stack(arrays))
+    return out
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator,
+                   drop_last: bool) -> List[List[int]]:
+    """Shuffled batches of similar lengths (little padding): the indices in random order, sorted by length
+    within pools of BUCKET_POOL batches, cut into batches, the batches shuffled. Only the very last batch
+    can be short, and it is dropped with `drop_last`."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    pool = batch_size * BUCKET_POOL
+    ranked = [i for start in range(0, len(order), pool)
+              for i in sorted(order[start:start + pool], key=lambda i: lengths[i])]
+    batches = [ranked[s:s + batch_size] for s in range(0, len(ranked), batch_size)]
+    if drop_last and len(batches[-1]) < batch_size:
+        batches.pop()
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
 def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ from sertk.errors import SertkError
 from sertk.features.segments import SegmentConfig
 from sertk.fsutil import sha256_file
 from sertk.models import build_model
+from sertk.models.layer_sum import with_layer_sums
 from sertk.train.checkpoint import load_checkpoint
 from sertk.train.config import model_options
 from sertk.train.data import SegmentDataset
@@ -71,13 +72,14 @@ def decode_data_dir(exp_dir: Path, data_dir: Path, feats_dir: Path, out_dir: Pat
         raise DecodeError(f"{data_dir} has classes {list(dd.labels.classes)} but the model was trained on "
                           f"{model_classes} (to decode another corpus, give a class mapping with --class-map)")
     classes = list(dd.labels.classes)
-    model = build_model(config["model"]["name"], len(model_classes), **model_options(config)).to(device)
+    model = build_model(config["model"]["name"], len(model_classes), **model_options(config))
+    layout = StreamLayout.for_model(feats_dir, model)
+    model = with_layer_sums(model, layout.layers).to(device)
     model.load_state_dict(ckpt["model"])
     streams = list(model.streams)
     feats = load_streams(feats_dir, streams, dd.utts)
     norm = Normalization.from_state_dict(ckpt["normalization"], feats, dd)
     seg = SegmentConfig.from_config(config["segments"])
-    layout = StreamLayout.for_model(feats_dir, model)
     length, hop = layout.frames(seg)
     dataset = SegmentDataset(dd, feats, length, hop, norm.apply, classes, seg.tail, levels=layout.levels)
     post = segment_posteriors(model, dataset, batch_size, device)

@@ -1,7 +1,7 @@
 """The trainer's view of a feature dump: the streams a model reads, for the utterances it needs,
 normalised with statistics from the fold's training part only."""
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -24,6 +24,7 @@ class StreamLayout:
     frame_window: Optional[float]      # non-centred frames: each frame's span (see SegmentConfig.frames)
     levels: Dict[str, str]             # stream -> frame | segment (a row per window) | utterance (one row)
     windows: Dict[str, Dict]           # segment-level stream -> {grid, length, hop, tail}, in frames
+    layers: Dict[str, int] = field(default_factory=dict)   # stream -> encoder layers stored side by side
 
     @classmethod
     def read(cls, dump_dir: Path, streams: Sequence[str]) -> "StreamLayout":
@@ -42,7 +43,8 @@ class StreamLayout:
         if len(set(framing.values())) > 1:
             raise FeatureError(f"{dump_dir}: the model's streams are framed differently (shift, window) {framing}")
         shift, window = next(iter(framing.values()))
-        return cls(Path(dump_dir), shift, window, levels, windows)
+        layers = {s: int(n) for s, n in (info.get("layers") or {}).items() if s in streams}
+        return cls(Path(dump_dir), shift, window, levels, windows, layers)
 
     @classmethod
     def for_model(cls, dump_dir: Path, model) -> "StreamLayout":

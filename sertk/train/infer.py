@@ -12,14 +12,21 @@ from sertk.train.data import SegmentDataset, collate
 @torch.no_grad()
 def segment_posteriors(model: torch.nn.Module, dataset: SegmentDataset, batch_size: int,
                        device: str) -> np.ndarray:
-    """Softmax posteriors [num_segments, C], in `dataset.segments` order (the model is put in eval mode)."""
+    """Softmax posteriors [num_segments, C], in `dataset.segments` order (the model is put in eval mode).
+    Segments are batched by length (whole utterances pad less); posteriors do not depend on batching."""
     model.eval()
+    order = sorted(range(len(dataset)), key=dataset.frames)
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
     out: List[np.ndarray] = []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+    for batch in DataLoader(dataset, batch_sampler=batches, collate_fn=collate):
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(batch)["logits"].float()
         out.append(torch.softmax(logits, dim=-1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    post = np.empty_like(np.concatenate(out))
+    post[np.concatenate([np.asarray(b) for b in batches])] = np.concatenate(out)
+    return post
 
 
 def by_utterance(dataset: SegmentDataset, posteriors: np.ndarray) -> Dict[str, np.ndarray]:

@@ -24,10 +24,12 @@ from sertk.envinfo import environment
 from sertk.features.segments import TRAIN_WINDOWS, SegmentConfig
 from sertk.fsutil import atomic_write_text
 from sertk.models import build_model
+from sertk.models.layer_sum import with_layer_sums
 from sertk.score import confusion_image, metrics
 from sertk.train.checkpoint import load_checkpoint, save_checkpoint
 from sertk.train.config import ConfigError, model_options, with_new_defaults
-from sertk.train.data import SegmentDataset, check_model_length, class_weights, collate, spec_augment
+from sertk.train.data import (SegmentDataset, check_model_length, class_weights, collate, length_batches,
+                              spec_augment)
 from sertk.train.features import Normalization, StreamLayout, load_streams
 from sertk.train.infer import segment_posteriors, utterance_decisions
 from sertk.train.loss import Objective, SegmentLoss
@@ -81,6 +83,7 @@ class _Run:
                                       clip=config["features"]["clip"])
         seg = SegmentConfig.from_config(config["segments"])
         layout = StreamLayout.for_model(dump_dir, self.model)
+        self.model = with_layer_sums(self.model, layout.layers).to(device)
         length, hop = layout.frames(seg)
         fixed = getattr(self.model, "fixed_frames", None)
         if fixed is not None and fixed != length:
@@ -161,8 +164,14 @@ class _Run:
         generator = torch.Generator().manual_seed(self.config["train"]["seed"] * 1000 + epoch)
         # a last incomplete batch is dropped (BatchNorm never sees a batch of 1), unless it is the only one
         batch_size = self.config["train"]["batch_size"]
-        loader = DataLoader(self.train_set, batch_size=batch_size, shuffle=True, collate_fn=collate,
-                            generator=generator, drop_last=len(self.train_set) > batch_size)
+        drop_last = len(self.train_set) > batch_size
+        if self.config["train"]["bucket"]:
+            lengths = [self.train_set.frames(i) for i in range(len(self.train_set))]
+            loader = DataLoader(self.train_set, collate_fn=collate,
+                                batch_sampler=length_batches(lengths, batch_size, generator, drop_last))
+        else:
+            loader = DataLoader(self.train_set, batch_size=batch_size, shuffle=True, collate_fn=collate,
+                                generator=generator, drop_last=drop_last)
         total, count = 0.0, 0
         for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None):
             if self.config["augment"]["specaugment"]:

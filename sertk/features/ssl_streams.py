@@ -1,0 +1,223 @@
+"""Self-supervised speech encoders as a feature stream (the `ssl` extra: pip install 'sertk[ssl]').
+
+    ssl: {type: ssl, model: facebook/hubert-large-ll60k, layer: -1}
+
+The encoder (HuBERT, WavLM, wav2vec 2.0 through `transformers`' AutoModel, or a Whisper model's
+encoder), by hub name or local directory, runs frozen in the feature stage (on GPU with --device cuda)
+and its hidden states are stored like any stream:
+- `layer`: the index into the hidden states (0: the convolutional front end's projected output,
+  -1: the last layer); `all_layers: true` stores every hidden state side by side ([frames, layers x
+  dim]) and the dump says so (`dump.layers`), so that training puts a learned softmax-weighted sum of the
+  layers (SUPERB style, `sertk.models.layer_sum`) in front of whatever model reads the stream.
+- Each utterance is encoded alone, without padding, so a stream never depends on batching (group-norm
+  front ends such as wav2vec 2.0 Base would otherwise see the padding).
+- wav2vec 2.0 family: the waveform is normalised to zero mean and unit variance first when the
+  checkpoint's feature extractor says so (`do_normalize`; `normalize` overrides it). Frames are not
+  centred: frame f covers samples [f * hop, f * hop + window) of the convolutional front end (HuBERT:
+  400 samples every 320, 50 frames/s). Audio shorter than one window is zero-padded to it and counted.
+- Whisper: the checkpoint's log-mel feature extractor, the encoder on 30 s pieces (its fixed input),
+  and the frames of the audio kept (one per 320 samples, centred).
+
+Weights are never downloaded silently where there is no internet: a hub name must be in the local
+Hugging Face cache, else the error says how to give a local directory instead.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from sertk.errors import FeatureError
+from sertk.features.frontends import Stream, StreamConfig, check_option, register_stream_type
+
+INSTALL_HINT = "pip install 'sertk[ssl]' (or pip install transformers)"
+WHISPER_CHUNK_SECONDS = 30        # Whisper's encoder takes exactly 30 s of log-mel
+WHISPER_HOP = 320                 # samples per encoder frame: mel hop 160, then a stride-2 conv
+NORM_EPS = 1e-7                   # Wav2Vec2FeatureExtractor's zero-mean unit-variance epsilon
+
+
+@dataclass
+class SslConfig(StreamConfig):
+    model: str = "facebook/hubert-large-ll60k"   # hub name (from the local cache) or local directory
+    revision: Optional[str] = None               # hub revision (branch, tag or commit)
+    layer: int = -1                 # index into the hidden states: 0 front end, 1..L layers, -1 last
+    all_layers: bool = False        # store every hidden state, for a learned weighted sum
+    normalize: Optional[bool] = None   # wav2vec 2.0 family: zero-mean unit-variance waveform; null: as
+                                       # the checkpoint's feature extractor says (do_normalize)
+    concatenable = False
+
+    def __post_init__(self):
+        self._encoder: Optional["EncoderInfo"] = None   # read from the checkpoint when first needed
+
+    def check(self, sample_rate: int, where: str) -> None:
+        super().check(sample_rate, where)
+        check_option(self.deltas == 0, where, "encoder hidden states take no deltas; deltas must be 0")
+        check_option(bool(self.model.strip()), where, "model must name a hub model or a local directory")
+
+    def encoder(self, sample_rate: int, where: str = "ssl stream") -> "EncoderInfo":
+        if self._encoder is None:
+            self._encoder = EncoderInfo.read(self, sample_rate, where)
+        return self._encoder
+
+    def hop_samples(self, sample_rate: int) -> int:
+        return self.encoder(sample_rate).hop
+
+    def window_length(self, sample_rate: int) -> Optional[float]:
+        window = self.encoder(sample_rate).window
+        return None if window is None else window / sample_rate
+
+    def stacked_layers(self, sample_rate: int) -> Optional[int]:
+        return self.encoder(sample_rate).states if self.all_layers else None
+
+    def build(self, sample_rate: int, streams: Dict[str, StreamConfig]) -> Stream:
+        return SslStream(self, self.encoder(sample_rate), sample_rate)
+
+
+register_stream_type("ssl", SslConfig)
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise FeatureError(f"ssl streams need the transformers package, which is not installed: {INSTALL_HINT}") \
+            from None
+    return transformers
+
+
+def _load(what: str, loader, config: SslConfig, **kw):
+    """`loader.from_pretrained` with a clear message when the checkpoint is neither local nor cached."""
+    try:
+        return loader.from_pretrained(config.model, revision=config.revision, **kw)
+    except (OSError, ValueError) as e:
+        local = Path(config.model).is_dir()
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = ("the directory does not hold a transformers checkpoint (config.json and weights, as "
+                "save_pretrained writes)" if local else
+                "it is not a local directory and not in the Hugging Face cache, and weights cannot be downloaded "
+                "here: download it where there is internet (huggingface-cli download "
+                f"{config.model}) and give that directory as the stream's `model`, or point HF_HOME at a "
+                "cache that holds it")
+        raise FeatureError(f"cannot load the {what} of SSL encoder '{config.model}': {hint} ({reason})") from None
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    kind: str                 # wav2vec2 (HuBERT, WavLM, wav2vec 2.0 and kin) | whisper
+    dim: int                  # hidden size
+    states: int               # hidden states returned: layers + 1
+    hop: int                  # samples per frame
+    window: Optional[int]     # samples each frame spans from its start (None: centred, Whisper)
+    normalize: bool           # wav2vec2 kind: normalise the waveform first
+
+    @classmethod
+    def read(cls, config: SslConfig, sample_rate: int, where: str) -> "EncoderInfo":
+        transformers = _transformers()
+        enc = _load("config", transformers.AutoConfig, config)
+        kind = "whisper" if enc.model_type == "whisper" else "wav2vec2"
+        if kind == "whisper":
+            dim, layers, hop, window = enc.d_model, enc.encoder_layers, WHISPER_HOP, None
+        elif hasattr(enc, "conv_kernel") and hasattr(enc, "conv_stride"):
+            dim, layers = enc.hidden_size, enc.num_hidden_layers
+            hop, window = _receptive_field(list(enc.conv_kernel), list(enc.conv_stride))
+        else:
+            raise FeatureError(f"{where}: '{config.model}' is a {enc.model_type} model; ssl streams take HuBERT, "
+                               "WavLM, wav2vec 2.0 (models with a convolutional waveform front end) or Whisper")
+        states = layers + 1
+        check_option(-states <= config.layer < states, where,
+                     f"layer must be in -{states}..{states - 1} ({config.model} has {layers} layers), not {config.layer}")
+        normalize = config.normalize
+        extractor = _preprocessor_config(config)
+        expected_rate = extractor.get("sampling_rate", 16000)
+        check_option(expected_rate == sample_rate, where,
+                     f"{config.model} takes {expected_rate} Hz audio; set the feature config's sample_rate to it")
+        if kind == "wav2vec2" and normalize is None:
+            if "do_normalize" not in extractor:
+                raise FeatureError(f"{where}: {config.model} has no feature extractor config saying whether the "
+                                   "waveform is normalised; set normalize: true or false")
+            normalize = bool(extractor["do_normalize"])
+        return cls(kind, dim, states, hop, window, bool(normalize))
+
+
+def _receptive_field(kernels: List[int], strides: List[int]) -> Tuple[int, int]:
+    """(hop, window) in samples of a stack of unpadded strided convolutions."""
+    hop, window = 1, 1
+    for k, s in zip(kernels, strides):
+        window += (k - 1) * hop
+        hop *= s
+    return hop, window
+
+
+def _preprocessor_config(config: SslConfig) -> Dict:
+    """The checkpoint's preprocessor_config.json as a dict ({} when it has none)."""
+    local = Path(config.model) / "preprocessor_config.json"
+    if Path(config.model).is_dir():
+        return json.loads(local.read_text()) if local.is_file() else {}
+    try:
+        from huggingface_hub import hf_hub_download
+        path = hf_hub_download(config.model, "preprocessor_config.json", revision=config.revision)
+    except Exception:   # noqa: BLE001 - not cached / not there: the caller decides what is missing
+        return {}
+    return json.loads(Path(path).read_text())
+
+
+class SslStream(Stream):
+    """Hidden states of a frozen encoder, one utterance at a time; the encoder is loaded on first use
+    (in each extraction job, on its device), so the module pickles small."""
+
+    def __init__(self, config: SslConfig, info: EncoderInfo, sample_rate: int):
+        super().__init__(info.dim * (info.states if config.all_layers else 1), info.hop)
+        self.config, self.info, self.sample_rate = config, info, sample_rate
+        self.counts = {"padded_short": 0}
+        self._encoder = self._extractor = None
+
+    def _load(self, device: torch.device):
+        if self._encoder is None:
+            transformers = _transformers()
+            transformers.utils.logging.disable_progress_bar()   # weights come from disk: no bars in the logs
+            model = _load("weights", transformers.AutoModel, self.config)
+            if self.info.kind == "whisper":
+                model = model.get_encoder()
+                self._extractor = _load("feature extractor", transformers.AutoFeatureExtractor, self.config)
+            # kept out of the module's submodules: not in state_dict, not pickled to workers
+            object.__setattr__(self, "_encoder", model.float().eval().requires_grad_(False))
+        return self._encoder.to(device)
+
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        encoder = self._load(wave.device)
+        rows = [self._encode(encoder, wave[i, :n]) for i, n in enumerate(lengths.tolist())]
+        counts = [len(r) for r in rows]
+        out = wave.new_zeros(len(rows), max(counts), self.dim)
+        for i, r in enumerate(rows):
+            out[i, :len(r)] = r
+        return out, torch.tensor(counts, device=wave.device)
+
+    def _encode(self, encoder, audio: torch.Tensor) -> torch.Tensor:
+        """[frames, dim] (all layers: [frames, states x dim]) for one utterance."""
+        if self.info.kind == "whisper":
+            chunk = WHISPER_CHUNK_SECONDS * self.sample_rate
+            return torch.cat([self._whisper(encoder, audio[s:s + chunk]) for s in range(0, max(len(audio), 1), chunk)])
+        if len(audio) < self.info.window:   # not one frame: pad to one, counted
+            audio = torch.nn.functional.pad(audio, (0, self.info.window - len(audio)))
+            self.counts["padded_short"] += 1
+        if self.info.normalize:
+            audio = (audio - audio.mean()) / torch.sqrt(audio.var(unbiased=False) + NORM_EPS)
+        states = encoder(audio[None], output_hidden_states=True).hidden_states
+        return self._select(states, 1 + (len(audio) - self.info.window) // self.info.hop)
+
+    def _whisper(self, encoder, audio: torch.Tensor) -> torch.Tensor:
+        feats = self._extractor(audio.cpu().numpy(), sampling_rate=self.sample_rate, return_tensors="pt").input_features
+        states = encoder(feats.to(audio.device, torch.float32), output_hidden_states=True).hidden_states
+        return self._select(states, max(1, (len(audio) // (WHISPER_HOP // 2) + 1) // 2))
+
+    def _select(self, states, frames: int) -> torch.Tensor:
+        if self.config.all_layers:
+            return torch.cat([s[0, :frames] for s in states], dim=-1)
+        return states[self.config.layer][0, :frames]
+
+    def __getstate__(self):   # workers load their own copy
+        state = self.__dict__.copy()
+        state["_encoder"] = state["_extractor"] = None
+        return state
