@@ -11,35 +11,24 @@ training run's epoch time can be estimated from its batches before it is started
 """
 import argparse
 import platform
-import statistics
-import time
 
 import torch
 
 from sertk.models import build_model
 from sertk.train.loss import Objective, SegmentLoss
+from step_timer import step_seconds
 
 
-def step_seconds(attn_dropout: float, batch_size: int, frames: int, repeat: int, device: str) -> float:
+def esernet_step(attn_dropout: float, batch_size: int, frames: int, repeat: int, device: str) -> float:
     torch.manual_seed(0)
-    model = build_model("esernet", 7, attn_dropout=attn_dropout).to(device).train()
+    model = build_model("esernet", 7, attn_dropout=attn_dropout).to(device)
     objective = Objective(SegmentLoss(), 7, reconstruction_weight=0.5)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), weight_decay=0.01)
     batch = {"logmel": torch.randn(batch_size, frames, 128, device=device),
              "mask": torch.ones(batch_size, frames, dtype=torch.bool, device=device),
              "label": torch.randint(0, 7, (batch_size,), device=device),
              "index": torch.arange(batch_size, device=device)}
-    times = []
-    for _ in range(repeat + 1):   # the first is a warm-up
-        start = time.perf_counter()
-        loss = objective(model(batch), batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+    return step_seconds(model, objective, optimizer, batch, repeat, device)
 
 
 def main() -> None:
@@ -54,8 +43,8 @@ def main() -> None:
           f"threads, {args.device} ({platform.processor() or platform.machine()}); median of {args.repeat}")
     print(f"{'frames':>6}  {'attn dropout 0.1 (s)':>20}  {'attn dropout 0 (s)':>18}  {'ratio':>5}")
     for t in frames:
-        with_drop = step_seconds(0.1, args.batch_size, t, args.repeat, args.device)
-        without = step_seconds(0.0, args.batch_size, t, args.repeat, args.device)
+        with_drop = esernet_step(0.1, args.batch_size, t, args.repeat, args.device)
+        without = esernet_step(0.0, args.batch_size, t, args.repeat, args.device)
         print(f"{t:>6}  {with_drop:>20.2f}  {without:>18.2f}  {with_drop / without:>5.1f}")
 
 
