@@ -50,7 +50,7 @@ def main() -> None:
     print(f"msfpn training step, batch {args.batch_size}; torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads, {args.device} ({platform.processor() or platform.machine()}); median of {args.repeat}")
     print(f"{'frames':>6}  {'HuBERT 1024-d (s)':>17}  {'log-mel 80 + 1x1 (s)':>20}")
-    for t in (int(f) for f in args.frames.split(",")):
+    for t in (int(f) for f in args.frames.split(",") if f):   # --frames "": the padding figures only
         hubert = msfpn_step(1024, False, args.batch_size, t, args.repeat, args.device)
         logmel = msfpn_step(80, True, args.batch_size, t, args.repeat, args.device)
         print(f"{t:>6}  {hubert:>17.2f}  {logmel:>20.2f}")
