@@ -136,7 +136,11 @@ def test_what_cannot_be_read_is_explained(encoders, tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FeatureError, match="the directory does not hold a transformers checkpoint"):
         stream(tmp_path / "empty")
+    # offline, as these machines are (the flag is read when huggingface_hub is imported: set it there too),
+    # so the test never waits on the network
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(FeatureError, match=r"'sertk-test/not-cached'.*cannot be downloaded here.*huggingface-cli "
                                            r"download sertk-test/not-cached"):
         stream("sertk-test/not-cached")

@@ -99,7 +99,7 @@ def _load(what: str, loader, config: SslConfig, **kw):
                 "it is not a local directory and not in the Hugging Face cache, and weights cannot be downloaded "
                 "here: download it where there is internet (huggingface-cli download "
                 f"{config.model}) and give that directory as the stream's `model`, or point HF_HOME at a "
-                "cache that holds it")
+                "cache that holds it (HF_HUB_OFFLINE=1 skips the connection attempts)")
         raise FeatureError(f"cannot load the {what} of SSL encoder '{config.model}': {hint} ({reason})") from None
 
 
