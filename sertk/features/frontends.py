@@ -357,6 +357,16 @@ class Stream(nn.Module):
         return mask_frames_(feats, frame_lengths), frame_lengths
 
 
+def stack_rows(rows: List[torch.Tensor], dim: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Streams computed one utterance at a time: rows [n_i, dim] -> zero-padded [B, max n_i, dim] and the
+    row counts [B], on the rows' device."""
+    counts = [len(r) for r in rows]
+    out = rows[0].new_zeros(len(rows), max(counts), dim)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out, torch.tensor(counts, device=out.device)
+
+
 def frame_mask(frame_lengths: torch.Tensor, n: int) -> torch.Tensor:
     return torch.arange(n, device=frame_lengths.device)[None, :] < frame_lengths[:, None]
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from sertk.errors import FeatureError
-from sertk.features.frontends import Stream, StreamConfig, check_option, register_stream_type
+from sertk.features.frontends import Stream, StreamConfig, check_option, register_stream_type, stack_rows
 from sertk.features.segments import TAILS, SegmentConfig, SegmentError, segment_bounds
 
 INSTALL_HINT = "pip install 'sertk[opensmile]' (or pip install opensmile)"
@@ -193,12 +193,9 @@ class _SmileStream(Stream):
             if n < self.min_samples:   # openSMILE frames nothing: pad to two frames, counted
                 audio = np.pad(audio, (0, self.min_samples - n))
                 self.counts["padded_short"] += 1
-            outputs.append(self.rows(audio))
-        counts = [len(r) for r in outputs]
-        out = np.zeros((len(outputs), max(counts), self.dim), dtype=np.float32)
-        for i, r in enumerate(outputs):
-            out[i, :len(r)] = r
-        return torch.from_numpy(out).to(wave.device), torch.tensor(counts, device=wave.device)
+            outputs.append(torch.tensor(self.rows(audio)))   # a copy: pandas may hand back a read-only array
+        feats, counts = stack_rows(outputs, self.dim)
+        return feats.to(wave.device), counts.to(wave.device)
 
     def smile_rows(self, audio: np.ndarray) -> np.ndarray:
         if self._smile is None:

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 
 from sertk.errors import FeatureError
-from sertk.features.frontends import Stream, StreamConfig, check_option, register_stream_type
+from sertk.features.frontends import Stream, StreamConfig, check_option, register_stream_type, stack_rows
 
 INSTALL_HINT = "pip install 'sertk[ssl]' (or pip install transformers)"
 WHISPER_CHUNK_SECONDS = 30        # Whisper's encoder takes exactly 30 s of log-mel
@@ -49,7 +48,7 @@ class SslConfig(StreamConfig):
     concatenable = False
 
     def __post_init__(self):
-        self._encoder: Optional["EncoderInfo"] = None   # read from the checkpoint when first needed
+        self._info: Optional["EncoderInfo"] = None   # read from the checkpoint when first needed
 
     def check(self, sample_rate: int, where: str) -> None:
         super().check(sample_rate, where)
@@ -57,9 +56,9 @@ class SslConfig(StreamConfig):
         check_option(bool(self.model.strip()), where, "model must name a hub model or a local directory")
 
     def encoder(self, sample_rate: int, where: str = "ssl stream") -> "EncoderInfo":
-        if self._encoder is None:
-            self._encoder = EncoderInfo.read(self, sample_rate, where)
-        return self._encoder
+        if self._info is None:
+            self._info = EncoderInfo.read(self, sample_rate, where)
+        return self._info
 
     def hop_samples(self, sample_rate: int) -> int:
         return self.encoder(sample_rate).hop
@@ -187,12 +186,7 @@ class SslStream(Stream):
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         encoder = self._load(wave.device)
-        rows = [self._encode(encoder, wave[i, :n]) for i, n in enumerate(lengths.tolist())]
-        counts = [len(r) for r in rows]
-        out = wave.new_zeros(len(rows), max(counts), self.dim)
-        for i, r in enumerate(rows):
-            out[i, :len(r)] = r
-        return out, torch.tensor(counts, device=wave.device)
+        return stack_rows([self._encode(encoder, wave[i, :n]) for i, n in enumerate(lengths.tolist())], self.dim)
 
     def _encode(self, encoder, audio: torch.Tensor) -> torch.Tensor:
         """[frames, dim] (all layers: [frames, states x dim]) for one utterance."""

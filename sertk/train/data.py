@@ -135,9 +135,10 @@ def collate(items: List[Dict[str, np.ndarray]]) -> Dict[str, torch.Tensor]:
     out = {}
     for k in items[0]:
         arrays = [it[k] for it in items]
-        longest = max(a.shape[0] for a in arrays) if arrays[0].ndim else 0
-        if arrays[0].ndim and any(a.shape[0] != longest for a in arrays):
-            arrays = [np.pad(a, [(0, longest - a.shape[0])] + [(0, 0)] * (a.ndim - 1)) for a in arrays]
+        if arrays[0].ndim:   # scalars (label, index) stack as they are
+            longest = max(a.shape[0] for a in arrays)
+            arrays = [np.pad(a, [(0, longest - len(a))] + [(0, 0)] * (a.ndim - 1)) if len(a) < longest else a
+                      for a in arrays]
         out[k] = torch.from_numpy(np.stack(arrays))
     return out
 

@@ -24,8 +24,9 @@ def segment_posteriors(model: torch.nn.Module, dataset: SegmentDataset, batch_si
         out.append(torch.softmax(logits, dim=-1).cpu().numpy())
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
-    post = np.empty_like(np.concatenate(out))
-    post[np.concatenate([np.asarray(b) for b in batches])] = np.concatenate(out)
+    in_batch_order = np.concatenate(out)
+    post = np.empty_like(in_batch_order)
+    post[np.concatenate(batches)] = in_batch_order
     return post
 
 
