@@ -35,8 +35,11 @@ setup(
         "opensmile": ["opensmile>=2.5,<3"],
         # self-supervised speech encoders (HuBERT, WavLM, wav2vec 2.0, Whisper) as the `ssl` feature stream
         "ssl": ["transformers>=4.30"],
-        # the tests run the openSMILE and ssl streams too (ssl on tiny random encoders: nothing is downloaded)
-        "dev": ["pytest>=7.0", "opensmile>=2.5,<3", "transformers>=4.30"],
+        # `sertk infer`: the silero VAD (its model ships in the wheel; from 6.2 it no longer pulls in
+        # torchaudio) and the emotion timeline picture
+        "infer": ["silero-vad>=6.2", "matplotlib>=3.5"],
+        # the tests run the openSMILE, ssl and infer extras too (ssl on tiny random encoders: nothing is downloaded)
+        "dev": ["pytest>=7.0", "opensmile>=2.5,<3", "transformers>=4.30", "silero-vad>=6.2", "matplotlib>=3.5"],
     },
     entry_points={"console_scripts": ["sertk=sertk.cli:main"]},
 )

@@ -9,8 +9,6 @@ percentages in the text a person reads.
 """
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -22,7 +20,7 @@ from sertk.data.labels import load_label_map
 from sertk.data.table import read_table
 from sertk.decode import DecodeDir, read_decode_dir
 from sertk.errors import ScoreError
-from sertk.fsutil import atomic_write_text
+from sertk.fsutil import atomic_write_bytes, atomic_write_text
 
 SCORING_DIR = "scoring"
 SEGMENT = "segment"
@@ -225,20 +223,7 @@ def save_confusion_png(cm, classes: Sequence[str], path, title: str = "") -> Non
     """Write the confusion picture to `path` as PNG, atomically."""
     buf = io.BytesIO()
     _render(cm, classes, title).save(buf, format="PNG")
-    _atomic_write_bytes(Path(path), buf.getvalue())
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(Path(path), buf.getvalue())
 
 
 # --- scoring outputs ----------------------------------------------------------------------------

@@ -218,23 +218,17 @@ def run_job(job: Job) -> JobResult:
                        stream_seconds={name: 0.0 for name in streams})
     writers = {name: storage.ArkWriter(Path(job.out_dir) / name / storage.ark_name(job.index)) for name in streams}
     try:
-        with torch.inference_mode():
-            for batch in job.batches:
-                if _ABORT is not None and _ABORT.is_set():
-                    break
-                t0 = time.perf_counter()
-                wave, lengths = _load_batch([path for _, path in batch], job.sample_rate, job.preprocess,
-                                            result.preprocess)
-                result.load_seconds += time.perf_counter() - t0
-                result.samples += int(lengths.sum())
-                wave, lengths = wave.to(device), lengths.to(device)
-                for name, stream in streams.items():
-                    t0 = time.perf_counter()
-                    feats, frame_lengths = stream(wave, lengths)
-                    feats, frame_lengths = feats.cpu().numpy(), frame_lengths.tolist()
-                    for i, (utt, _) in enumerate(batch):
-                        writers[name].write(utt, feats[i, :frame_lengths[i]])
-                    result.stream_seconds[name] += time.perf_counter() - t0
+        for batch in job.batches:
+            if _ABORT is not None and _ABORT.is_set():
+                break
+            t0 = time.perf_counter()
+            audio = load_preprocessed([path for _, path in batch], job.sample_rate, job.preprocess, result.preprocess)
+            result.load_seconds += time.perf_counter() - t0
+            result.samples += sum(len(a) for a in audio)
+            feats = compute_streams(streams, audio, device, result.stream_seconds)
+            for name, arrays in feats.items():
+                for (utt, _), array in zip(batch, arrays):
+                    writers[name].write(utt, array)
     finally:
         for name, w in writers.items():
             w.close()
@@ -243,17 +237,34 @@ def run_job(job: Job) -> JobResult:
     return result
 
 
-def _load_batch(paths: Sequence[str], sample_rate: int, config: PreprocessConfig,
-                stats: PreprocessStats) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Zero-padded [B, T] float32 and lengths [B], each utterance preprocessed (counted in `stats`)."""
+def load_preprocessed(paths: Sequence[str], sample_rate: int, config: PreprocessConfig,
+                      stats: PreprocessStats) -> List[np.ndarray]:
+    """Each file at `sample_rate`, mono, preprocessed as the feature config says (counted in `stats`)."""
     audio = [load_audio(p, sample_rate) for p in paths]
     if config.active:
         audio = [preprocess(a, config, sample_rate, stats) for a in audio]
+    return audio
+
+
+@torch.inference_mode()
+def compute_streams(streams: Dict[str, Stream], audio: Sequence[np.ndarray], device: torch.device,
+                    seconds: Optional[Dict[str, float]] = None) -> Dict[str, List[np.ndarray]]:
+    """stream -> one [frames, dim] array per waveform of `audio`, computed as one zero-padded batch
+    (streams already on `device`); the time each stream took is added to `seconds`."""
     lengths = np.array([len(a) for a in audio], dtype=np.int64)
     wave = np.zeros((len(audio), int(lengths.max())), dtype=np.float32)
     for i, a in enumerate(audio):
         wave[i, :len(a)] = a
-    return torch.from_numpy(wave), torch.from_numpy(lengths)
+    wave_t, lengths_t = torch.from_numpy(wave).to(device), torch.from_numpy(lengths).to(device)
+    out: Dict[str, List[np.ndarray]] = {}
+    for name, stream in streams.items():
+        t0 = time.perf_counter()
+        feats, frame_lengths = stream(wave_t, lengths_t)
+        feats, frame_lengths = feats.cpu().numpy(), frame_lengths.tolist()
+        out[name] = [feats[i, :n] for i, n in enumerate(frame_lengths)]
+        if seconds is not None:
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+    return out
 
 
 def _run_jobs(jobs: List[Job]) -> List[JobResult]:

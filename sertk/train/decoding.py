@@ -19,13 +19,9 @@ from sertk.decode import read_decode_dir, write_decode_dir
 from sertk.errors import SertkError
 from sertk.features.segments import SegmentConfig
 from sertk.fsutil import sha256_file
-from sertk.models import build_model
-from sertk.models.layer_sum import with_layer_sums
 from sertk.train.checkpoint import load_checkpoint
-from sertk.train.config import model_options
-from sertk.train.data import SegmentDataset
 from sertk.train.features import Normalization, StreamLayout, load_streams
-from sertk.train.infer import as_seg_posteriors, seg2utt, segment_posteriors
+from sertk.train.infer import as_seg_posteriors, restore_model, seg2utt, segment_dataset, segment_posteriors
 
 log = logging.getLogger(__name__)
 DEV_SELECTED = "best.pt"
@@ -72,16 +68,12 @@ def decode_data_dir(exp_dir: Path, data_dir: Path, feats_dir: Path, out_dir: Pat
         raise DecodeError(f"{data_dir} has classes {list(dd.labels.classes)} but the model was trained on "
                           f"{model_classes} (to decode another corpus, give a class mapping with --class-map)")
     classes = list(dd.labels.classes)
-    model = build_model(config["model"]["name"], len(model_classes), **model_options(config))
-    layout = StreamLayout.for_model(feats_dir, model)
-    model = with_layer_sums(model, layout.layers).to(device)
-    model.load_state_dict(ckpt["model"])
+    model, layout = restore_model(config, len(model_classes), ckpt["model"],
+                                  lambda streams: StreamLayout.read(feats_dir, streams), device)
     streams = list(model.streams)
     feats = load_streams(feats_dir, streams, dd.utts)
     norm = Normalization.from_state_dict(ckpt["normalization"], feats, dd)
-    seg = SegmentConfig.from_config(config["segments"])
-    length, hop = layout.frames(seg)
-    dataset = SegmentDataset(dd, feats, length, hop, norm.apply, classes, seg.tail, levels=layout.levels)
+    dataset = segment_dataset(dd, feats, layout, SegmentConfig.from_config(config["segments"]), norm, classes)
     post = segment_posteriors(model, dataset, batch_size, device)
     if mapping is not None:
         post = collapse(post, model_classes, mapping)

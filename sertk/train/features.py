@@ -28,7 +28,12 @@ class StreamLayout:
 
     @classmethod
     def read(cls, dump_dir: Path, streams: Sequence[str]) -> "StreamLayout":
-        info = read_dump_config(dump_dir).get(DUMP_INFO_KEY) or {}
+        return cls.from_info(read_dump_config(dump_dir).get(DUMP_INFO_KEY) or {}, streams, Path(dump_dir))
+
+    @classmethod
+    def from_info(cls, info: Dict, streams: Sequence[str], dump_dir: Path) -> "StreamLayout":
+        """From a dump's info section (`dump:` of its config.yaml, also carried by packed models);
+        `dump_dir` names where it came from in messages."""
         shifts = info.get("frame_shift", {})
         missing = [s for s in streams if s not in shifts]
         if missing:

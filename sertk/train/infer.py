@@ -1,12 +1,38 @@
-"""Segment posteriors of a model over a segment dataset."""
-from typing import Dict, List
+"""A trained model rebuilt from its checkpoint, and its segment posteriors over a segment dataset."""
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from sertk.data.datadir import DataDir
 from sertk.decode import decide
+from sertk.features.segments import SegmentConfig
+from sertk.models import build_model
+from sertk.models.layer_sum import with_layer_sums
+from sertk.train.config import model_options
 from sertk.train.data import SegmentDataset, collate
+from sertk.train.features import Feats, Normalization, StreamLayout
+
+
+def restore_model(config: Dict[str, Any], num_classes: int, weights: Dict[str, torch.Tensor],
+                  layout_of: Callable[[Sequence[str]], StreamLayout], device: str
+                  ) -> Tuple[torch.nn.Module, StreamLayout]:
+    """The model of `config` with trained `weights`, in eval mode on `device`, and the layout of the
+    streams it reads (`layout_of(streams)`: from a dump, or from a packed model's feature info)."""
+    model = build_model(config["model"]["name"], num_classes, **model_options(config))
+    layout = layout_of(list(model.streams))
+    layout.check_model(model)
+    model = with_layer_sums(model, layout.layers).to(device)
+    model.load_state_dict(weights)
+    return model.eval(), layout
+
+
+def segment_dataset(dd: DataDir, feats: Feats, layout: StreamLayout, segments: SegmentConfig,
+                    norm: Normalization, classes: Sequence[str]) -> SegmentDataset:
+    """Every window of every utterance of `dd`, cut as the model's segments say, normalised by `norm`."""
+    length, hop = layout.frames(segments)
+    return SegmentDataset(dd, feats, length, hop, norm.apply, classes, segments.tail, levels=layout.levels)
 
 
 @torch.no_grad()

@@ -1,0 +1,110 @@
+"""`sertk pack` and `sertk infer`: a trained model as one file, and that file run on new audio."""
+import logging
+from pathlib import Path
+from typing import Optional, Tuple
+
+import click
+
+log = logging.getLogger(__name__)
+
+EXIT_SKIPPED = 3   # results written, but some inputs were skipped (each one logged with its reason)
+DEFAULT_PACK = "model.sertk"
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"Packed model to write [default: EXP_DIR/{DEFAULT_PACK}].")
+@click.option("--feats", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The feature dump the model was trained on [default: the one its decode dirs name].")
+@click.option("--info", is_flag=True, help="PATH is a packed model: print what it holds.")
+def pack(path: Path, out: Optional[Path], feats: Optional[Path], info: bool) -> None:
+    """Pack one fold's dev-selected model (EXP_DIR = exp/<protocol>/<model>/fold<k>) into one file: weights,
+    config, labels, feature config, normalisation, protocol card and scores. With --info, describe one."""
+    from sertk.inference.pack import info_text, pack_experiment, read_meta
+    if info:
+        if out is not None or feats is not None:
+            raise click.UsageError("--info reads a packed model; -o and --feats are for packing")
+        click.echo(info_text(read_meta(path), path))
+        return
+    click.echo(pack_experiment(path, out or path / DEFAULT_PACK, feats))
+
+
+@click.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="results.csv or results.json [default: CSV on stdout].")
+@click.option("--vote", type=click.Choice(["mean", "majority", "logsum", "max"]),
+              help="Voting rule over a recording's windows [default: the model's].")
+@click.option("--window", type=float, help="Model window length in seconds [default: the model's].")
+@click.option("--hop", type=float, help="Model window hop in seconds [default: the model's, or half of --window].")
+@click.option("--segment", type=click.Choice(["none", "vad", "fixed"]), default="none", show_default=True,
+              help="none: a decision per file; vad: per speech chunk; fixed: per --max-chunk piece.")
+@click.option("--vad", "vad_backend", type=click.Choice(["auto", "silero", "energy"]), default="auto",
+              show_default=True, help="VAD for --segment vad (auto: silero when installed, else energy).")
+@click.option("--min-chunk", type=float, default=0.5, show_default=True, help="Drop speech chunks shorter (s).")
+@click.option("--max-chunk", type=float, default=10.0, show_default=True, help="Split chunks longer (s).")
+@click.option("--min-silence", type=float, default=0.3, show_default=True,
+              help="Pauses shorter than this (s) do not end a chunk.")
+@click.option("--vad-threshold", type=float, default=0.5, show_default=True, help="Speech probability threshold.")
+@click.option("--timeline", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw the emotion timeline of the (one) input recording to this PNG.")
+@click.option("--utt2spk", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Speakers by input id (Kaldi utt2spk), for models with speaker normalisation.")
+@click.option("--speaker-pattern", metavar="REGEX",
+              help="Speaker = this regex's first group (or match) in each input id, e.g. 'wav/(..)' for EmoDB.")
+@click.option("--batch-size", default=64, show_default=True, help="Model windows per batch.")
+@click.option("--device", help="cpu, cuda or cuda:N [default: cuda if available].")
+@click.pass_context
+def infer(ctx, model: Path, inputs: Tuple[str], out: Optional[Path], vote: Optional[str], window: Optional[float],
+          hop: Optional[float], segment: str, vad_backend: str, min_chunk: float, max_chunk: float,
+          min_silence: float, vad_threshold: float, timeline: Optional[Path], utt2spk: Optional[Path],
+          speaker_pattern: Optional[str], batch_size: int, device: Optional[str]) -> None:
+    """Run a packed MODEL on INPUTS: audio files, directories (searched recursively) or wav.scp files.
+
+    Writes one row per file (or per chunk with --segment) with the decided label and every class
+    posterior. Unreadable inputs are reported and skipped; the exit status is then 3."""
+    from sertk.data.table import read_table
+    from sertk.errors import SertkError
+    from sertk.inference.inferencer import Inferencer
+    from sertk.inference.inputs import assign_speakers, expand_inputs
+    from sertk.inference.output import output_format, write_output
+    from sertk.inference.run import infer_recordings
+    from sertk.inference.vad import VadConfig
+
+    output_format(out)   # a bad --out fails before any work
+    vad = VadConfig(vad_backend, vad_threshold, min_chunk, max_chunk, min_silence)
+    inf = Inferencer.from_file(model, device=device, batch_size=batch_size, rule=vote, window=window, hop=hop)
+    recordings, skips = expand_inputs(inputs)
+    if timeline is not None and len(recordings) != 1:
+        raise SertkError(f"--timeline draws one recording, but the inputs hold {len(recordings)}")
+    recordings, unmatched = assign_speakers(recordings, read_table(utt2spk) if utt2spk else None, speaker_pattern)
+    if inf.normalization_mode == "speaker":
+        known = sum(r.speaker is not None for r in recordings)
+        log.info("the model normalises per speaker: %d of %d recording(s) have a speaker%s", known, len(recordings),
+                 "" if known == len(recordings) else "; the others are normalised on their own "
+                 "(--utt2spk / --speaker-pattern, or a utt2spk beside the wav.scp)")
+    elif unmatched or utt2spk or speaker_pattern:
+        log.info("speakers are not used: the model's normalisation is '%s'", inf.normalization_mode)
+    result = infer_recordings(inf, recordings, segment, vad, progress=not ctx.find_root().params.get("quiet"))
+    result.skips = skips + result.skips
+    for s in result.skips:
+        log.warning("skipped %s: %s", s.id, s.reason)
+    if not result.rows:
+        raise SertkError(f"no results: all {len(recordings) + len(skips)} input(s) were skipped")
+    header = {"model": str(model), "source": inf.packed.meta["source"]["exp_dir"], "rule": inf.rule,
+              "segment": segment, "vad": result.vad_backend}
+    text = write_output(out, result, inf.classes, header)
+    if out is None:
+        click.echo(text, nl=False)
+    if timeline is not None:
+        from sertk.inference.timeline import draw_timeline
+        draw_timeline(result.rows, inf.classes, result.audio_seconds, timeline, title=recordings[0].id)
+    files = len({r.id for r in result.rows})
+    log.info("%d row(s) for %d recording(s), %.1f s of audio%s%s; %d input(s) skipped", len(result.rows), files,
+             result.audio_seconds, f" -> {out}" if out else "",
+             f" ({result.dropped_chunks} chunk(s) shorter than {min_chunk} s dropped)" if result.dropped_chunks else "",
+             len(result.skips))
+    if result.skips:
+        ctx.exit(EXIT_SKIPPED)

@@ -1,0 +1,209 @@
+"""Run a packed model on audio: waveforms in, one decision per utterance (a file or a chunk of one) out.
+
+The path from audio to posteriors is the recipe's: the packed feature config's frontends (batched as in
+feature extraction), the fold's normalisation, the model's segments, segment posteriors and the voting
+rule. So a packed model gives the recipe's decisions on the recipe's utterances.
+
+    from sertk import Inferencer
+    inf = Inferencer.from_file("model.sertk")
+    decision = inf.predict(wave, sample_rate)              # the whole waveform, one decision
+    chunks = inf.predict_chunks(wave, sample_rate)         # speech chunks found by VAD, one decision each
+
+Speaker normalisation (`cmvn: speaker`) needs several utterances of a speaker: `decide` normalises each
+speaker's utterances with statistics over all of them (pass the same speaker for all chunks of a
+recording); `predict` on one waveform normalises it with its own statistics.
+"""
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import soxr
+import torch
+
+from sertk.audio import load_audio
+from sertk.data.datadir import DataDir
+from sertk.decode import DEFAULT_RULE, VOTING_RULES, vote
+from sertk.errors import SertkError
+from sertk.features.extract import DEFAULT_BATCH_SIZE, MAX_BATCH_SAMPLES, compute_streams, plan_batches
+from sertk.features.frontends import build_frontends, parse_config
+from sertk.features.preprocess import PreprocessStats, preprocess
+from sertk.features.segments import SegmentConfig
+from sertk.inference.pack import PackedModel, read_pack
+from sertk.inference.vad import VadConfig, detect_speech
+from sertk.train.data import check_model_length
+from sertk.train.features import Normalization, StreamLayout
+from sertk.train.infer import by_utterance, restore_model, segment_dataset, segment_posteriors
+
+log = logging.getLogger(__name__)
+
+
+class InferenceError(SertkError):
+    """Audio the model cannot decide on, or options it cannot run with."""
+
+
+@dataclass
+class Utterance:
+    """What the model decides on: a waveform at the model's sample rate, and whose voice it is."""
+    key: str
+    audio: np.ndarray
+    speaker: Optional[str] = None   # None: its own speaker
+
+
+@dataclass
+class Decision:
+    label: str
+    posteriors: np.ndarray                  # [C], voted, in `classes` order
+    segment_posteriors: np.ndarray          # [S, C], each window of the utterance
+    segment_times: np.ndarray               # [S, 2] seconds from the utterance's start (window spans)
+    start: float = 0.0                      # seconds in the recording (chunks)
+    end: Optional[float] = None
+    extra: Dict[str, object] = field(default_factory=dict)
+
+
+class Inferencer:
+    """A packed model ready to run: `predict` / `predict_chunks` on waveforms, `decide` on many at once."""
+
+    def __init__(self, packed: PackedModel, device: Optional[str] = None, batch_size: int = 64,
+                 rule: Optional[str] = None, window: Optional[float] = None, hop: Optional[float] = None):
+        self.packed = packed
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.batch_size = batch_size
+        self.classes = packed.classes
+        config = packed.config
+        self.rule = rule or config["decode"].get("rule", DEFAULT_RULE)
+        if self.rule not in VOTING_RULES:
+            raise InferenceError(f"unknown voting rule '{self.rule}'; known: {', '.join(VOTING_RULES)}")
+        self.features = parse_config(packed.feature_config, f"{packed.path or 'packed model'}: features")
+        self.sample_rate = self.features.sample_rate
+        self.segments = _segments(config["segments"], window, hop)
+        where = Path(packed.path or "packed model")
+        self.model, self.layout = restore_model(
+            config, len(self.classes), packed.weights,
+            lambda streams: StreamLayout.from_info(packed.layout_info, streams, where), self.device)
+        self.layout.frames(self.segments, "segments (--window / --hop)")   # segment-level streams must agree
+        self.frontends = {name: m.to(self.device) for name, m in build_frontends(self.features).items()
+                          if name in self.model.streams}
+        self.preprocess_stats = PreprocessStats()
+
+    @classmethod
+    def from_file(cls, path, **options) -> "Inferencer":
+        """`options`: device (default cuda when available), batch_size, rule, window and hop (seconds)."""
+        return cls(read_pack(Path(path)), **options)
+
+    @property
+    def normalization_mode(self) -> str:
+        return self.packed.normalization["mode"]
+
+    # --- the API on waveforms ---
+
+    def resample(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Mono float32 at the model's rate (channels averaged: [samples, channels] as soundfile gives)."""
+        wave = np.asarray(wave, dtype=np.float32)
+        if wave.ndim == 2:
+            wave = wave.mean(axis=1, dtype=np.float32)
+        if wave.ndim != 1 or not len(wave):
+            raise InferenceError(f"expected a non-empty waveform [samples] or [samples, channels], got {wave.shape}")
+        if not np.isfinite(wave).all():
+            raise InferenceError("the waveform holds non-finite samples (NaN or Inf)")
+        if sample_rate != self.sample_rate:
+            wave = soxr.resample(wave, sample_rate, self.sample_rate, quality="HQ").astype(np.float32, copy=False)
+        return wave
+
+    def predict(self, wave: np.ndarray, sample_rate: int) -> Decision:
+        """One decision for the whole waveform."""
+        return self._one(Utterance("utt", self.resample(wave, sample_rate)))
+
+    def predict_file(self, path) -> Decision:
+        return self._one(Utterance("utt", load_audio(path, self.sample_rate)))
+
+    def _one(self, utt: Utterance) -> Decision:
+        decisions, too_short = self.decide([utt])
+        if too_short:
+            raise InferenceError(too_short[utt.key])
+        return decisions[utt.key]
+
+    def predict_chunks(self, wave: np.ndarray, sample_rate: int, vad: VadConfig = VadConfig()) -> List[Decision]:
+        """A decision per speech chunk (see sertk.inference.vad), in time order; all chunks are one speaker's."""
+        wave = self.resample(wave, sample_rate)
+        spans = detect_speech(wave, self.sample_rate, vad).spans
+        return self.decide_spans(wave, spans, speaker="recording")
+
+    def decide_spans(self, wave: np.ndarray, spans: Sequence[Tuple[float, float]],
+                     speaker: Optional[str] = None) -> List[Decision]:
+        """A decision per (start, end) span of `wave` (at the model's rate), in order."""
+        sr = self.sample_rate
+        utts = [Utterance(f"{i:08d}", wave[int(round(s * sr)):int(round(e * sr))], speaker)
+                for i, (s, e) in enumerate(spans)]
+        decisions, too_short = self.decide(utts)
+        if too_short:
+            raise InferenceError(next(iter(too_short.values())))
+        for u, (s, e) in zip(utts, spans):
+            decisions[u.key].start, decisions[u.key].end = s, e
+        return [decisions[u.key] for u in utts]
+
+    # --- many utterances at once ---
+
+    def decide(self, utts: Sequence[Utterance]) -> Tuple[Dict[str, Decision], Dict[str, str]]:
+        """(key -> decision, key -> why there is none). Features are computed in duration-sorted batches;
+        speaker statistics (speaker normalisation) are over all of `utts` of a speaker. An utterance too
+        short for one feature frame gets no decision."""
+        audio = {u.key: self._preprocessed(u.audio) for u in utts}
+        feats, too_short = self._features(audio)
+        keys = sorted(k for k in audio if k not in too_short)
+        if not keys:
+            return {}, too_short
+        speakers = {u.key: u.speaker if u.speaker is not None else f"utt-{u.key}" for u in utts}
+        dd = DataDir({"wav.scp": {k: k for k in keys}, "utt2spk": {k: speakers[k] for k in keys}})
+        norm = Normalization.from_state_dict(self.packed.normalization, feats, dd)
+        dataset = segment_dataset(dd, feats, self.layout, self.segments, norm, self.classes)
+        check_model_length(self.model, dataset, "--window")
+        post = segment_posteriors(self.model, dataset, self.batch_size, self.device)
+        shift = self.layout.frame_shift
+        spans: Dict[str, List[Tuple[float, float]]] = {}
+        for seg in dataset.segments:
+            spans.setdefault(seg.utt, []).append((seg.start * shift, seg.end * shift))
+        out = {}
+        for key, seg_post in by_utterance(dataset, post).items():
+            voted = vote(seg_post, self.rule)
+            out[key] = Decision(self.classes[int(np.argmax(voted))], voted, seg_post,
+                                np.asarray(spans[key], dtype=np.float64), end=len(audio[key]) / self.sample_rate)
+        return out, too_short
+
+    def _preprocessed(self, wave: np.ndarray) -> np.ndarray:
+        config = self.features.preprocess
+        return preprocess(wave, config, self.sample_rate, self.preprocess_stats) if config.active else wave
+
+    def _features(self, audio: Dict[str, np.ndarray]) -> Tuple[Dict[str, Dict[str, np.ndarray]], Dict[str, str]]:
+        """(stream -> key -> [frames, dim], key -> why it has none), batched as feature extraction batches."""
+        device = torch.device(self.device)
+        max_seconds = MAX_BATCH_SAMPLES.get(device.type, MAX_BATCH_SAMPLES["cpu"]) / self.sample_rate
+        durations = {k: len(a) / self.sample_rate for k, a in audio.items()}
+        feats: Dict[str, Dict[str, np.ndarray]] = {name: {} for name in self.frontends}
+        too_short: Dict[str, str] = {}
+        for key in [k for k, a in audio.items() if not len(a)]:
+            too_short[key] = "no audio left after preprocessing"
+        durations = {k: d for k, d in durations.items() if k not in too_short}
+        for batch in plan_batches(durations, DEFAULT_BATCH_SIZE, max_seconds) if durations else []:
+            arrays = compute_streams(self.frontends, [audio[k] for k in batch], device)
+            for name, rows in arrays.items():
+                for key, x in zip(batch, rows):
+                    if not len(x):
+                        too_short[key] = (f"{durations[key]:.3f} s is too short for one feature frame of "
+                                          f"stream '{name}'")
+                    feats[name][key] = x
+        return feats, too_short
+
+
+def _segments(section: Dict, window: Optional[float], hop: Optional[float]) -> SegmentConfig:
+    """The model's segments, or windows of `window` s every `hop` s (default: half the window)."""
+    if window is None and hop is None:
+        return SegmentConfig.from_config(section)
+    if window is None:
+        window = section["length"]
+        if window is None:
+            raise InferenceError("--hop needs --window: this model reads whole utterances")
+    if not window > 0 or (hop is not None and not hop > 0):
+        raise InferenceError(f"--window and --hop must be positive seconds (got {window}, {hop})")
+    return SegmentConfig(window, hop if hop is not None else window / 2, section.get("tail", "end"))

@@ -1,0 +1,133 @@
+"""`sertk infer`'s loop: recordings -> (optional) chunks -> decisions, a group of recordings at a time.
+
+A group is what is normalised and batched together: with speaker normalisation, all recordings of one
+speaker (a recording without a known speaker is its own); otherwise consecutive recordings up to
+GROUP_SECONDS of audio, so memory stays bounded however many files there are. Unreadable files and
+recordings that give no decision (no speech found, too short for the model) become counted skips.
+"""
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+from tqdm import tqdm
+
+from sertk.audio import audio_info, load_audio
+from sertk.errors import AudioError
+from sertk.inference.inferencer import Decision, Inferencer, Utterance
+from sertk.inference.inputs import Recording, Skip
+from sertk.inference.vad import VadConfig, detect_speech, split_evenly
+
+log = logging.getLogger(__name__)
+
+SEGMENT_MODES = ("none", "vad", "fixed")   # whole recordings | speech chunks | consecutive max-chunk pieces
+GROUP_SECONDS = 600.0
+GROUP_FILES = 256
+
+
+@dataclass
+class Row:
+    id: str
+    path: str
+    chunk: Optional[int]          # 1-based chunk number; None: the whole recording
+    start: float                  # seconds in the recording
+    end: float
+    decision: Decision
+
+
+@dataclass
+class InferResult:
+    rows: List[Row] = field(default_factory=list)
+    skips: List[Skip] = field(default_factory=list)
+    vad_backend: Optional[str] = None
+    dropped_chunks: int = 0       # speech chunks shorter than the minimum chunk length
+    audio_seconds: float = 0.0
+
+
+def infer_recordings(inf: Inferencer, recordings: List[Recording], segment: str = "none",
+                     vad: VadConfig = VadConfig(), progress: bool = True) -> InferResult:
+    result = InferResult()
+    durations: Dict[str, float] = {}
+    readable = []
+    for rec in recordings:
+        try:
+            durations[rec.id] = audio_info(rec.path).duration
+            readable.append(rec)
+        except AudioError as e:
+            result.skips.append(Skip(rec.id, str(rec.path), str(e)))
+    bar = tqdm(total=len(readable), unit="file", desc="infer", disable=not progress or None, leave=False)
+    for group in _groups(readable, durations, inf.normalization_mode == "speaker"):
+        _infer_group(inf, group, segment, vad, result)
+        bar.update(len(group))
+    bar.close()
+    order = {rec.id: i for i, rec in enumerate(recordings)}   # rows in input order, whatever the grouping
+    result.rows.sort(key=lambda r: (order[r.id], r.start))
+    return result
+
+
+def _groups(recordings: List[Recording], durations: Dict[str, float], by_speaker: bool) -> Iterator[List[Recording]]:
+    if by_speaker:
+        speakers: Dict[str, List[Recording]] = {}
+        for rec in recordings:
+            speakers.setdefault(_speaker(rec), []).append(rec)
+        yield from speakers.values()
+        return
+    group: List[Recording] = []
+    seconds = 0.0
+    for rec in recordings:
+        if group and (seconds + durations[rec.id] > GROUP_SECONDS or len(group) == GROUP_FILES):
+            yield group
+            group, seconds = [], 0.0
+        group.append(rec)
+        seconds += durations[rec.id]
+    if group:
+        yield group
+
+
+def _speaker(rec: Recording) -> str:
+    """A recording without a known speaker is its own (all of its chunks share statistics)."""
+    return f"spk:{rec.speaker}" if rec.speaker is not None else f"rec:{rec.id}"
+
+
+def _infer_group(inf: Inferencer, group: List[Recording], segment: str, vad: VadConfig, result: InferResult) -> None:
+    utts: List[Utterance] = []
+    pieces: Dict[str, Tuple[Recording, Optional[int], float, float]] = {}
+    for rec in group:
+        try:
+            wave = load_audio(rec.path, inf.sample_rate)
+        except AudioError as e:
+            result.skips.append(Skip(rec.id, str(rec.path), str(e)))
+            continue
+        duration = len(wave) / inf.sample_rate
+        result.audio_seconds += duration
+        spans = _spans(wave, inf.sample_rate, segment, vad, result)
+        if not spans:
+            result.skips.append(Skip(rec.id, str(rec.path), f"no speech found ({duration:.1f} s, VAD "
+                                                            f"{result.vad_backend})"))
+            continue
+        for n, (start, end) in enumerate(spans, start=1):
+            key = f"{len(pieces):08d}"
+            utts.append(Utterance(key, wave[int(round(start * inf.sample_rate)):int(round(end * inf.sample_rate))],
+                                  _speaker(rec)))
+            pieces[key] = (rec, None if segment == "none" else n, start, end)
+    decisions, too_short = inf.decide(utts)
+    for key, reason in too_short.items():
+        rec, chunk, start, end = pieces[key]
+        where = "" if chunk is None else f"chunk {chunk} ({start:.2f}-{end:.2f} s): "
+        result.skips.append(Skip(rec.id, str(rec.path), where + reason))
+    for key, d in decisions.items():
+        rec, chunk, start, end = pieces[key]
+        d.start, d.end = start, end
+        result.rows.append(Row(rec.id, str(rec.path), chunk, start, end, d))
+
+
+def _spans(wave: np.ndarray, sr: int, segment: str, vad: VadConfig, result: InferResult) -> List[Tuple[float, float]]:
+    duration = len(wave) / sr
+    if segment == "none":
+        return [(0.0, duration)]
+    if segment == "fixed":
+        return split_evenly((0.0, duration), vad.max_chunk)
+    chunks = detect_speech(wave, sr, vad)
+    result.vad_backend = chunks.backend
+    result.dropped_chunks += chunks.dropped
+    return chunks.spans

@@ -1,0 +1,65 @@
+"""The emotion timeline of one recording: class posteriors over time, with the chunks marked (PNG).
+
+Top: each class's segment posteriors (one point per model window, at its centre; lines join the
+windows of one chunk). Shaded: the chunks the recording was cut into. Bottom: each chunk as a bar in the
+colour of its decided class. Needs matplotlib (pip install 'sertk[infer]').
+"""
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from sertk.errors import SertkError
+from sertk.fsutil import atomic_write_bytes
+from sertk.inference.run import Row
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise SertkError("--timeline needs matplotlib: pip install 'sertk[infer]'") from None
+    matplotlib.use("Agg")   # files only: no display needed
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _clock(seconds: float, _pos=None) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def draw_timeline(rows: Sequence[Row], classes: Sequence[str], duration: float, path: Path, title: str = "") -> None:
+    """Write the timeline of `rows` (the chunks of one recording, in time order) to `path` as PNG."""
+    plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter
+    colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(classes))]
+    fig, (ax, bars) = plt.subplots(2, 1, sharex=True, figsize=(min(24.0, 8.0 + duration / 30.0), 4.8),
+                                   gridspec_kw={"height_ratios": [5, 1]})
+    for row in rows:
+        ax.axvspan(row.start, row.end, color="0.9", zorder=0)
+        times = row.start + row.decision.segment_times.mean(axis=1)
+        post = row.decision.segment_posteriors
+        if len(times) == 1:   # one window: a level line over the chunk
+            times, post = np.array([row.start, row.end]), np.repeat(post, 2, axis=0)
+        for c, colour in enumerate(colours):
+            ax.plot(times, post[:, c], color=colour, linewidth=1.2)
+        bars.broken_barh([(row.start, row.end - row.start)], (0, 1),
+                         color=colours[classes.index(row.decision.label)])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("posterior")
+    ax.set_xlim(0, duration)
+    ax.legend([plt.Line2D([], [], color=c, linewidth=3) for c in colours], classes, loc="upper left",
+              bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.set_title(title or "emotion timeline")
+    bars.set_yticks([])
+    bars.set_ylabel("chunk", rotation=0, ha="right", va="center")
+    bars.xaxis.set_major_formatter(FuncFormatter(_clock))
+    bars.set_xlabel("time (shaded: chunks; bars: decided class)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
