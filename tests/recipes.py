@@ -34,14 +34,23 @@ def run_recipe(recipe: Path, *args, check: bool = True) -> subprocess.CompletedP
     return result
 
 
+def run_sertk(cwd: Path, *args) -> subprocess.CompletedProcess:
+    """The `sertk` command of this interpreter, run in `cwd`; it must succeed."""
+    result = subprocess.run([str(Path(sys.executable).parent / "sertk"), *map(str, args)], cwd=cwd,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def assert_folds_done(exp: Path, folds: int) -> None:
-    """Every fold trained, decoded with the dev-selected checkpoint and scored; RESULTS.md written."""
+    """Every fold trained, decoded with the dev-selected checkpoint, scored and packed; RESULTS.md written."""
     import yaml
     for k in range(1, folds + 1):
         fold = exp / f"fold{k}"
         assert (fold / "best.pt").is_file() and (fold / "train.log").is_file()
         assert (fold / "decode_test" / "scoring" / "metrics.json").is_file()
         assert yaml.safe_load((fold / "decode_test" / "decode.yaml").read_text())["checkpoint"] == "best.pt"
+        assert (fold / "model.sertk").is_file()
     assert not (exp / f"fold{folds + 1}").exists()
     assert (exp / "RESULTS.md").is_file() and (exp / "metrics.json").is_file()
 
@@ -55,3 +64,27 @@ def run_real_fold1(recipe: Path, corpus: str, protocol: str, train_args: str) ->
         pytest.skip(f"real corpus not available: {root} is absent")
     run_recipe(recipe, f"--{corpus}_root", root, "--folds", "1", "--stop_stage", "4", "--train_args", train_args)
     return recipe / "exp" / protocol / "crnn" / "fold1"
+
+
+def assert_packed_model_decides_as_decoded(fold: Path, test_dir: Path) -> None:
+    """`sertk infer` with the fold's packed model (stage 6) on its test wav.scp gives the decoder's
+    posteriors and decisions (stage 4)."""
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+
+    from sertk.cli import main
+    from sertk.decode import read_decode_dir
+    out = fold / "infer_test.json"
+    result = CliRunner().invoke(main, ["-q", "infer", str(fold / "model.sertk"), str(test_dir / "wav.scp"),
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    decoded = read_decode_dir(fold / "decode_test")
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["id"] for r in rows] == decoded.utts
+    rule = decoded.default_rule
+    for r in rows:
+        assert r["label"] == decoded.hyp[rule][r["id"]]
+        np.testing.assert_allclose([r["posteriors"][c] for c in decoded.classes], decoded.post[rule][r["id"]],
+                                   atol=1e-5)

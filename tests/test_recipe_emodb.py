@@ -1,9 +1,14 @@
 """egs/emodb/run.sh end to end: on a generated EmoDB-like corpus (always), and one real fold."""
+import csv
+from pathlib import Path
+
 import pytest
 import yaml
 
-from recipes import TINY, copy_recipe, run_real_fold1, run_recipe, tiny_args
+from recipes import CORPORA, TINY, copy_recipe, run_real_fold1, run_recipe, run_sertk, tiny_args
 from replicas import make_emodb
+from sertk.decode import read_decode_dir
+from sertk.inference.pack import read_meta
 
 
 @pytest.fixture
@@ -11,7 +16,7 @@ def recipe(tmp_path):
     return copy_recipe(tmp_path, "emodb")
 
 
-def test_generated_corpus_through_stage_5(recipe, tmp_path):
+def test_generated_corpus_through_stage_6(recipe, tmp_path):
     corpus = make_emodb(tmp_path / "corpus", speakers=["03", "08", "09"], texts=["a01", "b02"])
     run_recipe(recipe, "--emodb_root", corpus, "--nj", "1", "--train_args", TINY)
     exp = recipe / "exp" / "loso" / "crnn"
@@ -26,6 +31,9 @@ def test_generated_corpus_through_stage_5(recipe, tmp_path):
         assert (fold / "decode_test" / "scoring" / "metrics.json").is_file()
         info = yaml.safe_load((fold / "decode_test" / "decode.yaml").read_text())
         assert info["checkpoint"] == "best.pt"
+        packed = read_meta(fold / "model.sertk")   # stage 6
+        assert packed["source"]["checkpoint_sha256"] == info["checkpoint_sha256"]
+        assert packed["protocol"]["fold"]["fold"] == k and packed["metrics"]["test"]["num_utts"] > 0
     metrics = yaml.safe_load((exp / "metrics.json").read_text())
     assert metrics  # written beside RESULTS.md
     assert (exp / "run.sh").read_text().count("--emodb_root") == 1
@@ -34,6 +42,7 @@ def test_generated_corpus_through_stage_5(recipe, tmp_path):
     before = {p: p.stat().st_mtime_ns for p in exp.rglob("*.pt")}
     rerun = run_recipe(recipe, "--emodb_root", corpus, "--nj", "1", "--train_args", TINY)
     assert "already" in rerun.stderr + rerun.stdout
+    assert "already packed from this best.pt" in rerun.stdout
     assert {p: p.stat().st_mtime_ns for p in exp.rglob("*.pt")} == before
 
 
@@ -58,8 +67,20 @@ def test_options_are_checked(recipe, tmp_path):
     assert result.returncode == 1 and "--folds: '7' is not a fold of data/loso (1..3)" in result.stderr
 
 
-def test_one_real_fold_for_a_few_epochs(recipe):
+def test_one_real_fold_for_a_few_epochs_then_packed_and_run_on_every_file(recipe):
     fold = run_real_fold1(recipe, "emodb", "loso", "--set train.epochs=2")
     test_utts = (recipe / "data" / "loso" / "fold1" / "test" / "wav.scp").read_text().count("\n")
     assert (fold / "decode_test" / "hyp").read_text().count("\n") == test_utts == 49
     assert "epoch 2:" in (fold / "train.log").read_text()
+    # issue 10's acceptance: the packed model run on every EmoDB file decides as the recipe's decoder
+    # (the same model decoding data/all, every speaker normalised with its own statistics)
+    run_recipe(recipe, "--stage", "6", "--folds", "1")
+    run_sertk(recipe, "decode", "--exp", fold, "--data", "data/all", "--feats", "dump/logmel64", "--out", "decode_all")
+    wav = CORPORA / "emodb" / "wav"
+    run_sertk(recipe, "-q", "infer", fold / "model.sertk", wav, "--speaker-pattern", r"/(\d\d)[a-z]\d\d",
+              "--out", "infer.csv")
+    decoded = read_decode_dir(recipe / "decode_all")
+    hyp = {utt.split("-", 1)[-1]: label for utt, label in decoded.hyp["mean"].items()}
+    with open(recipe / "infer.csv") as f:
+        inferred = {Path(row["path"]).stem: row["label"] for row in csv.DictReader(f)}
+    assert len(inferred) == len(hyp) == 535 and inferred == hyp

@@ -6,7 +6,7 @@ import soundfile as sf
 import torch
 import yaml
 
-from recipes import REPO, assert_folds_done, copy_recipe, run_recipe
+from recipes import REPO, assert_folds_done, assert_packed_model_decides_as_decoded, copy_recipe, run_recipe
 from replicas import make_emodb, write_wav
 from sertk.models import build_model
 from sertk.train.config import load_config
@@ -20,7 +20,7 @@ RECIPES = {"emodb": "loso", "ravdess": "actor6", "iemocap": "loso_session", "msp
 @pytest.mark.parametrize("corpus", sorted(RECIPES))
 def test_every_recipe_has_a_config_for_the_model(corpus, model, tmp_path):
     recipe = copy_recipe(tmp_path, corpus)
-    run_recipe(recipe, "--stage", "6", "--model", model)     # resolves conf/models and conf/features only
+    run_recipe(recipe, "--stage", "7", "--model", model)     # resolves conf/models and conf/features only
     assert (recipe / "exp" / RECIPES[corpus] / model / "run.sh").is_file()
 
 
@@ -44,6 +44,7 @@ def _train_one_epoch(tmp_path, model, corpus):
     run_recipe(recipe, "--emodb_root", corpus, "--nj", "1", "--model", model, "--train_args", "--set train.epochs=1")
     exp = recipe / "exp" / "loso" / model
     assert_folds_done(exp, 3)
+    assert_packed_model_decides_as_decoded(exp / "fold1", recipe / "data" / "loso" / "fold1" / "test")
     classes = torch.load(exp / "fold1" / "best.pt", weights_only=True)["classes"]
     params = sum(p.numel() for p in build_model(model, len(classes)).parameters())
     assert f" {params} parameters" in (exp / "fold1" / "train.log").read_text()
@@ -194,6 +195,7 @@ def test_msfpn_trains_one_epoch_on_an_ssl_stream_through_the_recipe(tmp_path):
                "--set train.epochs=1 --set model.input_dim=16 --set model.widths=[32,16,16]")
     exp = recipe / "exp" / "loso" / "msfpn"
     assert (exp / "fold1" / "decode_test" / "scoring" / "metrics.json").is_file()
+    assert_packed_model_decides_as_decoded(exp / "fold1", recipe / "data" / "loso" / "fold1" / "test")
     assert "scored 1" in (exp / "RESULTS.md").read_text()
     dump = yaml.safe_load((recipe / "dump" / "hubert_large" / "features.yaml").read_text())
     assert dump["dump"]["dims"] == {"ssl": 16} and dump["dump"]["frame_shift"] == {"ssl": 0.02}

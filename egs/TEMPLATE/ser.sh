@@ -15,6 +15,7 @@
 #   3 train one model per fold into exp/<protocol>/<model>/fold<k>/
 #   4 decode dev and test with the dev-selected checkpoint (segment posteriors, voting)
 #   5 score every fold, pool the folds, write exp/<protocol>/<model>/RESULTS.md
+#   6 pack every fold's dev-selected model into exp/<protocol>/<model>/fold<k>/model.sertk (`sertk infer`)
 # Every stage skips finished work and redoes unfinished work, so a run can be repeated or resumed.
 #
 # Cross-corpus (--cross_corpus B): one fold that trains on this corpus (dev: held-out speakers of
@@ -24,7 +25,7 @@ set -euo pipefail
 run_args=("$@")
 
 stage=${stage:-0}            # first stage to run
-stop_stage=${stop_stage:-5}  # last stage to run
+stop_stage=${stop_stage:-6}  # last stage to run
 model=${model:-crnn}         # conf/models/<model>.yaml
 protocol=${protocol:?run.sh must set protocol}
 folds=${folds:-all}          # e.g. 1,3 to run only those folds
@@ -210,4 +211,15 @@ if run_stage 5; then
   done
   sertk results collect "$exp"
   log "wrote $exp/RESULTS.md"
+fi
+
+current_stage=6
+if run_stage 6; then
+  fold_ids=$(fold_list)
+  fold_dirs=()
+  for k in $fold_ids; do
+    if [ -f "$exp/fold$k/best.pt" ]; then fold_dirs+=("$exp/fold$k"); else log "fold $k has no best.pt yet (stage 3); not packed"; fi
+  done
+  # one command for all folds: each goes into its own fold<k>/model.sertk
+  if [ ${#fold_dirs[@]} -gt 0 ]; then sertk pack "${fold_dirs[@]}" --feats "$dump"; fi
 fi

@@ -12,22 +12,27 @@ DEFAULT_PACK = "model.sertk"
 
 
 @click.command()
-@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
-              help=f"Packed model to write [default: EXP_DIR/{DEFAULT_PACK}].")
+              help=f"Packed model to write (one EXP_DIR only) [default: EXP_DIR/{DEFAULT_PACK}].")
 @click.option("--feats", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The feature dump the model was trained on [default: the one its decode dirs name].")
-@click.option("--info", is_flag=True, help="PATH is a packed model: print what it holds.")
-def pack(path: Path, out: Optional[Path], feats: Optional[Path], info: bool) -> None:
-    """Pack one fold's dev-selected model (EXP_DIR = exp/<protocol>/<model>/fold<k>) into one file: weights,
-    config, labels, feature config, normalisation, protocol card and scores. With --info, describe one."""
+@click.option("--info", is_flag=True, help="The paths are packed models: print what they hold.")
+def pack(paths: Tuple[Path], out: Optional[Path], feats: Optional[Path], info: bool) -> None:
+    """Pack a fold's dev-selected model (EXP_DIR = exp/<protocol>/<model>/fold<k>; several may be given) into
+    one file: weights, config, labels, feature config, normalisation, protocol card and scores. With
+    --info, describe packed models."""
     from sertk.inference.pack import info_text, pack_experiment, read_meta
     if info:
         if out is not None or feats is not None:
-            raise click.UsageError("--info reads a packed model; -o and --feats are for packing")
-        click.echo(info_text(read_meta(path), path))
+            raise click.UsageError("--info reads packed models; -o and --feats are for packing")
+        click.echo("\n\n".join(info_text(read_meta(path), path) for path in paths))
         return
-    click.echo(pack_experiment(path, out or path / DEFAULT_PACK, feats))
+    if out is not None and len(paths) > 1:
+        raise click.UsageError(f"-o names one file, but {len(paths)} exp dirs were given (each is packed into "
+                               f"its own EXP_DIR/{DEFAULT_PACK} without -o)")
+    for path in paths:
+        click.echo(pack_experiment(path, out or path / DEFAULT_PACK, feats))
 
 
 @click.command()

@@ -25,7 +25,8 @@ import torch
 from sertk import __version__
 from sertk.data.protocols import load_card
 from sertk.errors import ProtocolError, ScoreError, SertkError
-from sertk.features.frontends import DUMP_INFO_KEY
+from sertk.features.extract import stream_layout
+from sertk.features.frontends import DUMP_INFO_KEY, build_frontends, parse_config
 from sertk.features.storage import CONFIG_FILE, is_feature_dump, read_dump_config
 from sertk.fsutil import atomic_write_bytes, sha256_file
 from sertk.results import ENV_FILE, SUMMARY_KEYS, find_fold_dirs, resolve_path
@@ -105,26 +106,44 @@ def pack_experiment(exp_dir: Path, out: Path, feats_dir: Optional[Path] = None) 
     decodes = _decode_infos(exp_dir)
     dump_dir = _dump_dir(exp_dir, feats_dir, decodes)
     model_streams = _model_streams(ckpt)
-    meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "sertk_version": __version__,
-        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "source": {"exp_dir": str(exp_dir.resolve()), "checkpoint": CHECKPOINT, "checkpoint_sha256": digest,
-                   "epoch": ckpt.get("epoch"), "feature_dump": str(dump_dir.resolve()),
-                   "trained_with_sertk": ckpt.get("sertk_version")},
-        "model": ckpt["config"]["model"]["name"],
-        "classes": list(ckpt["classes"]),
-        "config": ckpt["config"],
-        "features": _feature_doc(dump_dir, model_streams),
-        "normalization": _portable_normalization(ckpt["normalization"]),
-        "protocol": _protocol(exp_dir, decodes),
-        "metrics": {"dev": ckpt.get("dev"), "test": _test_metrics(exp_dir, decodes, digest)},
-        "environment": _training_environment(exp_dir),
-    }
+    meta = make_meta(
+        ckpt["config"], list(ckpt["classes"]), _feature_doc(dump_dir, model_streams), ckpt["normalization"],
+        source={"exp_dir": str(exp_dir.resolve()), "checkpoint": CHECKPOINT, "checkpoint_sha256": digest,
+                "epoch": ckpt.get("epoch"), "feature_dump": str(dump_dir.resolve()),
+                "trained_with_sertk": ckpt.get("sertk_version")},
+        protocol=_protocol(exp_dir, decodes),
+        metrics={"dev": ckpt.get("dev"), "test": _test_metrics(exp_dir, decodes, digest)},
+        environment=_training_environment(exp_dir))
     write_pack(out, meta, ckpt["model"])
     test = meta["metrics"]["test"]
     scored = (f"test UA {100 * test['ua']:.2f} ({test['num_utts']} utts)" if test else "no test score")
     return (f"{out}: {meta['model']}, {len(meta['classes'])} classes, epoch {meta['source']['epoch']}, {scored}, "
             f"{out.stat().st_size / 2 ** 20:.1f} MiB")
+
+
+def make_meta(config: Dict[str, Any], classes: List[str], features: Dict[str, Any], normalization: Dict[str, Any],
+              source: Dict[str, Any], protocol: Optional[Dict[str, Any]] = None,
+              metrics: Optional[Dict[str, Any]] = None, environment: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """A packed model's description. `features`: a feature config with its frame layout under `dump:` (from
+    a dump, or `features_from_config`); `normalization`: the checkpoint's state dict."""
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "sertk_version": __version__,
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "source": source, "model": config["model"]["name"], "classes": list(classes), "config": config,
+        "features": features, "normalization": _portable_normalization(normalization),
+        "protocol": protocol, "metrics": metrics or {"dev": None, "test": None}, "environment": environment,
+    }
+
+
+def features_from_config(doc: Dict[str, Any]) -> Dict[str, Any]:
+    """A feature config with the frame layout a dump of it would record (for models not trained from a
+    dump sertk made, e.g. to pack weights trained elsewhere)."""
+    cfg = parse_config(doc)
+    sr = cfg.sample_rate
+    frontends = build_frontends(cfg)
+    info = {"dims": {n: m.dim for n, m in frontends.items()},
+            "frame_shift": {n: s.hop_samples(sr) / sr for n, s in cfg.streams.items()}, **stream_layout(cfg)}
+    return {**cfg.to_dict(), DUMP_INFO_KEY: info}
 
 
 def _decode_infos(exp_dir: Path) -> Dict[str, Dict[str, Any]]:

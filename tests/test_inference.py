@@ -1,0 +1,353 @@
+"""`sertk pack` and `sertk infer` on a tiny model trained on a generated corpus; the VAD on generated
+recordings (and, when ../shared/corpora is there, on real speech)."""
+import csv
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from recipes import CORPORA
+from replicas import make_emodb, make_recording, speech_like, write_wav
+from sertk.data.corpora import prepare_corpus
+from sertk.data.protocols import make_folds
+from sertk.decode import read_decode_dir
+from sertk.features.extract import extract_features
+from sertk.inference.inferencer import InferenceError, Inferencer, Utterance
+from sertk.inference.pack import META_MEMBER, WEIGHTS_MEMBER, PackError, pack_experiment, read_pack
+from sertk.inference.vad import SileroVad, VadConfig, VadError, detect_speech, speech_chunks, silero_available
+from sertk.train.config import load_config
+from sertk.train.decoding import decode_data_dir
+from sertk.train.trainer import train
+
+FEATURES = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16}}}
+TINY = ["model.name=crnn", "model.n_mels=16", "model.channels=[4,8]", "model.lstm_hidden=8",
+        "model.attention_hidden=8", "train.epochs=2", "train.batch_size=4", "segments.length=0.3",
+        "segments.hop=0.1", "features.tag=tiny"]
+CLASSES = ["anger", "boredom", "disgust", "fear", "happiness", "sadness", "neutral"]
+
+
+@pytest.fixture(scope="module", params=["speaker", "global"])
+def trained(request, tmp_path_factory):
+    """A fold trained, dev and test decoded, and packed: (base dir, fold exp dir, packed model)."""
+    base = tmp_path_factory.mktemp(f"infer_{request.param}")
+    root = make_emodb(base / "emodb", speakers=["03", "08", "09"], texts=["a01", "b02"], emotions="WLA")
+    prepare_corpus("emodb", root, base / "all")
+    make_folds(prepare_corpus("emodb", root, base / "all").datadir, "loso", base / "loso")
+    extract_features(base / "all", FEATURES, base / "dump")
+    exp = base / "exp" / "fold1"
+    train(load_config(None, TINY + [f"features.cmvn={request.param}"]), base / "loso" / "fold1", base / "dump", exp)
+    for part in ("dev", "test"):
+        decode_data_dir(exp, base / "loso" / "fold1" / part, base / "dump", exp / f"decode_{part}",
+                        protocol_dir=base / "loso")
+    pack_experiment(exp, base / "model.sertk")
+    return base, exp, base / "model.sertk"
+
+
+def read_csv(text):
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def posteriors(row):
+    return np.array([float(row[f"p_{c}"]) for c in CLASSES])
+
+
+# --- packing ------------------------------------------------------------------------------------
+
+def test_packed_model_gives_the_exp_dirs_posteriors(trained, sertk_cli):
+    base, exp, model = trained
+    for part in ("dev", "test"):
+        decoded = read_decode_dir(exp / f"decode_{part}")
+        result = sertk_cli("-q", "infer", model, base / "loso" / "fold1" / part / "wav.scp")
+        assert result.exit_code == 0, result.output
+        rows = read_csv(result.stdout)
+        assert [r["id"] for r in rows] == decoded.utts   # wav.scp order, its utterance ids
+        for r in rows:
+            assert r["label"] == decoded.hyp[decoded.default_rule][r["id"]]
+            np.testing.assert_allclose(posteriors(r), decoded.post[decoded.default_rule][r["id"]], atol=2e-6)
+            assert r["chunk"] == "" and float(r["start"]) == 0.0
+
+
+def test_pack_holds_what_the_model_was_trained_and_scored_with(trained, sertk_cli):
+    base, exp, model = trained
+    packed = read_pack(model)
+    assert packed.classes == CLASSES and packed.meta["model"] == "crnn"
+    ckpt = torch.load(exp / "best.pt", weights_only=True)
+    assert packed.weights.keys() == ckpt["model"].keys()
+    assert all(torch.equal(packed.weights[k], ckpt["model"][k]) for k in ckpt["model"])
+    assert packed.config == ckpt["config"]
+    assert packed.feature_config["streams"]["logmel"]["n_mels"] == 16
+    assert packed.layout_info == {"dims": {"logmel": 16}, "frame_shift": {"logmel": 0.01}}
+    if packed.normalization["mode"] == "global":
+        assert packed.normalization == ckpt["normalization"]
+    else:   # training speakers' statistics stay behind
+        assert "speakers" not in json.dumps(packed.normalization)
+    assert packed.meta["protocol"]["protocol"] == "loso" and packed.meta["protocol"]["fold"]["fold"] == 1
+    test = packed.meta["metrics"]["test"]
+    assert test["num_utts"] == len(read_decode_dir(exp / "decode_test").utts) and 0 <= test["ua"] <= 1
+    assert packed.meta["metrics"]["dev"]["ua"] == ckpt["dev"]["ua"]
+    info = sertk_cli("pack", "--info", model)
+    assert info.exit_code == 0
+    for text in ("model: crnn", "anger, boredom, disgust", "fold 1 of 3", f"UA {100 * test['ua']:.2f}",
+                 "segments: 0.3 s windows every 0.1 s", f"normalisation: {packed.normalization['mode']}"):
+        assert text in info.stdout
+    again = sertk_cli("pack", exp, "-o", model)
+    assert "already packed from this best.pt" in again.stdout
+
+
+def test_pack_errors(trained, sertk_cli, user_error, tmp_path):
+    base, exp, model = trained
+    assert "holds 1 fold(s); pack one fold's model" in user_error(sertk_cli("pack", base / "exp", "-o", tmp_path / "m"))
+    assert "no best.pt; train the model first" in user_error(sertk_cli("pack", tmp_path, "-o", tmp_path / "m"))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "best.pt").write_bytes((exp / "best.pt").read_bytes())
+    assert "give it with --feats dump/<tag>" in user_error(sertk_cli("pack", bare, "-o", tmp_path / "m"))
+    assert "not a feature dump" in user_error(sertk_cli("pack", bare, "--feats", tmp_path, "-o", tmp_path / "m"))
+    assert sertk_cli("pack", bare, "--feats", base / "dump").exit_code == 0   # default -o: EXP_DIR/model.sertk
+    assert read_pack(bare / "model.sertk").meta["metrics"]["test"] is None
+
+
+def test_damaged_and_foreign_packs_are_refused_without_unpickling(trained, tmp_path, user_error, sertk_cli):
+    _, _, model = trained
+    (tmp_path / "text.sertk").write_text("hello")
+    assert "not a packed sertk model" in user_error(sertk_cli("pack", "--info", tmp_path / "text.sertk"))
+    with zipfile.ZipFile(model) as zf:
+        meta, weights = zf.read(META_MEMBER), zf.read(WEIGHTS_MEMBER)
+
+    def repack(name, members):
+        with zipfile.ZipFile(tmp_path / name, "w") as zf:
+            for member, data in members.items():
+                zf.writestr(member, data)
+        return tmp_path / name
+
+    assert "no sertk-model.json / weights.pt" in user_error(
+        sertk_cli("infer", repack("half.sertk", {META_MEMBER: meta}), "x.wav"))
+    assert "damaged packed model, its weights cannot be read" in user_error(
+        sertk_cli("infer", repack("cut.sertk", {META_MEMBER: meta, WEIGHTS_MEMBER: weights[:100]}), "x.wav"))
+    # a weights file holding an arbitrary object: torch.load(weights_only=True) refuses to build it
+    buf = io.BytesIO()
+    torch.save({"x": zipfile.ZipInfo("evil")}, buf)
+    with pytest.raises(PackError, match="its weights cannot be read"):
+        read_pack(repack("evil.sertk", {META_MEMBER: meta, WEIGHTS_MEMBER: buf.getvalue()}))
+    newer = json.loads(meta)
+    newer["format_version"] = 99
+    assert "packed with a newer sertk" in user_error(
+        sertk_cli("pack", "--info", repack("new.sertk", {META_MEMBER: json.dumps(newer), WEIGHTS_MEMBER: weights})))
+
+
+# --- inputs and outputs -------------------------------------------------------------------------
+
+def test_infer_on_files_a_directory_and_formats(trained, sertk_cli, tmp_path):
+    _, _, model = trained
+    audio = tmp_path / "audio"
+    write_wav(audio / "mono16k.wav", seconds=1.0)
+    write_wav(audio / "stereo.wav", seconds=1.0, channels=2)
+    write_wav(audio / "sub" / "rate8k.wav", seconds=1.0, sr=8000)
+    write_wav(audio / "sub" / "rate44k.wav", seconds=1.0, sr=44100)
+    sf.write(str(audio / "float.wav"), speech_like(1.0), 16000, subtype="FLOAT")
+    sf.write(str(audio / "sub" / "clip.flac"), speech_like(1.0, seed=1), 16000, format="FLAC")
+    (audio / "notes.txt").write_text("not audio: not an input\n")
+    result = sertk_cli("infer", model, audio, "--out", tmp_path / "r.csv")
+    assert result.exit_code == 0, result.output
+    rows = read_csv((tmp_path / "r.csv").read_text())
+    names = [r["id"][len(str(audio)) + 1:] for r in rows]
+    assert names == ["float.wav", "mono16k.wav", "stereo.wav", "sub/clip.flac", "sub/rate44k.wav", "sub/rate8k.wav"]
+    assert list(rows[0]) == ["id", "path", "chunk", "start", "end", "label"] + [f"p_{c}" for c in CLASSES]
+    for r in rows:
+        assert r["label"] in CLASSES and abs(posteriors(r).sum() - 1) < 1e-4
+        assert float(r["end"]) == pytest.approx(1.0, abs=1e-3)
+    # the same files named one by one: the same rows, in the order given
+    files = [audio / "stereo.wav", audio / "mono16k.wav"]
+    single = read_csv(sertk_cli("-q", "infer", model, *files).stdout)
+    assert [r["id"] for r in single] == [str(f) for f in files]
+    by_id = {r["id"]: r for r in rows}
+    for r in single:   # stereo mono-mixed: identical channels give the mono file's result
+        np.testing.assert_allclose(posteriors(r), posteriors(by_id[r["id"]]), atol=1e-6)
+
+
+def test_unreadable_inputs_are_skipped_counted_and_set_the_exit_status(trained, sertk_cli, tmp_path, user_error):
+    _, _, model = trained
+    good = write_wav(tmp_path / "good.wav", seconds=1.0)
+    (tmp_path / "garbage.wav").write_bytes(b"RIFF not really a wave file")
+    sf.write(str(tmp_path / "empty.wav"), np.zeros(0, np.float32), 16000)
+    sf.write(str(tmp_path / "nan.wav"), np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
+    sf.write(str(tmp_path / "tiny.wav"), np.ones(40, np.float32) * 0.1, 16000)   # 2.5 ms: one centred frame
+    args = [good, tmp_path / "garbage.wav", tmp_path / "empty.wav", tmp_path / "nan.wav", tmp_path / "tiny.wav",
+            tmp_path / "missing.wav", good]
+    result = sertk_cli("infer", model, *args, "--out", tmp_path / "r.json")
+    assert result.exit_code == 3, result.output
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert [r["id"] for r in doc["rows"]] == [str(good), str(tmp_path / "tiny.wav")]
+    reasons = {s["id"]: s["reason"] for s in doc["skipped"]}
+    assert len(doc["skipped"]) == 5 and "5 input(s) skipped" in result.stderr
+    assert "no such file or directory" in reasons[str(tmp_path / "missing.wav")]
+    assert "not a readable audio file" in reasons[str(tmp_path / "garbage.wav")]
+    assert "zero length" in reasons[str(tmp_path / "empty.wav")]
+    assert "non-finite" in reasons[str(tmp_path / "nan.wav")]
+    assert "id given twice" in [s for s in doc["skipped"] if s["id"] == str(good)][0]["reason"]
+    for s in doc["skipped"]:
+        assert f"skipped {s['id']}: " in result.stderr
+    assert "all 2 input(s) were skipped" in user_error(sertk_cli("infer", model, tmp_path / "garbage.wav",
+                                                                 tmp_path / "missing.wav"))
+
+
+def test_wav_scp_speakers_and_the_speaker_pattern_agree(trained, sertk_cli, tmp_path):
+    base, _, model = trained
+    scp_rows = read_csv(sertk_cli("-q", "infer", model, base / "all" / "wav.scp").stdout)
+    pattern = read_csv(sertk_cli("-q", "infer", model, base / "emodb" / "wav", "--speaker-pattern", r"wav/(\d\d)").stdout)
+    assert len(scp_rows) == len(pattern) == 18
+    by_name = {r["path"].rsplit("/", 1)[1]: r for r in pattern}
+    for r in scp_rows:
+        np.testing.assert_allclose(posteriors(r), posteriors(by_name[r["path"].rsplit("/", 1)[1]]), atol=1e-6)
+    alone = read_csv(sertk_cli("-q", "infer", model, base / "emodb" / "wav").stdout)
+    differs = any(np.abs(posteriors(a) - posteriors(by_name[a["path"].rsplit("/", 1)[1]])).max() > 1e-4 for a in alone)
+    # per-speaker statistics are over all of a speaker's files; with no speakers each file is its own
+    assert differs == (read_pack(model).normalization["mode"] == "speaker")
+
+
+def test_vote_window_and_hop_options(trained, sertk_cli, tmp_path, user_error):
+    _, _, model = trained
+    clip = tmp_path / "clip.wav"
+    sf.write(str(clip), speech_like(2.0), 16000)
+    default = json.loads(sertk_cli("-q", "infer", model, clip, "--out", tmp_path / "a.json").exit_code == 0
+                         and (tmp_path / "a.json").read_text())
+    assert default["rule"] == "mean"
+    inf = Inferencer.from_file(model, window=1.0)
+    assert inf.segments.length == 1.0 and inf.segments.hop == 0.5
+    wave = sf.read(str(clip), dtype="float32")[0]
+    # 201 centred frames: 1 s windows every 0.5 s start at frames 0, 50, 100, and one more covers the tail
+    np.testing.assert_allclose(inf.predict(wave, 16000).segment_times, [[0, 1], [0.5, 1.5], [1, 2], [1.01, 2.01]])
+    assert len(Inferencer.from_file(model).predict(wave, 16000).segment_posteriors) == 19   # 0.3 s every 0.1 s
+    voted = json.loads(sertk_cli("-q", "infer", model, clip, "--vote", "max", "--out", tmp_path / "b.json").exit_code
+                       == 0 and (tmp_path / "b.json").read_text())
+    assert voted["rule"] == "max"
+    assert "--window and --hop must be positive" in user_error(sertk_cli("infer", model, clip, "--window", "0"))
+    assert "must end in .csv or .json" in user_error(sertk_cli("infer", model, clip, "--out", tmp_path / "r.txt"))
+    assert "not a regular expression" in user_error(sertk_cli("infer", model, clip, "--speaker-pattern", "(x"))
+    assert "min chunk" in user_error(sertk_cli("infer", model, clip, "--min-chunk", "20"))
+
+
+def test_python_api(trained, monkeypatch):
+    _, _, model = trained
+    inf = Inferencer.from_file(model, device="cpu")
+    wave = speech_like(1.5)
+    mono = inf.predict(wave, 16000)
+    stereo = inf.predict(np.stack([wave, wave], axis=1), 16000)
+    np.testing.assert_allclose(mono.posteriors, stereo.posteriors, atol=1e-6)
+    assert mono.label == CLASSES[int(np.argmax(mono.posteriors))] and mono.end == pytest.approx(1.5)
+    np.testing.assert_allclose(mono.posteriors, mono.segment_posteriors.mean(axis=0), atol=1e-6)   # mean rule
+    with pytest.raises(InferenceError, match="non-finite"):
+        inf.predict(np.full(100, np.nan, np.float32), 16000)
+    # a stream that gives no frame for a short utterance (none of the spectral ones: their frames are
+    # centred) leaves that utterance without a decision, and the others with theirs
+    from sertk.inference import inferencer as module
+    real = module.compute_streams
+
+    def no_frames_for_short(streams, audio, device):
+        return {name: [x if len(a) > 100 else x[:0] for x, a in zip(rows, audio)]
+                for name, rows in real(streams, audio, device).items()}
+    monkeypatch.setattr(module, "compute_streams", no_frames_for_short)
+    decisions, too_short = inf.decide([Utterance("a", wave), Utterance("b", wave[:50])])
+    assert list(decisions) == ["a"] and "0.003 s is too short for one feature frame of stream 'logmel'" in too_short["b"]
+    np.testing.assert_allclose(decisions["a"].posteriors, mono.posteriors, atol=1e-6)
+    with pytest.raises(InferenceError, match="too short"):
+        inf.predict(wave[:50], 16000)
+
+
+# --- long recordings ----------------------------------------------------------------------------
+
+def test_energy_vad_finds_the_known_chunks_of_a_3_minute_recording(tmp_path):
+    truth = make_recording(tmp_path / "rec.wav", 180.0, seed=3)
+    wave, sr = sf.read(str(tmp_path / "rec.wav"), dtype="float32")
+    cfg = VadConfig("energy", pad=0.1)
+    chunks = detect_speech(wave, sr, cfg)
+    assert chunks.backend == "energy" and len(chunks.spans) == len(truth) > 30
+    for (s, e), (ts, te) in zip(chunks.spans, truth):
+        assert abs(s - (ts - cfg.pad)) < 0.06 and abs(e - (te + cfg.pad)) < 0.06
+
+
+def test_chunk_rules():
+    hop = 0.01
+    probs = np.zeros(1000, np.float32)
+    probs[100:300] = 0.9          # 2 s of speech ...
+    probs[320:400] = 0.9          # ... a 0.2 s pause (< min_silence 0.3: one chunk) ...
+    probs[400:420] = 0.4          # ... held by hysteresis (>= 0.5 - 0.15) ...
+    probs[600:620] = 0.9          # a 0.2 s blip (< min_chunk 0.5 with pad 0.1: dropped)
+    spans, dropped = speech_chunks(probs, hop, 10.0, VadConfig(pad=0.1))
+    assert spans == [(pytest.approx(0.9), pytest.approx(4.3))] and dropped == 1
+    long = np.full(3000, 0.9, np.float32)   # 30 s of speech -> three 10 s chunks, a 25 s one -> 8.33 s x 3
+    assert len(speech_chunks(long, hop, 30.0, VadConfig(pad=0.0))[0]) == 3
+    parts = speech_chunks(long[:2500], hop, 25.0, VadConfig(pad=0.0))[0]
+    assert [round(e - s, 2) for s, e in parts] == [8.33, 8.33, 8.33] and parts[-1][1] == 25.0
+    padded = speech_chunks(np.r_[np.ones(100), np.zeros(10), np.ones(100)].astype(np.float32), hop, 2.1,
+                           VadConfig(pad=0.5, min_silence=0.05, min_chunk=0.1))[0]
+    assert padded[0][1] == padded[1][0] == pytest.approx(1.05)   # padding stops half-way into the pause
+    with pytest.raises(VadError):
+        VadConfig(backend="webrtc")
+
+
+def test_vad_chunks_and_timeline_from_the_command_line(trained, sertk_cli, tmp_path, user_error):
+    _, _, model = trained
+    truth = make_recording(tmp_path / "rec.wav", 60.0, seed=5, max_burst=14.0)
+    result = sertk_cli("infer", model, tmp_path / "rec.wav", "--segment", "vad", "--vad", "energy",
+                       "--max-chunk", "8", "--out", tmp_path / "r.csv", "--timeline", tmp_path / "t.png")
+    assert result.exit_code == 0, result.output
+    rows = read_csv((tmp_path / "r.csv").read_text())
+    wave, sr = sf.read(str(tmp_path / "rec.wav"), dtype="float32")
+    spans = detect_speech(wave, sr, VadConfig("energy", max_chunk=8.0)).spans
+    assert [(float(r["start"]), float(r["end"])) for r in rows] == [(round(s, 3), round(e, 3)) for s, e in spans]
+    assert [int(r["chunk"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert len(rows) > len(truth) and all(float(r["end"]) - float(r["start"]) <= 8.0 + 1e-6 for r in rows)
+    png = (tmp_path / "t.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10000
+    fixed = read_csv(sertk_cli("-q", "infer", model, tmp_path / "rec.wav", "--segment", "fixed", "--max-chunk",
+                               "25").stdout)
+    assert [(r["start"], r["end"]) for r in fixed] == [("0.000", "20.000"), ("20.000", "40.000"), ("40.000", "60.000")]
+    silent = tmp_path / "silent.wav"
+    sf.write(str(silent), np.zeros(32000, np.float32), 16000)
+    result = sertk_cli("infer", model, silent, tmp_path / "rec.wav", "--segment", "vad", "--vad", "energy")
+    assert result.exit_code == 3 and "skipped" in result.stderr and "no speech found" in result.stderr
+    assert "--timeline draws one recording" in user_error(
+        sertk_cli("infer", model, silent, tmp_path / "rec.wav", "--timeline", tmp_path / "x.png"))
+
+
+@pytest.mark.skipif(not silero_available(), reason="silero-vad is not installed (pip install 'sertk[infer]')")
+def test_silero_batched_pieces_agree_with_a_frame_by_frame_run():
+    vad = SileroVad()
+    wave = np.concatenate([np.zeros(8000, np.float32), speech_like(3.0), np.zeros(8000, np.float32)])
+    batched = vad.probabilities(wave)   # shorter than one piece: one row, no warm-up
+    vad.model.reset_states()
+    with torch.inference_mode():
+        single = np.array([float(vad.model(torch.from_numpy(wave[i * 512:(i + 1) * 512])[None], 16000))
+                           for i in range(len(wave) // 512)])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    assert torch.get_num_threads() >= 1 and vad.hop == 0.032
+
+
+@pytest.mark.skipif(not (CORPORA / "emodb").is_dir(), reason=f"real corpus not available: {CORPORA / 'emodb'}")
+@pytest.mark.skipif(not silero_available(), reason="silero-vad is not installed (pip install 'sertk[infer]')")
+def test_silero_on_real_speech_finds_the_utterances():
+    files = sorted((CORPORA / "emodb" / "wav").glob("*.wav"))[:40]
+    parts, utts, n = [], [], 0
+    for f in files:
+        audio = sf.read(str(f), dtype="float32")[0]
+        parts += [audio, np.zeros(16000, np.float32)]
+        utts.append((n / 16000, (n + len(audio)) / 16000))
+        n += len(audio) + 16000
+    wave = np.concatenate(parts)
+    chunks = detect_speech(wave, 16000, VadConfig("silero")).spans
+    inside = [any(a - 0.15 <= s and e <= b + 0.15 for a, b in utts) for s, e in chunks]
+    found = [any(a - 0.15 <= s and e <= b + 0.15 for s, e in chunks) for a, b in utts]
+    assert sum(inside) >= 0.95 * len(chunks) and sum(found) >= 0.95 * len(utts)
+    # the batched pieces decide speech frames as a frame-by-frame run does
+    vad = SileroVad()
+    batched = vad.probabilities(wave)
+    vad.model.reset_states()
+    with torch.inference_mode():
+        frames = torch.from_numpy(wave[:len(batched) * 512]).view(-1, 512)
+        single = np.array([float(vad.model(frames[i][None], 16000)) for i in range(len(frames))])
+    assert ((batched >= 0.5) == (single >= 0.5)).mean() > 0.99
