@@ -1,8 +1,9 @@
 """The emotion timeline of one recording: class posteriors over time, with the chunks marked (PNG).
 
-Top: each class's segment posteriors (one point per model window, at its centre; lines join the
-windows of one chunk). Shaded: the chunks the recording was cut into. Bottom: each chunk as a bar in the
-colour of its decided class. Needs matplotlib (pip install 'sertk[infer]').
+Top: the class posteriors stacked (they sum to 1) over every chunk the recording was cut into, window by
+window: each model window owns the stretch of the chunk nearest its centre, so a chunk's colours change
+where its windows disagree. Gaps are the non-speech the chunks leave out. Bottom: each chunk as a bar in
+the colour of its decided class. Needs matplotlib (pip install 'sertk[infer]').
 """
 import io
 from pathlib import Path
@@ -38,16 +39,20 @@ def draw_timeline(rows: Sequence[Row], classes: Sequence[str], duration: float, 
     colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(classes))]
     fig, (ax, bars) = plt.subplots(2, 1, sharex=True, figsize=(min(24.0, 8.0 + duration / 30.0), 4.8),
                                    gridspec_kw={"height_ratios": [5, 1]})
+    lefts, widths, post = [], [], []
     for row in rows:
-        ax.axvspan(row.start, row.end, color="0.9", zorder=0)
-        times = row.start + row.decision.segment_times.mean(axis=1)
-        post = row.decision.segment_posteriors
-        if len(times) == 1:   # one window: a level line over the chunk
-            times, post = np.array([row.start, row.end]), np.repeat(post, 2, axis=0)
-        for c, colour in enumerate(colours):
-            ax.plot(times, post[:, c], color=colour, linewidth=1.2)
+        centres = row.start + row.decision.segment_times.mean(axis=1)
+        edges = np.concatenate([[row.start], (centres[1:] + centres[:-1]) / 2, [row.end]])
+        lefts.append(edges[:-1])
+        widths.append(np.diff(edges))
+        post.append(row.decision.segment_posteriors)
         bars.broken_barh([(row.start, row.end - row.start)], (0, 1),
                          color=colours[classes.index(row.decision.label)])
+    lefts, widths, post = np.concatenate(lefts), np.concatenate(widths), np.concatenate(post)
+    bottom = np.zeros(len(lefts))
+    for c, colour in enumerate(colours):   # one call per class, however long the recording
+        ax.bar(lefts, post[:, c], width=widths, bottom=bottom, align="edge", color=colour, linewidth=0)
+        bottom += post[:, c]
     ax.set_ylim(0, 1)
     ax.set_ylabel("posterior")
     ax.set_xlim(0, duration)
@@ -57,7 +62,7 @@ def draw_timeline(rows: Sequence[Row], classes: Sequence[str], duration: float, 
     bars.set_yticks([])
     bars.set_ylabel("chunk", rotation=0, ha="right", va="center")
     bars.xaxis.set_major_formatter(FuncFormatter(_clock))
-    bars.set_xlabel("time (shaded: chunks; bars: decided class)")
+    bars.set_xlabel("time (top: posteriors per model window; bottom: each chunk's decided class)")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
