@@ -12,6 +12,8 @@ Rows (RTF = wall seconds / audio seconds, lower is faster; target <= 0.01 on a 2
 - vad <backend>:  reading the file, VAD, features, model and voting per speech chunk (`--segment vad`)
 - vad only:       the VAD alone on audio in memory
 - fixed 10 s:     the same path without VAD, the recording cut into 10 s pieces (`--segment fixed`)
+- silero's own:   silero-vad's `get_speech_timestamps` (one 32 ms frame at a time) on the first 5 minutes,
+                  for comparison with sertk's batched pieces
 Loading the packed model (and the silero model) is timed apart: it happens once per run.
 """
 import argparse
@@ -98,6 +100,13 @@ def main() -> None:
         result = infer_recordings(inf, [Recording("long", wav)], "fixed", VadConfig(max_chunk=10.0), progress=False)
         wall = time.perf_counter() - t0
         print(f"fixed 10 s   RTF {wall / seconds:.5f}  ({wall:.1f} s; {len(result.rows)} pieces)")
+        if silero_available():
+            from silero_vad import get_speech_timestamps
+            head = torch.from_numpy(wave[:5 * 60 * SR])
+            t0 = time.perf_counter()
+            get_speech_timestamps(head, make_backend("silero").model, sampling_rate=SR)
+            wall = time.perf_counter() - t0
+            print(f"silero's own RTF {wall / (len(head) / SR):.5f}  ({wall:.1f} s for the first 5 min, frame by frame)")
 
 
 if __name__ == "__main__":

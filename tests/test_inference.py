@@ -191,6 +191,12 @@ def test_unreadable_inputs_are_skipped_counted_and_set_the_exit_status(trained, 
     assert "id given twice" in [s for s in doc["skipped"] if s["id"] == str(good)][0]["reason"]
     for s in doc["skipped"]:
         assert f"skipped {s['id']}: " in result.stderr
+    scp = tmp_path / "list" / "wav.scp"
+    scp.parent.mkdir()
+    scp.write_text(f"a {good}\nb sox {good} -t wav - |\n")
+    result = sertk_cli("infer", model, scp)
+    assert result.exit_code == 3 and "skipped b: " in result.stderr and "pipes and ark specifiers" in result.stderr
+    assert read_csv(result.stdout)[0]["id"] == "a"
     assert "all 2 input(s) were skipped" in user_error(sertk_cli("infer", model, tmp_path / "garbage.wav",
                                                                  tmp_path / "missing.wav"))
 
@@ -233,7 +239,9 @@ def test_vote_window_and_hop_options(trained, sertk_cli, tmp_path, user_error):
 
 def test_python_api(trained, monkeypatch):
     _, _, model = trained
-    inf = Inferencer.from_file(model, device="cpu")
+    from sertk import Inferencer as exported   # the README's import
+    inf = exported.from_file(model, device="cpu")
+    assert isinstance(inf, Inferencer)
     wave = speech_like(1.5)
     mono = inf.predict(wave, 16000)
     stereo = inf.predict(np.stack([wave, wave], axis=1), 16000)
