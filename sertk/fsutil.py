@@ -10,6 +10,10 @@ from typing import Callable, Iterator
 from sertk.errors import OutputError
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temp file in the same folder and a rename."""
     atomic_write_bytes(path, text.encode("utf-8"))
@@ -23,6 +27,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; the result gets what open() would give it
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

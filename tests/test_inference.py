@@ -3,6 +3,7 @@ recordings (and, when ../shared/corpora is there, on real speech)."""
 import csv
 import io
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -154,6 +155,9 @@ def test_infer_on_files_a_directory_and_formats(trained, sertk_cli, tmp_path):
     result = sertk_cli("infer", model, audio, "--out", tmp_path / "r.csv")
     assert result.exit_code == 0, result.output
     rows = read_csv((tmp_path / "r.csv").read_text())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "r.csv").stat().st_mode & 0o777 == 0o666 & ~umask   # as open() makes it, not mkstemp's 0600
     names = [r["id"][len(str(audio)) + 1:] for r in rows]
     assert names == ["float.wav", "mono16k.wav", "stereo.wav", "sub/clip.flac", "sub/rate44k.wav", "sub/rate8k.wav"]
     assert list(rows[0]) == ["id", "path", "chunk", "start", "end", "label"] + [f"p_{c}" for c in CLASSES]
