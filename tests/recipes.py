@@ -76,12 +76,16 @@ def assert_packed_model_decides_as_decoded(fold: Path, test_dir: Path) -> None:
 
     from sertk.cli import main
     from sertk.decode import read_decode_dir
+    from sertk.inference.pack import read_meta
     out = fold / "infer_test.json"
     result = CliRunner().invoke(main, ["-q", "infer", str(fold / "model.sertk"), str(test_dir / "wav.scp"),
                                        "--out", str(out)])
     assert result.exit_code == 0, result.output
     decoded = read_decode_dir(fold / "decode_test")
-    rows = json.loads(out.read_text())["rows"]
+    doc = json.loads(out.read_text())
+    rows = doc["rows"]
+    if read_meta(fold / "model.sertk")["features"].get("preprocess"):   # what the model's preprocessing did is told
+        assert doc["preprocess"]["utterances"] == len(rows)
     assert [r["id"] for r in rows] == decoded.utts
     rule = decoded.default_rule
     for r in rows:

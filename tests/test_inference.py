@@ -108,6 +108,8 @@ def test_pack_errors(trained, sertk_cli, user_error, tmp_path):
     (bare / "best.pt").write_bytes((exp / "best.pt").read_bytes())
     assert "give it with --feats dump/<tag>" in user_error(sertk_cli("pack", bare, "-o", tmp_path / "m"))
     assert "not a feature dump" in user_error(sertk_cli("pack", bare, "--feats", tmp_path, "-o", tmp_path / "m"))
+    several = sertk_cli("pack", bare, exp, "-o", tmp_path / "m")
+    assert several.exit_code == 2 and "-o names one file, but 2 exp dirs were given" in several.output
     assert sertk_cli("pack", bare, "--feats", base / "dump").exit_code == 0   # default -o: EXP_DIR/model.sertk
     assert read_pack(bare / "model.sertk").meta["metrics"]["test"] is None
 

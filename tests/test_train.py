@@ -344,3 +344,16 @@ def test_bucketed_training_runs_and_changes_the_batches(setup, tmp_path):
     assert plain.epochs_run == bucketed.epochs_run == 1
     a, b = (torch.load(tmp_path / d / "last.pt", weights_only=True)["model"] for d in ("plain", "bucket"))
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_decode_command_decodes_several_data_dirs(setup, trained, tmp_path, sertk_cli):
+    fold, dump = setup / "loso" / "fold1", setup / "dump"
+    result = sertk_cli("decode", "--exp", trained, "--feats", dump, "--data", fold / "dev", "--out", tmp_path / "d",
+                       "--data", fold / "test", "--out", tmp_path / "t", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    for part, out in (("dev", "d"), ("test", "t")):
+        decode_data_dir(trained, fold / part, dump, tmp_path / f"alone_{part}")
+        assert read_decode_dir(tmp_path / out).hyp == read_decode_dir(tmp_path / f"alone_{part}").hyp
+    result = sertk_cli("decode", "--exp", trained, "--feats", dump, "--data", fold / "dev", "--data", fold / "test",
+                       "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "give one --out per --data (2 --data, 1 --out)" in result.output   # usage error

@@ -189,13 +189,17 @@ current_stage=4
 if run_stage 4; then
   fold_ids=$(fold_list)
   for k in $fold_ids; do
-    for set in dev test; do
-      feats=$dump
-      if [ "$set" = test ]; then feats=$test_dump; fi
+    sets=(--data "$data/fold$k/dev" --out "$exp/fold$k/decode_dev")
+    test_set=(--data "$data/fold$k/test" --out "$exp/fold$k/decode_test")
+    # one call decodes both sets (one start-up) when they share a dump; cross-corpus tests read their own
+    if [ "$test_dump" = "$dump" ]; then sets+=("${test_set[@]}"); test_set=(); fi
+    # shellcheck disable=SC2086
+    sertk decode --exp "$exp/fold$k" "${sets[@]}" --feats "$dump" --protocol-dir "$data" --device "$device" $decode_args
+    if [ ${#test_set[@]} -gt 0 ]; then
       # shellcheck disable=SC2086
-      sertk decode --exp "$exp/fold$k" --data "$data/fold$k/$set" --feats "$feats" --out "$exp/fold$k/decode_$set" \
-        --protocol-dir "$data" --device "$device" $decode_args
-    done
+      sertk decode --exp "$exp/fold$k" "${test_set[@]}" --feats "$test_dump" --protocol-dir "$data" \
+        --device "$device" $decode_args
+    fi
   done
 fi
 

@@ -48,7 +48,7 @@ def report_lines(report):
                f"{report.utts} utterances, {report.audio_seconds:.1f} s of audio")
         for s in report.streams:
             yield f"  {s.name}: {s.utts} utts, {s.frames} frames, dim {s.dim}"
-        yield from _preprocess_lines(report.preprocess)
+        yield from preprocess_lines(report.preprocess)
         yield from _note_lines(report.notes)
         return
     yield (f"{report.out_dir}: {report.utts} utterances, {report.audio_seconds:.1f} s of audio "
@@ -62,7 +62,7 @@ def report_lines(report):
     loading = f"audio loading {report.load_seconds:.2f} s" + (" summed over jobs" if report.nj > 1 else " of it")
     yield (f"  set-up {report.setup_seconds:.2f} s; extraction {extraction:.2f} s ({loading}), "
            f"{_times_real_time(report.audio_seconds, extraction)} real time")
-    yield from _preprocess_lines(report.preprocess)
+    yield from preprocess_lines(report.preprocess)
     yield from _note_lines(report.notes)
 
 
@@ -76,7 +76,7 @@ def _note_lines(notes):
             yield f"  {stream}: {n} {NOTE_TEXT.get(key, key)}"
 
 
-def _preprocess_lines(summary):
+def preprocess_lines(summary):
     """What silence removal and the fixed length did: audio left out by design is counted, not silent."""
     if not summary:
         return

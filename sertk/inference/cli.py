@@ -100,6 +100,11 @@ def infer(ctx, model: Path, inputs: Tuple[str], out: Optional[Path], vote: Optio
         raise SertkError(f"no results: all {len(recordings) + len(skips)} input(s) were skipped")
     header = {"model": str(model), "source": inf.packed.meta["source"]["exp_dir"], "rule": inf.rule,
               "segment": segment, "vad": result.vad_backend}
+    if inf.features.preprocess.active:   # the model's own preprocessing (e.g. a fixed length) cuts by design: say so
+        from sertk.features.cli import preprocess_lines
+        header["preprocess"] = inf.preprocess_stats.summary(inf.sample_rate)
+        for line in preprocess_lines(header["preprocess"]):
+            log.info(line.strip())
     text = write_output(out, result, inf.classes, header)
     if out is None:
         click.echo(text, nl=False)

@@ -14,7 +14,7 @@ speaker's utterances with statistics over all of them (pass the same speaker for
 recording); `predict` on one waveform normalises it with its own statistics.
 """
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -59,7 +59,6 @@ class Decision:
     segment_times: np.ndarray               # [S, 2] seconds from the utterance's start (window spans)
     start: float = 0.0                      # seconds in the recording (chunks)
     end: Optional[float] = None
-    extra: Dict[str, object] = field(default_factory=dict)
 
 
 class Inferencer:
