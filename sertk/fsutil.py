@@ -14,6 +14,16 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def new_file_mode() -> int:
+    """The mode open() gives a new file (mkstemp's temp files are 0600, private to their owner)."""
+    return 0o666 & ~_UMASK
+
+
+def new_dir_mode() -> int:
+    """The mode mkdir() gives a new folder (mkdtemp's are 0700)."""
+    return 0o777 & ~_UMASK
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temp file in the same folder and a rename."""
     atomic_write_bytes(path, text.encode("utf-8"))
@@ -27,7 +37,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; the result gets what open() would give it
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -51,6 +61,7 @@ def atomic_output_dir(path: Path, kind: str = "output dir",
                           "(remove it or choose another output)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.chmod(tmp, new_dir_mode())
     try:
         yield tmp
     except BaseException:

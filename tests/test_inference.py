@@ -160,6 +160,7 @@ def test_infer_on_files_a_directory_and_formats(trained, sertk_cli, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "r.csv").stat().st_mode & 0o777 == 0o666 & ~umask   # as open() makes it, not mkstemp's 0600
+    assert model.stat().st_mode & 0o777 == 0o666 & ~umask
     names = [r["id"][len(str(audio)) + 1:] for r in rows]
     assert names == ["float.wav", "mono16k.wav", "stereo.wav", "sub/clip.flac", "sub/rate44k.wav", "sub/rate8k.wav"]
     assert list(rows[0]) == ["id", "path", "chunk", "start", "end", "label"] + [f"p_{c}" for c in CLASSES]

@@ -242,6 +242,11 @@ def trained(setup, tmp_path_factory):
 
 
 def test_test_set_is_decoded_once_with_the_dev_selected_checkpoint(setup, trained, tmp_path):
+    from sertk.fsutil import new_dir_mode, new_file_mode
+    for name in ("best.pt", "last.pt", "config.yaml"):   # written atomically, with open()'s mode, not mkstemp's 0600
+        assert (trained / name).stat().st_mode & 0o777 == new_file_mode()
+    for folder in (setup / "all", setup / "dump", setup / "loso"):   # made atomically, not left at mkdtemp's 0700
+        assert folder.stat().st_mode & 0o777 == new_dir_mode()
     test, dump, out = setup / "loso" / "fold1" / "test", setup / "dump", tmp_path / "decode_test"
     decode_data_dir(trained, test, dump, out)
     assert read_decode_dir(out).info["checkpoint"] == "best.pt"

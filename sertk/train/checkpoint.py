@@ -10,6 +10,7 @@ from typing import Any, Dict
 import torch
 
 from sertk.errors import SertkError
+from sertk.fsutil import new_file_mode
 
 
 class CheckpointError(SertkError):
@@ -22,6 +23,7 @@ def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
     os.close(fd)
     try:
         torch.save(state, tmp)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
