@@ -366,3 +366,10 @@ def test_silero_on_real_speech_finds_the_utterances():
         frames = torch.from_numpy(wave[:len(batched) * 512]).view(-1, 512)
         single = np.array([float(vad.model(frames[i][None], 16000)) for i in range(len(frames))])
     assert ((batched >= 0.5) == (single >= 0.5)).mean() > 0.99
+
+
+def test_batch_size_below_one_is_a_usage_error(trained, sertk_cli, tmp_path):
+    _, _, model = trained
+    clip = write_wav(tmp_path / "clip.wav", seconds=1.0)
+    result = sertk_cli("infer", model, clip, "--batch-size", "0")
+    assert result.exit_code == 2 and "--batch-size" in result.output and "Traceback" not in result.output

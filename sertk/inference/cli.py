@@ -5,6 +5,8 @@ from typing import Optional, Tuple
 
 import click
 
+from sertk.decode import VOTING_RULES   # numpy only: the command line still starts without torch
+
 log = logging.getLogger(__name__)
 
 EXIT_SKIPPED = 3   # results written, but some inputs were skipped (each one logged with its reason)
@@ -40,7 +42,7 @@ def pack(paths: Tuple[Path], out: Optional[Path], feats: Optional[Path], info: b
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="results.csv or results.json [default: CSV on stdout].")
-@click.option("--vote", type=click.Choice(["mean", "majority", "logsum", "max"]),
+@click.option("--vote", type=click.Choice(VOTING_RULES),
               help="Voting rule over a recording's windows [default: the model's].")
 @click.option("--window", type=float, help="Model window length in seconds [default: the model's].")
 @click.option("--hop", type=float, help="Model window hop in seconds [default: the model's, or half of --window].")
@@ -59,7 +61,8 @@ def pack(paths: Tuple[Path], out: Optional[Path], feats: Optional[Path], info: b
               help="Speakers by input id (Kaldi utt2spk), for models with speaker normalisation.")
 @click.option("--speaker-pattern", metavar="REGEX",
               help="Speaker = this regex's first group (or match) in each input id, e.g. 'wav/(..)' for EmoDB.")
-@click.option("--batch-size", default=64, show_default=True, help="Model windows per batch.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Model windows per batch.")
 @click.option("--device", help="cpu, cuda or cuda:N [default: cuda if available].")
 @click.pass_context
 def infer(ctx, model: Path, inputs: Tuple[str], out: Optional[Path], vote: Optional[str], window: Optional[float],

@@ -49,6 +49,8 @@ class Utterance:
     key: str
     audio: np.ndarray
     speaker: Optional[str] = None   # None: its own speaker
+    start: float = 0.0              # where it begins in its recording (seconds)
+    end: Optional[float] = None     # None: start + its length
 
 
 @dataclass
@@ -57,8 +59,8 @@ class Decision:
     posteriors: np.ndarray                  # [C], voted, in `classes` order
     segment_posteriors: np.ndarray          # [S, C], each window of the utterance
     segment_times: np.ndarray               # [S, 2] seconds from the utterance's start (window spans)
-    start: float = 0.0                      # seconds in the recording (chunks)
-    end: Optional[float] = None
+    start: float                            # seconds in the recording (chunks)
+    end: float
 
 
 class Inferencer:
@@ -132,15 +134,19 @@ class Inferencer:
     def decide_spans(self, wave: np.ndarray, spans: Sequence[Tuple[float, float]],
                      speaker: Optional[str] = None) -> List[Decision]:
         """A decision per (start, end) span of `wave` (at the model's rate), in order."""
-        sr = self.sample_rate
-        utts = [Utterance(f"{i:08d}", wave[int(round(s * sr)):int(round(e * sr))], speaker)
-                for i, (s, e) in enumerate(spans)]
+        utts = self.cut(wave, spans, speaker)
         decisions, too_short = self.decide(utts)
         if too_short:
             raise InferenceError(next(iter(too_short.values())))
-        for u, (s, e) in zip(utts, spans):
-            decisions[u.key].start, decisions[u.key].end = s, e
         return [decisions[u.key] for u in utts]
+
+    def cut(self, wave: np.ndarray, spans: Sequence[Tuple[float, float]], speaker: Optional[str] = None,
+            first: int = 0) -> List[Utterance]:
+        """The (start, end) second spans of `wave` (at the model's rate) as utterances keyed first, first + 1,
+        ...; `decide` gives their decisions those start and end times."""
+        sr = self.sample_rate
+        return [Utterance(f"{first + i:08d}", wave[int(round(s * sr)):int(round(e * sr))], speaker, s, e)
+                for i, (s, e) in enumerate(spans)]
 
     # --- many utterances at once ---
 
@@ -163,11 +169,14 @@ class Inferencer:
         spans: Dict[str, List[Tuple[float, float]]] = {}
         for seg in dataset.segments:
             spans.setdefault(seg.utt, []).append((seg.start * shift, seg.end * shift))
+        by_key = {u.key: u for u in utts}
         out = {}
         for key, seg_post in by_utterance(dataset, post).items():
             voted = vote(seg_post, self.rule)
+            u = by_key[key]
+            end = u.end if u.end is not None else u.start + len(u.audio) / self.sample_rate
             out[key] = Decision(self.classes[int(np.argmax(voted))], voted, seg_post,
-                                np.asarray(spans[key], dtype=np.float64), end=len(audio[key]) / self.sample_rate)
+                                np.asarray(spans[key], dtype=np.float64), u.start, end)
         return out, too_short
 
     def _preprocessed(self, wave: np.ndarray) -> np.ndarray:

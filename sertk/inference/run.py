@@ -20,7 +20,6 @@ from sertk.inference.vad import VadConfig, detect_speech, split_evenly
 
 log = logging.getLogger(__name__)
 
-SEGMENT_MODES = ("none", "vad", "fixed")   # whole recordings | speech chunks | consecutive max-chunk pieces
 GROUP_SECONDS = 600.0
 GROUP_FILES = 256
 
@@ -30,9 +29,15 @@ class Row:
     id: str
     path: str
     chunk: Optional[int]          # 1-based chunk number; None: the whole recording
-    start: float                  # seconds in the recording
-    end: float
     decision: Decision
+
+    @property
+    def start(self) -> float:     # seconds in the recording
+        return self.decision.start
+
+    @property
+    def end(self) -> float:
+        return self.decision.end
 
 
 @dataclass
@@ -91,7 +96,7 @@ def _speaker(rec: Recording) -> str:
 
 def _infer_group(inf: Inferencer, group: List[Recording], segment: str, vad: VadConfig, result: InferResult) -> None:
     utts: List[Utterance] = []
-    pieces: Dict[str, Tuple[Recording, Optional[int], float, float]] = {}
+    pieces: Dict[str, Tuple[Recording, Optional[int]]] = {}   # utterance key -> its recording and chunk number
     for rec in group:
         try:
             wave = load_audio(rec.path, inf.sample_rate)
@@ -105,20 +110,18 @@ def _infer_group(inf: Inferencer, group: List[Recording], segment: str, vad: Vad
             result.skips.append(Skip(rec.id, str(rec.path), f"no speech found ({duration:.1f} s, VAD "
                                                             f"{result.vad_backend})"))
             continue
-        for n, (start, end) in enumerate(spans, start=1):
-            key = f"{len(pieces):08d}"
-            utts.append(Utterance(key, wave[int(round(start * inf.sample_rate)):int(round(end * inf.sample_rate))],
-                                  _speaker(rec)))
-            pieces[key] = (rec, None if segment == "none" else n, start, end)
+        for n, utt in enumerate(inf.cut(wave, spans, _speaker(rec), first=len(utts)), start=1):
+            utts.append(utt)
+            pieces[utt.key] = (rec, None if segment == "none" else n)
     decisions, too_short = inf.decide(utts)
+    by_key = {u.key: u for u in utts}
     for key, reason in too_short.items():
-        rec, chunk, start, end = pieces[key]
-        where = "" if chunk is None else f"chunk {chunk} ({start:.2f}-{end:.2f} s): "
+        (rec, chunk), u = pieces[key], by_key[key]
+        where = "" if chunk is None else f"chunk {chunk} ({u.start:.2f}-{u.end:.2f} s): "
         result.skips.append(Skip(rec.id, str(rec.path), where + reason))
     for key, d in decisions.items():
-        rec, chunk, start, end = pieces[key]
-        d.start, d.end = start, end
-        result.rows.append(Row(rec.id, str(rec.path), chunk, start, end, d))
+        rec, chunk = pieces[key]
+        result.rows.append(Row(rec.id, str(rec.path), chunk, d))
 
 
 def _spans(wave: np.ndarray, sr: int, segment: str, vad: VadConfig, result: InferResult) -> List[Tuple[float, float]]:

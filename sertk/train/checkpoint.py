@@ -2,15 +2,13 @@
 
 Everything stored is a tensor, a number, a string, or a list/dict of those.
 """
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
 import torch
 
 from sertk.errors import SertkError
-from sertk.fsutil import new_file_mode
+from sertk.fsutil import atomic_write_with
 
 
 class CheckpointError(SertkError):
@@ -18,16 +16,7 @@ class CheckpointError(SertkError):
 
 
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_with(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: Path, device: str = "cpu") -> Dict[str, Any]:

@@ -49,7 +49,7 @@ def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device:
               help="Allow decoding a test set again, or with a checkpoint other than best.pt. Test results "
                    "must never steer a model choice.")
 @click.option("--protocol-dir", type=existing_dir, help="Protocol dir, recorded for RESULTS.md.")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", help="cpu, cuda or cuda:N [default: cuda if available].")
 @click.option("--class-map", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Decode another corpus: the mapping of the model's and DATA's classes onto shared ones "
