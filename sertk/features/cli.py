@@ -19,25 +19,45 @@ def features() -> None:
 @click.option("--conf", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Feature config (YAML): sample_rate and streams.")
 @click.option("--nj", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Parallel jobs (processes); torch threads are shared out among them.")
+              help="Parallel jobs (processes); torch threads are shared out among them. With --job or --merge: "
+                   "the number of separate jobs, one group of speakers each.")
+@click.option("--job", type=click.IntRange(min=1),
+              help="Run only job JOB of --nj (a job backend's task, see `sertk jobs run`); --merge makes the dump.")
+@click.option("--merge", is_flag=True, help="Make the dump from the --nj finished --job runs.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N [default: cuda if available, else cpu].")
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Utterances per batch (sorted by length, zero-padded) [default: 32].")
-def extract(data_dir: Path, out_dir: Path, conf: Path, nj: int, device: Optional[str], batch_size: int) -> None:
+def extract(data_dir: Path, out_dir: Path, conf: Path, nj: int, job: Optional[int], merge: bool,
+            device: Optional[str], batch_size: int) -> None:
     """Compute the streams of --conf for every utterance of DATA_DIR into OUT_DIR.
 
     OUT_DIR gets features.yaml (the resolved config) and, per stream, feats.scp, feats.<job>.ark and
     utt2num_frames. A dump already made with the same config from the same utterances is skipped;
     otherwise it is rebuilt whole, and only replaced when extraction succeeded.
+
+    Split by speaker for a job backend: `--nj N --job K` for K = 1..N (each anywhere, in any order),
+    then `--nj N --merge`; the dump is the same as one command's.
     """
     from sertk.features.extract import (
         DEFAULT_BATCH_SIZE,
+        Request,
         default_device,
         extract_features,
         load_config,
     )
-    report = extract_features(data_dir, load_config(conf), out_dir, nj=nj, device=device or default_device(),
-                              batch_size=batch_size or DEFAULT_BATCH_SIZE, source=str(conf))
+    if job is not None and merge:
+        raise click.UsageError("--job and --merge exclude each other: run the jobs, then merge")
+    device, batch_size = device or default_device(), batch_size or DEFAULT_BATCH_SIZE
+    if job is None and not merge:
+        report = extract_features(data_dir, load_config(conf), out_dir, nj=nj, device=device,
+                                  batch_size=batch_size, source=str(conf))
+    else:
+        from sertk.features.split import extract_job, merge_jobs
+        request = Request.make(data_dir, load_config(conf), out_dir, nj, device, batch_size, str(conf))
+        if job is not None:
+            click.echo(extract_job(request, nj, job))
+            return
+        report = merge_jobs(request, nj)
     for line in report_lines(report):
         click.echo(line)
 
@@ -58,6 +78,12 @@ def report_lines(report):
         # streams (log-mel and MFCC) is timed with the first of them
         speed = _times_real_time(report.audio_seconds, s.compute_seconds / report.nj)
         yield f"  {s.name}: {s.utts} utts, {s.frames} frames, dim {s.dim}, {speed} real time"
+    if report.merged:
+        yield (f"  merged from {report.nj} separate jobs (audio loading {report.load_seconds:.2f} s summed over "
+               "them; their logs have their times)")
+        yield from preprocess_lines(report.preprocess)
+        yield from _note_lines(report.notes)
+        return
     extraction = report.wall_seconds - report.setup_seconds
     loading = f"audio loading {report.load_seconds:.2f} s" + (" summed over jobs" if report.nj > 1 else " of it")
     yield (f"  set-up {report.setup_seconds:.2f} s; extraction {extraction:.2f} s ({loading}), "

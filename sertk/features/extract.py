@@ -1,7 +1,7 @@
 """Stage 2: a data dir -> a feature dump (see `storage` for the layout).
 
-Utterances are sorted by duration and cut into batches (little padding), and the batches are
-shared out over `nj` jobs balanced by audio length; each job writes its own ark per stream. The
+Utterances are grouped into blocks of whole speakers, sorted by duration within a block and cut into
+batches (little padding), and the batches are shared out over `nj` jobs balanced by audio length; each job writes its own ark per stream. The
 batches do not depend on `nj`, so any `nj` gives the same arrays. The dump is built in a temp
 dir and moved into place only when every job has finished, and a dump whose config and
 utterance list match the request is left alone.
@@ -65,6 +65,7 @@ class ExtractReport:
     wall_seconds: float = 0.0   # everything, set-up included
     preprocess: Optional[Dict[str, Any]] = None   # PreprocessStats.summary when the config preprocesses
     notes: Optional[Dict[str, Dict[str, int]]] = None   # stream -> what its module counted (non-zero only)
+    merged: bool = False        # made from separately run jobs (sertk.features.split): no wall-clock times
 
 
 def default_device() -> str:
@@ -83,36 +84,82 @@ def extract_features(data_dir, config: Dict[str, Any], out_dir, nj: int = 1, dev
                      batch_size: int = DEFAULT_BATCH_SIZE, source: str = "feature config") -> ExtractReport:
     """Compute every stream of `config` for every utterance of `data_dir` into the dump `out_dir`."""
     start = time.perf_counter()
-    cfg = parse_config(config, source)
-    if nj < 1 or batch_size < 1:
-        raise FeatureError(f"nj and batch_size must be >= 1 (got {nj}, {batch_size})")
-    _check_device(device)
-    dd = DataDir.load(data_dir, audio="none")   # missing audio is reported by load_audio, naming the file
-    wav_scp = dd.tables["wav.scp"]
-    utts = dd.utts
-    checksum = _utterance_checksum(utts, wav_scp)
-    out_dir = Path(out_dir).resolve()
-    previous = _up_to_date(out_dir, cfg, checksum)
-    if previous is not None:
-        return previous
-
-    if not utts:
-        raise FeatureError(f"{data_dir}: the data dir has no utterances")
-    durations = _durations(dd, utts)
-    max_samples = MAX_BATCH_SAMPLES.get(torch.device(device).type, MAX_BATCH_SAMPLES["cpu"])
-    parts = _share_out(plan_batches(durations, batch_size, max_samples / cfg.sample_rate), durations, nj)
-    streams = build_frontends(cfg)
+    request = Request.make(data_dir, config, out_dir, nj, device, batch_size, source)
+    if request.previous is not None:
+        return request.previous
+    parts = _share_out(request.batches(), request.durations(), nj)
+    streams = build_frontends(request.cfg)
     setup_seconds = time.perf_counter() - start
-    with atomic_output_dir(out_dir, "feature dump", storage.is_feature_dump) as tmp:
-        for name in cfg.streams:
+    with atomic_output_dir(request.out_dir, "feature dump", storage.is_feature_dump) as tmp:
+        for name in request.cfg.streams:
             (tmp / name).mkdir()
-        jobs = [Job(j, [[(u, wav_scp[u]) for u in batch] for batch in part], streams, cfg.sample_rate, str(tmp),
-                    device, cfg.preprocess) for j, part in enumerate(parts, start=1)]
+        jobs = [request.job(j, part, streams, tmp) for j, part in enumerate(parts, start=1)]
         results = _run_jobs(jobs)
-        report = _finish(tmp, out_dir, cfg, results, checksum)
+        report = _finish(tmp, request.out_dir, request.cfg, results, request.checksum)
     report.nj, report.device = len(jobs), device
     report.setup_seconds, report.wall_seconds = setup_seconds, time.perf_counter() - start
     return report
+
+
+@dataclass
+class Request:
+    """A checked extraction request: the config, the data dir's utterances and their checksum, and the
+    report of the dump already there when it is up to date (`previous`)."""
+    cfg: FeatureConfig
+    dd: DataDir
+    out_dir: Path
+    device: str
+    batch_size: int
+    checksum: str
+    previous: Optional[ExtractReport]
+    _seconds: Optional[Dict[str, float]] = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def make(cls, data_dir, config: Dict[str, Any], out_dir, nj: int, device: str, batch_size: int,
+             source: str) -> "Request":
+        cfg = parse_config(config, source)
+        if nj < 1 or batch_size < 1:
+            raise FeatureError(f"nj and batch_size must be >= 1 (got {nj}, {batch_size})")
+        _check_device(device)
+        dd = DataDir.load(data_dir, audio="none")   # missing audio is reported by load_audio, naming the file
+        checksum = _utterance_checksum(dd.utts, dd.tables["wav.scp"])
+        out_dir = Path(out_dir).resolve()
+        request = cls(cfg, dd, out_dir, device, batch_size, checksum, _up_to_date(out_dir, cfg, checksum))
+        if request.previous is None and not dd.utts:
+            raise FeatureError(f"{data_dir}: the data dir has no utterances")
+        return request
+
+    def durations(self, utts: Optional[Sequence[str]] = None) -> Dict[str, float]:
+        """Seconds of each utterance (of `utts`, default all), read once."""
+        if self._seconds is None:
+            self._seconds = _durations(self.dd, self.dd.utts)
+        return self._seconds if utts is None else {u: self._seconds[u] for u in utts}
+
+    def blocks(self) -> List[List[str]]:
+        """Consecutive whole speakers (in id order) gathered until a block holds a batch of utterances.
+        Batches never cross a block, so a job given whole blocks (sertk.features.split) computes each
+        utterance in the very batch one command would: the same arrays, to the bit (a matrix product's
+        rounding can depend on the shape of the batch it is in)."""
+        speakers: Dict[str, List[str]] = {}
+        for utt in self.dd.utts:
+            speakers.setdefault(self.dd.utt2spk[utt], []).append(utt)
+        blocks: List[List[str]] = [[]]
+        for spk in sorted(speakers):
+            if len(blocks[-1]) >= self.batch_size:
+                blocks.append([])
+            blocks[-1].extend(speakers[spk])
+        return [b for b in blocks if b]
+
+    def batches(self, blocks: Optional[List[List[str]]] = None) -> List[List[str]]:
+        """The batches of `blocks` (default: all), each block's utterances by duration (see plan_batches)."""
+        max_samples = MAX_BATCH_SAMPLES.get(torch.device(self.device).type, MAX_BATCH_SAMPLES["cpu"])
+        return [batch for block in (self.blocks() if blocks is None else blocks)
+                for batch in plan_batches(self.durations(block), self.batch_size, max_samples / self.cfg.sample_rate)]
+
+    def job(self, index: int, batches: List[List[str]], streams: Dict[str, Stream], out: Path) -> "Job":
+        wav_scp = self.dd.tables["wav.scp"]
+        return Job(index, [[(u, wav_scp[u]) for u in batch] for batch in batches], streams, self.cfg.sample_rate,
+                   str(out), self.device, self.cfg.preprocess)
 
 
 # --- planning -----------------------------------------------------------------------------------

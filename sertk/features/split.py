@@ -1,0 +1,120 @@
+"""Feature extraction as separate jobs, one group of speakers each (Kaldi's split_data.sh habit), for job
+backends that run them on other machines (`sertk jobs run`, the recipes' cmd.sh):
+
+    sertk features extract DATA DUMP --conf C --nj N --job K     # K = 1..N, in any order, anywhere
+    sertk features extract DATA DUMP --conf C --nj N --merge     # once all N have finished
+
+Blocks of whole speakers (`Request.blocks`) are shared out over the jobs by audio length. Job K writes its arks and a record of what it
+did into <dump>.split<N>/job<K>/ beside the dump; the merge moves the arks into the dump and writes its
+index, exactly as an extraction in one command would (batches never cross a block, so every utterance
+is computed in the same batch either way), then removes the split folder. A finished job is not run again.
+"""
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List
+
+from sertk.errors import FeatureError
+from sertk.features import storage
+from sertk.features.extract import ExtractReport, JobResult, Request, _finish, build_frontends, run_job
+from sertk.features.preprocess import PreprocessStats
+from sertk.fsutil import atomic_output_dir, atomic_write_text
+
+DONE_FILE = "done.json"
+
+
+def split_dir(out_dir: Path, nj: int) -> Path:
+    out_dir = Path(out_dir).resolve()
+    return out_dir.parent / f"{out_dir.name}.split{nj}"
+
+
+def speaker_groups(request: Request, nj: int) -> List[List[List[str]]]:
+    """The speaker blocks of each job (Request.blocks: whole speakers), the block with the most audio first
+    to the job with the least so far. A job past the number of blocks gets nothing to do."""
+    seconds = request.durations()
+    groups: List[List[List[str]]] = [[] for _ in range(nj)]
+    load = [0.0] * nj
+    for block in sorted(request.blocks(), key=lambda b: (-sum(seconds[u] for u in b), b[0])):
+        j = load.index(min(load))
+        groups[j].append(block)
+        load[j] += sum(seconds[u] for u in block)
+    return groups
+
+
+def extract_job(request: Request, nj: int, job: int) -> str:
+    """Run job `job` of `nj` (1-based) unless the dump is up to date or the job is done; says what it did."""
+    if not 1 <= job <= nj:
+        raise FeatureError(f"--job {job}: jobs are numbered 1..{nj} (--nj)")
+    if request.previous is not None:
+        return f"{request.out_dir}: up to date (same config and utterances); job {job} has nothing to do"
+    blocks = speaker_groups(request, nj)[job - 1]
+    utts = [u for block in blocks for u in block]
+    part = split_dir(request.out_dir, nj) / f"job{job}"
+    if _done(part, request) is not None:
+        return f"{part}: already done; skipped"
+    if not utts:
+        return f"job {job} of {nj}: no speakers left for it (the data dir has fewer speaker blocks than jobs)"
+    streams = build_frontends(request.cfg)
+    with atomic_output_dir(part, "feature extraction job", lambda p: True) as tmp:
+        for name in request.cfg.streams:
+            (tmp / name).mkdir()
+        result = run_job(request.job(job, request.batches(blocks), streams, tmp))
+        atomic_write_text(tmp / DONE_FILE, json.dumps({"stamp": _stamp(request), "result": _to_json(result)}))
+    return f"{part}: {len(utts)} utterances of {len({request.dd.utt2spk[u] for u in utts})} speaker(s)"
+
+
+def merge_jobs(request: Request, nj: int) -> ExtractReport:
+    """The dump from the finished jobs; a job that has not finished (or ran for another config or another
+    data dir) is named, with what to do."""
+    if request.previous is not None:
+        return request.previous
+    folder = split_dir(request.out_dir, nj)
+    groups = speaker_groups(request, nj)
+    results = []
+    for job, utts in enumerate(groups, start=1):
+        if not utts:
+            continue
+        result = _done(folder / f"job{job}", request)
+        if result is None:
+            raise FeatureError(f"feature extraction job {job} of {nj} has not finished (no up-to-date "
+                               f"{folder / f'job{job}' / DONE_FILE}); run `sertk features extract ... --nj {nj} "
+                               f"--job {job}` first")
+        results.append((job, result))
+    with atomic_output_dir(request.out_dir, "feature dump", storage.is_feature_dump) as tmp:
+        for name in request.cfg.streams:
+            (tmp / name).mkdir()
+            for job, _ in results:
+                ark = storage.ark_name(job)
+                (folder / f"job{job}" / name / ark).rename(tmp / name / ark)
+        report = _finish(tmp, request.out_dir, request.cfg, [r for _, r in results], request.checksum)
+    shutil.rmtree(folder, ignore_errors=True)
+    report.nj, report.device, report.merged = len(results), request.device, True
+    return report
+
+
+def _stamp(request: Request) -> Dict[str, Any]:
+    """What a job's output belongs to: the config and the very same utterances."""
+    return {"config": request.cfg.to_dict(), "utt_checksum": request.checksum}
+
+
+def _done(part: Path, request: Request):
+    """The result a finished job recorded for this request, else None."""
+    try:
+        doc = json.loads((part / DONE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if doc.get("stamp") != json.loads(json.dumps(_stamp(request))):
+        return None
+    return _from_json(doc["result"])
+
+
+def _to_json(result: JobResult) -> Dict[str, Any]:
+    return {"entries": result.entries, "dims": result.dims, "samples": result.samples,
+            "load_seconds": result.load_seconds, "stream_seconds": result.stream_seconds,
+            "preprocess": vars(result.preprocess), "stream_counts": result.stream_counts}
+
+
+def _from_json(doc: Dict[str, Any]) -> JobResult:
+    return JobResult({s: [tuple(e) for e in entries] for s, entries in doc["entries"].items()}, doc["dims"],
+                     doc["samples"], doc["load_seconds"], doc["stream_seconds"], PreprocessStats(**doc["preprocess"]),
+                     doc["stream_counts"])

@@ -1,0 +1,126 @@
+"""Job backends (`sertk jobs run`): JOB ranges, logs, failures; feature extraction split by speaker over
+local jobs equals one command's; the slurm backend on a real single-node Slurm started here."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from sertk.features.storage import load_feats
+from sertk.jobs.slurm import read_slurm_config, sbatch_options
+from sertk.jobs.spec import JobError, job_values, make_jobs
+from slurm_cluster import start_cluster, stop_cluster
+
+FEATURES = {"sample_rate": 16000, "streams": {
+    "logmel": {"type": "logmel", "n_mels": 16},
+    "mfcc": {"type": "mfcc", "n_mfcc": 10, "n_mels": 16, "deltas": 1, "delta_axis": "coefficient"}}}
+PY = sys.executable
+
+
+def test_job_values_and_substitution():
+    assert job_values("1:3") == ["1", "2", "3"] and job_values("2,5") == ["2", "5"]
+    for bad in ("3:1", "a:2", ",", "1,1", "x y"):
+        with pytest.raises(JobError):
+            job_values(bad)
+    jobs = make_jobs(["1", "2"], "log/x.JOB.log", ["prog", "--job", "JOB", "data/foldJOB"])
+    assert [j.argv for j in jobs] == [["prog", "--job", "1", "data/fold1"], ["prog", "--job", "2", "data/fold2"]]
+    assert [str(j.log) for j in jobs] == ["log/x.1.log", "log/x.2.log"]
+    with pytest.raises(JobError, match="no JOB"):
+        make_jobs(["1", "2"], "log/x.log", ["prog"])
+
+
+def test_local_jobs_write_their_logs_and_failures_name_them(sertk_cli, tmp_path):
+    log = tmp_path / "log" / "j.JOB.log"
+    ok = sertk_cli("jobs", "run", "--max-jobs", "2", "JOB=1:3", log, "--", PY, "-c", "print('job', JOB * 2)")
+    assert ok.exit_code == 0, ok.output
+    for k in (1, 2, 3):
+        text = (tmp_path / "log" / f"j.{k}.log").read_text()
+        assert f"job {2 * k}\n" in text and text.startswith("# ") and "ended with exit status 0" in text
+    bad = sertk_cli("jobs", "run", "JOB=1,2", log, "--", PY, "-c",
+                    "import sys; print('went wrong in', JOB); sys.exit(JOB - 1)")
+    assert bad.exit_code == 1
+    assert "1 of 2 job(s) failed" in bad.output and f"{tmp_path / 'log' / 'j.2.log'}" in bad.output
+    assert "went wrong in 2" in bad.output and "j.1.log" not in bad.output
+    missing = sertk_cli("jobs", "run", tmp_path / "one.log", "--", str(tmp_path / "no-such-program"))
+    assert missing.exit_code == 1 and "did not run: could not start" in missing.output
+    assert sertk_cli("jobs", "run", "JOB=1:2").exit_code == 2   # no log, no command
+
+
+def test_split_extraction_on_local_jobs_equals_one_command(sertk_cli, emodb_dir, tmp_path):
+    conf = tmp_path / "feats.yaml"
+    conf.write_text(yaml.safe_dump(FEATURES))
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    # batches of 4: every speaker (7 utterances) is a block of its own; 4 speakers over 3 jobs
+    assert sertk_cli("features", "extract", emodb_dir, whole, "--conf", conf, "--batch-size", "4").exit_code == 0
+    extract = ["sertk", "features", "extract", str(emodb_dir), str(split), "--conf", str(conf), "--nj", "3",
+               "--batch-size", "4"]
+    early = sertk_cli(*extract[1:], "--merge")
+    assert early.exit_code == 1 and "job 1 of 3 has not finished" in early.output
+    jobs = sertk_cli("jobs", "run", "JOB=1:3", tmp_path / "log" / "extract.JOB.log", "--", *extract, "--job", "JOB")
+    assert jobs.exit_code == 0, jobs.output
+    again = sertk_cli(*extract[1:], "--job", "2")
+    assert "already done; skipped" in again.output
+    merged = sertk_cli(*extract[1:], "--merge")
+    assert merged.exit_code == 0, merged.output
+    assert "merged from 3 separate jobs" in merged.output and not (tmp_path / "split.split3").exists()
+    assert yaml.safe_load((whole / "features.yaml").read_text()) == yaml.safe_load((split / "features.yaml").read_text())
+    for stream in FEATURES["streams"]:
+        a, b = load_feats(whole, stream), load_feats(split, stream)
+        assert sorted(a) == sorted(b)
+        for utt in a:
+            np.testing.assert_array_equal(a[utt], b[utt])
+        # each job's ark holds whole speakers
+        utt2spk = dict(line.split() for line in (emodb_dir / "utt2spk").read_text().splitlines())
+        arks = {}
+        for line in (split / stream / "feats.scp").read_text().splitlines():
+            utt, where = line.split()
+            arks.setdefault(Path(where.rsplit(":", 1)[0]).name, set()).add(utt2spk[utt])
+        assert len(arks) == 3 and sum(len(s) for s in arks.values()) == 4
+    assert "up to date" in sertk_cli(*extract[1:], "--merge").output
+
+
+def test_slurm_options_from_yaml(tmp_path):
+    conf = tmp_path / "slurm.yaml"
+    conf.write_text("sbatch: {time: '1:00:00', mem: 4G, exclusive: true, partition: null}\n"
+                    "gpu: {gres: 'gpu:{gpus}'}\nkinds: {train: {time: '2:00:00'}}\n")
+    config = read_slurm_config(conf)
+    assert sbatch_options(config, "train", 2) == ["--time=2:00:00", "--mem=4G", "--exclusive", "--gres=gpu:2"]
+    assert sbatch_options(config, "extract", 0) == ["--time=1:00:00", "--mem=4G", "--exclusive"]
+    conf.write_text("sbatch: {time: [1]}\n")
+    with pytest.raises(JobError, match="single values"):
+        read_slurm_config(conf)
+    conf.write_text("partition: x\n")
+    with pytest.raises(JobError, match="unknown section"):
+        read_slurm_config(conf)
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    base = tmp_path_factory.mktemp("slurm")
+    env, why = start_cluster(base)
+    if env is None:
+        pytest.skip(why)
+    yield env
+    stop_cluster(base)
+
+
+def test_slurm_backend_runs_jobs_and_reports_failures(slurm, sertk_cli, tmp_path, monkeypatch):
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    conf = tmp_path / "slurm.yaml"
+    conf.write_text("sbatch: {time: '0:10:00', cpus-per-task: 1}\n")
+    log = tmp_path / "log" / "s.JOB.log"
+    run = ["jobs", "run", "--backend", "slurm", "--slurm-conf", conf, "--name", "sertk-test"]
+    ok = sertk_cli(*run, "JOB=1:2", log, "--", PY, "-c", "import os; print('job', JOB, os.environ['SLURM_CLUSTER_NAME'])")
+    assert ok.exit_code == 0, ok.output
+    for k in (1, 2):
+        text = (tmp_path / "log" / f"s.{k}.log").read_text()
+        assert f"job {k} sertktest" in text and "(slurm job" in text and "ended with exit status 0" in text
+    bad = sertk_cli(*run, "JOB=1,2", log, "--", PY, "-c", "import sys; print('oops', JOB); sys.exit(JOB % 2 * 3)")
+    assert bad.exit_code == 1 and "1 of 2 job(s) failed:" in bad.output
+    assert "job JOB=1 failed (exit status 3)" in bad.output and str(tmp_path / "log" / "s.1.log") in bad.output
+    assert "oops 1" in bad.output
+    conf.write_text("sbatch: {partition: no-such-partition}\n")
+    refused = sertk_cli(*run, "JOB=1:1", log, "--", PY, "-c", "pass")
+    assert refused.exit_code == 1 and "sbatch refused it" in refused.output and "partition" in refused.output
