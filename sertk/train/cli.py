@@ -29,12 +29,23 @@ def _device(device: Optional[str]) -> str:
 @overrides
 def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device: Optional[str],
           sets: Tuple[str]) -> None:
-    """Train one model on one fold; best.pt by dev UA (train.select), resumable from last.pt."""
+    """Train one model on one fold; best.pt by dev UA (train.select), resumable from last.pt.
+
+    Under `torchrun --nproc_per_node N -m sertk train ...` it trains in N processes (DistributedDataParallel;
+    gloo on CPUs, NCCL on GPUs, each process on the GPU of its local rank); train.batch_size is then the
+    batch of all processes together, and only rank 0 writes."""
+    import logging
     from sertk.train.config import load_config
+    from sertk.train.distributed import ranks_from_environment
     from sertk.train.trainer import train as run_training
-    summary = run_training(load_config(config_file, sets), fold_dir, feats, exp_dir, _device(device))
-    click.echo(f"{exp_dir}: best dev {summary.metric} {summary.best_dev_score:.4f} at epoch {summary.best_epoch} "
-               f"({summary.epochs_run} epochs)")
+    ranks = ranks_from_environment()
+    if not ranks.main:   # rank 0 speaks for the run
+        for handler in logging.getLogger("sertk").handlers:
+            handler.setLevel(max(handler.level, logging.WARNING))
+    summary = run_training(load_config(config_file, sets), fold_dir, feats, exp_dir, _device(device), ranks)
+    if ranks.main:
+        click.echo(f"{exp_dir}: best dev {summary.metric} {summary.best_dev_score:.4f} at epoch {summary.best_epoch} "
+                   f"({summary.epochs_run} epochs)")
 
 
 @click.command()

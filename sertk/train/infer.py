@@ -1,5 +1,5 @@
 """A trained model rebuilt from its checkpoint, and its segment posteriors over a segment dataset."""
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -37,11 +37,13 @@ def segment_dataset(dd: DataDir, feats: Feats, layout: StreamLayout, segments: S
 
 @torch.no_grad()
 def segment_posteriors(model: torch.nn.Module, dataset: SegmentDataset, batch_size: int,
-                       device: str) -> np.ndarray:
-    """Softmax posteriors [num_segments, C], in `dataset.segments` order (the model is put in eval mode).
-    Segments are batched by length (whole utterances pad less); posteriors do not depend on batching."""
+                       device: str, indices: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Softmax posteriors [num_segments, C], in `dataset.segments` order (the model is put in eval mode);
+    with `indices`, of those segments only, in that order. Segments are batched by length (whole utterances
+    pad less); posteriors do not depend on batching."""
     model.eval()
-    order = sorted(range(len(dataset)), key=dataset.frames)
+    indices = list(range(len(dataset)) if indices is None else indices)
+    order = sorted(indices, key=dataset.frames)
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
     out: List[np.ndarray] = []
     for batch in DataLoader(dataset, batch_sampler=batches, collate_fn=collate):
@@ -51,8 +53,9 @@ def segment_posteriors(model: torch.nn.Module, dataset: SegmentDataset, batch_si
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     in_batch_order = np.concatenate(out)
+    row = {segment: k for k, segment in enumerate(indices)}
     post = np.empty_like(in_batch_order)
-    post[np.concatenate(batches)] = in_batch_order
+    post[[row[i] for b in batches for i in b]] = in_batch_order
     return post
 
 

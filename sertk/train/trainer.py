@@ -5,17 +5,22 @@ An exp dir holds config.yaml (resolved), environment.yaml, train.log, tensorboar
 from seeds derived from (seed, epoch) and last.pt is written at every epoch's end, so a run that
 was interrupted and resumed ends with the same weights as one that never stopped.
 """
+import contextlib
+import copy
 import logging
 import math
+import os
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from tqdm import tqdm
 
 from sertk import __version__
@@ -28,13 +33,16 @@ from sertk.models.layer_sum import with_layer_sums
 from sertk.score import confusion_image, metrics
 from sertk.train.checkpoint import load_checkpoint, save_checkpoint
 from sertk.train.config import ConfigError, model_options, with_new_defaults
+from sertk.train import distributed
 from sertk.train.data import (SegmentDataset, check_model_length, class_weights, collate, length_batches,
                               spec_augment)
+from sertk.train.distributed import PieceSampler, Ranks
 from sertk.train.features import Normalization, StreamLayout, load_streams
 from sertk.train.infer import segment_posteriors, utterance_decisions
 from sertk.train.loss import Objective, SegmentLoss
 
 log = logging.getLogger(__name__)
+RANK_SEED_STRIDE = 100_003   # process r > 0 of a distributed run draws dropout etc. from seed + r x this
 SELECT = {"ua": "UA", "wa_ua": "(WA + UA) / 2"}   # train.select: the dev score that picks best.pt
 
 
@@ -53,20 +61,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp_dir: Path, device: str = "cpu") -> TrainSummary:
+def train(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp_dir: Path, device: str = "cpu",
+          ranks: Optional[Ranks] = None) -> TrainSummary:
+    """Train in this process, or as one process of a torchrun job (`ranks`: from torchrun's environment
+    when not given; see sertk.train.distributed)."""
     fold_dir, dump_dir, exp_dir = Path(fold_dir), Path(dump_dir), Path(exp_dir)
+    ranks = ranks or distributed.ranks_from_environment()
+    device = distributed.process_device(ranks, device)
     exp_dir.mkdir(parents=True, exist_ok=True)
-    handler = _log_to(exp_dir / "train.log")
+    handler = _log_to(exp_dir / "train.log") if ranks.main else None
+    distributed.start(ranks, device)
     try:
-        return _Run(config, fold_dir, dump_dir, exp_dir, device).fit()
+        return _Run(config, fold_dir, dump_dir, exp_dir, device, ranks).fit()
     finally:
-        logging.getLogger("sertk").removeHandler(handler)
-        handler.close()
+        distributed.stop(ranks)
+        if handler is not None:
+            logging.getLogger("sertk").removeHandler(handler)
+            handler.close()
 
 
 class _Run:
-    def __init__(self, config, fold_dir: Path, dump_dir: Path, exp_dir: Path, device: str):
-        self.config, self.exp_dir, self.device = config, exp_dir, device
+    def __init__(self, config, fold_dir: Path, dump_dir: Path, exp_dir: Path, device: str, ranks: Ranks):
+        self.config, self.exp_dir, self.device, self.ranks = config, exp_dir, device, ranks
         self.resume = load_checkpoint(exp_dir / "last.pt") if (exp_dir / "last.pt").is_file() else None
         if self.resume is not None and with_new_defaults(self.resume["config"]) != config:
             raise ConfigError(f"{exp_dir} was trained with another config; give a new exp dir or remove it "
@@ -103,7 +119,17 @@ class _Run:
                                       levels=layout.levels)
         for name, dataset in (("train", self.train_set), ("dev", self.dev_set)):
             check_model_length(self.model, dataset, str(fold_dir / name))
+        if min(config["train"]["batch_size"], len(self.train_set)) < ranks.world:
+            raise ConfigError(f"train.batch_size {config['train']['batch_size']} is the global batch, cut into one "
+                              f"piece per process: it (and the {len(self.train_set)} training segments) must be at "
+                              f"least the {ranks.world} processes")
         self.objective = _objective(config, self.model, self.train_set, len(self.classes)).to(device)
+        self.step = _Step(self.model, self.objective)
+        if ranks.distributed:   # one module, so the gradients of the objective's centers are averaged too
+            self.step = DistributedDataParallel(
+                self.step, device_ids=[ranks.local_rank] if device.startswith("cuda") else None,
+                find_unused_parameters=_leaves_parameters_unused(self.step, self.train_set, config, device))
+        self.loader_options = _loader_options(config["train"]["num_workers"], device, ranks)
         self.optimizer = _optimizer(config["optim"], list(self.model.parameters()) +
                                     list(self.objective.parameters()))
         self.scheduler = _scheduler(config["scheduler"], self.optimizer, config["train"]["epochs"])
@@ -123,19 +149,18 @@ class _Run:
             state = {k: self.resume[k] for k in state}
             resumed = state["epoch"]
             log.info("%s: resuming after epoch %d", self.exp_dir, resumed)
-        else:
+        elif self.ranks.main:
             atomic_write_text(self.exp_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
-            atomic_write_text(self.exp_dir / "environment.yaml", yaml.safe_dump(environment(), sort_keys=False))
-            log.info("%s: %d train segments (%d utts), %d dev segments (%d utts), %d parameters, device %s",
+            atomic_write_text(self.exp_dir / "environment.yaml", yaml.safe_dump(self._environment(), sort_keys=False))
+            log.info("%s: %d train segments (%d utts), %d dev segments (%d utts), %d parameters, device %s%s",
                      self.exp_dir, len(self.train_set), len(self.train_dd.utts), len(self.dev_set),
-                     len(self.dev_dd.utts), sum(p.numel() for p in self.model.parameters()), self.device)
-        # heavy import, only when training
-        from torch.utils.tensorboard import SummaryWriter
-        with SummaryWriter(str(self.exp_dir / "tensorboard")) as writer:
+                     len(self.dev_dd.utts), sum(p.numel() for p in self.model.parameters()), self.device,
+                     f", {self.ranks.world} processes" if self.ranks.distributed else "")
+        with _writer(self.exp_dir / "tensorboard", self.ranks) as writer:
             while state["epoch"] < cfg["epochs"]:
                 epoch = state["epoch"] + 1
-                seed_everything(cfg["seed"] * 1000 + epoch)
-                train_loss = self._train_epoch(epoch)
+                seed_everything(cfg["seed"] * 1000 + epoch + RANK_SEED_STRIDE * self.ranks.rank)
+                speed = self._train_epoch(epoch)
                 dev = self._evaluate()
                 lr = self.optimizer.param_groups[0]["lr"]   # the rate this epoch trained with
                 self._step_scheduler(dev["ua"])
@@ -147,54 +172,87 @@ class _Run:
                 else:
                     state["bad_epochs"] += 1
                 state["epoch"] = epoch
-                state["history"].append({"epoch": epoch, "train_loss": train_loss, "dev_loss": dev["loss"],
-                                         "dev_wa": dev["wa"], "dev_ua": dev["ua"], "lr": lr})
-                self._log_epoch(writer, epoch, train_loss, dev, lr, improved)
+                state["history"].append({"epoch": epoch, "train_loss": speed.loss, "dev_loss": dev["loss"],
+                                         "dev_wa": dev["wa"], "dev_ua": dev["ua"], "lr": lr,
+                                         **speed.record()})
+                self._log_epoch(writer, epoch, speed, dev, lr, improved)
                 stop = state["bad_epochs"] >= cfg["patience"] and epoch >= cfg["min_epochs"]
                 finished = stop or epoch >= cfg["epochs"]
-                save_checkpoint(self.exp_dir / "last.pt", self._full_state(state, finished))
+                if self.ranks.main:
+                    save_checkpoint(self.exp_dir / "last.pt", self._full_state(state, finished))
                 if stop:
                     log.info("early stop: dev %s has not improved for %d epochs", SELECT[cfg["select"]], cfg["patience"])
                     break
+        distributed.barrier(self.ranks)   # no process leaves before rank 0 has written last.pt
         log.info("best dev %s %.4f at epoch %d", SELECT[cfg["select"]], state["best_ua"], state["best_epoch"])
         return TrainSummary(state["best_epoch"], state["best_ua"], state["epoch"], resumed, SELECT[cfg["select"]])
 
-    def _train_epoch(self, epoch: int) -> float:
-        self.model.train()
-        generator = torch.Generator().manual_seed(self.config["train"]["seed"] * 1000 + epoch)
+    def _environment(self) -> Dict[str, Any]:
+        env = environment()
+        if self.ranks.distributed:
+            env["distributed"] = {"processes": self.ranks.world, "backend": distributed.backend_name(self.ranks)}
+        return env
+
+    def _batches(self, generator: torch.Generator):
+        """The epoch's global batches (the same on every process), and whether the loader draws its seed
+        from `generator` (as a shuffling DataLoader does, so one-process runs stay as they were)."""
         # a last incomplete batch is dropped (BatchNorm never sees a batch of 1), unless it is the only one
         batch_size = self.config["train"]["batch_size"]
         drop_last = len(self.train_set) > batch_size
         if self.config["train"]["bucket"]:
             lengths = [self.train_set.frames(i) for i in range(len(self.train_set))]
-            loader = DataLoader(self.train_set, collate_fn=collate,
-                                batch_sampler=length_batches(lengths, batch_size, generator, drop_last))
-        else:
-            loader = DataLoader(self.train_set, batch_size=batch_size, shuffle=True, collate_fn=collate,
-                                generator=generator, drop_last=drop_last)
+            return length_batches(lengths, batch_size, generator, drop_last), False
+        return BatchSampler(RandomSampler(self.train_set, generator=generator), batch_size, drop_last), True
+
+    def _train_epoch(self, epoch: int) -> "EpochSpeed":
+        self.step.train()
+        generator = torch.Generator().manual_seed(self.config["train"]["seed"] * 1000 + epoch)
+        batches, seeded = self._batches(generator)
+        loader = DataLoader(self.train_set, collate_fn=collate, generator=generator if seeded else None,
+                            batch_sampler=PieceSampler(batches, self.ranks) if self.ranks.distributed else batches,
+                            **self.loader_options)
+        # SpecAugment draws from the epoch's generator; other processes draw their own masks
+        augment_rng = generator if self.ranks.main else torch.Generator().manual_seed(
+            self.config["train"]["seed"] * 1000 + epoch + RANK_SEED_STRIDE * self.ranks.rank)
+        global_batch = min(self.config["train"]["batch_size"], len(self.train_set))   # see _batches
+        speed = EpochSpeed()
         total, count = 0.0, 0
-        for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None):
+        waited = time.perf_counter()
+        for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if self.ranks.main else True):
+            speed.wait += time.perf_counter() - waited
             if self.config["augment"]["specaugment"]:
-                spec_augment(batch, self.streams, self.config["augment"], generator)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
+                spec_augment(batch, self.streams, self.config["augment"], augment_rng)
+            piece = len(batch["label"])
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-                loss = self.objective(self.model(batch), batch)
+                loss = self.step(batch)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages gradients over processes: scaled by its share, each piece weighs as in one batch
+            (loss * self.ranks.share(piece, global_batch) if self.ranks.distributed else loss).backward()
             if self.config["loss"]["center_lr"] is not None:
                 self.objective.scale_center_gradients(self.config["loss"]["center_lr"],
                                                       self.optimizer.param_groups[0]["lr"])
             if self.config["train"]["grad_clip"]:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["train"]["grad_clip"])
             self.optimizer.step()
-            total += loss.item() * len(batch["label"])
-            count += len(batch["label"])
+            total += loss.item() * piece
+            count += piece
+            waited = time.perf_counter()
+        speed.seconds = time.perf_counter() - speed.started
+        total, count, speed.wait = distributed.all_sum([total, count, speed.wait], self.ranks)
+        speed.wait /= self.ranks.world   # the mean process's wait
+        speed.segments, speed.loss = int(count), total / max(count, 1)
         if not math.isfinite(total):
             raise ConfigError(f"epoch {epoch}: the training loss is not finite; lower optim.lr")
-        return total / max(count, 1)
+        return speed
 
     def _evaluate(self) -> Dict[str, Any]:
-        post = segment_posteriors(self.model, self.dev_set, self.config["train"]["batch_size"], self.device)
+        # every process scores a slice of dev; all get every posterior and so take the same decisions
+        distributed.broadcast_buffers(self.model, self.ranks)
+        mine = self.ranks.slice(len(self.dev_set))
+        post = segment_posteriors(self.model, self.dev_set, self.config["train"]["batch_size"], self.device,
+                                  indices=mine if self.ranks.distributed else None)
+        post = distributed.gather_rows(post, self.ranks)
         seg_labels = np.array([self.dev_set.labels[s.utt] for s in self.dev_set.segments])
         loss = float(-np.mean(np.log(np.maximum(post[np.arange(len(post)), seg_labels], 1e-12))))
         hyp = utterance_decisions(self.dev_set, post, self.config["decode"]["rule"])
@@ -209,16 +267,21 @@ class _Run:
         elif self.scheduler is not None:
             self.scheduler.step()
 
-    def _log_epoch(self, writer, epoch, train_loss, dev, lr, improved) -> None:
-        for key, value in (("train/loss", train_loss), ("dev/loss", dev["loss"]), ("dev/wa", dev["wa"]),
-                           ("dev/ua", dev["ua"]), ("lr", lr)):
-            writer.add_scalar(key, value, epoch)
-        writer.add_image("dev/confusion", confusion_image(np.asarray(dev["confusion"]), self.classes),
-                         epoch, dataformats="HWC")
-        log.info("epoch %d: train loss %.4f, dev loss %.4f, dev WA %.4f, dev UA %.4f, lr %.2e%s",
-                 epoch, train_loss, dev["loss"], dev["wa"], dev["ua"], lr, " *best*" if improved else "")
+    def _log_epoch(self, writer, epoch, speed: "EpochSpeed", dev, lr, improved) -> None:
+        if writer is not None:
+            for key, value in (("train/loss", speed.loss), ("dev/loss", dev["loss"]), ("dev/wa", dev["wa"]),
+                               ("dev/ua", dev["ua"]), ("lr", lr), ("speed/segments_per_second", speed.rate),
+                               ("speed/data_wait_share", speed.wait_share)):
+                writer.add_scalar(key, value, epoch)
+            writer.add_image("dev/confusion", confusion_image(np.asarray(dev["confusion"]), self.classes),
+                             epoch, dataformats="HWC")
+        log.info("epoch %d: train loss %.4f, dev loss %.4f, dev WA %.4f, dev UA %.4f, lr %.2e, %.0f segments/s "
+                 "(%.0f%% waiting for data)%s", epoch, speed.loss, dev["loss"], dev["wa"], dev["ua"], lr, speed.rate,
+                 100 * speed.wait_share, " *best*" if improved else "")
 
     def _save_best(self, epoch: int, dev: Dict[str, Any]) -> None:
+        if not self.ranks.main:
+            return
         save_checkpoint(self.exp_dir / "best.pt", {
             "model": self.model.state_dict(), "config": self.config, "classes": self.classes,
             "normalization": self.norm.state_dict(), "epoch": epoch,
@@ -237,6 +300,76 @@ class _Run:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt["scheduler"] is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
+
+
+class _Step(torch.nn.Module):
+    """The model and its objective as one module: the loss of a batch. DistributedDataParallel wraps this, so
+    the objective's own parameters (SD-CAFF's center-loss centers) are averaged over processes too."""
+
+    def __init__(self, model: torch.nn.Module, objective: Objective):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.objective(self.model(batch), batch)
+
+
+def _leaves_parameters_unused(step: _Step, train_set: SegmentDataset, config: Dict[str, Any], device: str) -> bool:
+    """Whether a training step can leave parameters without a gradient (a head the loss does not use), which
+    DDP must then search for at every step: a trial step of a copy on a few training segments, RNG untouched.
+    The gender task skips segments without utt2gen, so a batch of them could leave its head unused."""
+    if config["loss"]["gender_weight"] > 0:
+        return True
+    trial = copy.deepcopy(step).train()
+    with torch.random.fork_rng(devices=[device] if device.startswith("cuda") else []):
+        batch = collate([train_set[i] for i in range(min(len(train_set), 4))])
+        trial({k: v.to(device) for k, v in batch.items()}).backward()
+    return any(p.requires_grad and p.grad is None for p in trial.parameters())
+
+
+@dataclass
+class EpochSpeed:
+    """How fast an epoch trained: the loader's share of the time is the time spent waiting for batches."""
+    started: float = field(default_factory=time.perf_counter)
+    seconds: float = 0.0     # the whole training pass (not dev)
+    wait: float = 0.0        # blocked on the data loader (collation, and workers when they fall behind)
+    segments: int = 0        # over all processes
+    loss: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.segments / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def wait_share(self) -> float:
+        return self.wait / self.seconds if self.seconds > 0 else 0.0
+
+    def record(self) -> Dict[str, float]:
+        return {"seconds": round(self.seconds, 3), "segments_per_second": round(self.rate, 2),
+                "data_wait_share": round(self.wait_share, 4)}
+
+
+def _writer(folder: Path, ranks: Ranks):
+    """TensorBoard's writer on rank 0; nothing elsewhere."""
+    if not ranks.main:
+        return contextlib.nullcontext()
+    from torch.utils.tensorboard import SummaryWriter   # heavy import, only when training
+    return SummaryWriter(str(folder))
+
+
+def _loader_options(num_workers: Optional[int], device: str, ranks: Ranks) -> Dict[str, Any]:
+    """DataLoader options: on a GPU, worker processes collate the next batches into pinned memory while the
+    GPU computes (auto: up to 4 per process); on the CPU the features are in memory already and workers would
+    only take cores from the model (auto: 0)."""
+    on_gpu = device.startswith("cuda")
+    if num_workers is None:
+        num_workers = min(4, max(1, (os.cpu_count() or 1) // ranks.world - 1)) if on_gpu else 0
+    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+        raise ConfigError(f"train.num_workers must be null (auto) or an integer >= 0, not {num_workers!r}")
+    options: Dict[str, Any] = {"num_workers": num_workers, "pin_memory": on_gpu}
+    if num_workers:
+        options["prefetch_factor"] = 4
+    return options
 
 
 def _optimizer(cfg: Dict[str, Any], params) -> torch.optim.Optimizer:

@@ -1,0 +1,149 @@
+"""Training in several processes under torchrun (DistributedDataParallel).
+
+`sertk train` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); without it, it is one
+process and nothing here does anything. Under torchrun:
+
+- `train.batch_size` is the global batch: every process makes the same shuffled batches a single
+  process would (same seeds), and each batch is cut into one piece per process. Every segment of
+  an epoch's batches is seen by exactly one process, none twice (torch's DistributedSampler pads
+  with repeats), and the set is that of a one-process run, so results stay comparable.
+- each process's loss is scaled by its share of the batch, so DDP's mean over processes is the
+  batch mean (exact for the plain cross-entropy; weighted losses normalise per piece);
+- dev posteriors are computed on one slice per process and gathered, so every process takes the
+  same early-stopping, scheduler and best-checkpoint decisions;
+- only rank 0 writes (checkpoints, TensorBoard, train.log, config.yaml).
+"""
+import os
+from dataclasses import dataclass
+from typing import Iterable, Iterator, List, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from sertk.errors import SertkError
+
+DDP_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """The process that writes files and prints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def piece(self, batch: Sequence[int]) -> List[int]:
+        """This process's contiguous piece of a global batch (pieces differ in size by at most one)."""
+        return [int(i) for i in np.array_split(np.asarray(batch, dtype=np.int64), self.world)[self.rank]]
+
+    def share(self, piece: int, batch: int) -> float:
+        """The factor that makes the mean over processes of per-piece mean losses the batch mean."""
+        return self.world * piece / batch
+
+    def slice(self, n: int) -> range:
+        """This process's contiguous part of n items (for evaluation)."""
+        bounds = np.linspace(0, n, self.world + 1).round().astype(int)
+        return range(bounds[self.rank], bounds[self.rank + 1])
+
+
+def ranks_from_environment() -> Ranks:
+    """The ranks torchrun gave this process; one process when it was not started by torchrun."""
+    present = [k for k in DDP_ENV if k in os.environ]
+    if not present:
+        return Ranks()
+    if len(present) < len(DDP_ENV):
+        raise SertkError(f"{', '.join(present)} set without {', '.join(k for k in DDP_ENV if k not in present)}; "
+                         "start distributed training with torchrun")
+    try:
+        ranks = Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+    except ValueError:
+        raise SertkError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (torchrun sets them)") from None
+    if not 0 <= ranks.rank < ranks.world:
+        raise SertkError(f"RANK {ranks.rank} is not in 0..WORLD_SIZE-1 ({ranks.world})")
+    return ranks
+
+
+def process_device(ranks: Ranks, device: str) -> str:
+    """The device of this process: under torchrun with CUDA, the GPU of its local rank."""
+    if not ranks.distributed or not device.startswith("cuda"):
+        return device
+    if device != "cuda":
+        raise SertkError(f"--device {device}: under torchrun give --device cuda; each process takes the GPU of "
+                         "its LOCAL_RANK")
+    if ranks.local_rank >= torch.cuda.device_count():
+        raise SertkError(f"LOCAL_RANK {ranks.local_rank} but this node has {torch.cuda.device_count()} GPU(s); "
+                         "start no more processes per node than there are GPUs")
+    torch.cuda.set_device(ranks.local_rank)
+    return f"cuda:{ranks.local_rank}"
+
+
+def start(ranks: Ranks, device: str) -> None:
+    """Join the process group (NCCL on GPUs, gloo on CPUs); the rendezvous comes from torchrun."""
+    if ranks.distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+
+
+def stop(ranks: Ranks) -> None:
+    if ranks.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def backend_name(ranks: Ranks) -> str:
+    return dist.get_backend() if ranks.distributed and dist.is_initialized() else "none"
+
+
+class PieceSampler:
+    """A batch sampler yielding this process's piece of each batch of `batches` (a batch sampler or
+    list of index lists, identical on every process)."""
+
+    def __init__(self, batches: Iterable[List[int]], ranks: Ranks):
+        self.batches, self.ranks = batches, ranks
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for batch in self.batches:
+            yield self.ranks.piece(batch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def all_sum(values: Sequence[float], ranks: Ranks) -> List[float]:
+    """The sum over processes of each value (float64 on the CPU: gloo and NCCL both take it)."""
+    if not ranks.distributed:
+        return list(values)
+    t = torch.tensor(list(values), dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
+def gather_rows(rows: np.ndarray, ranks: Ranks) -> np.ndarray:
+    """Every process's rows, in rank order, on every process."""
+    if not ranks.distributed:
+        return rows
+    parts: List = [None] * ranks.world
+    dist.all_gather_object(parts, rows)
+    return np.concatenate([p for p in parts if len(p)]) if any(len(p) for p in parts) else rows
+
+
+def broadcast_buffers(module: torch.nn.Module, ranks: Ranks) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) everywhere: each process updated its own with
+    its piece of the last batch, and evaluation must use the state rank 0 saves."""
+    if ranks.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, 0)
+
+
+def barrier(ranks: Ranks) -> None:
+    if ranks.distributed:
+        dist.barrier()
