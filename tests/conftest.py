@@ -20,6 +20,19 @@ EMODB_TEST_SPEAKERS = ("03", "08", "09", "10")
 EMODB_TEST_TEXTS = ("a01",)
 
 
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory) -> Dict[str, str]:
+    """A private single-node Slurm cluster for the session (tests/slurm_cluster.py): the environment
+    (SLURM_CONF) its clients need; the test is skipped, with the reason, where it cannot be started."""
+    from slurm_cluster import start_cluster, stop_cluster
+    base = tmp_path_factory.mktemp("slurm")
+    env, why = start_cluster(base)
+    if env is None:
+        pytest.skip(why)
+    yield env
+    stop_cluster(base)
+
+
 @pytest.fixture(autouse=True)
 def _restore_sertk_logger():
     """The CLI reconfigures the 'sertk' logger (own handler, no propagation), which would hide

@@ -10,7 +10,6 @@ import yaml
 from sertk.features.storage import load_feats
 from sertk.jobs.slurm import read_slurm_config, sbatch_options
 from sertk.jobs.spec import JobError, job_values, make_jobs
-from slurm_cluster import start_cluster, stop_cluster
 
 FEATURES = {"sample_rate": 16000, "streams": {
     "logmel": {"type": "logmel", "n_mels": 16},
@@ -93,16 +92,6 @@ def test_slurm_options_from_yaml(tmp_path):
     conf.write_text("partition: x\n")
     with pytest.raises(JobError, match="unknown section"):
         read_slurm_config(conf)
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    base = tmp_path_factory.mktemp("slurm")
-    env, why = start_cluster(base)
-    if env is None:
-        pytest.skip(why)
-    yield env
-    stop_cluster(base)
 
 
 def test_slurm_backend_runs_jobs_and_reports_failures(slurm, sertk_cli, tmp_path, monkeypatch):

@@ -18,6 +18,13 @@
 #   6 pack every fold's dev-selected model into exp/<protocol>/<model>/fold<k>/model.sertk (`sertk infer`)
 # Every stage skips finished work and redoes unfinished work, so a run can be repeated or resumed.
 #
+# Scale-out: cmd.sh in the recipe picks the backend of the parallel jobs (local process pool or Slurm,
+# options in conf/slurm.yaml); --nj N > 1 splits stage 2 into N jobs of whole speakers, --fold_jobs K
+# trains K folds at a time (a log per fold in exp/<protocol>/<model>/log/). --ngpu N > 1 (or --nproc N
+# on CPUs) trains each fold in N processes under torchrun (DistributedDataParallel); --torchrun_args
+# replaces its default --standalone for several nodes (e.g. "--nnodes 2 --node_rank 0 --rdzv_backend c10d
+# --rdzv_endpoint host:29400").
+#
 # Cross-corpus (--cross_corpus B): one fold that trains on this corpus (dev: held-out speakers of
 # it) and tests on all of corpus B, both relabelled onto their shared classes by
 # conf/cross/<corpus>_to_<B>.yaml. Its protocol is cross_<B>: data/cross_<B>, exp/cross_<B>/<model>.
@@ -29,17 +36,24 @@ stop_stage=${stop_stage:-6}  # last stage to run
 model=${model:-crnn}         # conf/models/<model>.yaml
 protocol=${protocol:?run.sh must set protocol}
 folds=${folds:-all}          # e.g. 1,3 to run only those folds
-ngpu=${ngpu:-0}              # 0: CPU; 1: the first GPU (multi-GPU training is not supported yet)
-nj=${nj:-2}                  # parallel feature-extraction jobs
+ngpu=${ngpu:-0}              # 0: CPU; 1: one GPU; N > 1: training in N processes, a GPU each (torchrun)
+nproc=${nproc:-0}            # training processes per node; 0: ngpu's (1 on CPU); N > 1 on CPU: gloo DDP
+torchrun_args=${torchrun_args:---standalone}   # torchrun's rendezvous options (several nodes: see above)
+nj=${nj:-2}                  # feature-extraction jobs; N > 1: N jobs of whole speakers on the backend
+fold_jobs=${fold_jobs:-1}    # folds trained at a time, on the backend
+[ ! -f cmd.sh ] || . ./cmd.sh   # backend=local | slurm
+backend=${backend:-local}
 train_args=${train_args:-}   # passed to `sertk train`, e.g. "--set optim.lr=1e-4 --set train.epochs=5"
 decode_args=${decode_args:-}
+extract_args=${extract_args:-}  # passed to `sertk features extract`, e.g. "--batch-size 8"
 prepare_args=${prepare_args:-}  # passed to `sertk data prepare <corpus>`
 cross_corpus=${cross_corpus:-}  # test on all of this corpus instead (cross-corpus protocol)
 cross_root=${cross_root:-}      # its release folder (downloaded in stage 0 when it is public)
 corpus=${corpus:?run.sh must set corpus}
 root_var="${corpus}_root"
 help_message="Usage: $0 [--stage N] [--stop_stage M] [--model NAME] [--protocol NAME] [--folds 1,3]
-          [--ngpu K] [--nj J] [--${root_var} PATH] [--train_args \"--set key=value ...\"] [--decode_args ...]
+          [--ngpu K] [--nproc P] [--torchrun_args ...] [--nj J] [--fold_jobs F] [--backend local|slurm]
+          [--${root_var} PATH] [--train_args \"--set key=value ...\"] [--decode_args ...] [--extract_args ...]
           [--prepare_args ...] [--cross_corpus NAME --cross_root PATH]${recipe_help:+
           $recipe_help}"
 
@@ -64,8 +78,25 @@ conf_file() {  # conf/<path> from the recipe when it has one, else the shared de
 }
 model_conf=$(conf_file "models/${model}.yaml")
 [ -n "$model_conf" ] || die "no model config conf/models/${model}.yaml (models: $(ls conf/models "$template_conf/models" 2>/dev/null | sed -n 's/\.yaml$//p' | sort -u | tr '\n' ' '))"
-[ "$ngpu" -le 1 ] || die "--ngpu $ngpu: multi-GPU training is not supported yet; use --ngpu 1"
+for n in ngpu nproc nj fold_jobs; do [[ ${!n} =~ ^[0-9]+$ ]] || die "--$n ${!n}: give a whole number"; done
+[ "$nj" -ge 1 ] && [ "$fold_jobs" -ge 1 ] || die "--nj and --fold_jobs must be at least 1"
+case "$backend" in local|slurm) ;; *) die "--backend $backend: use local or slurm (see cmd.sh)";; esac
 if [ "$ngpu" -ge 1 ]; then device=cuda; else device=cpu; fi
+if [ "$nproc" -eq 0 ]; then nproc=$(( ngpu > 1 ? ngpu : 1 )); fi
+[ "$ngpu" -le 1 ] || [ "$nproc" -eq "$ngpu" ] || die "--nproc $nproc with --ngpu $ngpu: a process per GPU"
+trainer=(sertk)   # the training command; several processes per fold go through torchrun
+if [ "$nproc" -gt 1 ]; then
+  command -v torchrun >/dev/null || die "--nproc/--ngpu $nproc needs torchrun (it comes with torch)"
+  # shellcheck disable=SC2206
+  trainer=(torchrun $torchrun_args --nproc_per_node "$nproc" -m sertk)
+fi
+slurm_conf=$(conf_file slurm.yaml)
+jobs_run() {  # KIND [JOB=...] LOG -- COMMAND...: a batch of jobs on the backend of cmd.sh
+  local kind=$1 options=()
+  shift
+  if [ "$backend" = slurm ] && [ -n "$slurm_conf" ]; then options=(--slurm-conf "$slurm_conf"); fi
+  sertk jobs run --backend "$backend" --kind "$kind" --name "${corpus}_${kind}" "${options[@]}" "$@"
+}
 feat_tag=$(sertk -q config get "$model_conf" features.tag)
 feat_conf=$(conf_file "features/${feat_tag}.yaml")
 [ -n "$feat_conf" ] || die "$model_conf asks for features '$feat_tag' but there is no conf/features/${feat_tag}.yaml"
@@ -164,25 +195,42 @@ if run_stage 1; then
   fi
 fi
 
+extract() {  # DATA DUMP: the features of DATA into DUMP; with --nj > 1 as jobs of whole speakers
+  local data_in=$1 out=$2 cmd
+  # shellcheck disable=SC2206
+  cmd=(sertk features extract "$data_in" "$out" --conf "$feat_conf" --device "$device" $extract_args)
+  if [ "$nj" -eq 1 ]; then "${cmd[@]}"; return; fi
+  jobs_run extract "JOB=1:$nj" "$(dirname "$out")/log/$(basename "$out").extract.JOB.log" -- \
+    "${cmd[@]}" --nj "$nj" --job JOB
+  "${cmd[@]}" --nj "$nj" --merge
+}
+
 current_stage=2
 if run_stage 2; then
   log "features '$feat_tag' -> $dump"
-  sertk features extract "$data_all" "$dump" --conf "$feat_conf" --nj "$nj" --device "$device"
+  extract "$data_all" "$dump"
   if [ -n "$cross_corpus" ]; then
     log "features '$feat_tag' of ${cross_corpus} -> $test_dump"
-    sertk features extract "$cross_all" "$test_dump" --conf "$feat_conf" --nj "$nj" --device "$device"
+    extract "$cross_all" "$test_dump"
   fi
 fi
 
 current_stage=3
 if run_stage 3; then
   fold_ids=$(fold_list)
-  for k in $fold_ids; do
-    log "training $model on fold $k"
-    # shellcheck disable=SC2086
-    sertk train --config "$model_conf" --fold-dir "$data/fold$k" --feats "$dump" --exp "$exp/fold$k" \
-      --device "$device" $train_args
-  done
+  # shellcheck disable=SC2206
+  train_fold=("${trainer[@]}" train --config "$model_conf" --fold-dir "$data/foldJOB" --feats "$dump"
+              --exp "$exp/foldJOB" --device "$device" $train_args)
+  if [ "$fold_jobs" -gt 1 ] || [ "$backend" != local ]; then
+    log "training $model on folds $(echo $fold_ids | tr ' ' ,), $fold_jobs at a time ($backend); logs: $exp/log/"
+    jobs_run train --max-jobs "$fold_jobs" --gpus "$ngpu" "JOB=$(echo $fold_ids | tr ' ' ,)" \
+      "$exp/log/train.foldJOB.log" -- "${train_fold[@]}"
+  else
+    for k in $fold_ids; do
+      log "training $model on fold $k"
+      "${train_fold[@]//JOB/$k}"
+    done
+  fi
 fi
 
 current_stage=4

@@ -9,11 +9,11 @@
                                       utterance-level streams: [windows, dim], [1, dim])
     <dump>/<stream>/utt2num_frames    <utt> <num_frames>
 
-Readers use `load_feats` (lazy) and `num_frames`; `extract` writes through `ArkWriter` and
+Readers use `load_feats` (lazy), `read_feats` (many utterances, each ark opened once) and `num_frames`; `extract` writes through `ArkWriter` and
 `write_stream_index`.
 """
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import kaldiio
 import numpy as np
@@ -97,6 +97,32 @@ def stream_dir(dump_dir, stream: str) -> Path:
 def load_feats(dump_dir, stream: str) -> Mapping[str, np.ndarray]:
     """utt -> float32 [num_frames, dim], read from the ark only when an utterance is looked up."""
     return kaldiio.load_scp(str(stream_dir(dump_dir, stream) / SCP_FILE))
+
+
+def read_feats(dump_dir, stream: str, utts: Sequence[str]) -> Dict[str, np.ndarray]:
+    """utt -> float32 [num_frames, dim] for every one of `utts` (all present: see `feats_index`), read in
+    (ark, offset) order with each ark opened once: front to back through the disk, not one open and seek
+    per utterance."""
+    index = feats_index(dump_dir, stream)
+    files: Dict[str, Any] = {}   # kaldiio's cache of open arks
+    try:
+        read = {utt: np.asarray(kaldiio.load_mat(index[utt], fd_dict=files), dtype=np.float32)
+                for utt in sorted(utts, key=lambda u: _ark_position(index[u]))}
+    finally:
+        for f in files.values():
+            f.close()
+    return {utt: read[utt] for utt in utts}   # in the caller's order: statistics sum in a fixed order
+
+
+def feats_index(dump_dir, stream: str) -> Dict[str, str]:
+    """utt -> its feats.scp entry (`<ark path>:<offset>`)."""
+    text = (stream_dir(dump_dir, stream) / SCP_FILE).read_text(encoding="utf-8")
+    return dict(line.split(None, 1) for line in text.splitlines() if line.strip())
+
+
+def _ark_position(entry: str) -> Tuple[str, int]:
+    path, _, offset = entry.rstrip().rpartition(":")
+    return (path, int(offset)) if offset.isdigit() else (entry, 0)
 
 
 def num_frames(dump_dir, stream: str) -> Dict[str, int]:

@@ -11,7 +11,7 @@ from sertk.errors import FeatureError
 from sertk.features.cmvn import Normalizer, cmvn_from_state_dict, make_cmvn
 from sertk.features.frontends import DUMP_INFO_KEY
 from sertk.features.segments import SegmentConfig
-from sertk.features.storage import load_feats, read_dump_config
+from sertk.features.storage import feats_index, read_dump_config, read_feats
 
 Feats = Dict[str, Dict[str, np.ndarray]]   # stream -> utt -> [rows, dim]: frames, windows or one row
 
@@ -84,12 +84,12 @@ def load_streams(dump_dir: Path, streams: Sequence[str], utts: Sequence[str]) ->
     """Every stream of every utterance in memory; utterances missing from the dump are an error."""
     out: Feats = {}
     for stream in streams:
-        table = load_feats(dump_dir, stream)
-        missing = [u for u in utts if u not in table]
+        index = feats_index(dump_dir, stream)
+        missing = [u for u in utts if u not in index]
         if missing:
             raise FeatureError(f"{dump_dir}/{stream}: {len(missing)} utterance(s) have no features, e.g. "
                                f"'{missing[0]}'; extract features for the data dir they come from")
-        out[stream] = {u: np.asarray(table[u], dtype=np.float32) for u in utts}
+        out[stream] = read_feats(dump_dir, stream, utts)
     return out
 
 

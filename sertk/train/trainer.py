@@ -345,7 +345,8 @@ class EpochSpeed:
         return self.wait / self.seconds if self.seconds > 0 else 0.0
 
     def record(self) -> Dict[str, float]:
-        return {"seconds": round(self.seconds, 3), "segments_per_second": round(self.rate, 2),
+        return {"seconds": round(self.seconds, 3), "train_segments": self.segments,
+                "segments_per_second": round(self.rate, 2),
                 "data_wait_share": round(self.wait_share, 4)}
 
 

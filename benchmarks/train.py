@@ -1,0 +1,125 @@
+"""Training throughput and memory of the baseline and each seed model on real EmoDB features: training
+segments per second, peak memory, and the share of step time spent waiting for the data loader, from
+the trainer's own epoch timing (`sertk train` logs the same figures every epoch).
+
+    python benchmarks/train.py --emodb ../shared/corpora/emodb [--models crnn,mpaf_cnn,...]
+                               [--device cpu|cuda] [--amp on,off] [--train-utts 160] [--dev-utts 40]
+
+It uses egs/emodb's data dirs and feature dumps (prepared and extracted here first when missing:
+`sertk features extract` skips a dump that is up to date), and trains each model with its recipe
+config for 2 epochs on a subset of LOSO fold 1 (the first --train-utts training and --dev-utts dev
+utterances, spread over the fold's speakers); the figures are those of epoch 2 (epoch 1 warms up).
+Each run is a process of its own, so its peak memory is its own: on the CPU the peak resident set
+size of the whole process (torch, features in memory, model, activations), on a GPU torch's peak
+allocated CUDA memory. AMP (bf16 autocast) only acts on a GPU.
+"""
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "egs" / "emodb"
+MODELS = ("crnn", "mpaf_cnn", "sd_caff", "strl_ser", "esernet", "msfpn_logmel")
+
+
+def conf_file(kind: str, name: str) -> Path:
+    own = RECIPE / "conf" / kind / f"{name}.yaml"
+    return own if own.is_file() else REPO / "egs" / "TEMPLATE" / "conf" / kind / f"{name}.yaml"
+
+
+def prepare(emodb: Path) -> Path:
+    """egs/emodb/data/all and its LOSO folds, made as stage 1 makes them when missing."""
+    from sertk.data.corpora import prepare_corpus
+    from sertk.data.datadir import DataDir
+    from sertk.data.protocols import make_folds
+    data = RECIPE / "data"
+    if not (data / "loso" / "protocol.yaml").is_file():
+        dd = DataDir.load(data / "all") if (data / "all" / "utt2emo").is_file() else \
+            prepare_corpus("emodb", emodb, data / "all").datadir
+        make_folds(dd, "loso", data / "loso")
+    return data
+
+
+def spread(dd, n: int):
+    """n utterances taken round-robin over the speakers (sorted ids), so every speaker is in the subset."""
+    by_speaker = [list(utts) for _, utts in sorted(dd.spk2utt.items())]
+    chosen = []
+    while len(chosen) < min(n, len(dd.utts)):
+        for utts in by_speaker:
+            if utts and len(chosen) < n:
+                chosen.append(utts.pop(0))
+    return dd.select(chosen)
+
+
+def one_run(args) -> None:
+    """In the child process: train, then print the epoch-2 figures as JSON."""
+    import torch
+    from sertk.train.config import load_config
+    from sertk.train.trainer import train
+    config = load_config(Path(args.config), ["train.epochs=2", "train.patience=10", "train.min_epochs=1",
+                                             f"train.amp={args.amp == 'on'}"])
+    train(config, Path(args.fold), Path(args.dump), Path(args.exp), args.device)
+    epoch = torch.load(Path(args.exp) / "last.pt", weights_only=True)["history"][-1]
+    if args.device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2 ** 20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
+    print(json.dumps({**epoch, "peak_mib": round(peak, 1)}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--emodb", type=Path, help="EmoDB release (only needed when egs/emodb/data is missing)")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", default="off", help="on, off or on,off (GPU only)")
+    parser.add_argument("--train-utts", type=int, default=160)
+    parser.add_argument("--dev-utts", type=int, default=40)
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    for name in ("config", "fold", "dump", "exp"):
+        parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        return one_run(args)
+
+    import torch
+    from sertk.data.datadir import DataDir
+    from sertk.features.extract import extract_features, load_config as load_features
+    from sertk.train.config import load_config
+    data = prepare(args.emodb)
+    work = Path(tempfile.mkdtemp(prefix="sertk-train-bench-"))
+    fold = work / "fold1"
+    for part, n in (("train", args.train_utts), ("dev", args.dev_utts)):
+        spread(DataDir.load(data / "loso" / "fold1" / part), n).save(fold / part)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{cpu}, {torch.get_num_threads()} threads"
+    print(f"# {device}; torch {torch.__version__}; python {platform.python_version()}")
+    print(f"# EmoDB LOSO fold 1 subset: {args.train_utts} train / {args.dev_utts} dev utterances; epoch 2 of 2")
+    print("| model | features | amp | train segments | segments/s | data wait | epoch s | peak memory (MiB) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for model in args.models.split(","):
+        config_path = conf_file("models", model)
+        tag = load_config(config_path)["features"]["tag"]
+        dump = RECIPE / "dump" / tag
+        extract_features(data / "all", load_features(conf_file("features", tag)), dump, device=args.device)
+        for amp in args.amp.split(","):
+            exp = work / f"{model}_{amp}"
+            done = subprocess.run([sys.executable, __file__, "--one", "--config", str(config_path), "--fold", str(fold),
+                                   "--dump", str(dump), "--exp", str(exp), "--device", args.device, "--amp", amp],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"| {model} | {tag} | {amp} | failed: {done.stderr.strip().splitlines()[-1:]} |")
+                continue
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"| {model} | {tag} | {amp} | {r['train_segments']} | {r['segments_per_second']:.1f} | "
+                  f"{100 * r['data_wait_share']:.1f} % | {r['seconds']:.1f} | {r['peak_mib']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Training under torchrun: 2 gloo processes on the CPU against one process, rank-0-only outputs, resume."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from replicas import make_emodb
+from sertk.data.corpora import prepare_corpus
+from sertk.data.protocols import make_folds
+from sertk.errors import SertkError
+from sertk.features.extract import extract_features
+from sertk.train.distributed import PieceSampler, Ranks, ranks_from_environment
+
+FEATURES = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16}}}
+CONFIG = {"model": {"name": "crnn", "n_mels": 16, "channels": [4, 8], "lstm_hidden": 8, "attention_hidden": 8},
+          "train": {"epochs": 2, "batch_size": 4, "patience": 10},
+          "segments": {"length": 0.3, "hop": 0.1}}
+DEV_LOSS_TOLERANCE = 0.01   # BatchNorm normalises each process's half batch by its own statistics
+
+
+def test_pieces_of_a_batch_cover_it_once():
+    for world in (1, 2, 3):
+        for size in (world, 5, 8, 31):
+            batch = list(range(100, 100 + size))
+            pieces = [Ranks(r, world).piece(batch) for r in range(world)]
+            assert sum(pieces, []) == batch and max(map(len, pieces)) - min(map(len, pieces)) <= 1
+            assert sum(Ranks(r, world).share(len(p), size) for r, p in enumerate(pieces)) == pytest.approx(world)
+        parts = [Ranks(r, world).slice(10) for r in range(world)]
+        assert [i for p in parts for i in p] == list(range(10))
+    batches = [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
+    assert list(PieceSampler(batches, Ranks(1, 2))) == [[2, 3], [7, 8]]
+
+
+def test_ranks_come_from_torchrun_environment(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert ranks_from_environment() == Ranks()
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SertkError, match="torchrun"):
+        ranks_from_environment()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert ranks_from_environment() == Ranks(1, 2, 1)
+
+
+@pytest.fixture(scope="module")
+def fold(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ddp")
+    root = make_emodb(base / "emodb", speakers=["03", "08", "09"], texts=["a01", "b02"], emotions="WLA")
+    make_folds(prepare_corpus("emodb", root, base / "all").datadir, "loso", base / "loso")
+    extract_features(base / "all", FEATURES, base / "dump")
+    (base / "conf.yaml").write_text(yaml.safe_dump(CONFIG))
+    return base
+
+
+def _train(fold: Path, exp: Path, nproc: int = 0, entry=("-m", "sertk"), env=None):
+    """`sertk train` on fold 1: in one plain process (nproc 0) or under torchrun with nproc gloo processes."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] \
+        if nproc else [sys.executable]
+    args = ["train", "--config", fold / "conf.yaml", "--fold-dir", fold / "loso" / "fold1", "--feats", fold / "dump",
+            "--exp", exp, "--device", "cpu"]
+    return subprocess.run(launch + list(entry) + [str(a) for a in args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def runs(fold):
+    single, ddp = fold / "exp_single", fold / "exp_ddp"
+    for exp, nproc in ((single, 0), (ddp, 2)):
+        done = _train(fold, exp, nproc)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return single, ddp, done
+
+
+def _history(exp: Path):
+    return torch.load(exp / "last.pt", weights_only=True)["history"]
+
+
+def test_two_gloo_processes_match_one_process(runs):
+    single, ddp, _ = runs
+    for one, two in zip(_history(single), _history(ddp)):
+        assert abs(one["dev_loss"] - two["dev_loss"]) < DEV_LOSS_TOLERANCE
+        assert (one["dev_wa"], one["dev_ua"]) == (two["dev_wa"], two["dev_ua"])
+        assert two["segments_per_second"] > 0 and 0 <= two["data_wait_share"] < 1
+    # the same segments were trained on: the first epoch's mean loss differs only by BatchNorm's halves
+    assert abs(_history(single)[0]["train_loss"] - _history(ddp)[0]["train_loss"]) < 0.05
+
+
+def test_only_rank_zero_writes(runs):
+    _, ddp, done = runs
+    assert done.stdout.count("best dev UA") == 1
+    log = (ddp / "train.log").read_text()
+    assert log.count("epoch 1: train loss") == 1 and log.count("epoch 2: train loss") == 1 and "2 processes" in log
+    assert len(list((ddp / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert yaml.safe_load((ddp / "environment.yaml").read_text())["distributed"] == {"processes": 2, "backend": "gloo"}
+    assert sorted(p.name for p in ddp.iterdir()) == ["best.pt", "config.yaml", "environment.yaml", "last.pt",
+                                                      "tensorboard", "train.log"]
+
+
+def test_an_interrupted_distributed_run_resumes_to_the_same_weights(fold, runs):
+    _, ddp, _ = runs
+    exp = fold / "exp_ddp_resumed"
+    died = _train(fold, exp, 2, entry=[str(Path(__file__).with_name("ddp_interrupted.py"))],
+                  env={"STOP_AFTER_EPOCH": "1"})
+    assert died.returncode != 0 and len(_history(exp)) == 1
+    resumed = _train(fold, exp, 2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming after epoch 1" in (exp / "train.log").read_text()
+    straight, again = (torch.load(e / "last.pt", weights_only=True) for e in (ddp, exp))
+    assert again["finished"] and again["epoch"] == 2
+    for name, tensor in straight["model"].items():
+        torch.testing.assert_close(again["model"][name], tensor, rtol=0, atol=0)
+
+
+def test_a_global_batch_smaller_than_the_processes_is_refused(fold):
+    from sertk.train.config import ConfigError, load_config
+    from sertk.train.trainer import _Run
+    config = load_config(fold / "conf.yaml", ["train.batch_size=1"])
+    with pytest.raises(ConfigError, match="train.batch_size 1 is the global batch"):
+        _Run(config, fold / "loso" / "fold1", fold / "dump", fold / "exp_small", "cpu", Ranks(0, 2))
