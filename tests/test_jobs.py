@@ -77,6 +77,8 @@ def test_split_extraction_on_local_jobs_equals_one_command(sertk_cli, emodb_dir,
             arks.setdefault(Path(where.rsplit(":", 1)[0]).name, set()).add(utt2spk[utt])
         assert len(arks) == 3 and sum(len(s) for s in arks.values()) == 4
     assert "up to date" in sertk_cli(*extract[1:], "--merge").output
+    assert "jobs are numbered 1..3" in sertk_cli(*extract[1:-4], "--nj", "3", "--job", "4").output
+    assert sertk_cli(*extract[1:], "--job", "1", "--merge").exit_code == 2
 
 
 def test_slurm_options_from_yaml(tmp_path):

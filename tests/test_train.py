@@ -362,3 +362,16 @@ def test_one_decode_command_decodes_several_data_dirs(setup, trained, tmp_path, 
     result = sertk_cli("decode", "--exp", trained, "--feats", dump, "--data", fold / "dev", "--data", fold / "test",
                        "--out", tmp_path / "x")
     assert result.exit_code == 2 and "give one --out per --data (2 --data, 1 --out)" in result.output   # usage error
+
+
+def test_loader_workers_give_the_same_training_and_bad_counts_are_refused(setup, tmp_path):
+    fold, dump = setup / "loso" / "fold1", setup / "dump"
+    runs = [train(config("train.epochs=1", f"train.num_workers={n}"), fold, dump, tmp_path / f"w{n}") for n in (0, 2)]
+    states = [torch.load(tmp_path / f"w{n}" / "last.pt", weights_only=True) for n in (0, 2)]
+    for name, tensor in states[0]["model"].items():
+        torch.testing.assert_close(states[1]["model"][name], tensor, rtol=0, atol=0)
+    assert runs[0].best_dev_score == runs[1].best_dev_score
+    epoch = states[1]["history"][0]
+    assert epoch["train_segments"] > 0 and epoch["segments_per_second"] > 0 and 0 <= epoch["data_wait_share"] < 1
+    with pytest.raises(ConfigError, match="train.num_workers"):
+        train(config("train.num_workers=-1"), fold, dump, tmp_path / "bad")

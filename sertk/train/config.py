@@ -33,10 +33,11 @@ DEFAULTS: Dict[str, Any] = {
     # select: the dev metric that picks best.pt and drives early stopping: ua | wa_ua (the mean of WA and UA);
     # bucket: batches of segments of similar length (whole utterances pad less), still shuffled;
     # batch_size: the whole batch, cut into one piece per process under torchrun (sertk.train.distributed);
-    # num_workers: data-loader processes, null: 0 on the CPU, up to 4 per process on a GPU (pinned memory)
+    # num_workers: data-loader processes, null: 0 on the CPU, up to 4 per process on a GPU (pinned memory);
+    # sync_batchnorm: under torchrun, BatchNorm statistics of the whole batch over all processes
     "train": {"epochs": 40, "batch_size": 32, "seed": 0, "patience": 10, "min_epochs": 1,
               "class_weighted": True, "utterance_weighted": False, "grad_clip": 5.0, "amp": True, "select": "ua",
-              "bucket": False, "num_workers": None},
+              "bucket": False, "num_workers": None, "sync_batchnorm": True},
     # multi-task loss (sertk.train.loss.Objective): (1 - gender_weight) (CE + center_weight center) on emotion
     # + gender_weight (CE + center_weight center) on utt2gen; center_lr: SD-CAFF's center gradient scale;
     # reconstruction_weight r: (1 - r) x that + r x the MSE of the model's rebuilt masked frames (ESERNet)

@@ -166,18 +166,23 @@ def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
 
 
 def spec_augment(batch: Dict[str, torch.Tensor], streams: Sequence[str], cfg: dict,
-                 generator: Optional[torch.Generator] = None) -> None:
-    """In place: zero random time and frequency bands of each stream (SpecAugment, no warping)."""
+                 generator: Optional[torch.Generator] = None, rows: Optional[Sequence[int]] = None,
+                 whole: Optional[int] = None) -> None:
+    """In place: zero random time and frequency bands of each stream (SpecAugment, no warping).
+    `rows` of `whole`: the batch is those rows of a batch of `whole` segments (a process's piece under
+    torchrun); the bands are drawn for the whole batch, as one process would, and the piece gets its rows'."""
+    pick = slice(None) if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
     for s in streams:
         x = batch[s]
         if x.dim() != 3:   # segment- and utterance-level vectors have no time axis to mask
             continue
         b, t, d = x.shape
+        drawn = b if whole is None else whole
         for axis, n, width in ((1, cfg["time_masks"], cfg["time_width"]), (2, cfg["freq_masks"], cfg["freq_width"])):
             size = t if axis == 1 else d
             for _ in range(n):
-                w = torch.randint(0, width + 1, (b,), generator=generator)
-                start = (torch.rand(b, generator=generator) * (size - w).clamp(min=1)).long()
+                w = torch.randint(0, width + 1, (drawn,), generator=generator)[pick]
+                start = (torch.rand(drawn, generator=generator)[pick] * (size - w).clamp(min=1)).long()
                 pos = torch.arange(size)[None, :]
                 band = (pos >= start[:, None]) & (pos < (start + w)[:, None])
                 x.masked_fill_(band[:, :, None] if axis == 1 else band[:, None, :], 0.0)

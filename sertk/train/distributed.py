@@ -7,6 +7,10 @@ process and nothing here does anything. Under torchrun:
   process would (same seeds), and each batch is cut into one piece per process. Every segment of
   an epoch's batches is seen by exactly one process, none twice (torch's DistributedSampler pads
   with repeats), and the set is that of a one-process run, so results stay comparable.
+- SpecAugment bands are drawn for the whole batch on every process (same generator) and each piece
+  takes its rows', so a segment is masked as a single process would mask it;
+- BatchNorm layers normalise with the statistics of the whole batch, over all processes
+  (`train.sync_batchnorm`: torch's SyncBatchNorm on GPUs, `GlobalBatchNorm` on CPUs, where torch has none);
 - each process's loss is scaled by its share of the batch, so DDP's mean over processes is the
   batch mean (exact for the plain cross-entropy; weighted losses normalise per piece);
 - dev posteriors are computed on one slice per process and gathered, so every process takes the
@@ -20,6 +24,8 @@ from typing import Iterable, Iterator, List, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_autograd
+from torch import nn
 
 from sertk.errors import SertkError
 
@@ -43,7 +49,11 @@ class Ranks:
 
     def piece(self, batch: Sequence[int]) -> List[int]:
         """This process's contiguous piece of a global batch (pieces differ in size by at most one)."""
-        return [int(i) for i in np.array_split(np.asarray(batch, dtype=np.int64), self.world)[self.rank]]
+        return [batch[i] for i in self.rows(len(batch))]
+
+    def rows(self, size: int) -> List[int]:
+        """The positions of this process's piece in a batch of `size`."""
+        return [int(i) for i in np.array_split(np.arange(size), self.world)[self.rank]]
 
     def share(self, piece: int, batch: int) -> float:
         """The factor that makes the mean over processes of per-piece mean losses the batch mean."""
@@ -147,3 +157,52 @@ def broadcast_buffers(module: torch.nn.Module, ranks: Ranks) -> None:
 def barrier(ranks: Ranks) -> None:
     if ranks.distributed:
         dist.barrier()
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm for gloo (CPU) process groups whose training statistics are the whole batch's over all
+    processes, as torch's SyncBatchNorm (CUDA only) does: the sums go through a differentiable all-reduce,
+    so gradients flow back to every process's inputs. Same parameters and buffers as the layer it replaces,
+    so checkpoints load into the plain model."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (got {x.dim()}-D)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        dims = [0] + list(range(2, x.dim()))
+        shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype)
+        total, n = dist_autograd.all_reduce(torch.cat([x.sum(dims), count])).split([x.shape[1], 1])
+        mean = total / n
+        centred = x - mean.view(shape)
+        var = dist_autograd.all_reduce((centred * centred).sum(dims)) / n   # two passes: no cancellation
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - momentum).add_(momentum * mean)
+                self.running_var.mul_(1 - momentum).add_(momentum * var * n / (n - 1).clamp(min=1))
+        y = centred / torch.sqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+def sync_batchnorm(module: nn.Module, device: str) -> nn.Module:
+    """`module` with every BatchNorm layer normalising over the whole distributed batch."""
+    if device.startswith("cuda"):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _to_global(module)
+
+
+def _to_global(module: nn.Module) -> nn.Module:
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        layer = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                module.track_running_stats)
+        layer.load_state_dict(module.state_dict())
+        layer.train(module.training)
+        return layer
+    for name, child in module.named_children():
+        setattr(module, name, _to_global(child))
+    return module

@@ -124,6 +124,8 @@ class _Run:
                               f"piece per process: it (and the {len(self.train_set)} training segments) must be at "
                               f"least the {ranks.world} processes")
         self.objective = _objective(config, self.model, self.train_set, len(self.classes)).to(device)
+        if ranks.distributed and config["train"]["sync_batchnorm"]:
+            self.model = distributed.sync_batchnorm(self.model, device)
         self.step = _Step(self.model, self.objective)
         if ranks.distributed:   # one module, so the gradients of the objective's centers are averaged too
             self.step = DistributedDataParallel(
@@ -211,18 +213,16 @@ class _Run:
         loader = DataLoader(self.train_set, collate_fn=collate, generator=generator if seeded else None,
                             batch_sampler=PieceSampler(batches, self.ranks) if self.ranks.distributed else batches,
                             **self.loader_options)
-        # SpecAugment draws from the epoch's generator; other processes draw their own masks
-        augment_rng = generator if self.ranks.main else torch.Generator().manual_seed(
-            self.config["train"]["seed"] * 1000 + epoch + RANK_SEED_STRIDE * self.ranks.rank)
         global_batch = min(self.config["train"]["batch_size"], len(self.train_set))   # see _batches
         speed = EpochSpeed()
         total, count = 0.0, 0
         waited = time.perf_counter()
         for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if self.ranks.main else True):
             speed.wait += time.perf_counter() - waited
-            if self.config["augment"]["specaugment"]:
-                spec_augment(batch, self.streams, self.config["augment"], augment_rng)
             piece = len(batch["label"])
+            if self.config["augment"]["specaugment"]:   # every process draws the whole batch's bands
+                spec_augment(batch, self.streams, self.config["augment"], generator,
+                             *((self.ranks.rows(global_batch), global_batch) if self.ranks.distributed else ()))
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                 loss = self.step(batch)
