@@ -10,6 +10,7 @@ import yaml
 
 from replicas import make_emodb
 from sertk.data.corpora import prepare_corpus
+from sertk.data.datadir import DataDir
 from sertk.data.protocols import make_folds
 from sertk.errors import SertkError
 from sertk.features.extract import extract_features
@@ -17,11 +18,12 @@ from sertk.train.data import spec_augment
 from sertk.train.distributed import PieceSampler, Ranks, ranks_from_environment
 
 FEATURES = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16}}}
-# a small crnn without dropout: BatchNorm (synced over the processes) and SpecAugment (drawn for the whole
-# batch) are all it draws or counts, so two processes must train what one trains, to float rounding
+# a small crnn without dropout: BatchNorm (synced over the processes), SpecAugment (drawn for the whole
+# batch) and the weighted loss (class weights from an unbalanced training set, and 1 / its utterance's
+# segments per segment; normalised by the whole batch's weights) are all it draws or sums, so two processes must train what one trains, to float rounding
 CONFIG = {"model": {"name": "crnn", "n_mels": 16, "channels": [4, 8], "lstm_hidden": 8, "attention_hidden": 8,
                     "dropout": 0.0},
-          "train": {"epochs": 2, "batch_size": 4, "patience": 10},
+          "train": {"epochs": 2, "batch_size": 4, "patience": 10, "utterance_weighted": True},
           "augment": {"specaugment": True, "time_width": 5, "freq_width": 3},
           "segments": {"length": 0.3, "hop": 0.1}}
 # relative, every epoch: float rounding (sums in another order), which Adam's normalised steps carry on
@@ -89,6 +91,11 @@ def fold(tmp_path_factory):
     base = tmp_path_factory.mktemp("ddp")
     root = make_emodb(base / "emodb", speakers=["03", "08", "09"], texts=["a01", "b02"], emotions="WLA")
     make_folds(prepare_corpus("emodb", root, base / "all").datadir, "loso", base / "loso")
+    # fewer anger utterances in training: unequal class weights, which one process applies over the batch
+    train_dir = base / "loso" / "fold1" / "train"
+    train = DataDir.load(train_dir)
+    dropped = [u for u in train.utts if train.utt2emo[u] == "anger"][:1]
+    train.select([u for u in train.utts if u not in dropped]).save(train_dir)
     extract_features(base / "all", FEATURES, base / "dump")
     (base / "conf.yaml").write_text(yaml.safe_dump(CONFIG))
     return base

@@ -12,7 +12,9 @@ process and nothing here does anything. Under torchrun:
 - BatchNorm layers normalise with the statistics of the whole batch, over all processes
   (`train.sync_batchnorm`: torch's SyncBatchNorm on GPUs, `GlobalBatchNorm` on CPUs, where torch has none);
 - each process's loss is scaled by its share of the batch, so DDP's mean over processes is the
-  batch mean (exact for the plain cross-entropy; weighted losses normalise per piece);
+  batch mean; the weighted emotion cross-entropy divides by the whole batch's weight total
+  (`piece_weight_total`), so class and utterance weights act as in one batch (the auxiliary terms,
+  means over their own pieces, are exact when the pieces are alike);
 - dev posteriors are computed on one slice per process and gathered, so every process takes the
   same early-stopping, scheduler and best-checkpoint decisions;
 - only rank 0 writes (checkpoints, TensorBoard, train.log, config.yaml).
@@ -135,6 +137,17 @@ def all_sum(values: Sequence[float], ranks: Ranks) -> List[float]:
         t = t.cuda()
     dist.all_reduce(t)
     return t.cpu().tolist()
+
+
+def piece_weight_total(ranks: Ranks, global_batch: int):
+    """For SegmentLoss under torchrun: (a piece's weight sum, its size) -> the whole batch's weight sum over
+    all processes x the piece's share of the batch, so that the piece's weighted mean, scaled by
+    `Ranks.share` and averaged by DDP, is exactly the whole batch's weighted mean."""
+    def total(piece_sum: torch.Tensor, piece: int) -> torch.Tensor:
+        batch_sum = piece_sum.detach().clone()
+        dist.all_reduce(batch_sum)
+        return batch_sum * piece / global_batch
+    return total
 
 
 def gather_rows(rows: np.ndarray, ranks: Ranks) -> np.ndarray:

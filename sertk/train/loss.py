@@ -1,6 +1,6 @@
 """Training losses: the segment-level cross-entropy (optionally class- and utterance-weighted), and
 the multi-task objective built on it: a gender task, center losses, masked-frame reconstruction."""
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -18,12 +18,16 @@ class SegmentLoss:
     utterance does not count more than a short one). The mean is over the weights' sum."""
 
     def __init__(self, class_weights: Optional[torch.Tensor] = None,
-                 segment_weights: Optional[torch.Tensor] = None):
+                 segment_weights: Optional[torch.Tensor] = None,
+                 weight_total: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None):
         self.class_weights, self.segment_weights = class_weights, segment_weights
+        # under torchrun: (this piece's weight sum, its size) -> the denominator that makes the piece's
+        # share of the whole batch's weighted mean (sertk.train.distributed.piece_weight_total)
+        self.weight_total = weight_total
 
     def to(self, device) -> "SegmentLoss":
         move = lambda t: None if t is None else t.to(device)   # noqa: E731
-        return SegmentLoss(move(self.class_weights), move(self.segment_weights))
+        return SegmentLoss(move(self.class_weights), move(self.segment_weights), self.weight_total)
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         nll = F.cross_entropy(logits, labels, reduction="none")
@@ -32,7 +36,8 @@ class SegmentLoss:
             weights = weights * self.class_weights[labels]
         if self.segment_weights is not None:
             weights = weights * self.segment_weights[index]
-        return (weights * nll).sum() / weights.sum().clamp(min=torch.finfo(nll.dtype).tiny)
+        total = weights.sum() if self.weight_total is None else self.weight_total(weights.sum(), len(nll))
+        return (weights * nll).sum() / total.clamp(min=torch.finfo(nll.dtype).tiny)
 
 
 class CenterLoss(nn.Module):

@@ -124,6 +124,9 @@ class _Run:
                               f"piece per process: it (and the {len(self.train_set)} training segments) must be at "
                               f"least the {ranks.world} processes")
         self.objective = _objective(config, self.model, self.train_set, len(self.classes)).to(device)
+        if ranks.distributed:
+            self.objective.emotion.weight_total = distributed.piece_weight_total(
+                ranks, min(config["train"]["batch_size"], len(self.train_set)))
         if ranks.distributed and config["train"]["sync_batchnorm"]:
             self.model = distributed.sync_batchnorm(self.model, device)
         self.step = _Step(self.model, self.objective)
