@@ -1,8 +1,8 @@
 """Stage 2: a data dir -> a feature dump (see `storage` for the layout).
 
 Utterances are grouped into blocks of whole speakers, sorted by duration within a block and cut into
-batches (little padding), and the batches are shared out over `nj` jobs balanced by audio length; each job writes its own ark per stream. The
-batches do not depend on `nj`, so any `nj` gives the same arrays. The dump is built in a temp
+batches (little padding), and the batches are shared out over `nj` jobs balanced by audio length; each
+job writes its own ark per stream. The batches do not depend on `nj`, so any `nj` gives the same arrays. The dump is built in a temp
 dir and moved into place only when every job has finished, and a dump whose config and
 utterance list match the request is left alone.
 """
@@ -140,14 +140,11 @@ class Request:
         Batches never cross a block, so a job given whole blocks (sertk.features.split) computes each
         utterance in the very batch one command would: the same arrays, to the bit (a matrix product's
         rounding can depend on the shape of the batch it is in)."""
-        speakers: Dict[str, List[str]] = {}
-        for utt in self.dd.utts:
-            speakers.setdefault(self.dd.utt2spk[utt], []).append(utt)
         blocks: List[List[str]] = [[]]
-        for spk in sorted(speakers):
+        for spk, utts in sorted(self.dd.spk2utt.items()):
             if len(blocks[-1]) >= self.batch_size:
                 blocks.append([])
-            blocks[-1].extend(speakers[spk])
+            blocks[-1].extend(utts)
         return [b for b in blocks if b]
 
     def batches(self, blocks: Optional[List[List[str]]] = None) -> List[List[str]]:

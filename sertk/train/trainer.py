@@ -119,14 +119,15 @@ class _Run:
                                       levels=layout.levels)
         for name, dataset in (("train", self.train_set), ("dev", self.dev_set)):
             check_model_length(self.model, dataset, str(fold_dir / name))
-        if min(config["train"]["batch_size"], len(self.train_set)) < ranks.world:
+        # what a step trains on: the batch size, or the whole (small) training set (see _batches)
+        self.global_batch = min(config["train"]["batch_size"], len(self.train_set))
+        if self.global_batch < ranks.world:
             raise ConfigError(f"train.batch_size {config['train']['batch_size']} is the global batch, cut into one "
                               f"piece per process: it (and the {len(self.train_set)} training segments) must be at "
                               f"least the {ranks.world} processes")
         self.objective = _objective(config, self.model, self.train_set, len(self.classes)).to(device)
         if ranks.distributed:
-            self.objective.emotion.weight_total = distributed.piece_weight_total(
-                ranks, min(config["train"]["batch_size"], len(self.train_set)))
+            self.objective.emotion.weight_total = distributed.piece_weight_total(ranks, self.global_batch)
         if ranks.distributed and config["train"]["sync_batchnorm"]:
             self.model = distributed.sync_batchnorm(self.model, device)
         self.step = _Step(self.model, self.objective)
@@ -216,7 +217,6 @@ class _Run:
         loader = DataLoader(self.train_set, collate_fn=collate, generator=generator if seeded else None,
                             batch_sampler=PieceSampler(batches, self.ranks) if self.ranks.distributed else batches,
                             **self.loader_options)
-        global_batch = min(self.config["train"]["batch_size"], len(self.train_set))   # see _batches
         speed = EpochSpeed()
         total, count = 0.0, 0
         waited = time.perf_counter()
@@ -225,13 +225,14 @@ class _Run:
             piece = len(batch["label"])
             if self.config["augment"]["specaugment"]:   # every process draws the whole batch's bands
                 spec_augment(batch, self.streams, self.config["augment"], generator,
-                             *((self.ranks.rows(global_batch), global_batch) if self.ranks.distributed else ()))
+                             *((self.ranks.rows(self.global_batch), self.global_batch) if self.ranks.distributed
+                               else ()))
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                 loss = self.step(batch)
             self.optimizer.zero_grad(set_to_none=True)
             # DDP averages gradients over processes: scaled by its share, each piece weighs as in one batch
-            (loss * self.ranks.share(piece, global_batch) if self.ranks.distributed else loss).backward()
+            (loss * self.ranks.share(piece, self.global_batch) if self.ranks.distributed else loss).backward()
             if self.config["loss"]["center_lr"] is not None:
                 self.objective.scale_center_gradients(self.config["loss"]["center_lr"],
                                                       self.optimizer.param_groups[0]["lr"])
