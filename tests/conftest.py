@@ -123,3 +123,16 @@ def user_error() -> Callable[[Result], str]:
         return errors[0][len("sertk: error: "):]
 
     return check
+
+
+@pytest.fixture(scope="session")
+def whisper_base_folder(tmp_path_factory) -> Path:
+    """The named encoder `whisper-base` (CTranslate2 Whisper-base) joined once per session from its registry
+    packages into a private cache (`<root>/encoders/whisper-base`, root = the folder's grandparent); the
+    test is skipped, with the reason, where the packages are not installed (they are in `.[dev]`)."""
+    from sertk.features.encoder_cache import named_encoder, packages_missing, resolve_named_encoder
+    missing = packages_missing("whisper-base")
+    if missing:
+        pytest.skip(f"needs the registry packages {named_encoder('whisper-base').distributions} "
+                    f"({', '.join(missing)} not installed): pip install -e '.[dev]'")
+    return resolve_named_encoder("whisper-base", root=tmp_path_factory.mktemp("sertk_cache"))
