@@ -9,6 +9,11 @@ then reports two summaries of the folds:
 A fold without a decode dir is listed as missing (and logged as a warning); the summaries then
 cover fewer folds, and RESULTS.md says so next to them.
 
+A fold whose hyper-parameters were chosen on dev by a grid (`fold<k>/grid.yaml`, sertk.train.grid)
+has its choice recorded: `dev_selection` in metrics.json and a "Dev-selected hyper-parameters" table
+in RESULTS.md (fold, chosen values, dev score, points tried). The test scores are those of the chosen
+point, as for any fold.
+
 Each fold's `decode.yaml` says what to score against: `data_dir` (the test data dir), or else
 `protocol_dir` (then `<protocol_dir>/fold<k>/test`). `protocol_dir` also gives the protocol card.
 Relative paths are tried from the current folder, then from each folder above the decode dir
@@ -45,6 +50,7 @@ logger = logging.getLogger(__name__)
 DECODE_SUBDIR = "decode_test"
 RESULTS_FILE = "RESULTS.md"
 ENV_FILE = "environment.yaml"
+GRID_FILE = "grid.yaml"          # a fold's hyper-parameter grid and its choice on dev (sertk.train.grid)
 SUMMARY_KEYS = (("wa", "WA"), ("ua", "UA"), ("macro_f1", "macro-F1"))
 STD_RULE = "sample standard deviation over folds (ddof=1); null with a single fold"
 _FOLD_RE = re.compile(r"fold(\d+)$")
@@ -184,6 +190,25 @@ def _environment_of(fold: FoldScore) -> Optional[dict]:
     return _read_yaml(path) if path.is_file() else None
 
 
+def dev_selection(number: int, fold_dir: Path) -> Optional[dict]:
+    """The hyper-parameters the fold's grid chose on dev (None: the fold had no grid)."""
+    path = fold_dir / GRID_FILE
+    if not path.is_file():
+        return None
+    doc = _read_yaml(path)
+    points, chosen = doc.get("points"), doc.get("chosen")
+    if not isinstance(points, list) or not isinstance(doc.get("grid"), dict) or \
+            not (chosen is None or isinstance(chosen, dict)):
+        raise ScoreError(f"{path}: not a grid record written by sertk train (grid, points, chosen)")
+    out = {"fold": f"fold{number}", "grid_file": str(path), "grid": doc["grid"], "metric": doc.get("metric"),
+           "points": len(points), "chosen": None, "point": None, "dev_score": None, "best_epoch": None,
+           "dir": None}
+    if chosen is not None:   # null: the grid has not finished
+        out.update(chosen=chosen.get("values"), point=chosen.get("point"), dev_score=chosen.get("dev_score"),
+                   best_epoch=chosen.get("best_epoch"), dir=str(fold_dir / str(chosen.get("dir"))))
+    return out
+
+
 # --- collect ----------------------------------------------------------------------------------------
 
 
@@ -225,6 +250,9 @@ def collect(model_exp_dir, write: bool = True) -> dict:
         "training_environment": _environment_of(folds[0]),
         "training_environment_file": str(folds[0].exp_dir / ENV_FILE),
     }
+    selection = [s for k, d in fold_dirs.items() if (s := dev_selection(k, d)) is not None]
+    if selection:
+        result["dev_selection"] = selection
     if write:
         write_results(model_exp_dir, result)
     return result
@@ -287,6 +315,10 @@ def card_markdown(result: dict) -> str:
               f"- voting rule: `{result['default_rule']}` (default; all rules in the summary: "
               f"{', '.join(result['rules'])})",
               f"- features: `{_show(info['features'])}`" if "features" in info else "- features: not recorded"]
+    if result.get("dev_selection"):
+        folds = [s["fold"] for s in result["dev_selection"]]
+        lines.append(f"- hyper-parameters: chosen on dev by a grid in {len(folds)} fold(s) ({', '.join(folds)}); "
+                     "see Dev-selected hyper-parameters")
     if card:
         lines += [f"- fold lists checksum: `{card['checksum']}`", f"- card: {card['card_file']}"]
     return "\n".join(lines) + "\n"
@@ -329,6 +361,30 @@ def per_fold_markdown(result: dict) -> str:
     return _md_table(header, ordered) + f"\nUtterance level with rule `{result['default_rule']}`; percent.\n"
 
 
+def _values_text(values: dict) -> str:
+    return " ".join(f"`{k}={json.dumps(v)}`" for k, v in values.items()) or "-"
+
+
+def dev_selection_markdown(result: dict) -> str:
+    """The grid of each fold (grouped when folds share one) and the point each chose on dev."""
+    selection = result["dev_selection"]
+    metrics = sorted({s["metric"] for s in selection if s["metric"]})
+    metric = " / ".join(metrics) or "score"
+    grids: Dict[str, List[str]] = {}
+    for s in selection:
+        text = "; ".join(f"`{k}` in {json.dumps(v)}" for k, v in s["grid"].items())
+        grids.setdefault(text, []).append(s["fold"])
+    lines = [f"Each fold trained every point of its grid on its train part and kept the one with the best dev "
+             f"{metric} (train.select); the test set played no part. The chosen point is the fold's model above.", ""]
+    for text, names in grids.items():
+        where = "" if len(grids) == 1 else f" ({', '.join(names)})"
+        lines.append(f"- grid{where}: {text}")
+    rows = [[s["fold"], _values_text(s["chosen"]) if s["chosen"] is not None else "not finished",
+             pct(s["dev_score"]) if s["dev_score"] is not None else "-", str(s["points"])] for s in selection]
+    return "\n".join(lines) + "\n\n" + _md_table(["fold", "chosen values", f"dev {metric}", "points tried"], rows) + \
+        "\nDev score: percent, of the chosen point's best.pt (its best epoch).\n"
+
+
 def results_markdown(result: dict) -> str:
     pooled = result["pooled"][f"utterance/{result['default_rule']}"]
     training_env = result["training_environment"]
@@ -338,8 +394,10 @@ def results_markdown(result: dict) -> str:
         title = f"Environment (training: {result['training_environment_file']})"
         parts.append(environment_markdown(training_env, title))
     parts += ["## Summary\n", summary_markdown(result),
-              "## Per fold\n", per_fold_markdown(result),
-              f"## Pooled confusion matrix (utterance level, rule `{result['default_rule']}`)\n",
+              "## Per fold\n", per_fold_markdown(result)]
+    if result.get("dev_selection"):
+        parts += ["## Dev-selected hyper-parameters\n", dev_selection_markdown(result)]
+    parts += [f"## Pooled confusion matrix (utterance level, rule `{result['default_rule']}`)\n",
               "Rows: reference; columns: hypothesis. Picture: confusion.png.\n",
               "```\n" + confusion_text(pooled["confusion"], pooled["classes"]) + "```\n",
               "```\n" + per_class_text(pooled) + "```\n"]

@@ -11,6 +11,9 @@ config_path = click.Path(exists=True, dir_okay=False, path_type=Path)
 existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 overrides = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                          help="Override a config key, e.g. --set optim.lr=1e-4 (repeatable).")
+grid_option = click.option("--grid", "grids", multiple=True, metavar="KEY=[V1,V2]",
+                           help="Try these values of KEY on dev: replaces or adds KEY in the config's grid "
+                                "(a scalar is one value; KEY= takes KEY out). Repeatable.")
 
 
 def _device(device: Optional[str]) -> str:
@@ -27,9 +30,14 @@ def _device(device: Optional[str]) -> str:
               help="Experiment dir.")
 @click.option("--device", help="cpu, cuda or cuda:N [default: cuda if available].")
 @overrides
+@grid_option
 def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device: Optional[str],
-          sets: Tuple[str]) -> None:
+          sets: Tuple[str], grids: Tuple[str]) -> None:
     """Train one model on one fold; best.pt by dev UA (train.select), resumable from last.pt.
+
+    With a grid (the config's `grid:` and --grid) of several points, every point is trained into
+    EXP/grid/<k>_<values>/ and the best on dev is chosen: EXP/grid.yaml records them, and the chosen
+    point's best.pt, config.yaml, environment.yaml and train.log are copied into EXP.
 
     Under `torchrun --nproc_per_node N -m sertk train ...` it trains in N processes (DistributedDataParallel;
     gloo on CPUs, NCCL on GPUs, each process on the GPU of its local rank); train.batch_size is then the
@@ -37,15 +45,17 @@ def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device:
     import logging
     from sertk.train.config import load_config
     from sertk.train.distributed import ranks_from_environment
-    from sertk.train.trainer import train as run_training
+    from sertk.train.grid import train_experiment
+    from sertk.train.trainer import TrainSummary
     ranks = ranks_from_environment()
     if not ranks.main:   # rank 0 speaks for the run
         for handler in logging.getLogger("sertk").handlers:
             handler.setLevel(max(handler.level, logging.WARNING))
-    summary = run_training(load_config(config_file, sets), fold_dir, feats, exp_dir, _device(device), ranks)
-    if ranks.main:
-        click.echo(f"{exp_dir}: best dev {summary.metric} {summary.best_dev_score:.4f} at epoch {summary.best_epoch} "
-                   f"({summary.epochs_run} epochs)")
+    config = load_config(config_file, sets, grids)
+    outcome = train_experiment(config, fold_dir, feats, exp_dir, _device(device), ranks, report=click.echo)
+    if ranks.main and isinstance(outcome, TrainSummary):
+        click.echo(f"{exp_dir}: best dev {outcome.metric} {outcome.best_dev_score:.4f} at epoch {outcome.best_epoch} "
+                   f"({outcome.epochs_run} epochs)")
 
 
 @click.command()
@@ -87,18 +97,27 @@ def config_group() -> None:
 @config_group.command()
 @click.argument("config_file", type=config_path)
 @overrides
-def show(config_file: Path, sets: Tuple[str]) -> None:
-    """Print the fully resolved config (defaults, model defaults, file, overrides)."""
-    from sertk.train.config import load_config
-    click.echo(yaml.safe_dump(load_config(config_file, sets), sort_keys=False), nl=False)
+@grid_option
+def show(config_file: Path, sets: Tuple[str], grids: Tuple[str]) -> None:
+    """Print the fully resolved config (defaults, model defaults, file, overrides), its grid included; a grid of
+    several points is followed by a comment listing them."""
+    from sertk.train.config import grid_points, load_config, point_text
+    config = load_config(config_file, sets, grids)
+    click.echo(yaml.safe_dump(config, sort_keys=False), nl=False)
+    points = grid_points(config["grid"])
+    if len(points) > 1:
+        click.echo(f"# grid: {len(points)} points, each trained and scored on dev (sertk train):")
+        for i, point in enumerate(points, start=1):
+            click.echo(f"#   {i}: {point_text(point)}")
 
 
 @config_group.command()
 @click.argument("config_file", type=config_path)
 @click.argument("key")
 @overrides
-def get(config_file: Path, key: str, sets: Tuple[str]) -> None:
+@grid_option
+def get(config_file: Path, key: str, sets: Tuple[str], grids: Tuple[str]) -> None:
     """Print one key of the resolved config, e.g. `features.tag` (for shell recipes)."""
     from sertk.train.config import get_key, load_config
-    value = get_key(load_config(config_file, sets), key)
+    value = get_key(load_config(config_file, sets, grids), key)
     click.echo(value if not isinstance(value, (dict, list)) else yaml.safe_dump(value).strip())

@@ -3,11 +3,17 @@
 The resolved config is the defaults below, then the model's own Config defaults under `model`,
 then the YAML file, then the command-line overrides. Every key must exist in the defaults, so a
 typo is an error rather than a silently ignored setting.
+
+`grid:` maps dotted config keys to lists of values tried on dev (sertk.train.grid): every key is
+checked as `--set` checks it and every value against the key's type when the config is loaded, so
+a typo fails before any feature is read. `--grid KEY=[v1,v2]` (a scalar: one value) replaces or adds
+a key; `--grid KEY=` (nothing after '=') takes it out.
 """
 import copy
 import dataclasses
+import itertools
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
 
@@ -24,8 +30,9 @@ DEFAULTS: Dict[str, Any] = {
     "model": {"name": None},
     # tag: the feature config conf/features/<tag>.yaml and dump/<tag>/ the recipe uses;
     # cmvn: global | speaker | none, global statistics from the fold's train part only;
-    # clip: normalised values are cut to +-clip (null: not cut)
-    "features": {"tag": "logmel64", "cmvn": "global", "clip": None},
+    # clip: normalised values are cut to +-clip (null: not cut); speaker_min_rows: cmvn speaker gives a speaker
+    # with fewer rows (frames; vectors of pooled streams) the training data's statistics (sertk.features.cmvn)
+    "features": {"tag": "logmel64", "cmvn": "global", "clip": None, "speaker_min_rows": 10},
     # seconds; length null: no windows, one segment per utterance; train_hop defaults to hop;
     # tail: end (a last window aligned to the end) | drop; train_windows: all | center (training reads only
     # the centre window of a longer utterance; dev and decoding read all)
@@ -51,23 +58,128 @@ DEFAULTS: Dict[str, Any] = {
                   "warmup_epochs": 0, "min_lr_ratio": 0.0},
     "augment": {"specaugment": False, "time_masks": 2, "time_width": 20, "freq_masks": 2, "freq_width": 8},
     "decode": {"rule": "mean"},
+    # dotted config key -> the values to try, e.g. {"optim.lr": [1.0e-3, 1.0e-4]}: every combination is
+    # trained and the best on dev (train.select) is kept (sertk.train.grid); {}: one plain run
+    "grid": {},
 }
+# keys a grid may not vary: each model has its own options, and all points read the one feature dump
+GRID_FIXED = {"grid": "it is the grid, not a setting",
+              "model.name": "each model has its own options; run one experiment per model",
+              "features.tag": "all points read the one feature dump given with --feats; run one experiment per "
+                              "feature set"}
 
 
-def load_config(path: Optional[Path], overrides: Iterable[str] = ()) -> Dict[str, Any]:
-    """The resolved config of the YAML at `path` with `overrides` ("a.b=value") applied."""
+def load_config(path: Optional[Path], overrides: Iterable[str] = (), grid: Iterable[str] = ()) -> Dict[str, Any]:
+    """The resolved config of the YAML at `path` with `overrides` ("a.b=value") applied, and its grid with
+    the `grid` entries ("a.b=[v1, v2]"; "a.b=" takes a.b out) applied in turn."""
     user = _read_user_config(Path(path)) if path is not None else {}
     overrides = [_parse_override(o) for o in overrides]
+    grid_entries = [_parse_override(g, "--grid", "key.sub=[v1, v2]", empty=True) for g in grid]
     name = dict(overrides).get("model.name") or (user.get("model") or {}).get("name")
     if not name:
         raise ConfigError(f"{path or 'config'}: model.name is not set")
     config = copy.deepcopy(DEFAULTS)
     config["model"] = {"name": name, **dataclasses.asdict(make_config(name))}
+    user = dict(user)
+    user_grid = user.pop("grid", {})
+    if user_grid is None:
+        user_grid = {}
+    if not isinstance(user_grid, dict):
+        raise ConfigError(f"{path}: grid must be a mapping of config keys to lists of values, not {user_grid!r}")
     _merge(config, user, where=str(path))
+    config["grid"] = dict(user_grid)
     for key, value in overrides:
         set_key(config, key, value)
-    make_config(name, **{k: v for k, v in config["model"].items() if k != "name"})  # validates model options
+    make_config(name, **model_options(config))  # validates model options
+    grid_where = f"{path}: grid" if user_grid and path is not None else "grid"
+    for key, value in grid_entries:
+        if value is _REMOVE:
+            config["grid"].pop(key, None)
+        else:
+            config["grid"][key] = value if isinstance(value, list) else [value]
+    config["grid"] = _checked_grid(config, config["grid"], grid_where)
     return config
+
+
+_REMOVE = object()   # `--grid KEY=`: KEY taken out of the grid
+
+
+def _checked_grid(config: Dict[str, Any], grid: Any, where: str) -> Dict[str, list]:
+    """The grid, every key a setting of `config` that may vary and every value of that setting's type;
+    each point's model options are checked too."""
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{where} must be a mapping of config keys to lists of values, not {grid!r}")
+    out: Dict[str, list] = {}
+    for key, values in grid.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: key {key!r} is not a dotted config key like optim.lr")
+        if key in GRID_FIXED or key.startswith("grid."):
+            raise ConfigError(f"{where}: {key} cannot vary in a grid ({GRID_FIXED.get(key, GRID_FIXED['grid'])})")
+        try:
+            current = get_key(config, key)
+        except ConfigError:
+            parent = key.rpartition(".")[0]
+            parent = parent if parent and _has_key(config, parent) else ""
+            node = get_key(config, parent) if parent else config
+            known = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
+            raise ConfigError(f"{where}: unknown config key '{key}' (known{' under ' + parent if parent else ''}: "
+                              f"{known})") from None
+        if isinstance(current, dict):
+            raise ConfigError(f"{where}: {key} is a section; a grid key names one setting, e.g. {key}."
+                              f"{next(iter(current), 'key')}")
+        if not isinstance(values, list):
+            raise ConfigError(f"{where}: {key} must be a list of values, e.g. [{values!r}], not {values!r}")
+        if not values:
+            raise ConfigError(f"{where}: {key} has no values")
+        try:
+            checked = [_checked(key, current, v) for v in values]
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        for i, v in enumerate(checked):
+            if v in checked[:i]:
+                raise ConfigError(f"{where}: {key} lists {v!r} twice")
+        out[key] = checked
+    models = [k for k in out if k.startswith("model.")]
+    if models:
+        for point in grid_points(out):
+            options = {**model_options(config), **{k[len("model."):]: v for k, v in point.items() if k in models}}
+            try:
+                make_config(config["model"]["name"], **options)
+            except SertkError as e:
+                raise ConfigError(f"{where}: point {point_text(point)}: {e}") from None
+    return out
+
+
+def _has_key(config: Dict[str, Any], dotted: str) -> bool:
+    try:
+        get_key(config, dotted)
+        return True
+    except ConfigError:
+        return False
+
+
+def grid_points(grid: Dict[str, list]) -> List[Dict[str, Any]]:
+    """Every combination of the grid's values, the last key varying fastest; one empty point for {}."""
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def point_config(config: Dict[str, Any], point: Dict[str, Any]) -> Dict[str, Any]:
+    """The config of one grid point: `config` with the point's values set and the grid emptied."""
+    out = copy.deepcopy(config)
+    out["grid"] = {}
+    for key, value in point.items():
+        set_key(out, key, copy.deepcopy(value))
+    return out
+
+
+def point_text(point: Dict[str, Any]) -> str:
+    """`a.b=1 c.d=[4, 8]`: a point's values as --set would take them."""
+    return " ".join(f"{k}={_value_text(v)}" for k, v in point.items()) or "(no values)"
+
+
+def _value_text(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10 ** 6).strip().removesuffix("\n...").strip()
 
 
 def _read_user_config(path: Path, chain: tuple = ()) -> Dict[str, Any]:
@@ -115,14 +227,16 @@ def with_new_defaults(config: Dict[str, Any]) -> Dict[str, Any]:
     return fill(config, {**DEFAULTS, "model": model_defaults})
 
 
-def _parse_override(text: str):
+def _parse_override(text: str, what: str = "override", form: str = "key.sub=value", empty: bool = False):
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"override '{text}' is not of the form key.sub=value")
+        raise ConfigError(f"{what} '{text}' is not of the form {form}")
+    if empty and not value.strip():
+        return key.strip(), _REMOVE
     try:
         return key.strip(), load_yaml(value)
     except yaml.YAMLError:
-        raise ConfigError(f"override '{text}': the value is not valid YAML") from None
+        raise ConfigError(f"{what} '{text}': the value is not valid YAML") from None
 
 
 def _merge(base: Dict[str, Any], user: Dict[str, Any], where: str, prefix: str = "") -> None:
@@ -137,6 +251,9 @@ def _merge(base: Dict[str, Any], user: Dict[str, Any], where: str, prefix: str =
 
 
 def set_key(config: Dict[str, Any], dotted: str, value: Any) -> None:
+    if dotted.startswith("grid."):
+        raise ConfigError(f"'{dotted}': grid keys are set with --grid KEY=[v1,v2] (or in the config's grid: "
+                          "section), not --set")
     node = config
     parts = dotted.split(".")
     for i, part in enumerate(parts):

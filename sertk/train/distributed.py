@@ -19,6 +19,7 @@ process and nothing here does anything. Under torchrun:
   same early-stopping, scheduler and best-checkpoint decisions;
 - only rank 0 writes (checkpoints, TensorBoard, train.log, config.yaml).
 """
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator, List, Sequence
@@ -98,6 +99,9 @@ def process_device(ranks: Ranks, device: str) -> str:
     return f"cuda:{ranks.local_rank}"
 
 
+_kept = False   # inside keep_group(): stop() leaves the group to the next training in this process
+
+
 def start(ranks: Ranks, device: str) -> None:
     """Join the process group (NCCL on GPUs, gloo on CPUs); the rendezvous comes from torchrun."""
     if ranks.distributed and not dist.is_initialized():
@@ -105,8 +109,26 @@ def start(ranks: Ranks, device: str) -> None:
 
 
 def stop(ranks: Ranks) -> None:
-    if ranks.distributed and dist.is_initialized():
+    if ranks.distributed and dist.is_initialized() and not _kept:
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def keep_group(ranks: Ranks, device: str):
+    """One process group for several trainings in one process (a grid, sertk.train.grid): joined before the
+    first, left after the last. Leaving and joining again in between is unsafe: torchrun's store keeps the
+    old group's keys, so a process can read another's old address and fail to connect."""
+    global _kept
+    if not ranks.distributed:
+        yield
+        return
+    start(ranks, process_device(ranks, device))
+    _kept = True
+    try:
+        yield
+    finally:
+        _kept = False
+        stop(ranks)
 
 
 def backend_name(ranks: Ranks) -> str:
