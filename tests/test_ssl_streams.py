@@ -116,7 +116,7 @@ def test_whisper_encoder_frames_and_30_second_pieces(encoders):
 @pytest.mark.parametrize("options, message", [
     ({"layer": 3}, r"layer must be in -3\.\.2 .*2 layers"),
     ({"deltas": 1}, "take no deltas"),
-    ({"model": " "}, "must name a hub model or a local directory"),
+    ({"model": " "}, "must name an encoder, a hub model or a local directory"),
 ])
 def test_bad_options_are_named(options, message, encoders):
     with pytest.raises(FeatureError, match=message):

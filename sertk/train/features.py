@@ -8,7 +8,7 @@ import numpy as np
 
 from sertk.data.datadir import DataDir
 from sertk.errors import FeatureError
-from sertk.features.cmvn import Normalizer, cmvn_from_state_dict, make_cmvn
+from sertk.features.cmvn import GlobalCMVN, Normalizer, cmvn_from_state_dict, make_cmvn
 from sertk.features.frontends import DUMP_INFO_KEY
 from sertk.features.segments import SegmentConfig
 from sertk.features.storage import feats_index, read_dump_config, read_feats
@@ -20,7 +20,7 @@ Feats = Dict[str, Dict[str, np.ndarray]]   # stream -> utt -> [rows, dim]: frame
 class StreamLayout:
     """What a dump says about the streams a model reads: their frame grid and the level of each."""
     dump_dir: Path
-    frame_shift: float                 # seconds, shared by the frame-level streams
+    frame_shift: Optional[float]       # seconds, shared by the frame-level streams (None: vectors only)
     frame_window: Optional[float]      # non-centred frames: each frame's span (see SegmentConfig.frames)
     levels: Dict[str, str]             # stream -> frame | segment (a row per window) | utterance (one row)
     windows: Dict[str, Dict]           # segment-level stream -> {grid, length, hop, tail}, in frames
@@ -41,13 +41,11 @@ class StreamLayout:
         levels = {s: (info.get("levels") or {}).get(s, "frame") for s in streams}
         windows = {s: info["windows"][s] for s in streams if levels[s] == "segment"}
         grids = [s for s in streams if levels[s] == "frame"] + [w["grid"] for w in windows.values()]
-        if not any(levels[s] == "frame" for s in streams):
-            raise FeatureError(f"{dump_dir}: the model reads no frame-level stream ({streams}); segments are cut "
-                               "on frames")
         framing = {s: (float(shifts[s]), (info.get("frame_window") or {}).get(s)) for s in grids}
         if len(set(framing.values())) > 1:
             raise FeatureError(f"{dump_dir}: the model's streams are framed differently (shift, window) {framing}")
-        shift, window = next(iter(framing.values()))
+        # utterance-level vectors only (a probe on pooled statistics): no frames, one segment per utterance
+        shift, window = next(iter(framing.values())) if framing else (None, None)
         layers = {s: int(n) for s, n in (info.get("layers") or {}).items() if s in streams}
         return cls(Path(dump_dir), shift, window, levels, windows, layers)
 
@@ -67,8 +65,19 @@ class StreamLayout:
                 raise FeatureError(f"{self.dump_dir}: model {model.name} reads '{stream}' as {wanted}, but this "
                                    f"dump holds it as {level}-level rows; extract the features its config names")
 
+    @property
+    def vectors_only(self) -> bool:
+        """The model reads one vector per segment or utterance from every stream (no frames)."""
+        return all(level != "frame" for level in self.levels.values())
+
     def frames(self, seg: SegmentConfig, what: str = "segments") -> Tuple[Optional[int], Optional[int]]:
         """(length, hop) of `seg` in frames; segment-level streams must hold exactly these windows."""
+        if self.frame_shift is None:
+            if seg.length is not None:
+                raise FeatureError(f"{self.dump_dir}: the model reads one vector per utterance "
+                                   f"({', '.join(self.levels)}), which cannot be cut into {what} of {seg.length} s; "
+                                   "set segments.length: null")
+            return None, None
         length, hop = seg.frames(self.frame_shift, self.frame_window)
         for stream, w in self.windows.items():
             if (length, hop, seg.tail) != (w["length"], w["hop"], w["tail"]):
@@ -105,18 +114,28 @@ class Normalization:
 
     @classmethod
     def fit(cls, mode: str, feats: Feats, train: DataDir, others: Sequence[DataDir] = (),
-            clip: Optional[float] = None) -> "Normalization":
-        """Fit on `train`; in speaker mode also give the speakers of `others` (e.g. dev) their statistics."""
+            clip: Optional[float] = None, speaker_min_rows: int = 1) -> "Normalization":
+        """Fit on `train`; in speaker mode also give the speakers of `others` (e.g. dev) their statistics, and
+        speakers with fewer than `speaker_min_rows` rows the training data's (sertk.features.cmvn)."""
         if clip is not None and not clip > 0:
             raise FeatureError(f"features.clip must be a positive number of standard deviations or null, not {clip!r}")
         utt2spk = {u: s for d in (train, *others) for u, s in d.utt2spk.items()}
-        return cls(mode, {s: make_cmvn(mode, feats[s], utt2spk=utt2spk, train_utts=train.utts) for s in feats}, clip)
+        options = {"min_rows": speaker_min_rows} if mode == "speaker" else {}
+        return cls(mode, {s: make_cmvn(mode, feats[s], utt2spk=utt2spk, train_utts=train.utts, **options)
+                          for s in feats}, clip)
 
     @classmethod
     def from_state_dict(cls, state: Dict, feats: Feats, data: DataDir) -> "Normalization":
         clip = state.get("clip")   # checkpoints from before features.clip: none
-        if state["mode"] == "speaker":
-            return cls.fit("speaker", feats, data, clip=clip)
+        if state["mode"] == "speaker":   # the data's own speakers; the training fallback from the state
+            utt2spk = dict(data.utt2spk)
+            per_stream = {}
+            for s in feats:
+                saved = state.get("streams", {}).get(s, {})
+                fallback = saved.get("fallback")
+                per_stream[s] = make_cmvn("speaker", feats[s], utt2spk=utt2spk, min_rows=saved.get("min_rows", 1),
+                                          fallback=None if fallback is None else GlobalCMVN.from_state_dict(fallback))
+            return cls("speaker", per_stream, clip)
         return cls(state["mode"], {s: cmvn_from_state_dict(st) for s, st in state["streams"].items()}, clip)
 
     def apply(self, stream: str, utt: str, x: np.ndarray) -> np.ndarray:

@@ -96,7 +96,8 @@ class _Run:
         self.streams = list(self.model.streams)
         feats = load_streams(dump_dir, self.streams, self.train_dd.utts + self.dev_dd.utts)
         self.norm = Normalization.fit(config["features"]["cmvn"], feats, self.train_dd, [self.dev_dd],
-                                      clip=config["features"]["clip"])
+                                      clip=config["features"]["clip"],
+                                      speaker_min_rows=config["features"]["speaker_min_rows"])
         seg = SegmentConfig.from_config(config["segments"])
         layout = StreamLayout.for_model(dump_dir, self.model)
         self.model = with_layer_sums(self.model, layout.layers).to(device)
