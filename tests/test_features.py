@@ -459,7 +459,7 @@ def test_cli_bad_config_is_one_line(feat_data, tmp_path, user_error):
     conf = _conf_file(tmp_path, {"streams": {"x": {"type": "fbank"}}})
     message = user_error(_sertk("extract", feat_data, tmp_path / "dump", "--conf", conf))
     assert message == f"{conf}: streams.x: unknown stream type 'fbank'; known: logmel, mfcc, energy, " \
-                      "log_energy, zcr, concat, opensmile_lld, opensmile_functionals, ssl"
+                      "log_energy, zcr, concat, opensmile_lld, opensmile_functionals, ssl, ssl_stats"
 
 
 def test_cli_audio_error_is_one_line(feat_data, tmp_path, user_error):
