@@ -129,8 +129,10 @@ def test_segments_other_than_the_functionals_windows_are_refused(smile_dump):
         with pytest.raises(FeatureError, match="stream 'is10_func' holds a row per window of 59 frames every 31"):
             layout.frames(seg)
     assert StreamLayout.read(out, ["is10_lld", "is10_utt"]).frames(SegmentConfig(1.4, 0.7)) == (40, 22)
-    with pytest.raises(FeatureError, match="reads no frame-level stream"):
-        StreamLayout.read(out, ["is10_utt"])
+    vectors = StreamLayout.read(out, ["is10_utt"])   # vectors only: one segment per utterance
+    assert vectors.vectors_only and vectors.frames(SegmentConfig(None, 1.0)) == (None, None)
+    with pytest.raises(FeatureError, match="set segments.length: null"):
+        vectors.frames(SegmentConfig(1.4, 0.7))
 
 
 def test_centre_cropped_training_is_refused_with_segment_level_streams(smile_dump):
