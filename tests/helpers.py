@@ -44,3 +44,12 @@ def batch_for(model, batch=4, frames=200, valid=None, seed=0):
                     out[s][i, v:] = 0
     out["mask"] = mask
     return out
+
+
+def emodb_loso(base: Path, speakers=("03", "08", "09"), texts=("a01", "b02"), emotions="WLA") -> Path:
+    """A generated EmoDB replica in `base`/emodb, prepared into `base`/all with loso folds in `base`/loso."""
+    from replicas import make_emodb
+    from sertk.data.protocols import make_folds
+    root = make_emodb(Path(base) / "emodb", speakers=speakers, texts=texts, emotions=emotions)
+    make_folds(prepare_corpus("emodb", root, Path(base) / "all").datadir, "loso", Path(base) / "loso")
+    return Path(base)

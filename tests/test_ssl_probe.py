@@ -5,17 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from replicas import make_emodb
+from helpers import emodb_loso
 from sertk.audio import load_audio
-from sertk.data.corpora import prepare_corpus
 from sertk.data.datadir import DataDir
-from sertk.data.protocols import make_folds
 from sertk.errors import FeatureError
 from sertk.features.cmvn import GlobalCMVN, SpeakerCMVN, make_cmvn
 from sertk.features.extract import extract_features
 from sertk.features.frontends import build_frontends, parse_config
 from sertk.features.storage import load_feats, read_dump_config
-from sertk.inference.inferencer import Inferencer, Utterance
+from sertk.inference.inferencer import Inferencer
 from sertk.inference.pack import pack_experiment, read_pack
 from sertk.models import ModelConfigError, build_model
 from sertk.train.config import load_config
@@ -38,11 +36,7 @@ def encoders(tmp_path_factory):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """3 speakers x 2 texts x 3 emotions of generated audio, prepared, loso folds."""
-    tmp = tmp_path_factory.mktemp("corpus")
-    root = make_emodb(tmp / "emodb", speakers=["03", "08", "09"], texts=["a01", "b02"], emotions="WLA")
-    dd = prepare_corpus("emodb", root, tmp / "all").datadir
-    make_folds(dd, "loso", tmp / "loso")
-    return tmp
+    return emodb_loso(tmp_path_factory.mktemp("corpus"))
 
 
 def stats_stream(model, **options):

@@ -7,10 +7,10 @@ import pytest
 import torch
 import yaml
 
+from helpers import emodb_loso
 from replicas import make_emodb
 from sertk.audio import load_audio
 from sertk.data.corpora import prepare_corpus
-from sertk.data.protocols import make_folds
 from sertk.errors import FeatureError
 from sertk.features.extract import extract_features
 from sertk.features.frontends import build_frontends, parse_config
@@ -164,9 +164,7 @@ def test_layer_sum_is_a_softmax_weighted_sum_in_front_of_the_model():
 
 
 def test_crnn_trains_and_decodes_on_an_all_layers_ssl_stream(encoders, tmp_path):
-    root = make_emodb(tmp_path / "emodb", speakers=["03", "08", "09"], texts=["a01"], emotions="WLA")
-    dd = prepare_corpus("emodb", root, tmp_path / "all").datadir
-    make_folds(dd, "loso", tmp_path / "loso")
+    emodb_loso(tmp_path, texts=["a01"])
     features = {"sample_rate": 16000, "streams": {"ssl": {"type": "ssl", "model": str(encoders["hubert"]),
                                                           "all_layers": True}}}
     extract_features(tmp_path / "all", features, tmp_path / "dump")

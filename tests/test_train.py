@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import emodb_loso
 from replicas import make_emodb, write_wav
 from sertk.data.corpora import prepare_corpus
 from sertk.data.datadir import DataDir
@@ -29,10 +30,7 @@ TINY = ["model.name=crnn", "model.n_mels=16", "model.channels=[4,8]", "model.lst
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    base = tmp_path_factory.mktemp("train")
-    root = make_emodb(base / "emodb", speakers=["03", "08", "09"], texts=["a01", "b02"], emotions="WLA")
-    dd = prepare_corpus("emodb", root, base / "all").datadir
-    make_folds(dd, "loso", base / "loso")
+    base = emodb_loso(tmp_path_factory.mktemp("train"))
     extract_features(base / "all", FEATURES, base / "dump")
     return base
 

@@ -129,6 +129,14 @@ class _Reader:
                              "(an incomplete copy or download?)")
         return self.f.read(n)
 
+    def room(self, count: int, min_bytes: int, what: str) -> None:
+        """A count read from the file is refused when that many entries of at least `min_bytes` cannot fit in
+        the bytes left (a corrupt count would otherwise run a long loop to a confusing error)."""
+        left = self.size - self.f.tell()
+        if count * min_bytes > left:
+            raise self.error(f"truncated at byte {self.size}, or corrupt: {count} {what} cannot fit in the "
+                             f"{left} bytes left after byte {self.f.tell()}")
+
     def unpack(self, fmt: str, what: str):
         return struct.unpack("<" + fmt, self.read(struct.calcsize("<" + fmt), what))[0]
 
@@ -180,10 +188,7 @@ def read_ct2_index(path) -> Ct2Index:
             raise r.error(f"a CTranslate2 {spec or 'model without a spec name'}, not a Whisper model ({SPEC_NAME})")
         revision = r.unpack("I", "the spec revision")
         count = r.unpack("I", "the variable count")
-        # the smallest variable entry: 2-byte empty name + NUL, rank, dtype, byte count = 9 bytes
-        if count * 9 > size - f.tell():
-            raise r.error(f"truncated at byte {size}, or corrupt: {count} variables cannot fit in the "
-                          f"{size - f.tell()} bytes left after byte {f.tell()}")
+        r.room(count, 9, "variables")   # smallest entry: 2-byte length + NUL name, rank, dtype, byte count
         variables: Dict[str, Ct2Variable] = {}
         for i in range(count):
             name = r.string(f"the name of variable {i + 1} of {count}")
@@ -209,9 +214,7 @@ def read_ct2_index(path) -> Ct2Index:
             variables[name] = Ct2Variable(name, shape, dtype, offset, nbytes)
             f.seek(nbytes, 1)
         n_aliases = r.unpack("I", "the alias count")
-        if n_aliases * 6 > size - f.tell():
-            raise r.error(f"truncated at byte {size}, or corrupt: {n_aliases} aliases cannot fit in the "
-                          f"{size - f.tell()} bytes left after byte {f.tell()}")
+        r.room(n_aliases, 6, "aliases")   # smallest entry: two NUL-only strings with their lengths
         aliases: Dict[str, str] = {}
         for i in range(n_aliases):
             alias = r.string(f"alias {i + 1} of {n_aliases}")

