@@ -21,7 +21,7 @@ import yaml
 
 from sertk.data.table import format_table, read_table
 from sertk.errors import ScoreError
-from sertk.fsutil import atomic_output_dir
+from sertk.fsutil import atomic_output_dir, owned_by
 from sertk.yamlutil import read_yaml_file
 
 DEFAULT_RULE = "mean"
@@ -150,6 +150,14 @@ def _write_votes(folder: Path, post: Mapping[str, np.ndarray], hyp: Mapping[str,
     (folder / "hyp").write_text(format_table(hyp.items()), encoding="utf-8")
 
 
+# A decode dir: what write_decode_dir writes, plus what `sertk score` and the recipe's scoring add to it.
+_VOTE_FILES = ("post", "hyp")
+# (score.py's SCORING_DIR: score.py reads decode dirs, so the name is spelled here, not imported)
+owns_decode_dir = owned_by(("post_seg", "seg2utt", "classes", "decode.yaml", "score.txt", "scoring/metrics.json",
+                            "scoring/confusion.txt", "scoring/confusion.png", "scoring/.*.tmp") + _VOTE_FILES
+                           + tuple(f"votes/{rule}/{name}" for rule in VOTING_RULES for name in _VOTE_FILES))
+
+
 def is_decode_dir(path) -> bool:
     return (Path(path) / "post_seg").is_file()
 
@@ -165,7 +173,7 @@ def write_decode_dir(out_dir, seg_post: Dict[str, np.ndarray], seg2utt: Dict[str
     for seg, p in seg_post.items():
         if np.shape(p) != (len(classes),):
             raise ValueError(f"segment '{seg}' has posterior shape {np.shape(p)}, expected ({len(classes)},)")
-    with atomic_output_dir(out_dir, "decode dir", is_decode_dir) as tmp:
+    with atomic_output_dir(out_dir, "decode dir", owns_decode_dir) as tmp:
         (tmp / "post_seg").write_text(_format_post(seg_post), encoding="utf-8")
         (tmp / "seg2utt").write_text(format_table(seg2utt.items()), encoding="utf-8")
         (tmp / "classes").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")

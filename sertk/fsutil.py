@@ -1,11 +1,12 @@
 """Atomic file and directory output: readers never see a half-written result."""
 import contextlib
+import fnmatch
 import hashlib
 import os
 import shutil
 import tempfile
-from pathlib import Path
-from typing import Callable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, Iterator, Optional
 
 from sertk.errors import OutputError
 
@@ -51,25 +52,82 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
+# does this kind of output write the entry at this relative path (True: an empty folder)?
+Owns = Callable[[PurePosixPath, bool], bool]
+
+
+def owned_by(patterns: Iterable[str]) -> Owns:
+    """An `Owns` test from relative-path patterns, matched part by part with fnmatch ('fold*/train/wav.scp');
+    an empty folder is owned when it is a leading part of a pattern."""
+    split = [tuple(PurePosixPath(p).parts) for p in patterns]
+
+    def owns(rel: PurePosixPath, is_empty_dir: bool = False) -> bool:
+        parts = rel.parts
+        for pattern in split:
+            n = len(parts)
+            if (n == len(pattern) or (is_empty_dir and n < len(pattern))) and \
+                    all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, pattern)):
+                return True
+        return False
+    return owns
+
+
+def glob_escape(name: str) -> str:
+    """`name` as an `owned_by` pattern that matches only itself."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def foreign_entry(path: Path, owns: Owns) -> Optional[str]:
+    """The first entry under `path` (files, links and empty folders, in name order) that `owns` does not
+    claim: something a command writing this kind of output did not make, and must not delete."""
+    def walk(folder: Path, rel: PurePosixPath) -> Optional[str]:
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            child = rel / entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if any(os.scandir(entry.path)):
+                    found = walk(Path(entry.path), child)
+                    if found:
+                        return found
+                elif not owns(child, True):
+                    return f"{child}/"
+            elif not owns(child, False):
+                return str(child)
+        return None
+    return walk(Path(path), PurePosixPath())
+
+
+def check_replaceable(path: Path, kind: str, owns: Optional[Owns]) -> None:
+    """Raise `OutputError` unless `path` is absent, an empty folder, or a folder holding only what a `kind`
+    writes: a command replaces only what it made (a mistyped --out must not delete somebody's files)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise OutputError(f"{path}: exists and is not a {kind} folder; refusing to replace it "
+                          "(remove it or choose another output)")
+    found = foreign_entry(path, owns or owned_by(()))
+    if found:
+        raise OutputError(f"{path}: holds '{found}', which a {kind} does not contain; refusing to replace "
+                          "the folder (move that away or choose another output)")
+
+
 @contextlib.contextmanager
-def atomic_output_dir(path: Path, kind: str = "output dir",
-                      replaceable: Callable[[Path], bool] = lambda p: False) -> Iterator[Path]:
+def atomic_output_dir(path: Path, kind: str = "output dir", owns: Optional[Owns] = None) -> Iterator[Path]:
     """Yield an empty temp dir that replaces `path` only if the block finishes.
 
     On any exception the temp dir is removed and `path` is left exactly as it was, so a failed
-    command never leaves a half-built data dir behind. An existing `path` is replaced whole, so it
-    must be empty or pass `replaceable` (be the same `kind` of output): a mistyped --out must not
-    delete somebody's folder.
+    command never leaves a half-built data dir behind. An existing `path` is replaced whole, so
+    everything in it must be what this `kind` of output writes (`owns`, see `check_replaceable`);
+    that is checked before the block runs and again before the swap.
     """
     path = Path(path).resolve()
-    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or replaceable(path))):
-        raise OutputError(f"{path}: exists and is not a {kind}; refusing to replace it "
-                          "(remove it or choose another output)")
+    check_replaceable(path, kind, owns)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     os.chmod(tmp, new_dir_mode())
     try:
         yield tmp
+        check_replaceable(path, kind, owns)     # a file may have appeared there while we worked
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

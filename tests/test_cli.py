@@ -123,7 +123,7 @@ def test_a_folder_that_is_not_a_data_dir_is_never_replaced(tmp_path, emodb_root)
     home.mkdir()
     (home / "thesis.tex").write_text("years of work")
     line = error_line(run("data", "prepare", "emodb", "--root", emodb_root, "--out", home))
-    assert "exists and is not a data dir; refusing to replace it" in line
+    assert "holds 'thesis.tex', which a data dir does not contain; refusing to replace the folder" in line
     assert (home / "thesis.tex").read_text() == "years of work"
 
 
@@ -134,9 +134,10 @@ def test_rerunning_replaces_an_earlier_output(tmp_path, emodb_root):
     run("data", "folds", tmp_path / "X", "--protocol", "loso", "--out", tmp_path / "Y")
     result = run("data", "folds", tmp_path / "X", "--protocol", "loso", "--out", tmp_path / "Y")
     assert result.exit_code == 0 and "3 folds" in result.output
-    (tmp_path / "Y" / "fold1" / "notes.txt").write_text("x")  # still a protocol dir: replaced whole
-    assert run("data", "folds", tmp_path / "X", "--protocol", "loso", "--out", tmp_path / "Y").exit_code == 0
-    assert not (tmp_path / "Y" / "fold1" / "notes.txt").exists()
+    (tmp_path / "Y" / "fold1" / "notes.txt").write_text("x")  # not something `data folds` wrote: kept
+    line = error_line(run("data", "folds", tmp_path / "X", "--protocol", "loso", "--out", tmp_path / "Y"))
+    assert "holds 'fold1/notes.txt', which a protocol dir does not contain" in line
+    assert (tmp_path / "Y" / "fold1" / "notes.txt").read_text() == "x"
     protocol_out = error_line(run("data", "folds", tmp_path / "X", "--protocol", "loso", "--out", tmp_path / "X" / ".."))
     assert "would replace the input" in protocol_out
 

@@ -123,7 +123,7 @@ def test_rewriting_replaces_a_decode_dir_but_never_another_folder(tmp_path):
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("keep me")
-    with pytest.raises(OutputError, match="not a decode dir"):
+    with pytest.raises(OutputError, match="holds .todo.txt., which a decode dir does not contain"):
         write_utt_segments(other, SEGS, CLASSES)
     assert (other / "todo.txt").read_text() == "keep me"
 

@@ -410,7 +410,7 @@ def test_missing_audio_without_utt2dur_names_the_file(feat_data, tmp_path):
 def test_refuses_to_replace_a_folder_that_is_not_a_dump(feat_data, tmp_path):
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "notes.txt").write_text("keep me")
-    with pytest.raises(OutputError, match="not a feature dump"):
+    with pytest.raises(OutputError, match="holds .notes.txt., which a feature dump does not contain"):
         extract_features(feat_data, CONFIG, tmp_path / "precious")
     assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
 

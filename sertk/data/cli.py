@@ -7,16 +7,16 @@ import click
 from sertk.data.check import check_protocol
 from sertk.data.corpora import import_csv, prepare_corpus
 from sertk.data.cross import dropped_text, load_class_mapping, make_cross_protocol
-from sertk.data.datadir import DataDir
+from sertk.data.datadir import SPLIT_PART_FILES, DataDir, owns_data_dir
 from sertk.data.download import SOURCES, fetch_corpus
 from sertk.data.fix import fix_dir
 from sertk.data.labels import load_label_map
 from sertk.data.ops import combine, read_id_list, split_by_speaker, subset
 from sertk.data.prepare import PrepareReport, class_count_table
-from sertk.data.protocols import PROTOCOLS, make_folds
+from sertk.data.protocols import PROTOCOLS, make_folds, owns_protocol_dir
 from sertk.data.validate import AUDIO_CHECKS, validate_dir
 from sertk.errors import DataDirError, ProtocolError
-from sertk.fsutil import atomic_output_dir
+from sertk.fsutil import atomic_output_dir, check_replaceable, owned_by
 
 existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 out_dir = click.Path(file_okay=False, path_type=Path)
@@ -73,7 +73,7 @@ def fix(datadir: Path) -> None:
 @click.option("--last", type=int, help="The last N utterances (sorted order).")
 def subset_cmd(src: Path, out: Path, utt_list, speakers, first, last) -> None:
     """Write the part of SRC chosen by exactly one selector to OUT."""
-    _refuse_overwriting_sources(out, [src])
+    _check_output(out, [src])
     dd = DataDir.load(src)
     part = subset(dd, utt_list=read_id_list(utt_list) if utt_list else None,
                   speakers=[s for s in speakers.split(",") if s] if speakers else None, first=first, last=last)
@@ -86,7 +86,7 @@ def subset_cmd(src: Path, out: Path, utt_list, speakers, first, last) -> None:
 @click.argument("srcs", nargs=-1, required=True, type=existing_dir)
 def combine_cmd(out: Path, srcs: Tuple[Path, ...]) -> None:
     """Combine the data dirs SRCS into OUT (utterance ids must not repeat)."""
-    _refuse_overwriting_sources(out, srcs)
+    _check_output(out, srcs)
     combined = combine([DataDir.load(s) for s in srcs], [str(s) for s in srcs])
     combined.save(out)
     click.echo(f"{out}: {len(combined.utts)} utterances, {len(combined.speakers)} speakers")
@@ -98,24 +98,24 @@ def combine_cmd(out: Path, srcs: Tuple[Path, ...]) -> None:
 @click.option("--out", type=out_dir, help="Where the parts go [default: SRC/split<N>].")
 def split_cmd(src: Path, num_parts: int, out: Optional[Path]) -> None:
     """Split SRC into NUM_PARTS data dirs by speaker (OUT/1 ... OUT/N), for parallel jobs."""
-    parts = split_by_speaker(DataDir.load(src), num_parts)
     out = out or src / f"split{num_parts}"
-    with atomic_output_dir(out, "split dir", _holds_only_parts) as tmp:
+    owns_parts = owned_by(SPLIT_PART_FILES)
+    check_replaceable(out, "split dir", owns_parts)
+    parts = split_by_speaker(DataDir.load(src), num_parts)
+    with atomic_output_dir(out, "split dir", owns_parts) as tmp:
         for i, part in enumerate(parts, start=1):
             (tmp / str(i)).mkdir()
             part.write_into(tmp / str(i))
     click.echo(f"{out}: " + ", ".join(f"{i}: {len(p.utts)} utts" for i, p in enumerate(parts, start=1)))
 
 
-def _holds_only_parts(path: Path) -> bool:
-    return all(p.is_dir() and p.name.isdigit() for p in path.iterdir())
-
-
-def _refuse_overwriting_sources(out: Path, srcs) -> None:
-    # the output is replaced whole, so it must neither be an input nor hold one
+def _check_output(out: Path, srcs, kind: str = "data dir", owns=owns_data_dir) -> None:
+    """Before any work: the output is replaced whole, so it must neither be an input nor hold one, nor hold
+    anything that this kind of output does not (the write checks that again)."""
     for src in srcs:
         if Path(src).resolve().is_relative_to(out.resolve()):
             raise DataDirError(f"{out}: the output would replace the input {src}; choose another output")
+    check_replaceable(out, kind, owns)
 
 
 # --- corpus preparation -------------------------------------------------------------------------
@@ -137,6 +137,7 @@ def _prepare_options(fn):
 
 def _run_prepare(corpus: str, root: Path, out: Path, labels: Optional[Path], skip_bad_audio: bool,
                  **options) -> None:
+    _check_output(out, [])
     report = prepare_corpus(corpus, root, out, labels=load_label_map(labels) if labels else None,
                             skip_bad_audio=skip_bad_audio, **options)
     _print_report(corpus, out, report)
@@ -192,6 +193,7 @@ def msp_improv(**kwargs) -> None:
 @click.option("--skip-bad-audio", is_flag=True, help="Skip missing or unreadable audio with a count.")
 def import_cmd(csv_path: Path, out: Path, labels: Optional[Path], corpus: Optional[str], skip_bad_audio: bool) -> None:
     """Any other corpus: a data dir from a CSV file."""
+    _check_output(out, [])
     report = import_csv(csv_path, out, labels=load_label_map(labels) if labels else None, corpus=corpus,
                         skip_bad_audio=skip_bad_audio)
     _print_report(corpus or csv_path.name, out, report)
@@ -222,7 +224,7 @@ def folds(datadir: Path, protocol: str, out: Path, corpus, num_folds, seed) -> N
     options = {k: v for k, v in (("num_folds", num_folds), ("seed", seed)) if v is not None}
     if options and protocol != "random_kfold":
         raise ProtocolError("--num-folds and --seed apply to random_kfold only")
-    _refuse_overwriting_sources(out, [datadir])
+    _check_output(out, [datadir], "protocol dir", owns_protocol_dir)
     card = make_folds(DataDir.load(datadir), protocol, out, corpus=corpus, source=str(datadir.resolve()), **options)
     kind = "speaker-independent" if card["speaker_independent"] else "speaker-DEPENDENT"
     click.echo(f"{out}: {protocol}, {card['num_folds']} folds, {kind}; dev: {card['dev_policy']}")
@@ -245,7 +247,7 @@ def cross(source_dir: Path, target_dir: Path, map_path: Path, out: Path, dev_spe
     left out and counted. One fold, written like `sertk data folds` writes its folds.
     """
     mapping = load_class_mapping(map_path)
-    _refuse_overwriting_sources(out, [source_dir, target_dir])
+    _check_output(out, [source_dir, target_dir], "protocol dir", owns_protocol_dir)
     card = make_cross_protocol(DataDir.load(source_dir), DataDir.load(target_dir), mapping, out,
                                dev_speakers=dev_speakers.split(",") if dev_speakers else None,
                                source_path=str(source_dir.resolve()), target_path=str(target_dir.resolve()))

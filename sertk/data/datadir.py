@@ -11,7 +11,14 @@ from sertk.data.labels import LABEL_MAP_FILE, LabelMap, load_label_map
 from sertk.data.table import format_table, invert_utt2spk, read_table
 from sertk.data.validate import per_utt_files, validate_dir
 from sertk.errors import DataDirError
-from sertk.fsutil import atomic_output_dir
+from sertk.fsutil import atomic_output_dir, owned_by
+
+
+# What a data dir written by sertk holds: the per-utterance tables, spk2utt, segments, the label map, and
+# `sertk data split`'s parts. Saving over a folder holding anything else is refused (see fsutil).
+DATA_FILES = ("wav.scp", "text", "utt2*", "spk2utt", "segments", LABEL_MAP_FILE)
+SPLIT_PART_FILES = tuple(f"[0-9]*/{name}" for name in DATA_FILES)
+owns_data_dir = owned_by(DATA_FILES + tuple(f"split[0-9]*/{name}" for name in SPLIT_PART_FILES))
 
 
 @dataclass
@@ -81,9 +88,5 @@ class DataDir:
 
     def save(self, path) -> None:
         """Replace the data dir at `path` (if any) with this one, atomically."""
-        with atomic_output_dir(path, "data dir", is_data_dir) as tmp:
+        with atomic_output_dir(path, "data dir", owns_data_dir) as tmp:
             self.write_into(tmp)
-
-
-def is_data_dir(path: Path) -> bool:
-    return (Path(path) / "wav.scp").is_file()

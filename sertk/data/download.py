@@ -16,10 +16,10 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from sertk.errors import SertkError
-from sertk.fsutil import atomic_output_dir, file_digest, sha256_file
+from sertk.fsutil import atomic_output_dir, file_digest, glob_escape, owned_by, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def fetch_corpus(corpus: str, dest: Path, url: Optional[str] = None, zip_path: O
         raise DownloadError(f"{zip_path}: MD5 differs from the official release's ({source.archive_md5}); "
                             "remove it and download again")
     log.info("extracting %s (licence: %s)", zip_path, source.licence)
-    with atomic_output_dir(root, f"{corpus} download", lambda p: True) as tmp:
+    release = owned_by(manifest_paths(MANIFESTS / source.manifest) + zip_member_paths(Path(zip_path)))
+    with atomic_output_dir(root, f"{corpus} release", release) as tmp:
         safe_extract(Path(zip_path), tmp)
         problems = verify_manifest(tmp, MANIFESTS / source.manifest)
         if problems:
@@ -106,6 +107,20 @@ def safe_extract(zip_path: Path, out: Path) -> None:
             if stat.S_ISLNK(m.external_attr >> 16):
                 raise DownloadError(f"{zip_path}: member '{m.filename}' is a symbolic link; refusing")
         archive.extractall(out)
+
+
+def manifest_paths(manifest: Path) -> Tuple[str, ...]:
+    return tuple(glob_escape(line.split(None, 1)[-1]) for line in manifest.read_text(encoding="utf-8").splitlines()
+                 if line.strip())
+
+
+def zip_member_paths(zip_path: Path) -> Tuple[str, ...]:
+    """The archive's member paths, as patterns (an unreadable archive has none: extraction says why)."""
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            return tuple(glob_escape(m.filename.replace("\\", "/").rstrip("/")) for m in archive.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return ()
 
 
 def verify_manifest(root: Path, manifest: Path) -> List[str]:

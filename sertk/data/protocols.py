@@ -12,9 +12,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import yaml
 
-from sertk.data.datadir import DataDir
+from sertk.data.datadir import DATA_FILES, DataDir
 from sertk.errors import ProtocolError
-from sertk.fsutil import atomic_output_dir
+from sertk.fsutil import atomic_output_dir, owned_by
 from sertk.yamlutil import read_yaml_file
 
 SPLITS = ("train", "dev", "test")
@@ -165,9 +165,14 @@ def make_folds(dd: DataDir, protocol: str, out, corpus: Optional[str] = None, so
     return card
 
 
+# A protocol dir: the card, utt2fold, the recipe's `sertk data check` report and each fold's data dirs.
+owns_protocol_dir = owned_by((CARD_FILE, "utt2fold", "check.txt")
+                             + tuple(f"fold[0-9]*/{split}/{name}" for split in SPLITS for name in DATA_FILES))
+
+
 def write_protocol_dir(out, folds: Sequence[Dict[str, DataDir]], card: dict) -> None:
     """Write `fold<k>/{train,dev,test}/`, `utt2fold` and the card into `out`, atomically."""
-    with atomic_output_dir(out, "protocol dir", lambda p: (p / CARD_FILE).is_file()) as tmp:
+    with atomic_output_dir(out, "protocol dir", owns_protocol_dir) as tmp:
         for k, parts in enumerate(folds, start=1):
             for split in SPLITS:
                 (tmp / f"fold{k}" / split).mkdir(parents=True)

@@ -90,7 +90,7 @@ def extract_features(data_dir, config: Dict[str, Any], out_dir, nj: int = 1, dev
     parts = _share_out(request.batches(), request.durations(), nj)
     streams = build_frontends(request.cfg)
     setup_seconds = time.perf_counter() - start
-    with atomic_output_dir(request.out_dir, "feature dump", storage.is_feature_dump) as tmp:
+    with atomic_output_dir(request.out_dir, "feature dump", storage.owns_feature_dump) as tmp:
         for name in request.cfg.streams:
             (tmp / name).mkdir()
         jobs = [request.job(j, part, streams, tmp) for j, part in enumerate(parts, start=1)]

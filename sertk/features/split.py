@@ -18,7 +18,7 @@ from sertk.errors import FeatureError
 from sertk.features import storage
 from sertk.features.extract import ExtractReport, JobResult, Request, _finish, build_frontends, run_job
 from sertk.features.preprocess import PreprocessStats
-from sertk.fsutil import atomic_output_dir, atomic_write_text
+from sertk.fsutil import atomic_output_dir, atomic_write_text, owned_by
 
 DONE_FILE = "done.json"
 
@@ -55,7 +55,7 @@ def extract_job(request: Request, nj: int, job: int) -> str:
     if not utts:
         return f"job {job} of {nj}: no speakers left for it (the data dir has fewer speaker blocks than jobs)"
     streams = build_frontends(request.cfg)
-    with atomic_output_dir(part, "feature extraction job", lambda p: True) as tmp:
+    with atomic_output_dir(part, "feature extraction job", owned_by(storage.DUMP_FILES + (DONE_FILE,))) as tmp:
         for name in request.cfg.streams:
             (tmp / name).mkdir()
         result = run_job(request.job(job, request.batches(blocks), streams, tmp))
@@ -80,7 +80,7 @@ def merge_jobs(request: Request, nj: int) -> ExtractReport:
                                f"{folder / f'job{job}' / DONE_FILE}); run `sertk features extract ... --nj {nj} "
                                f"--job {job}` first")
         results.append((job, result))
-    with atomic_output_dir(request.out_dir, "feature dump", storage.is_feature_dump) as tmp:
+    with atomic_output_dir(request.out_dir, "feature dump", storage.owns_feature_dump) as tmp:
         for name in request.cfg.streams:
             (tmp / name).mkdir()
             for job, _ in results:

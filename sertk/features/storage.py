@@ -21,7 +21,7 @@ import yaml
 
 from sertk.data.table import format_table, read_table
 from sertk.errors import FeatureError
-from sertk.fsutil import atomic_write_text
+from sertk.fsutil import atomic_write_text, owned_by
 from sertk.yamlutil import read_yaml_file
 
 CONFIG_FILE = "features.yaml"
@@ -79,6 +79,11 @@ def read_dump_config(dump_dir) -> Dict[str, Any]:
     if not path.is_file():
         raise FeatureError(f"{dump_dir}: not a feature dump (no {CONFIG_FILE})")
     return read_yaml_file(path, FeatureError)
+
+
+# A feature dump: its config and, per stream folder, the index, the frame counts and the arks.
+DUMP_FILES = (CONFIG_FILE, f"*/{SCP_FILE}", f"*/{NUM_FRAMES_FILE}", "*/feats.*.ark")
+owns_feature_dump = owned_by(DUMP_FILES)
 
 
 def is_feature_dump(path) -> bool:

@@ -30,13 +30,13 @@ import yaml
 from sertk.fsutil import atomic_write_text, atomic_write_with, sha256_file
 from sertk.train.config import ConfigError, grid_points, point_config, point_text, with_new_defaults
 from sertk.train.distributed import Ranks, keep_group, ranks_from_environment
+from sertk.train.expdir import GRID_DIR, check_exp_dir
 from sertk.train.trainer import TrainSummary, train
 from sertk.yamlutil import read_yaml_file
 
 log = logging.getLogger(__name__)
 
 GRID_FILE = "grid.yaml"
-GRID_DIR = "grid"
 # what E takes from the chosen point; best.pt last, as the recipe takes E/best.pt for a finished model
 CHOSEN_FILES = ("config.yaml", "environment.yaml", "train.log", "best.pt")
 _SLUG_MAX = 60
@@ -56,6 +56,7 @@ def train_experiment(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp
     choice (GridOutcome). `report` gets one line per point and the choice (rank 0 only)."""
     ranks = ranks or ranks_from_environment()
     exp_dir = Path(exp_dir)
+    check_exp_dir(exp_dir)
     points = grid_points(config["grid"])
     if len(points) == 1:
         if (exp_dir / GRID_FILE).is_file():

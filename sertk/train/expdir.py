@@ -1,0 +1,36 @@
+"""What an experiment dir holds, so that `sertk train --exp` writes only into a folder it (or a decode or
+pack of its model) made: a mistyped --exp pointing at somebody's folder is refused, not filled."""
+from pathlib import Path, PurePosixPath
+
+from sertk.decode import owns_decode_dir
+from sertk.errors import OutputError
+from sertk.fsutil import foreign_entry, owned_by
+
+GRID_DIR = "grid"      # grid points train into EXP/grid/<k>_<values>/, each an exp dir of its own
+
+# what training, grid selection, `sertk pack` and the atomic writers' temp files leave in an exp dir
+_owns_run_files = owned_by(("train.log", "config.yaml", "environment.yaml", "last.pt", "best.pt", "grid.yaml",
+                            "model.sertk", "tensorboard/*", ".*.tmp"))
+
+
+def owns_exp_dir(rel: PurePosixPath, is_empty_dir: bool = False) -> bool:
+    parts = rel.parts
+    if parts[0].startswith("decode") and len(parts) > 1:        # decode_dev/, decode_test/, any --out decode*
+        return owns_decode_dir(PurePosixPath(*parts[1:]), is_empty_dir)
+    if parts[0] == GRID_DIR:
+        return len(parts) <= 2 and is_empty_dir or (len(parts) > 2 and owns_exp_dir(PurePosixPath(*parts[2:]),
+                                                                                    is_empty_dir))
+    return _owns_run_files(rel, is_empty_dir) or (is_empty_dir and parts[0].startswith("decode"))
+
+
+def check_exp_dir(exp_dir: Path) -> None:
+    """Raise `OutputError` when `exp_dir` holds something no sertk run made (one line, naming it)."""
+    exp_dir = Path(exp_dir)
+    if not exp_dir.exists():
+        return
+    if not exp_dir.is_dir():
+        raise OutputError(f"{exp_dir}: exists and is not an experiment dir; give another --exp")
+    found = foreign_entry(exp_dir, owns_exp_dir)
+    if found:
+        raise OutputError(f"{exp_dir}: holds '{found}', which no sertk run wrote; refusing to train into it "
+                          "(give a new --exp or move that away)")
