@@ -218,12 +218,17 @@ def download(corpus: str, dest: Path, url: Optional[str], zip_path: Optional[Pat
 @click.option("--out", required=True, type=out_dir, help="Protocol dir to write.")
 @click.option("--corpus", help="Corpus name for the card [default: from labels.yaml].")
 @click.option("--num-folds", type=int, help="random_kfold only [default: 10].")
-@click.option("--seed", type=int, help="random_kfold only [default: 0].")
-def folds(datadir: Path, protocol: str, out: Path, corpus, num_folds, seed) -> None:
+@click.option("--seed", type=int, help="random_kfold and loso_dev_share [default: 0].")
+@click.option("--dev-share", type=float, help="loso_dev_share only: the share of each training speaker's "
+              "utterances (per class) held out as dev [default: 0.2].")
+def folds(datadir: Path, protocol: str, out: Path, corpus, num_folds, seed, dev_share) -> None:
     """Write utt2fold, fold<k>/{train,dev,test} and the protocol card protocol.yaml."""
-    options = {k: v for k, v in (("num_folds", num_folds), ("seed", seed)) if v is not None}
-    if options and protocol != "random_kfold":
-        raise ProtocolError("--num-folds and --seed apply to random_kfold only")
+    options = {k: v for k, v in (("num_folds", num_folds), ("seed", seed), ("dev_share", dev_share)) if v is not None}
+    allowed = {"random_kfold": {"num_folds", "seed"}, "loso_dev_share": {"dev_share", "seed"}}.get(protocol, set())
+    if set(options) - allowed:
+        option = "--" + sorted(set(options) - allowed)[0].replace("_", "-")
+        raise ProtocolError(f"{option} does not apply to {protocol} (--num-folds: random_kfold; --seed: random_kfold, "
+                            "loso_dev_share; --dev-share: loso_dev_share)")
     _check_output(out, [datadir], "protocol dir", owns_protocol_dir)
     card = make_folds(DataDir.load(datadir), protocol, out, corpus=corpus, source=str(datadir.resolve()), **options)
     kind = "speaker-independent" if card["speaker_independent"] else "speaker-DEPENDENT"

@@ -34,9 +34,10 @@ class Fold:
 @dataclass(frozen=True)
 class Protocol:
     build: Callable[..., List[Fold]]
-    speaker_independent: bool
+    speaker_independent: bool        # no test speaker in train or dev
     dev_policy: str
     description: str
+    dev_from_training_speakers: bool = False   # dev is a share of the training speakers' utterances
 
 
 def _folds_from_groups(dd: DataDir, groups: List[List[str]], dev_of: Callable[[int], List[str]]) -> List[Fold]:
@@ -109,6 +110,41 @@ def actor6(dd: DataDir) -> List[Fold]:
     return _folds_from_groups(dd, groups, lambda k: groups[(k + 1) % 6])
 
 
+def loso_dev_share(dd: DataDir, dev_share: float = 0.2, seed: int = 0) -> List[Fold]:
+    """Leave one speaker out for corpora too small to spare a dev speaker (TESS: 2, SAVEE: 4): dev is
+    `dev_share` of each training speaker's utterances of each class, the same ones in every fold where that
+    speaker trains. Test speakers stay unseen; dev is speaker-dependent, which the card says."""
+    speakers = dd.speakers
+    if len(speakers) < 2:
+        raise ProtocolError(f"loso_dev_share needs at least 2 speakers (train, test), found {len(speakers)}")
+    if not isinstance(dev_share, (int, float)) or not 0 < dev_share < 1:
+        raise ProtocolError(f"--dev-share must be a fraction between 0 and 1, got {dev_share}")
+    dev = _dev_share(dd, dev_share, seed)
+    folds = []
+    for test_spk in speakers:
+        train_pool = _utts_of(dd, [s for s in speakers if s != test_spk])
+        fold = Fold([u for u in train_pool if u not in dev], [u for u in train_pool if u in dev],
+                    _utts_of(dd, [test_spk]))
+        if not fold.dev:
+            raise ProtocolError(f"loso_dev_share: no dev utterances when testing speaker '{test_spk}' (each speaker "
+                                "needs 2 or more utterances of a class to lend one to dev); raise --dev-share")
+        folds.append(fold)
+    return folds
+
+
+def _dev_share(dd: DataDir, share: float, seed: int) -> set:
+    """round(share x n) of every speaker x class group of n utterances (never all of them: one stays in train),
+    drawn with a generator seeded by (seed, speaker, class), so a speaker lends the same utterances in every fold."""
+    groups: Dict[tuple, List[str]] = {}
+    for u in dd.utts:
+        groups.setdefault((dd.utt2spk[u], dd.utt2emo[u]), []).append(u)
+    dev = set()
+    for (spk, cls), utts in sorted(groups.items()):
+        random.Random(f"{seed}/{spk}/{cls}").shuffle(utts)
+        dev.update(utts[:min(len(utts) - 1, round(share * len(utts)))])
+    return dev
+
+
 def random_kfold(dd: DataDir, num_folds: int = 10, seed: int = 0) -> List[Fold]:
     """Class-stratified random folds over utterances: speaker-dependent, for comparison with papers."""
     if not 3 <= num_folds <= len(dd.utts):
@@ -140,6 +176,10 @@ PROTOCOLS: Dict[str, Protocol] = {
                              "leave one speaker out, its session partner for dev (IEMOCAP: 10 folds)"),
     "actor6": Protocol(actor6, True, "the next group of 4 actors",
                        "RAVDESS: test actors 1-4, 5-8, ..., 21-24"),
+    "loso_dev_share": Protocol(loso_dev_share, True,
+                               "a share (--dev-share, default 0.2) of every training speaker's utterances per class",
+                               "leave one speaker out for corpora with 2+ speakers (TESS, SAVEE); dev is "
+                               "speaker-dependent", dev_from_training_speakers=True),
     "random_kfold": Protocol(random_kfold, False, "the next fold of the random partition",
                              "class-stratified random k-fold over utterances (speaker-dependent)"),
 }
@@ -195,6 +235,7 @@ def _card(dd: DataDir, name: str, proto: Protocol, folds: List[Fold], corpus: st
         "num_folds": len(folds),
         "speaker_independent": proto.speaker_independent,
         "dev_policy": proto.dev_policy,
+        "dev_from_training_speakers": proto.dev_from_training_speakers,
         "options": dict(options),
         "folds": [{"fold": k,
                    "test_speakers": speakers(f.test) if proto.speaker_independent else "mixed",
