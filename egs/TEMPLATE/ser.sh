@@ -3,8 +3,11 @@
 #   corpus=<name>  protocol=<default protocol>  <corpus>_root=<default root or empty>
 #   downloadable=true (stage 0 runs `sertk data download <corpus>`) or corpus_source="where to get it"
 #   import_csv=true when the corpus has no preparer: <corpus>_root is then a CSV for `sertk data import`
-# and may define its own options (variables set before sourcing) and a configure_recipe function,
-# called once the options are parsed, that turns them into prepare_args and a data_variant name.
+# and may define its own options and a configure_recipe function, called once the options are parsed,
+# that turns them into prepare_args and a data_variant name. A recipe option is a variable set before
+# sourcing (its default) and shown in recipe_help as `[--name VALUE]`: the options --help documents are
+# the only options (tools/parse_options.sh), so corpus, downloadable, corpus_source or import_csv, which
+# are the recipe's settings, cannot be changed from the command line, nor can any other shell variable.
 # conf/ files the recipe lacks come from TEMPLATE/conf; conf/labels.yaml, when there is one,
 # overrides the label map shipped with sertk.
 #
@@ -17,6 +20,9 @@
 #   5 score every fold, pool the folds, write exp/<protocol>/<model>/RESULTS.md
 #   6 pack every fold's dev-selected model into exp/<protocol>/<model>/fold<k>/model.sertk (`sertk infer`)
 # Every stage skips finished work and redoes unfinished work, so a run can be repeated or resumed.
+# --stage 7 (past the last stage) runs none: it checks the options and resolves the configs only.
+# Every option is checked before any stage runs, and exp/<protocol>/<model>/run.sh, the record of the
+# last good command, is written only once the run's stages have succeeded.
 #
 # Scale-out: cmd.sh in the recipe picks the backend of the parallel jobs (local process pool or Slurm,
 # options in conf/slurm.yaml); --nj N > 1 splits stage 2 into N jobs of whole speakers, --fold_jobs K
@@ -51,11 +57,24 @@ cross_corpus=${cross_corpus:-}  # test on all of this corpus instead (cross-corp
 cross_root=${cross_root:-}      # its release folder (downloaded in stage 0 when it is public)
 corpus=${corpus:?run.sh must set corpus}
 root_var="${corpus}_root"
+# shellcheck disable=SC2034  # read by parse_options.sh
 help_message="Usage: $0 [--stage N] [--stop_stage M] [--model NAME] [--protocol NAME] [--folds 1,3]
           [--ngpu K] [--nproc P] [--torchrun_args ...] [--nj J] [--fold_jobs F] [--backend local|slurm]
           [--${root_var} PATH] [--train_args \"--set key=value ...\"] [--decode_args ...] [--extract_args ...]
           [--prepare_args ...] [--cross_corpus NAME --cross_root PATH]${recipe_help:+
           $recipe_help}"
+
+# The options: ser.sh's own, the corpus root and those the recipe documents in recipe_help. Only these
+# are parsed, so a mistyped or stray `--PATH`/`--corpus` is an error instead of a changed script.
+printf -v "$root_var" '%s' "${!root_var:-}"   # a recipe that sets no default root still has the option
+script_options=(stage stop_stage model protocol folds ngpu nproc torchrun_args nj fold_jobs backend
+                train_args decode_args extract_args prepare_args cross_corpus cross_root "$root_var")
+rest=${recipe_help:-}
+while [[ $rest =~ \[--([A-Za-z_][A-Za-z0-9_-]*)(.*)$ ]]; do
+  script_options+=("${BASH_REMATCH[1]//-/_}")
+  rest=${BASH_REMATCH[2]}
+done
+unset rest
 
 recipe_protocol=$protocol
 recipe_dir=$(pwd)
@@ -66,6 +85,17 @@ tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../tools" && pwd)
 log() { echo "$(date '+%F %T') [stage ${current_stage:-?}] $*" >&2; }
 die() { echo "$0: error: $*" >&2; exit 1; }
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
+
+# The stage numbers first: with a stage that is not a number every `run_stage` test failed quietly and
+# the run "succeeded" doing nothing. Numbers are matched to a few digits before `[` compares them: it
+# prints its own error on a number past 64 bits.
+last_stage=6
+{ [[ $stage =~ ^[0-9]{1,3}$ ]] && [ "$stage" -le $((last_stage + 1)) ]; } \
+  || die "--stage $stage: the stages are 0..$last_stage (--stage $((last_stage + 1)) runs none, checking the options only)"
+{ [[ $stop_stage =~ ^[0-9]{1,3}$ ]] && [ "$stop_stage" -le "$last_stage" ]; } \
+  || die "--stop_stage $stop_stage: the stages are 0..$last_stage"
+[ "$stage" -gt "$last_stage" ] || [ "$stop_stage" -ge "$stage" ] \
+  || die "--stop_stage $stop_stage is below --stage $stage: no stage would run"
 
 data_variant=""   # configure_recipe may name a variant of the data (e.g. impro): data/all_<variant>, ...
 if [ "$(type -t configure_recipe)" = function ]; then configure_recipe; fi
@@ -78,9 +108,18 @@ conf_file() {  # conf/<path> from the recipe when it has one, else the shared de
 }
 model_conf=$(conf_file "models/${model}.yaml")
 [ -n "$model_conf" ] || die "no model config conf/models/${model}.yaml (models: $(ls conf/models "$template_conf/models" 2>/dev/null | sed -n 's/\.yaml$//p' | sort -u | tr '\n' ' '))"
-for n in ngpu nproc nj fold_jobs; do [[ ${!n} =~ ^[0-9]+$ ]] || die "--$n ${!n}: give a whole number"; done
+for n in ngpu nproc nj fold_jobs; do [[ ${!n} =~ ^[0-9]{1,6}$ ]] || die "--$n ${!n}: give a whole number (at most 6 digits)"; done
 [ "$nj" -ge 1 ] && [ "$fold_jobs" -ge 1 ] || die "--nj and --fold_jobs must be at least 1"
 case "$backend" in local|slurm) ;; *) die "--backend $backend: use local or slurm (see cmd.sh)";; esac
+[[ $folds =~ ^(all|[0-9]{1,6}(,[0-9]{1,6})*)$ ]] && [[ ! $folds =~ (^|,)0+(,|$) ]] \
+  || die "--folds $folds: give all or fold numbers from 1, comma-separated (e.g. 1,3)"
+[ -z "$cross_root" ] || [ -n "$cross_corpus" ] || die "--cross_root $cross_root needs --cross_corpus NAME"
+# the protocol names `sertk data folds` knows (its --help lists them); a wrong one must not wait for
+# stage 1 to have prepared data/all
+known_protocols=$(sertk data folds --help | sed -n 's/^ *--protocol \[\([^]]*\)\].*/\1/p') || known_protocols=""
+if [ -n "$known_protocols" ] && [[ "|$known_protocols|" != *"|$protocol|"* ]]; then
+  die "--protocol $protocol: not a protocol (known: ${known_protocols//|/, })"
+fi
 if [ "$ngpu" -ge 1 ]; then device=cuda; else device=cpu; fi
 if [ "$nproc" -eq 0 ]; then nproc=$(( ngpu > 1 ? ngpu : 1 )); fi
 [ "$ngpu" -le 1 ] || [ "$nproc" -eq "$ngpu" ] || die "--nproc $nproc with --ngpu $ngpu: a process per GPU"
@@ -130,10 +169,8 @@ fold_list() {  # the folds to run, one per line; an unknown fold is an error
   for k in ${folds//,/ }; do echo "$k"; done
 }
 
-# a run.sh in the exp dir repeats this command
-mkdir -p "$exp"
-{ echo "#!/usr/bin/env bash"; echo "cd $(printf '%q' "$recipe_dir") && ./run.sh $(printf '%q ' "${run_args[@]}")"; } > "$exp/run.sh"
-chmod +x "$exp/run.sh"
+# folds already made: a fold that is not one of them is an error now, not after stages 1-2 have run
+if [ "$folds" != all ] && [ -f "$data/protocol.yaml" ]; then fold_list >/dev/null; fi
 
 current_stage=0
 if run_stage 0; then
@@ -191,7 +228,9 @@ if run_stage 1; then
     else
       sertk data folds "$data_all" --protocol "$protocol" --out "$data"
     fi
-    sertk data check "$data" > "$data/check.txt" && log "$(tail -n 1 "$data/check.txt")"
+    # not `check && log`: a failed check inside an && list would not stop the run (set -e)
+    sertk data check "$data" > "$data/check.txt"
+    log "$(tail -n 1 "$data/check.txt")"
   fi
 fi
 
@@ -218,6 +257,7 @@ fi
 current_stage=3
 if run_stage 3; then
   fold_ids=$(fold_list)
+  mkdir -p "$exp"
   # shellcheck disable=SC2206
   train_fold=("${trainer[@]}" train --config "$model_conf" --fold-dir "$data/foldJOB" --feats "$dump"
               --exp "$exp/foldJOB" --device "$device" $train_args)
@@ -275,3 +315,12 @@ if run_stage 6; then
   # one command for all folds: each goes into its own fold<k>/model.sertk
   if [ ${#fold_dirs[@]} -gt 0 ]; then sertk pack "${fold_dirs[@]}" --feats "$dump"; fi
 fi
+
+# a run.sh in the exp dir repeats this command: the record of the last good one, so it is written only
+# now that every stage asked for has succeeded (a failed or interrupted run leaves the previous record),
+# and through a temporary file so that it is never half-written
+mkdir -p "$exp"
+{ echo "#!/usr/bin/env bash"; echo "cd $(printf '%q' "$recipe_dir") && ./run.sh $(printf '%q ' "${run_args[@]}")"; } \
+  > "$exp/.run.sh.tmp"
+chmod +x "$exp/.run.sh.tmp"
+mv -f "$exp/.run.sh.tmp" "$exp/run.sh"

@@ -1,0 +1,114 @@
+"""Recipe options (egs/TEMPLATE/ser.sh, tools/parse_options.sh): only declared options are options, every
+option is checked before any stage runs or anything is written (one line, exit 1), and exp/.../run.sh,
+the record of the last good command, is written only by a run that succeeded (issue 24)."""
+import os
+from pathlib import Path
+
+import pytest
+
+from recipes import copy_recipe, run_recipe
+from replicas import make_emodb
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return make_emodb(tmp_path / "corpus", speakers=["03", "08", "09"], texts=["a01"])
+
+
+def _tree(recipe: Path):
+    return sorted(str(p.relative_to(recipe)) for p in recipe.rglob("*"))
+
+
+@pytest.mark.parametrize("args, message", [
+    # stage numbers: these used to exit 0 having run nothing ("abc" with seven bash errors)
+    (["--stage", "9"], "--stage 9: the stages are 0..6 (--stage 7 runs none, checking the options only)"),
+    (["--stage", "abc"], "--stage abc: the stages are 0..6"),
+    (["--stage", ""], "--stage : the stages are 0..6"),
+    (["--stop_stage", "abc"], "--stop_stage abc: the stages are 0..6"),
+    (["--stop_stage", "9"], "--stop_stage 9: the stages are 0..6"),
+    (["--stage", "99999999999999999999"], "--stage 99999999999999999999: the stages are 0..6"),   # past 64 bits
+    (["--stage", "3", "--stop_stage", "2"], "--stop_stage 2 is below --stage 3: no stage would run"),
+    # shell variables of the scripts and the recipe's settings are not options
+    (["--PATH", "/x"], "unknown option --PATH (run with --help)"),
+    (["--corpus", "foo"], "unknown option --corpus (run with --help)"),
+    (["--recipe_dir", "/x"], "unknown option --recipe_dir (run with --help)"),
+    (["--downloadable", "false"], "unknown option --downloadable (run with --help)"),
+    (["--root_var", "PATH"], "unknown option --root_var (run with --help)"),
+    (["--exp", "/tmp/x"], "unknown option --exp (run with --help)"),
+    # values checked before stage 0 (--protocol bogus used to prepare data/all first)
+    (["--protocol", "bogus"], "--protocol bogus: not a protocol (known: loso, "),
+    (["--folds", "0"], "--folds 0: give all or fold numbers from 1"),
+    (["--folds", "1,x"], "--folds 1,x: give all or fold numbers from 1"),
+    (["--nj", "0"], "--nj and --fold_jobs must be at least 1"),
+    (["--nj", "two"], "--nj two: give a whole number"),
+    (["--nj", "99999999999999999999"], "--nj 99999999999999999999: give a whole number (at most 6 digits)"),
+    (["--backend", "pbs"], "--backend pbs: use local or slurm"),
+    (["--model", "nope"], "no model config conf/models/nope.yaml"),
+    (["--cross_root", "/x"], "--cross_root /x needs --cross_corpus NAME"),
+    (["--cross_corpus", "nope"], "--cross_corpus nope: no class mapping conf/cross/emodb_to_nope.yaml"),
+])
+def test_a_bad_option_is_one_line_before_anything_runs(tmp_path, corpus, args, message):
+    recipe = copy_recipe(tmp_path, "emodb")
+    before = _tree(recipe)
+    # with a root given, any stage that ran would write downloads/, data/ or exp/
+    result = run_recipe(recipe, "--emodb_root", corpus, *args, check=False)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 1 and result.stdout == ""
+    assert len(lines) == 1 and lines[0].startswith("./run.sh: ") and message in lines[0], result.stderr
+    assert _tree(recipe) == before
+
+
+def test_recipe_options_are_the_documented_ones(tmp_path):
+    # iemocap's own options are those its recipe_help documents; its settings are not options
+    recipe = copy_recipe(tmp_path, "iemocap")
+    result = run_recipe(recipe, "--stage", "7", "--improvised-only", "true", "--excited_only", "false",
+                        "--iemocap_root", tmp_path / "nowhere")
+    assert result.stderr == ""
+    # the option took effect: configure_recipe named the impro variant
+    assert "--improvised-only true" in (recipe / "exp" / "loso_session_impro" / "crnn" / "run.sh").read_text()
+    result = run_recipe(recipe, "--corpus_source", "x", check=False)
+    assert result.returncode == 1 and result.stderr == "./run.sh: unknown option --corpus_source (run with --help)\n"
+    result = run_recipe(recipe, "--help")
+    assert "[--improvised_only true|false] [--excited_only true|false]" in result.stdout
+
+
+def test_a_recipe_without_a_root_default_still_has_the_root_option(tmp_path):
+    copy_recipe(tmp_path, "emodb")
+    recipe = tmp_path / "egs" / "mycorpus"
+    recipe.mkdir()
+    (recipe / "run.sh").write_text('#!/usr/bin/env bash\ncd "$(dirname "$0")"\ncorpus=mycorpus\nprotocol=loso\n'
+                                   'import_csv=true\n. ../TEMPLATE/ser.sh\n')
+    (recipe / "run.sh").chmod(0o755)
+    run_recipe(recipe, "--stage", "7", "--mycorpus_root", "list.csv")
+    result = run_recipe(recipe, "--stage", "7", "--import_csv", "false", check=False)
+    assert result.returncode == 1 and "unknown option --import_csv" in result.stderr
+
+
+def test_a_failing_run_keeps_the_record_of_the_last_good_one(tmp_path, corpus):
+    recipe = copy_recipe(tmp_path, "emodb")
+    exp = recipe / "exp" / "loso" / "crnn"
+    run_recipe(recipe, "--emodb_root", corpus, "--stop_stage", "1")
+    record = (exp / "run.sh").read_text()
+    assert f"./run.sh --emodb_root {corpus} --stop_stage 1" in record and os.access(exp / "run.sh", os.X_OK)
+
+    # a stage fails: the record is the successful run's, and no temporary file is left
+    result = run_recipe(recipe, "--stage", "2", "--stop_stage", "2", "--extract_args", "--no-such-flag",
+                        check=False)
+    assert result.returncode != 0 and "--no-such-flag" in result.stderr
+    assert (exp / "run.sh").read_text() == record
+    assert sorted(p.name for p in exp.iterdir()) == ["run.sh"]
+
+    # a bad option: the same
+    assert run_recipe(recipe, "--stage", "9", check=False).returncode == 1
+    assert (exp / "run.sh").read_text() == record
+
+    # a fold the made folds lack is refused before stage 2 extracts any feature
+    before = _tree(recipe)
+    result = run_recipe(recipe, "--stage", "2", "--folds", "1,7", check=False)
+    assert result.returncode == 1 and result.stderr.splitlines() == [
+        "./run.sh: error: --folds: '7' is not a fold of data/loso (1..3)"]
+    assert _tree(recipe) == before and (exp / "run.sh").read_text() == record
+
+    # the next good run is the new record
+    run_recipe(recipe, "--stage", "1", "--stop_stage", "1")
+    assert (exp / "run.sh").read_text().endswith("./run.sh --stage 1 --stop_stage 1 \n")
