@@ -6,6 +6,16 @@ from recipes import assert_folds_done, copy_recipe, run_recipe, tiny_args
 from replicas_licensed import make_iemocap, make_msp_improv
 
 ONE_EPOCH = tiny_args(1)
+# ssl_probe on the real Whisper-base, one epoch, one grid point: the recipe's pretrained-encoder path
+PROBE = ("--model", "ssl_probe", "--stage", "2", "--train_args",
+         "--set train.epochs=1 --grid model.layer=[all] --grid optim.weight_decay=")
+
+
+def _probe_through_stage_6(recipe, whisper_base_folder, monkeypatch, folds):
+    """Stages 2-6 of ssl_probe on the data dirs a crnn run of the same recipe copy prepared."""
+    monkeypatch.setenv("SERTK_CACHE", str(whisper_base_folder.parent.parent))
+    run_recipe(recipe, "--nj", "1", *PROBE)
+    assert_folds_done(recipe / "exp" / "loso_session" / "ssl_probe", folds)
 
 
 @pytest.fixture
@@ -18,7 +28,7 @@ def msp_improv(tmp_path):
     return copy_recipe(tmp_path, "msp_improv")
 
 
-def test_iemocap_replica_through_stage_5(iemocap, tmp_path):
+def test_iemocap_replica_through_stage_5(iemocap, tmp_path, whisper_base_folder, monkeypatch):
     release = make_iemocap(tmp_path / "corpus")
     run_recipe(iemocap, "--iemocap_root", release, "--nj", "1", "--train_args", ONE_EPOCH)
     assert_folds_done(iemocap / "exp" / "loso_session" / "crnn", 5)
@@ -28,6 +38,7 @@ def test_iemocap_replica_through_stage_5(iemocap, tmp_path):
     emo = dict(line.split() for line in (iemocap / "data" / "all" / "utt2emo").read_text().splitlines())
     exc = [line.split()[0] for line in raw.splitlines() if line.endswith(" exc")]
     assert exc and {emo[u] for u in exc} == {"happiness"}   # excited merged into happiness
+    _probe_through_stage_6(iemocap, whisper_base_folder, monkeypatch, 5)
 
 
 def test_iemocap_improvised_only_and_loso_speaker(iemocap, tmp_path):
@@ -57,10 +68,11 @@ def test_iemocap_excited_only_drops_plain_happy(iemocap, tmp_path):
     assert (iemocap / "data" / "loso_session_impro_exc" / "protocol.yaml").is_file()
 
 
-def test_msp_improv_replica_through_stage_5(msp_improv, tmp_path):
+def test_msp_improv_replica_through_stage_5(msp_improv, tmp_path, whisper_base_folder, monkeypatch):
     release = make_msp_improv(tmp_path / "corpus", sessions=range(1, 7))
     run_recipe(msp_improv, "--msp_improv_root", release, "--nj", "1", "--train_args", ONE_EPOCH)
     assert_folds_done(msp_improv / "exp" / "loso_session" / "crnn", 6)
+    _probe_through_stage_6(msp_improv, whisper_base_folder, monkeypatch, 6)
 
 
 @pytest.mark.parametrize("corpus, expected", [
