@@ -57,14 +57,15 @@ def error_line(result):
 
 
 def untouched(out):
-    return [p.name for p in out.iterdir()] == ["marker"] and (out / "marker").read_text() == "x"
+    return [p.name for p in out.iterdir()] == ["utt2fold"] and (out / "utt2fold").read_text() == "x"
 
 
 @pytest.fixture
 def out(tmp_path):
+    """An earlier output the commands may replace: utt2fold belongs to data dirs (utt2*) and protocol dirs."""
     path = tmp_path / "out"
     path.mkdir()
-    (path / "marker").write_text("x")
+    (path / "utt2fold").write_text("x")
     return path
 
 
@@ -107,7 +108,7 @@ def test_options_for_another_protocol_are_refused(tmp_path, emodb_root):
     run("data", "prepare", "emodb", "--root", emodb_root, "--out", tmp_path / "X")
     line = error_line(run("data", "folds", tmp_path / "X", "--protocol", "loso", "--out", tmp_path / "Y",
                           "--num-folds", "3"))
-    assert "random_kfold only" in line
+    assert "--num-folds does not apply to loso" in line
 
 
 def test_import_csv(tmp_path, emodb_root):

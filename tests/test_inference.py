@@ -164,7 +164,7 @@ def test_infer_on_files_a_directory_and_formats(trained, sertk_cli, tmp_path):
     assert model.stat().st_mode & 0o777 == 0o666 & ~umask
     names = [r["id"][len(str(audio)) + 1:] for r in rows]
     assert names == ["float.wav", "mono16k.wav", "stereo.wav", "sub/clip.flac", "sub/rate44k.wav", "sub/rate8k.wav"]
-    assert list(rows[0]) == ["id", "path", "chunk", "start", "end", "label"] + [f"p_{c}" for c in CLASSES]
+    assert list(rows[0]) == ["id", "path", "chunk", "start", "end", "label"] + [f"p_{c}" for c in CLASSES] + ["note"]
     for r in rows:
         assert r["label"] in CLASSES and abs(posteriors(r).sum() - 1) < 1e-4
         assert float(r["end"]) == pytest.approx(1.0, abs=1e-3)
@@ -183,15 +183,16 @@ def test_unreadable_inputs_are_skipped_counted_and_set_the_exit_status(trained, 
     (tmp_path / "garbage.wav").write_bytes(b"RIFF not really a wave file")
     sf.write(str(tmp_path / "empty.wav"), np.zeros(0, np.float32), 16000)
     sf.write(str(tmp_path / "nan.wav"), np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
-    sf.write(str(tmp_path / "tiny.wav"), np.ones(40, np.float32) * 0.1, 16000)   # 2.5 ms: one centred frame
+    sf.write(str(tmp_path / "tiny.wav"), np.ones(40, np.float32) * 0.1, 16000)   # 2.5 ms: too short, skipped
     args = [good, tmp_path / "garbage.wav", tmp_path / "empty.wav", tmp_path / "nan.wav", tmp_path / "tiny.wav",
             tmp_path / "missing.wav", good]
     result = sertk_cli("infer", model, *args, "--out", tmp_path / "r.json")
     assert result.exit_code == 3, result.output
     doc = json.loads((tmp_path / "r.json").read_text())
-    assert [r["id"] for r in doc["rows"]] == [str(good), str(tmp_path / "tiny.wav")]
+    assert [r["id"] for r in doc["rows"]] == [str(good)]
     reasons = {s["id"]: s["reason"] for s in doc["skipped"]}
-    assert len(doc["skipped"]) == 5 and "5 input(s) skipped" in result.stderr
+    assert len(doc["skipped"]) == 6 and "6 input(s) skipped (1 too short, 5 other)" in result.stderr
+    assert reasons[str(tmp_path / "tiny.wav")].startswith("too short: 2.5 ms, under one 25 ms analysis window")
     assert "no such file or directory" in reasons[str(tmp_path / "missing.wav")]
     assert "not a readable audio file" in reasons[str(tmp_path / "garbage.wav")]
     assert "zero length" in reasons[str(tmp_path / "empty.wav")]

@@ -14,7 +14,7 @@ from sertk.data.labels import load_label_map
 from sertk.data.ops import combine, read_id_list, split_by_speaker, subset
 from sertk.data.prepare import PrepareReport, class_count_table
 from sertk.data.protocols import PROTOCOLS, make_folds, owns_protocol_dir
-from sertk.data.validate import AUDIO_CHECKS, validate_dir
+from sertk.data.validate import AUDIO_CHECKS, validate as validate_data
 from sertk.errors import DataDirError, ProtocolError
 from sertk.fsutil import atomic_output_dir, check_replaceable, owned_by
 
@@ -32,18 +32,26 @@ def data() -> None:
 @click.option("--labels", type=click.Path(path_type=Path),
               help="Label map to check against [default: DIR/labels.yaml].")
 @click.option("--audio", type=click.Choice(AUDIO_CHECKS), default="header", show_default=True,
-              help="How hard to check wav.scp: not at all, that files exist, or that they open as audio.")
+              help="How hard to check wav.scp: not at all, that files exist, that they open as audio, or "
+                   "'samples': decode every file (non-finite samples are problems; truncated, too short and "
+                   "silent files are warnings, counted).")
 def validate(datadir: Path, labels: Optional[Path], audio: str) -> None:
-    """List every problem of DATADIR with file and line; exit 0 only when it is clean."""
+    """List every problem of DATADIR with file and line; exit 0 only when it is clean (and not empty)."""
     label_map = load_label_map(labels) if labels else None
-    problems = validate_dir(datadir, labels=label_map, audio=audio)
-    for p in problems:
+    checked = validate_data(datadir, labels=label_map, audio=audio, require_utterances=True)
+    for p in checked.problems:
         click.echo(str(p))
-    if problems:
-        raise DataDirError(f"{datadir}: {len(problems)} problem(s)")
+    for w in checked.warnings:
+        click.echo(f"warning: {w}")
+    decoded = ""
+    if audio == "samples":
+        counts = ", ".join(f"{checked.counts.get(k, 0)} {k}" for k in ("truncated", "too short", "silent"))
+        decoded = f"; audio samples checked: {checked.decoded} file(s) decoded, {counts}"
+    if checked.problems:
+        raise DataDirError(f"{datadir}: {len(checked.problems)} problem(s){decoded}")
     dd = DataDir.load(datadir, labels=label_map, audio="none")
     click.echo(f"{datadir}: OK ({len(dd.utts)} utterances, {len(dd.speakers)} speakers, "
-               f"{len(dd.labels.classes)} classes)")
+               f"{len(dd.labels.classes)} classes{decoded})")
 
 
 @data.command()
@@ -265,13 +273,21 @@ def cross(source_dir: Path, target_dir: Path, map_path: Path, out: Path, dev_spe
 
 @data.command()
 @click.argument("protocol_dir", type=existing_dir)
-def check(protocol_dir: Path) -> None:
-    """Prove the folds of PROTOCOL_DIR are speaker-disjoint and print class counts per split."""
-    report = check_protocol(protocol_dir)
+@click.option("--audio", type=click.Choice(["samples", "paths"]), default="samples", show_default=True,
+              help="How audio shared between splits is found: same path or same decoded samples (every file "
+                   "is decoded once), or same path only.")
+def check(protocol_dir: Path, audio: str) -> None:
+    """Prove the folds of PROTOCOL_DIR are speaker-disjoint, share no audio between splits and still hold the
+    labels and paths they were made with; print class counts per split."""
+    report = check_protocol(protocol_dir, audio=audio)
     card = report.card
     click.echo(f"{card['protocol']} on {card.get('corpus', '?')}: {card['num_folds']} folds; "
                f"dev: {card.get('dev_policy', '?')}")
     click.echo(report.table)
+    if report.audio:
+        click.echo(report.audio)
+    for w in report.warnings:
+        click.echo(f"WARNING: {w}")
     for p in report.problems:
         click.echo(f"PROBLEM: {p}")
     if report.problems:

@@ -186,11 +186,43 @@ PROTOCOLS: Dict[str, Protocol] = {
 
 
 def fold_checksum(folds: Sequence[Fold]) -> str:
+    """The fold lists' utterance ids only: the card's checksum before it covered labels and audio paths
+    (`fill_checksums` replaces it when the protocol dir is written); kept to verify older cards."""
     h = hashlib.sha256()
     for k, fold in enumerate(folds, start=1):
         for split in SPLITS:
             h.update(f"fold{k} {split} {' '.join(fold.split(split))}\n".encode())
     return "sha256:" + h.hexdigest()
+
+
+def split_checksum(dd: DataDir) -> str:
+    """What a split decides about scores: each utterance's id, speaker, class and audio path, and the
+    segments, so a flipped label or a wav path pointed at another file changes it."""
+    h = hashlib.sha256()
+    for u in dd.utts:
+        h.update(f"{u}\t{dd.utt2spk[u]}\t{dd.utt2emo[u]}\t{dd.tables['wav.scp'][u]}\n"
+                 .encode("utf-8", "surrogateescape"))
+    for seg, value in sorted(dd.segments.items()):
+        h.update(f"segment\t{seg}\t{value}\n".encode("utf-8", "surrogateescape"))
+    return "sha256:" + h.hexdigest()
+
+
+def combined_checksum(split_checksums: Sequence[Dict[str, str]]) -> str:
+    """The card's `checksum`: one digest over every fold's split checksums."""
+    h = hashlib.sha256()
+    for k, sums in enumerate(split_checksums, start=1):
+        for split in SPLITS:
+            h.update(f"fold{k} {split} {sums[split]}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+def fill_checksums(card: dict, folds: Sequence[Dict[str, DataDir]]) -> None:
+    """Into the card (in place): each fold entry's `checksums` (split -> `split_checksum`) and the card's
+    `checksum` over them. `sertk data check` recomputes both and names the fold and split that changed."""
+    sums = [{split: split_checksum(parts[split]) for split in SPLITS} for parts in folds]
+    for entry, fold_sums in zip(card.get("folds") or [], sums):
+        entry["checksums"] = fold_sums
+    card["checksum"] = combined_checksum(sums)
 
 
 def make_folds(dd: DataDir, protocol: str, out, corpus: Optional[str] = None, source: str = "",
@@ -219,6 +251,7 @@ def write_protocol_dir(out, folds: Sequence[Dict[str, DataDir]], card: dict) -> 
                 parts[split].write_into(tmp / f"fold{k}" / split)
         utt2fold = {u: str(k) for k, parts in enumerate(folds, start=1) for u in parts["test"].utts}
         (tmp / "utt2fold").write_text("".join(f"{u} {utt2fold[u]}\n" for u in sorted(utt2fold)), encoding="utf-8")
+        fill_checksums(card, folds)   # over what is written: ids, speakers, labels, audio paths
         (tmp / CARD_FILE).write_text(yaml.safe_dump(card, sort_keys=False), encoding="utf-8")
 
 

@@ -2,13 +2,18 @@
 
 The data dir is the contract between recipe stages, so a problem found here is one a later
 stage would otherwise hit as a crash or, worse, as a silently wrong result.
+
+Audio is checked as hard as asked: not at all, that the files exist, that their headers open (the
+default), or `samples`: every file decoded, so non-finite samples and decode errors are problems, and
+files that decode but hold less than they should (truncated, shorter than one 25 ms analysis window,
+digitally silent; see sertk.audio) are warnings, each named and counted.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from sertk.audio import audio_info
+from sertk.audio import audio_info, read_audio, silence_reason, too_short_reason
 from sertk.data.labels import LABEL_MAP_FILE, LabelMap, load_label_map
 from sertk.data.table import Entry, invert_utt2spk, parse_table
 from sertk.errors import AudioError, LabelError
@@ -17,7 +22,7 @@ REQUIRED_FILES = ("wav.scp", "utt2spk", "spk2utt", "utt2emo")
 GENDERS = ("f", "m")
 # utt2dur and the audio header may differ by rounding and by container quirks
 DURATION_TOLERANCE_S = 0.02
-AUDIO_CHECKS = ("none", "exists", "header")
+AUDIO_CHECKS = ("none", "exists", "header", "samples")
 
 
 @dataclass(frozen=True)
@@ -37,20 +42,39 @@ def per_utt_files(path: Path) -> List[str]:
                   if p.is_file() and (p.name in ("wav.scp", "text") or p.name.startswith("utt2")))
 
 
+@dataclass
+class Validation:
+    problems: List[Problem] = field(default_factory=list)
+    # audio='samples': files that decode but hold less than they should, each with its kind
+    warnings: List[Problem] = field(default_factory=list)
+    counts: Dict[str, int] = field(default_factory=dict)   # kind (truncated, too short, silent) -> files
+    decoded: int = 0                                        # files decoded (audio='samples')
+
+
 def validate_dir(path, labels: Optional[LabelMap] = None, audio: str = "header") -> List[Problem]:
     """All problems of the data dir at `path`; an empty list means it is clean.
 
     `labels` defaults to the dir's own labels.yaml. `audio` is how hard to look at wav.scp:
-    'none', 'exists' (the files are there) or 'header' (they open as audio).
+    'none', 'exists' (the files are there), 'header' (they open as audio) or 'samples' (every file is
+    decoded; see `validate` for the warnings that level also finds).
     """
+    return validate(path, labels, audio).problems
+
+
+def validate(path, labels: Optional[LabelMap] = None, audio: str = "header",
+             require_utterances: bool = False) -> Validation:
+    """`validate_dir`'s problems, plus the warnings of audio='samples'. With `require_utterances` (the
+    `sertk data validate` command), a data dir without a single utterance is a problem."""
     path = Path(path)
     if audio not in AUDIO_CHECKS:
         raise ValueError(f"audio must be one of {AUDIO_CHECKS}")
     if not path.is_dir():
-        return [Problem(path, None, "no such data directory")]
+        return Validation([Problem(path, None, "no such data directory")])
     v = _Validator(path)
     v.run(labels, audio)
-    return v.problems
+    if require_utterances and "wav.scp" in v.entries and not v.entries["wav.scp"]:
+        v.add("wav.scp", None, "no utterances: the data dir is empty")
+    return Validation(v.problems, v.warnings, v.counts, v.decoded)
 
 
 class _Validator:
@@ -58,6 +82,9 @@ class _Validator:
         self.path = path
         self.problems: List[Problem] = []
         self.entries: Dict[str, List[Entry]] = {}
+        self.warnings: List[Problem] = []
+        self.counts: Dict[str, int] = {}
+        self.decoded = 0
 
     def add(self, name: str, line: Optional[int], message: str) -> None:
         self.problems.append(Problem(self.path / name, line, message))
@@ -168,9 +195,20 @@ class _Validator:
                     self.add("wav.scp", e.line, f"audio file {e.value} does not exist")
                 continue
             try:
-                durations[e.key] = audio_info(e.value).duration
+                if audio == "header":
+                    durations[e.key] = audio_info(e.value).duration
+                    continue
+                decoded = read_audio(e.value, target_sr=None)
             except AudioError as err:
                 self.add("wav.scp", e.line, str(err))
+                continue
+            self.decoded += 1
+            durations[e.key] = decoded.duration
+            for kind, why in (("truncated", decoded.truncated), ("too short", too_short_reason(decoded.duration)),
+                              ("silent", silence_reason(decoded.peak))):
+                if why:
+                    self.warnings.append(Problem(self.path / "wav.scp", e.line, f"{e.value}: {why}"))
+                    self.counts[kind] = self.counts.get(kind, 0) + 1
         return durations
 
     def _check_utt2dur(self, durations: Dict[str, float]) -> None:

@@ -5,9 +5,18 @@ batches (little padding), and the batches are shared out over `nj` jobs balanced
 job writes its own ark per stream. The batches do not depend on `nj`, so any `nj` gives the same arrays. The dump is built in a temp
 dir and moved into place only when every job has finished, and a dump whose config and
 utterance list match the request is left alone.
+
+Bad audio (missing, unreadable, empty, NaN) fails the extraction, but only after every file has been
+looked at: each bad file is logged and the one error line counts them and names the first few, so one run
+finds them all (once a job has met a bad file it only decodes the rest, computing no features). Files that
+decode but hold less than they should (truncated, shorter than one analysis window, digitally silent; see
+sertk.audio) are extracted as they are, each logged and counted in the summary and in features.yaml
+(`dump.audio`).
 """
 import concurrent.futures
 import hashlib
+import logging
+import math
 import multiprocessing
 import os
 import time
@@ -19,9 +28,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from sertk.audio import audio_info, load_audio
+from sertk.audio import MIN_SECONDS, SILENCE_PEAK, audio_info, load_audio, silence_reason, too_short_reason, truncation
 from sertk.data.datadir import DataDir
-from sertk.errors import FeatureError
+from sertk.errors import AudioError, FeatureError
 from sertk.features import storage
 from sertk.features.frontends import (
     DUMP_INFO_KEY,
@@ -39,6 +48,15 @@ DEFAULT_BATCH_SIZE = 32
 # slows down several times per frame once a batch's spectrogram no longer fits in cache (2^20
 # samples is about 65 s at 16 kHz); on GPU the cap only bounds memory.
 MAX_BATCH_SAMPLES = {"cpu": 2 ** 20, "cuda": 2 ** 24}
+# bad audio named in the error line (all of them are logged)
+BAD_AUDIO_SHOWN = 3
+# audio that decodes but holds less than it should: counted in features.yaml under dump.audio, and in the
+# report's notes under "audio files" (printed like a stream's notes; stream names hold no space)
+AUDIO_INFO_KEY = "audio"
+AUDIO_NOTES = "audio files"
+TRUNCATED, TOO_SHORT, SILENT = "truncated", "too_short", "silent"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,8 +111,12 @@ def extract_features(data_dir, config: Dict[str, Any], out_dir, nj: int = 1, dev
     with atomic_output_dir(request.out_dir, "feature dump", storage.owns_feature_dump) as tmp:
         for name in request.cfg.streams:
             (tmp / name).mkdir()
-        jobs = [request.job(j, part, streams, tmp) for j, part in enumerate(parts, start=1)]
+        # a file whose header already failed means no dump: the jobs then only look for more bad files
+        jobs = [request.job(j, part, streams, tmp, check_only=bool(request.bad_audio))
+                for j, part in enumerate(parts, start=1)]
         results = _run_jobs(jobs)
+        fail_on_bad_audio(request.bad_audio, results, len(request.dd.utts))
+        log_audio_issues(results)
         report = _finish(tmp, request.out_dir, request.cfg, results, request.checksum)
     report.nj, report.device = len(jobs), device
     report.setup_seconds, report.wall_seconds = setup_seconds, time.perf_counter() - start
@@ -113,6 +135,8 @@ class Request:
     checksum: str
     previous: Optional[ExtractReport]
     _seconds: Optional[Dict[str, float]] = field(default=None, init=False, repr=False)
+    # utt -> why its audio cannot be used, from the header read for batching (see `durations`)
+    bad_audio: Dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def make(cls, data_dir, config: Dict[str, Any], out_dir, nj: int, device: str, batch_size: int,
@@ -132,7 +156,7 @@ class Request:
     def durations(self, utts: Optional[Sequence[str]] = None) -> Dict[str, float]:
         """Seconds of each utterance (of `utts`, default all), read once."""
         if self._seconds is None:
-            self._seconds = _durations(self.dd, self.dd.utts)
+            self._seconds = _durations(self.dd, self.dd.utts, self.bad_audio)
         return self._seconds if utts is None else {u: self._seconds[u] for u in utts}
 
     def blocks(self) -> List[List[str]]:
@@ -153,10 +177,23 @@ class Request:
         return [batch for block in (self.blocks() if blocks is None else blocks)
                 for batch in plan_batches(self.durations(block), self.batch_size, max_samples / self.cfg.sample_rate)]
 
-    def job(self, index: int, batches: List[List[str]], streams: Dict[str, Stream], out: Path) -> "Job":
+    def job(self, index: int, batches: List[List[str]], streams: Dict[str, Stream], out: Path,
+            check_only: bool = False) -> "Job":
         wav_scp = self.dd.tables["wav.scp"]
         return Job(index, [[(u, wav_scp[u]) for u in batch] for batch in batches], streams, self.cfg.sample_rate,
-                   str(out), self.device, self.cfg.preprocess)
+                   str(out), self.device, self.cfg.preprocess, min_audio_seconds(self.cfg), check_only)
+
+
+def min_audio_seconds(cfg: FeatureConfig) -> float:
+    """Audio shorter than this is counted as too short: one analysis window, the longest of the config's
+    streams (framed streams' win_length, openSMILE and encoder windows), at least sertk.audio.MIN_SECONDS."""
+    windows = [MIN_SECONDS]
+    for stream in cfg.streams.values():
+        win = getattr(stream, "win_length", None)
+        if isinstance(win, (int, float)) and not isinstance(win, bool):
+            windows.append(float(win))
+        windows.append(stream.window_length(cfg.sample_rate) or 0.0)
+    return max(windows)
 
 
 # --- planning -----------------------------------------------------------------------------------
@@ -183,15 +220,20 @@ def _check_device(device: str) -> None:
         raise FeatureError(f"device '{device}' was asked for, but CUDA is not available here")
 
 
-def _durations(dd: DataDir, utts: Sequence[str]) -> Dict[str, float]:
-    """Seconds per utterance, for batching only: utt2dur when the data dir has it, else the header."""
+def _durations(dd: DataDir, utts: Sequence[str], bad: Dict[str, str]) -> Dict[str, float]:
+    """Seconds per utterance, for batching only: utt2dur when the data dir has it, else the header. A header
+    that cannot be read is recorded in `bad` (utt -> why) and counts 0 s, so every bad file is found."""
     utt2dur = dd.tables.get("utt2dur", {})
     out = {}
     for utt in utts:
         try:
             out[utt] = float(utt2dur[utt])
         except (KeyError, ValueError):
-            out[utt] = audio_info(dd.tables["wav.scp"][utt]).duration
+            try:
+                out[utt] = audio_info(dd.tables["wav.scp"][utt]).duration
+            except AudioError as e:
+                bad[utt] = str(e)
+                out[utt] = 0.0
     return out
 
 
@@ -232,6 +274,8 @@ class Job:
     out_dir: str                               # the temp dump dir
     device: str
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    min_seconds: float = MIN_SECONDS           # shorter audio is counted as too short (min_audio_seconds)
+    check_only: bool = False                   # the dump will not be written: only decode, to find bad files
 
 
 @dataclass
@@ -244,6 +288,9 @@ class JobResult:
     preprocess: PreprocessStats = field(default_factory=PreprocessStats)
     # per stream, what its module counted (e.g. openSMILE: utterances padded, non-finite values)
     stream_counts: Dict[str, Dict[str, int]] = field(default_factory=dict)
+    bad_audio: List[List[str]] = field(default_factory=list)     # [utt, why it cannot be used]
+    # [utt, TRUNCATED | TOO_SHORT | SILENT, what is wrong (naming the file)]: extracted, but counted
+    audio_issues: List[List[str]] = field(default_factory=list)
 
 
 _ABORT: Optional[Any] = None   # a multiprocessing Event in worker processes: another job failed
@@ -266,12 +313,27 @@ def run_job(job: Job) -> JobResult:
             if _ABORT is not None and _ABORT.is_set():
                 break
             t0 = time.perf_counter()
-            audio = load_preprocessed([path for _, path in batch], job.sample_rate, job.preprocess, result.preprocess)
+            kept, audio = [], []
+            for utt, path in batch:
+                try:
+                    samples = load_audio(path, job.sample_rate)
+                except AudioError as e:
+                    result.bad_audio.append([utt, str(e)])
+                    continue
+                result.audio_issues += [[utt, kind, f"{path}: {why}"]
+                                        for kind, why in audio_issues(path, samples, job.sample_rate, job.min_seconds)]
+                kept.append(utt)
+                audio.append(samples)
+            if result.bad_audio or job.check_only:   # no dump: look at the remaining files only
+                result.load_seconds += time.perf_counter() - t0
+                continue
+            if job.preprocess.active:
+                audio = [preprocess(a, job.preprocess, job.sample_rate, result.preprocess) for a in audio]
             result.load_seconds += time.perf_counter() - t0
             result.samples += sum(len(a) for a in audio)
             feats = compute_streams(streams, audio, device, result.stream_seconds)
             for name, arrays in feats.items():
-                for (utt, _), array in zip(batch, arrays):
+                for utt, array in zip(kept, arrays):
                     writers[name].write(utt, array)
     finally:
         for name, w in writers.items():
@@ -279,6 +341,55 @@ def run_job(job: Job) -> JobResult:
             result.entries[name] = w.entries
         result.stream_counts = {name: dict(m.counts) for name, m in streams.items() if getattr(m, "counts", None)}
     return result
+
+
+def audio_issues(path: str, samples: np.ndarray, sample_rate: int, min_seconds: float) -> List[Tuple[str, str]]:
+    """(kind, reason) for each way the file at `path`, decoded to `samples`, holds less than it should."""
+    seconds = len(samples) / sample_rate
+    found = [(TRUNCATED, truncation(path, seconds)), (TOO_SHORT, too_short_reason(seconds, min_seconds)),
+             (SILENT, silence_reason(float(np.abs(samples).max())))]
+    return [(kind, why) for kind, why in found if why]
+
+
+def fail_on_bad_audio(header_bad: Dict[str, str], results: Sequence[JobResult], total: int,
+                      utts: Optional[Sequence[str]] = None) -> None:
+    """Raise one AudioError counting every bad file (of `utts`, default all) found by the header read and the
+    jobs, naming the first few; when there are several, each one is logged first."""
+    wanted = None if utts is None else set(utts)
+    bad = {u: why for u, why in header_bad.items() if wanted is None or u in wanted}
+    for r in results:
+        bad.update((u, why) for u, why in r.bad_audio)
+    if not bad:
+        return
+    if len(bad) > 1:
+        for utt in sorted(bad):
+            log.warning("bad audio of %s: %s", utt, bad[utt])
+    shown = "; ".join(bad[u] for u in sorted(bad)[:BAD_AUDIO_SHOWN])
+    more = f"; and {len(bad) - BAD_AUDIO_SHOWN} more" if len(bad) > BAD_AUDIO_SHOWN else ""
+    logged = "; each is logged above" if len(bad) > 1 else ""
+    # the first file's own message leads, so a single bad file reads as it always did
+    raise AudioError(f"{shown}{more} ({len(bad)} of {total} audio file(s) cannot be used, so no dump was "
+                     f"written{logged})")
+
+
+def log_audio_issues(results: Sequence[JobResult]) -> None:
+    for utt, kind, why in sorted(i for r in results for i in r.audio_issues):
+        if kind == SILENT and "every sample is zero" in why:
+            continue   # load_audio has said so already (where it decoded the file)
+        log.warning("%s (utterance %s)", why, utt)
+
+
+def audio_notes(results: Sequence[JobResult], cfg: FeatureConfig) -> Dict[str, int]:
+    """What the summary and features.yaml count under AUDIO_NOTES (non-zero only)."""
+    text = {TRUNCATED: "truncated (the header promises more audio than the file holds; extracted as far as it goes)",
+            TOO_SHORT: f"too short (under one {1000 * min_audio_seconds(cfg):.0f} ms analysis window; extracted, "
+                       "zero-padded by the frontends)",
+            SILENT: f"silent (digital silence: peak below {20 * math.log10(SILENCE_PEAK):.0f} dBFS; extracted)"}
+    counts: Dict[str, int] = {}
+    for r in results:
+        for _, kind, _ in r.audio_issues:
+            counts[text[kind]] = counts.get(text[kind], 0) + 1
+    return counts
 
 
 def load_preprocessed(paths: Sequence[str], sample_rate: int, config: PreprocessConfig,
@@ -352,6 +463,9 @@ def _finish(tmp: Path, out_dir: Path, cfg: FeatureConfig, results: List[JobResul
     notes = _stream_notes(results)
     if notes:
         doc[DUMP_INFO_KEY]["notes"] = notes
+    counted = audio_notes(results, cfg)
+    if counted:
+        doc[DUMP_INFO_KEY][AUDIO_INFO_KEY] = counted
     summary = None
     if cfg.preprocess.active:
         stats = PreprocessStats()
@@ -360,7 +474,13 @@ def _finish(tmp: Path, out_dir: Path, cfg: FeatureConfig, results: List[JobResul
         summary = doc[DUMP_INFO_KEY]["preprocess"] = stats.summary(cfg.sample_rate)
     storage.write_dump_config(tmp, doc)
     return ExtractReport(out_dir, False, reports[0].utts, audio_seconds, reports,
-                         load_seconds=sum(r.load_seconds for r in results), preprocess=summary, notes=notes)
+                         load_seconds=sum(r.load_seconds for r in results), preprocess=summary,
+                         notes=_with_audio_notes(notes, counted))
+
+
+def _with_audio_notes(notes: Optional[Dict[str, Dict[str, int]]], counted: Optional[Dict[str, int]]):
+    """The report's notes: the streams' counts and, under AUDIO_NOTES, the audio's (printed alike)."""
+    return {**(notes or {}), AUDIO_NOTES: counted} if counted else notes
 
 
 def stream_layout(cfg: FeatureConfig) -> Dict[str, Any]:
@@ -410,4 +530,5 @@ def _up_to_date(out_dir: Path, cfg: FeatureConfig, checksum: str) -> Optional[Ex
     except (FeatureError, KeyError, TypeError, ValueError):
         return None   # damaged or from an older layout: rebuild
     return ExtractReport(out_dir, True, int(info["utterances"]), float(info["audio_seconds"]), streams,
-                         preprocess=info.get("preprocess"), notes=info.get("notes"))
+                         preprocess=info.get("preprocess"),
+                         notes=_with_audio_notes(info.get("notes"), info.get(AUDIO_INFO_KEY)))

@@ -8,15 +8,27 @@ Blocks of whole speakers (`Request.blocks`) are shared out over the jobs by audi
 did into <dump>.split<N>/job<K>/ beside the dump; the merge moves the arks into the dump and writes its
 index, exactly as an extraction in one command would (batches never cross a block, so every utterance
 is computed in the same batch either way), then removes the split folder. A finished job is not run again.
+A job meeting bad audio among its utterances fails as one command would (every bad file of its part logged,
+counted in one error line) and records nothing, so the merge names it as unfinished.
 """
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List
 
 from sertk.errors import FeatureError
 from sertk.features import storage
-from sertk.features.extract import ExtractReport, JobResult, Request, _finish, build_frontends, run_job
+from sertk.features.extract import (
+    ExtractReport,
+    JobResult,
+    Request,
+    _finish,
+    build_frontends,
+    fail_on_bad_audio,
+    log_audio_issues,
+    run_job,
+)
 from sertk.features.preprocess import PreprocessStats
 from sertk.fsutil import atomic_output_dir, atomic_write_text, owned_by
 
@@ -58,9 +70,14 @@ def extract_job(request: Request, nj: int, job: int) -> str:
     with atomic_output_dir(part, "feature extraction job", owned_by(storage.DUMP_FILES + (DONE_FILE,))) as tmp:
         for name in request.cfg.streams:
             (tmp / name).mkdir()
-        result = run_job(request.job(job, request.batches(blocks), streams, tmp))
+        known_bad = request.bad_audio.keys() & set(utts)   # header reads for batching
+        result = run_job(request.job(job, request.batches(blocks), streams, tmp, check_only=bool(known_bad)))
+        fail_on_bad_audio(request.bad_audio, [result], len(utts), utts)
+        log_audio_issues([result])
         atomic_write_text(tmp / DONE_FILE, json.dumps({"stamp": _stamp(request), "result": _to_json(result)}))
-    return f"{part}: {len(utts)} utterances of {len({request.dd.utt2spk[u] for u in utts})} speaker(s)"
+    issues = Counter(kind for _, kind, _ in result.audio_issues)
+    counted = "".join(f"; {n} {kind.replace('_', ' ')} (logged)" for kind, n in sorted(issues.items()))
+    return f"{part}: {len(utts)} utterances of {len({request.dd.utt2spk[u] for u in utts})} speaker(s){counted}"
 
 
 def merge_jobs(request: Request, nj: int) -> ExtractReport:
@@ -111,10 +128,11 @@ def _done(part: Path, request: Request):
 def _to_json(result: JobResult) -> Dict[str, Any]:
     return {"entries": result.entries, "dims": result.dims, "samples": result.samples,
             "load_seconds": result.load_seconds, "stream_seconds": result.stream_seconds,
-            "preprocess": vars(result.preprocess), "stream_counts": result.stream_counts}
+            "preprocess": vars(result.preprocess), "stream_counts": result.stream_counts,
+            "audio_issues": result.audio_issues}
 
 
 def _from_json(doc: Dict[str, Any]) -> JobResult:
     return JobResult({s: [tuple(e) for e in entries] for s, entries in doc["entries"].items()}, doc["dims"],
                      doc["samples"], doc["load_seconds"], doc["stream_seconds"], PreprocessStats(**doc["preprocess"]),
-                     doc["stream_counts"])
+                     doc["stream_counts"], audio_issues=doc.get("audio_issues", []))   # older jobs recorded none

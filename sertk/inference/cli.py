@@ -72,7 +72,10 @@ def infer(ctx, model: Path, inputs: Tuple[str], out: Optional[Path], vote: Optio
     """Run a packed MODEL on INPUTS: audio files, directories (searched recursively) or wav.scp files.
 
     Writes one row per file (or per chunk with --segment) with the decided label and every class
-    posterior. Unreadable inputs are reported and skipped; the exit status is then 3."""
+    posterior. Unreadable inputs, and inputs a decision would mean nothing for (shorter than one analysis
+    window, digitally silent, no speech found), are skipped: each gets a row saying why (CSV: the note column;
+    JSON: "skipped"), a warning and a count, and the exit status is then 3. A truncated file is decided on
+    what it holds, with a warning, a note on its rows and a count."""
     from sertk.data.table import read_table
     from sertk.errors import SertkError
     from sertk.inference.inferencer import Inferencer
@@ -100,6 +103,8 @@ def infer(ctx, model: Path, inputs: Tuple[str], out: Optional[Path], vote: Optio
     result.skips = skips + result.skips
     for s in result.skips:
         log.warning("skipped %s: %s", s.id, s.reason)
+    for s in result.truncated:
+        log.warning("%s: %s", s.id, s.reason)
     if not result.rows:
         raise SertkError(f"no results: all {len(recordings) + len(skips)} input(s) were skipped")
     header = {"model": str(model), "source": inf.packed.meta["source"]["exp_dir"], "rule": inf.rule,
@@ -116,9 +121,21 @@ def infer(ctx, model: Path, inputs: Tuple[str], out: Optional[Path], vote: Optio
         from sertk.inference.timeline import draw_timeline
         draw_timeline(result.rows, inf.classes, result.audio_seconds, timeline, title=recordings[0].id)
     files = len({r.id for r in result.rows})
-    log.info("%d row(s) for %d recording(s), %.1f s of audio%s%s; %d input(s) skipped", len(result.rows), files,
+    log.info("%d row(s) for %d recording(s), %.1f s of audio%s%s; %d input(s) skipped%s%s", len(result.rows), files,
              result.audio_seconds, f" -> {out}" if out else "",
              f" ({result.dropped_chunks} chunk(s) shorter than {min_chunk} s dropped)" if result.dropped_chunks else "",
-             len(result.skips))
+             len(result.skips), _skip_counts(result.skips),
+             f"; {len(result.truncated)} truncated file(s) decided on what they hold" if result.truncated else "")
     if result.skips:
         ctx.exit(EXIT_SKIPPED)
+
+
+def _skip_counts(skips) -> str:
+    """' (2 too short, 1 silent, 3 other)': the skips by kind, when any is too short or silent."""
+    kinds = {"too short": 0, "silent": 0, "other": 0}
+    for s in skips:
+        kind = s.reason.split(":", 1)[0]
+        kinds[kind if kind in kinds else "other"] += 1
+    if not kinds["too short"] and not kinds["silent"]:
+        return ""
+    return " (" + ", ".join(f"{n} {kind}" for kind, n in kinds.items() if n) + ")"

@@ -22,12 +22,18 @@ import numpy as np
 import soxr
 import torch
 
-from sertk.audio import load_audio
+from sertk.audio import read_audio, unusable_reason
 from sertk.data.datadir import DataDir
 from sertk.decode import DEFAULT_RULE, VOTING_RULES, vote
 from sertk.errors import SertkError
 from sertk.features.encoder_cache import encoder_identity
-from sertk.features.extract import DEFAULT_BATCH_SIZE, MAX_BATCH_SAMPLES, compute_streams, plan_batches
+from sertk.features.extract import (
+    DEFAULT_BATCH_SIZE,
+    MAX_BATCH_SAMPLES,
+    compute_streams,
+    min_audio_seconds,
+    plan_batches,
+)
 from sertk.features.frontends import build_frontends, parse_config
 from sertk.features.preprocess import PreprocessStats, preprocess
 from sertk.features.segments import SegmentConfig
@@ -119,7 +125,13 @@ class Inferencer:
         return self._one(Utterance("utt", self.resample(wave, sample_rate)))
 
     def predict_file(self, path) -> Decision:
-        return self._one(Utterance("utt", load_audio(path, self.sample_rate)))
+        """One decision for the file. A truncated, too short or silent file is decided on all the same, with
+        a warning (`sertk infer` skips the too short and silent ones)."""
+        audio = read_audio(path, self.sample_rate)
+        for why in (audio.truncated, unusable_reason(audio, min_audio_seconds(self.features))):
+            if why:
+                log.warning("%s: %s", path, why)
+        return self._one(Utterance("utt", audio.samples))
 
     def _one(self, utt: Utterance) -> Decision:
         decisions, too_short = self.decide([utt])

@@ -1,8 +1,11 @@
 """`sertk infer`'s table: one row per recording (or chunk), as CSV or JSON.
 
 Columns, always in this order: id, path, chunk (empty for whole recordings), start, end (seconds), label,
-then p_<class> for every class in the model's class order. JSON holds the same rows (posteriors as a
-class -> probability mapping) plus the model, the settings and the skipped inputs with their reasons.
+then p_<class> for every class in the model's class order, then note. Every input the model gave no decision
+for has a row too, after the decided ones: its label, times and posteriors empty, its note "skipped: <why>"
+(unreadable, too short, silent, no speech). A decided row's note is empty, or says what is wrong with its
+file short of a skip ("truncated: ..."). JSON holds the decided rows (posteriors as a class -> probability
+mapping, "note" where there is one) plus the model, the settings and the skipped inputs with their reasons.
 """
 import csv
 import io
@@ -12,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from sertk.errors import SertkError
 from sertk.fsutil import atomic_write_text
+from sertk.inference.inputs import Skip
 from sertk.inference.run import InferResult, Row
 
 FORMATS = {".csv": "csv", ".json": "json"}
@@ -28,16 +32,18 @@ def output_format(path: Optional[Path]) -> str:
 
 
 def columns(classes: Sequence[str]) -> List[str]:
-    return ["id", "path", "chunk", "start", "end", "label"] + [f"p_{c}" for c in classes]
+    return ["id", "path", "chunk", "start", "end", "label"] + [f"p_{c}" for c in classes] + ["note"]
 
 
-def csv_text(rows: Sequence[Row], classes: Sequence[str]) -> str:
+def csv_text(rows: Sequence[Row], classes: Sequence[str], skips: Sequence[Skip] = ()) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns(classes))
     for r in rows:
         writer.writerow([r.id, r.path, "" if r.chunk is None else r.chunk, f"{r.start:.3f}", f"{r.end:.3f}",
-                         r.decision.label] + [f"{p:.{DIGITS}f}" for p in r.decision.posteriors])
+                         r.decision.label] + [f"{p:.{DIGITS}f}" for p in r.decision.posteriors] + [r.note])
+    for s in skips:
+        writer.writerow([s.id, s.path, "", "", "", ""] + [""] * len(classes) + [f"skipped: {s.reason}"])
     return buf.getvalue()
 
 
@@ -45,7 +51,8 @@ def json_text(result: InferResult, classes: Sequence[str], header: Dict[str, Any
     doc = {**header, "classes": list(classes),
            "rows": [{"id": r.id, "path": r.path, "chunk": r.chunk, "start": round(r.start, 3),
                      "end": round(r.end, 3), "label": r.decision.label,
-                     "posteriors": {c: round(float(p), DIGITS) for c, p in zip(classes, r.decision.posteriors)}}
+                     "posteriors": {c: round(float(p), DIGITS) for c, p in zip(classes, r.decision.posteriors)},
+                     **({"note": r.note} if r.note else {})}
                     for r in result.rows],
            "skipped": [{"id": s.id, "path": s.path, "reason": s.reason} for s in result.skips]}
     return json.dumps(doc, indent=1) + "\n"
@@ -54,7 +61,7 @@ def json_text(result: InferResult, classes: Sequence[str], header: Dict[str, Any
 def write_output(path: Optional[Path], result: InferResult, classes: Sequence[str], header: Dict[str, Any]) -> str:
     """The table as text; written atomically to `path`, or returned for stdout when `path` is None."""
     fmt = output_format(path)
-    text = csv_text(result.rows, classes) if fmt == "csv" else json_text(result, classes, header)
+    text = csv_text(result.rows, classes, result.skips) if fmt == "csv" else json_text(result, classes, header)
     if path is not None:
         atomic_write_text(Path(path), text)
     return text

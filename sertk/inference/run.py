@@ -3,7 +3,12 @@
 A group is what is normalised and batched together: with speaker normalisation, all recordings of one
 speaker (a recording without a known speaker is its own); otherwise consecutive recordings up to
 GROUP_SECONDS of audio, so memory stays bounded however many files there are. Unreadable files and
-recordings that give no decision (no speech found, too short for the model) become counted skips.
+recordings that give no decision (no speech found, too short for the model) become counted skips, and so do
+recordings a decision on would mean nothing for: shorter than one analysis window of the model's features
+(sertk.features.extract.min_audio_seconds, at least 25 ms) or digitally silent (peak below -80 dBFS, see
+sertk.audio); with --segment vad the VAD is the judge of those (no chunk: "no speech found"). A truncated
+file (its header promises more audio than it holds) is decided on what it holds, and its rows say so
+(`Row.note`), as do the log and the summary's count.
 """
 import logging
 from dataclasses import dataclass, field
@@ -12,8 +17,9 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from sertk.audio import audio_info, load_audio
+from sertk.audio import audio_info, read_audio, unusable_reason
 from sertk.errors import AudioError
+from sertk.features.extract import min_audio_seconds
 from sertk.inference.inferencer import Decision, Inferencer, Utterance
 from sertk.inference.inputs import Recording, Skip
 from sertk.inference.vad import VadConfig, detect_speech, split_evenly
@@ -30,6 +36,7 @@ class Row:
     path: str
     chunk: Optional[int]          # 1-based chunk number; None: the whole recording
     decision: Decision
+    note: str = ""                # what is wrong with the recording short of a skip (truncated), else empty
 
     @property
     def start(self) -> float:     # seconds in the recording
@@ -47,6 +54,7 @@ class InferResult:
     vad_backend: Optional[str] = None
     dropped_chunks: int = 0       # speech chunks shorter than the minimum chunk length
     audio_seconds: float = 0.0
+    truncated: List[Skip] = field(default_factory=list)   # decided on what they hold; the reason says how much
 
 
 def infer_recordings(inf: Inferencer, recordings: List[Recording], segment: str = "none",
@@ -97,12 +105,22 @@ def _speaker(rec: Recording) -> str:
 def _infer_group(inf: Inferencer, group: List[Recording], segment: str, vad: VadConfig, result: InferResult) -> None:
     utts: List[Utterance] = []
     pieces: Dict[str, Tuple[Recording, Optional[int]]] = {}   # utterance key -> its recording and chunk number
+    notes: Dict[str, str] = {}                                 # recording id -> its truncation
     for rec in group:
         try:
-            wave = load_audio(rec.path, inf.sample_rate)
+            audio = read_audio(rec.path, inf.sample_rate)
         except AudioError as e:
             result.skips.append(Skip(rec.id, str(rec.path), str(e)))
             continue
+        # with --segment vad the VAD judges (silence and sub-minimum chunks give "no speech found")
+        unusable = None if segment == "vad" else unusable_reason(audio, min_audio_seconds(inf.features))
+        if unusable:
+            result.skips.append(Skip(rec.id, str(rec.path), unusable))
+            continue
+        if audio.truncated:
+            result.truncated.append(Skip(rec.id, str(rec.path), audio.truncated))
+            notes[rec.id] = audio.truncated
+        wave = audio.samples
         duration = len(wave) / inf.sample_rate
         result.audio_seconds += duration
         spans = _spans(wave, inf.sample_rate, segment, vad, result)
@@ -121,7 +139,7 @@ def _infer_group(inf: Inferencer, group: List[Recording], segment: str, vad: Vad
         result.skips.append(Skip(rec.id, str(rec.path), where + reason))
     for key, d in decisions.items():
         rec, chunk = pieces[key]
-        result.rows.append(Row(rec.id, str(rec.path), chunk, d))
+        result.rows.append(Row(rec.id, str(rec.path), chunk, d, notes.get(rec.id, "")))
 
 
 def _spans(wave: np.ndarray, sr: int, segment: str, vad: VadConfig, result: InferResult) -> List[Tuple[float, float]]:
