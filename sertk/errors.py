@@ -39,3 +39,7 @@ class ScoreError(SertkError):
 
 class FeatureError(SertkError):
     """A feature config is invalid, or a feature dump is missing or does not match what is asked."""
+
+
+class DeviceError(SertkError):
+    """A --device that is not a device, or one this machine (or this build of torch) does not have."""

@@ -86,6 +86,8 @@ def infer(ctx, model: Path, inputs: Tuple[str], out: Optional[Path], vote: Optio
 
     output_format(out)   # a bad --out fails before any work
     vad = VadConfig(vad_backend, vad_threshold, min_chunk, max_chunk, min_silence)
+    from sertk.train.cli import check_device
+    device = check_device(device) if device else None   # 'gpu', or cuda on a CPU-only torch: one line
     inf = Inferencer.from_file(model, device=device, batch_size=batch_size, rule=vote, window=window, hop=hop)
     recordings, skips = expand_inputs(inputs)
     if timeline is not None and len(recordings) != 1:

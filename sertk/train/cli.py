@@ -1,6 +1,8 @@
 """`sertk train`, `sertk decode` and `sertk config`."""
+import re
+import shutil
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import click
 import yaml
@@ -17,8 +19,45 @@ grid_option = click.option("--grid", "grids", multiple=True, metavar="KEY=[V1,V2
 
 
 def _device(device: Optional[str]) -> str:
+    """--device checked against this machine (cpu, cuda or cuda:N torch can use); None: cuda if available."""
     import torch
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return check_device(device)
+
+
+def check_device(device: str) -> str:
+    """`device` when it is cpu, or cuda / cuda:N that torch can use here; else a one-line DeviceError."""
+    import torch
+    from sertk.errors import DeviceError
+    found = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", device.strip())
+    if found is None or (found.group(1) == "cpu" and found.group(2) is not None):
+        raise DeviceError(f"--device {device!r} is not a device; give cpu, cuda or cuda:N")
+    if found.group(1) == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch is built without CUDA" if torch.version.cuda is None
+                   else "no CUDA device is visible to this torch")
+            raise DeviceError(f"--device {device}: CUDA is not available ({why}: torch {torch.__version__}); "
+                              "use --device cpu")
+        count = torch.cuda.device_count()
+        if found.group(2) is not None and int(found.group(2)) >= count:
+            raise DeviceError(f"--device {device}: this machine has {count} CUDA device(s), "
+                              f"{'cuda:0' if count == 1 else f'cuda:0 to cuda:{count - 1}'}")
+    return device.strip()
+
+
+def _remove_new_exp_dir(exp_dir: Path, missing: List[Path]) -> None:
+    """After a failed `sertk train`: the exp dir, and the folders made for it, removed when they did not exist
+    before the command (`missing`: those of exp_dir and its parents, innermost first) and no training made
+    a checkpoint there (a run that got that far resumes from it); parents only when empty."""
+    if not missing or not exp_dir.is_dir() or any(exp_dir.rglob("*.pt")):
+        return
+    shutil.rmtree(exp_dir, ignore_errors=True)
+    for folder in missing[1:]:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 @click.command()
@@ -43,6 +82,7 @@ def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device:
     gloo on CPUs, NCCL on GPUs, each process on the GPU of its local rank); train.batch_size is then the
     batch of all processes together, and only rank 0 writes."""
     import logging
+    from sertk.errors import SertkError
     from sertk.train.config import load_config
     from sertk.train.distributed import ranks_from_environment
     from sertk.train.grid import train_experiment
@@ -51,8 +91,16 @@ def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device:
     if not ranks.main:   # rank 0 speaks for the run
         for handler in logging.getLogger("sertk").handlers:
             handler.setLevel(max(handler.level, logging.WARNING))
-    config = load_config(config_file, sets, grids)
-    outcome = train_experiment(config, fold_dir, feats, exp_dir, _device(device), ranks, report=click.echo)
+    device = _device(device)
+    config = load_config(config_file, sets, grids)   # every value checked: nothing is read or written before
+    # a failure leaves no exp dir where there was none (unless training got as far as a checkpoint)
+    missing = [p for p in (exp_dir, *exp_dir.parents) if not p.exists()]
+    try:
+        outcome = train_experiment(config, fold_dir, feats, exp_dir, device, ranks, report=click.echo)
+    except (SertkError, OSError):
+        if ranks.main:
+            _remove_new_exp_dir(exp_dir, missing)
+        raise
     if ranks.main and isinstance(outcome, TrainSummary):
         click.echo(f"{exp_dir}: best dev {outcome.metric} {outcome.best_dev_score:.4f} at epoch {outcome.best_epoch} "
                    f"({outcome.epochs_run} epochs)")

@@ -129,7 +129,7 @@ def train_grid(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp_dir: 
               "best_epoch": best["best_epoch"], "best_sha256": None}
     if ranks.main:
         _adopt(chosen_dir, exp_dir)
-        if (exp_dir / "best.pt").is_file():   # none only when no epoch was trained (train.epochs 0)
+        if (exp_dir / "best.pt").is_file():   # none only if no epoch improved on dev (a guard: train.epochs >= 1 is checked on loading)
             chosen["best_sha256"] = sha256_file(exp_dir / "best.pt")
         record["chosen"] = chosen
         _write_grid(grid_file, record)

@@ -8,6 +8,7 @@ was interrupted and resumed ends with the same weights as one that never stopped
 import contextlib
 import copy
 import logging
+import logging.handlers
 import math
 import os
 import random
@@ -68,14 +69,20 @@ def train(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp_dir: Path,
     fold_dir, dump_dir, exp_dir = Path(fold_dir), Path(dump_dir), Path(exp_dir)
     ranks = ranks or distributed.ranks_from_environment()
     device = distributed.process_device(ranks, device)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    handler = _log_to(exp_dir / "train.log") if ranks.main else None
+    # the exp dir and train.log are made once the run is set up (data, features, model and the config checked
+    # against them): a problem found before is one line that leaves nothing behind; what was logged while
+    # setting up is kept back and goes into train.log first
+    handlers = [_log_to_memory()] if ranks.main else []
     distributed.start(ranks, device)
     try:
-        return _Run(config, fold_dir, dump_dir, exp_dir, device, ranks).fit()
+        run = _Run(config, fold_dir, dump_dir, exp_dir, device, ranks)
+        if ranks.main:
+            exp_dir.mkdir(parents=True, exist_ok=True)
+            handlers.append(_log_to(exp_dir / "train.log", handlers[0]))
+        return run.fit()
     finally:
         distributed.stop(ranks)
-        if handler is not None:
+        for handler in handlers:
             logging.getLogger("sertk").removeHandler(handler)
             handler.close()
 
@@ -481,12 +488,30 @@ def _check_genders(train_set: SegmentDataset, train_dir: Path) -> None:
                     train_dir, utts - known, utts)
 
 
-def _log_to(path: Path) -> logging.Handler:
+def _log_to_memory() -> logging.handlers.MemoryHandler:
+    """Records kept back (INFO and up) until train.log exists (`_log_to`); dropped if it never does."""
+    handler = logging.handlers.MemoryHandler(capacity=10 ** 6, flushLevel=logging.CRITICAL + 1, flushOnClose=False)
+    handler.setLevel(logging.INFO)
+    _add_info_handler(handler)
+    return handler
+
+
+def _log_to(path: Path, early: Optional[logging.handlers.MemoryHandler] = None) -> logging.Handler:
+    """train.log, beginning with what `early` kept back (which then stops keeping)."""
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.INFO)
+    if early is not None:
+        logging.getLogger("sertk").removeHandler(early)
+        early.setTarget(handler)
+        early.flush()
+        early.setTarget(None)
+    _add_info_handler(handler)
+    return handler
+
+
+def _add_info_handler(handler: logging.Handler) -> None:
     logger = logging.getLogger("sertk")
     logger.addHandler(handler)
     if logger.getEffectiveLevel() > logging.INFO:  # the log file gets INFO even when the console is quiet
         logger.setLevel(logging.INFO)
-    return handler

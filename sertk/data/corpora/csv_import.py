@@ -4,7 +4,9 @@ Relative paths are taken relative to the CSV's folder. Ids: speaker `<speaker>` 
 (whitespace becomes '_'), utterance `<speaker>-<file stem>`. The raw label is the `label` column;
 without a label map, each distinct label becomes its own class, in sorted order.
 """
+import codecs
 import csv
+import io
 import re
 from pathlib import Path
 from typing import Optional
@@ -25,20 +27,45 @@ def scan(csv_path: Path) -> Scan:
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise CorpusError(f"{csv_path}: no such CSV file")
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
+    text = read_csv_text(csv_path)
+    if not text.strip():
+        raise CorpusError(f"{csv_path}: empty file; need a header line {','.join(REQUIRED)}[,session,gender] "
+                          "and a row per utterance")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         columns = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in REQUIRED if c not in columns]
         if missing:
             raise CorpusError(f"{csv_path}: missing column(s) {missing}; need {list(REQUIRED)}, "
                               "optional session, gender")
         utterances = []
-        for lineno, row in enumerate(reader, start=2):
+        for row in reader:
             row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
-            utterances.append(_utterance(row, csv_path, lineno))
+            utterances.append(_utterance(row, csv_path, reader.line_num))
+    except csv.Error as e:
+        raise CorpusError(f"{csv_path}:{reader.line_num}: not a readable CSV line ({e})") from None
     if not utterances:
-        raise CorpusError(f"{csv_path}: no rows")
+        raise CorpusError(f"{csv_path}: no rows, only the header")
     return Scan(utterances)
+
+
+def read_csv_text(path: Path) -> str:
+    """The file as text: UTF-8, with or without a byte-order mark; anything else is a CorpusError naming the
+    line and byte offset of the first byte that is not UTF-8 (a CSV saved as Latin-1 or Windows-1252)."""
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise CorpusError(f"{path}: the file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise CorpusError(f"{path}:{line}: the byte 0x{data[e.start]:02x} at offset {e.start} is not UTF-8; save the "
+                          "CSV as UTF-8") from None
+    if "\x00" in text:
+        at = data.index(b"\x00")
+        line = data.count(b"\n", 0, at) + 1
+        raise CorpusError(f"{path}:{line}: the byte at offset {at} is a NUL; not a text file")
+    return text
 
 
 def _utterance(row: dict, csv_path: Path, lineno: int) -> Utterance:
