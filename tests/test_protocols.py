@@ -212,3 +212,25 @@ def test_failed_folds_leave_output_untouched(tmp_path):
         make_folds(toy_dir(["a", "b", "c"]), "nope", out)
     assert [p.name for p in out.iterdir()] == ["marker"]
     shutil.rmtree(out)
+
+
+def test_random_kfold_keeps_copies_of_the_same_audio_in_one_part(tmp_path):
+    """RAVDESS ships byte-identical files: a random split must not train on one copy and test the other."""
+    import numpy as np
+    import soundfile as sf
+    rng = np.random.default_rng(0)
+    dd = toy_dir(["s1", "s2", "s3"], per_speaker=6)
+    for utt in dd.utts:
+        path = tmp_path / f"{utt}.wav"
+        sf.write(str(path), rng.uniform(-0.5, 0.5, 1600).astype(np.float32), 16000)
+        dd.tables["wav.scp"][utt] = str(path)
+    shutil.copyfile(tmp_path / "s1-000.wav", tmp_path / "s3-005.wav")        # same samples, another name
+    dd.tables["wav.scp"]["s2-003"] = dd.tables["wav.scp"]["s1-002"]          # the same file twice
+    for seed in range(5):
+        folds = random_kfold(dd, num_folds=3, seed=seed)
+        for fold in folds:
+            for a, b in (("s1-000", "s3-005"), ("s1-002", "s2-003")):
+                assert (a in fold.test) == (b in fold.test) and (a in fold.train) == (b in fold.train)
+        assert sorted(u for f in folds for u in f.test) == dd.utts
+    make_folds(dd, "random_kfold", tmp_path / "rk", num_folds=3)
+    assert check_protocol(tmp_path / "rk").problems == []

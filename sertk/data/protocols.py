@@ -146,24 +146,52 @@ def _dev_share(dd: DataDir, share: float, seed: int) -> set:
 
 
 def random_kfold(dd: DataDir, num_folds: int = 10, seed: int = 0) -> List[Fold]:
-    """Class-stratified random folds over utterances: speaker-dependent, for comparison with papers."""
+    """Class-stratified random folds over utterances: speaker-dependent, for comparison with papers.
+    Utterances with the same audio (same file, or the same decoded samples: RAVDESS ships such copies) are
+    dealt as one, so a copy never lands in train while its twin is tested (`sertk data check` would refuse)."""
     if not 3 <= num_folds <= len(dd.utts):
         raise ProtocolError(f"random_kfold needs 3 <= num_folds <= {len(dd.utts)}, got {num_folds}")
+    twin_of = _same_audio(dd)
     rng = random.Random(seed)
     parts: List[List[str]] = [[] for _ in range(num_folds)]
     dealt = 0
     for cls in dd.labels.classes:
-        utts = sorted(u for u in dd.utts if dd.utt2emo[u] == cls)
+        utts = sorted(u for u in dd.utts if dd.utt2emo[u] == cls and u not in twin_of)
         rng.shuffle(utts)
         for u in utts:  # deal round-robin, continuing across classes so parts stay equal in size
             parts[dealt % num_folds].append(u)
             dealt += 1
+    part_of = {u: k for k, part in enumerate(parts) for u in part}
+    for u, first in sorted(twin_of.items()):
+        parts[part_of[first]].append(u)
     folds = []
     for k in range(num_folds):
         dev_k = (k + 1) % num_folds
         train = [u for j, p in enumerate(parts) if j not in (k, dev_k) for u in p]
         folds.append(Fold(sorted(train), sorted(parts[dev_k]), sorted(parts[k])))
     return folds
+
+
+def _same_audio(dd: DataDir) -> Dict[str, str]:
+    """Each utterance whose audio equals an earlier one's (sorted ids; same path, else same decoded samples)
+    -> that earlier utterance. A file that cannot be decoded is compared by path only."""
+    from sertk.audio import samples_digest      # decoding is only needed here
+    from sertk.errors import AudioError
+    first_of: Dict[str, str] = {}
+    twin_of: Dict[str, str] = {}
+    for u in dd.utts:
+        path = dd.tables["wav.scp"][u]
+        keys = [f"path:{Path(path).resolve()}"]
+        try:
+            keys.append(f"samples:{samples_digest(path)}")
+        except (AudioError, OSError):
+            pass
+        first = next((first_of[k] for k in keys if k in first_of), None)
+        if first is not None:
+            twin_of[u] = twin_of.get(first, first)
+        for k in keys:
+            first_of.setdefault(k, u)
+    return twin_of
 
 
 PROTOCOLS: Dict[str, Protocol] = {
