@@ -19,7 +19,11 @@ from sertk.models.sequence import run_lstm
 @dataclass
 class CRNNConfig:
     stream: str = "logmel"               # feature stream read: [T, n_mels]
-    n_mels: int = 64
+    n_mels: int = 64                     # input width (mel bands, or an encoder's hidden size)
+    # > 0: a linear projection of each frame to this width before the CNN, as SUPERB/s3prl's downstream
+    # "projector" does for self-supervised features, whose dimensions have no frequency order for 3x3
+    # kernels and 2x2 pooling to exploit. 0 (default): the CNN reads the input as it is.
+    input_projection: int = 0
     channels: List[int] = field(default_factory=lambda: [16, 32, 64])
     lstm_hidden: int = 64
     lstm_layers: int = 1
@@ -37,13 +41,15 @@ class CRNN(nn.Module):
         self.streams = (cfg.stream,)
         self.stream_dims = {cfg.stream: cfg.n_mels}
         self.fixed_frames = None
+        width = cfg.input_projection or cfg.n_mels
+        self.projection = nn.Linear(cfg.n_mels, width) if cfg.input_projection else None
         blocks, in_ch = [], 1
         for ch in cfg.channels:
             blocks.append(nn.Sequential(nn.Conv2d(in_ch, ch, 3, padding=1), nn.BatchNorm2d(ch), nn.ReLU(),
                                         nn.MaxPool2d(2, ceil_mode=True)))
             in_ch = ch
         self.blocks = nn.ModuleList(blocks)
-        freq = cfg.n_mels
+        freq = width
         for _ in cfg.channels:
             freq = -(-freq // 2)
         self.lstm = nn.LSTM(in_ch * freq, cfg.lstm_hidden, num_layers=cfg.lstm_layers, batch_first=True,
@@ -56,6 +62,8 @@ class CRNN(nn.Module):
         x, mask = batch[self.cfg.stream], batch["mask"]
         if x.shape[-1] != self.cfg.n_mels:
             raise ValueError(f"crnn expects {self.cfg.n_mels} mel bands, got {x.shape[-1]}")
+        if self.projection is not None:
+            x = self.projection(x)
         h = x.unsqueeze(1)                                    # [B, 1, T, F]
         for block in self.blocks:
             h = block(h * mask[:, None, :h.shape[2], None])

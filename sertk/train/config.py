@@ -244,7 +244,7 @@ COMBINATIONS: List[Tuple[Tuple[str, ...], Callable[[Dict[str, Any]], Optional[st
 
 # model options, checked by their declared types and what their names mean: integers are sizes, counts and
 # depths (>= 1) but for these floors; an option ending in a rate's name is a probability in [0, 1)
-MODEL_INT_FLOORS = {"word_tokens": 0, "center_dim": 0, "first_padding": 0, "stream_deltas": 0}
+MODEL_INT_FLOORS = {"word_tokens": 0, "input_projection": 0, "center_dim": 0, "first_padding": 0, "stream_deltas": 0}
 MODEL_INDEXES = ("layer",)           # may be negative (from the end); the model checks the range
 MODEL_RATES = ("dropout", "drop_path", "mask_rate", "drop_rate")
 MODEL_POSITIVE = ("ffn_ratio", "frame_ms", "merge_ms")
