@@ -1,17 +1,23 @@
-"""Training throughput and memory of the baseline and each seed model on real EmoDB features: training
-segments per second, peak memory, and the share of step time spent waiting for the data loader, from
-the trainer's own epoch timing (`sertk train` logs the same figures every epoch).
+"""Training throughput and memory of the baseline and each seed model on real EmoDB features, the old
+code path beside the new one in the same run: training segments per second, their ratio, peak memory,
+and the share of step time spent waiting for the data loader, from the trainer's own epoch timing
+(`sertk train` logs the same figures every epoch).
 
     python benchmarks/train.py --emodb ../shared/corpora/emodb [--models crnn,mpaf_cnn,...]
-                               [--device cpu|cuda] [--amp on,off] [--train-utts 160] [--dev-utts 40]
+                               [--paths old,new] [--device cpu|cuda] [--train-utts 160] [--dev-utts 40]
+
+Paths: `old` is float32 with attention dropout on torch's plain SDPA path (what sertk did before
+`train.amp: auto`); `new` is the default now: `train.amp: auto` (bfloat16 autocast where the CPU has AMX
+or AVX512-BF16, or on a GPU) and the fast attention-dropout path. Each model keeps its recipe config
+otherwise, so a config that says `amp: false` stays float32 on both paths unless --force-amp is given.
+The header prints the CPU model and its native-bf16 flags.
 
 It uses egs/emodb's data dirs and feature dumps (prepared and extracted here first when missing:
-`sertk features extract` skips a dump that is up to date), and trains each model with its recipe
-config for 3 epochs on a subset of LOSO fold 1 (--train-utts training and --dev-utts dev utterances,
-spread over the fold's speakers); the figures are those of epochs 2 and 3 together (epoch 1 warms up).
-Each run is a process of its own, so its peak memory is its own: on the CPU the peak resident set
-size of the whole process (torch, features in memory, model, activations), on a GPU torch's peak
-allocated CUDA memory. AMP (bf16 autocast) only acts on a GPU.
+`sertk features extract` skips a dump that is up to date), and trains each model for 3 epochs on a
+subset of LOSO fold 1 (--train-utts training and --dev-utts dev utterances, spread over the fold's
+speakers); the figures are those of epochs 2 and 3 together (epoch 1 warms up). Each run is a process
+of its own, so its peak memory is its own: on the CPU the peak resident set size of the whole process
+(torch, features in memory, model, activations), on a GPU torch's peak allocated CUDA memory.
 """
 import argparse
 import json
@@ -61,8 +67,14 @@ def one_run(args) -> None:
     import torch
     from sertk.train.config import load_config
     from sertk.train.trainer import train
-    config = load_config(Path(args.config), ["train.epochs=3", "train.patience=10", "train.min_epochs=1",
-                                             f"train.amp={args.amp == 'on'}"])
+    from sertk.models import transformer
+    overrides = ["train.epochs=3", "train.patience=10", "train.min_epochs=1"]
+    if args.path == "old":
+        overrides.append("train.amp=false")
+        transformer.FAST_ATTENTION_DROPOUT = False
+    elif args.force_amp:
+        overrides.append("train.amp=auto")
+    config = load_config(Path(args.config), overrides)
     train(config, Path(args.fold), Path(args.dump), Path(args.exp), args.device)
     timed = torch.load(Path(args.exp) / "last.pt", weights_only=True)["history"][1:]
     seconds = sum(e["seconds"] for e in timed)
@@ -73,7 +85,8 @@ def one_run(args) -> None:
         peak = torch.cuda.max_memory_allocated() / 2 ** 20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
-    print(json.dumps({**epoch, "peak_mib": round(peak, 1)}))
+    autocast = torch.load(Path(args.exp) / "last.pt", weights_only=False)["autocast"]
+    print(json.dumps({**epoch, "peak_mib": round(peak, 1), "autocast": autocast or "float32"}))
 
 
 def main() -> None:
@@ -81,7 +94,10 @@ def main() -> None:
     parser.add_argument("--emodb", type=Path, help="EmoDB release (only needed when egs/emodb/data is missing)")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--amp", default="off", help="on, off or on,off (GPU only)")
+    parser.add_argument("--paths", default="old,new", help="old, new or old,new (see above)")
+    parser.add_argument("--force-amp", action="store_true",
+                        help="new path: train.amp auto even where the model's config says false")
+    parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--train-utts", type=int, default=160)
     parser.add_argument("--dev-utts", type=int, default=40)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -100,30 +116,37 @@ def main() -> None:
     fold = work / "fold1"
     for part, n in (("train", args.train_utts), ("dev", args.dev_utts)):
         spread(DataDir.load(data / "loso" / "fold1" / part), n).save(fold / part)
+    from sertk.train.precision import native_bf16_cpu_flags
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{cpu}, {torch.get_num_threads()} threads"
-    print(f"# {device}; torch {torch.__version__}; python {platform.python_version()}")
+    print(f"# {device}; native bf16 CPU flags: {', '.join(native_bf16_cpu_flags()) or 'none'}; "
+          f"torch {torch.__version__}; python {platform.python_version()}")
     print(f"# EmoDB LOSO fold 1 subset: {args.train_utts} train / {args.dev_utts} dev utterances; epochs 2-3 of 3")
-    print("| model | features | amp | train segments | segments/s | data wait | epoch s | peak memory (MiB) |")   # epoch s: mean of 2 and 3
-    print("|---|---|---|---|---|---|---|---|")
+    paths = args.paths.split(",")
+    print("| model | features | path | precision | train segments | segments/s | vs old | data wait | epoch s | "
+          "peak memory (MiB) |")   # epoch s: mean of epochs 2 and 3
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for run, model in enumerate(args.models.split(",")):
         config_path = conf_file("models", model)
         tag = load_config(config_path)["features"]["tag"]
         dump = RECIPE / "dump" / tag
         extract_features(data / "all", load_features(conf_file("features", tag)), dump, device=args.device)
-        for amp in args.amp.split(","):
-            exp = work / f"{run}_{model}_{amp}"
+        speed = {}
+        for path in paths:
+            exp = work / f"{run}_{model}_{path}"
             done = subprocess.run([sys.executable, __file__, "--one", "--config", str(config_path), "--fold", str(fold),
-                                   "--dump", str(dump), "--exp", str(exp), "--device", args.device, "--amp", amp],
-                                  capture_output=True, text=True)
+                                   "--dump", str(dump), "--exp", str(exp), "--device", args.device, "--path", path,
+                                   *(["--force-amp"] if args.force_amp else [])], capture_output=True, text=True)
             if done.returncode != 0:
-                print(f"| {model} | {tag} | {amp} | failed: {done.stderr.strip().splitlines()[-1:]} |")
+                print(f"| {model} | {tag} | {path} | failed: {done.stderr.strip().splitlines()[-1:]} |")
                 continue
             r = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"| {model} | {tag} | {amp} | {r['train_segments']} | {r['segments_per_second']:.1f} | "
-                  f"{100 * r['data_wait_share']:.1f} % | {r['seconds']:.1f} | {r['peak_mib']:.0f} |", flush=True)
-
+            speed[path] = r["segments_per_second"]
+            ratio = f"{speed[path] / speed['old']:.2f}x" if "old" in speed and path != "old" else ""
+            print(f"| {model} | {tag} | {path} | {r['autocast']} | {r['train_segments']} | "
+                  f"{r['segments_per_second']:.1f} | {ratio} | {100 * r['data_wait_share']:.1f} % | "
+                  f"{r['seconds']:.1f} | {r['peak_mib']:.0f} |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -31,7 +31,7 @@ def test_an_int_where_a_float_is_expected_becomes_a_float():
 @pytest.mark.parametrize("overrides, message", [
     (["model.name=crnn", "optim.lrr=1"], "unknown config key 'optim.lrr'"),
     (["model.name=crnn", "optim.lr=fast"], "expects a float"),
-    (["model.name=crnn", "train.amp=1"], "expects a bool"),
+    (["model.name=crnn", "train.bucket=1"], "expects a bool"),
     (["model.name=crnn", "train.epochs"], "not of the form key.sub=value"),
     (["model.name=crnn", "model.nope=1"], "unknown config key 'model.nope'"),
     ([], "model.name is not set"),

@@ -58,9 +58,11 @@ DEFAULTS: Dict[str, Any] = {
     # bucket: batches of segments of similar length (whole utterances pad less), still shuffled;
     # batch_size: the whole batch, cut into one piece per process under torchrun (sertk.train.distributed);
     # num_workers: data-loader processes, null: 0 on the CPU, up to 4 per process on a GPU (pinned memory);
-    # sync_batchnorm: under torchrun, BatchNorm statistics of the whole batch over all processes
+    # sync_batchnorm: under torchrun, BatchNorm statistics of the whole batch over all processes;
+    # amp: auto (bfloat16 autocast of the training step where the hardware computes bf16 natively: a GPU, or a
+    # CPU with AMX / AVX512-BF16) | true (bf16 anywhere) | false (float32); see sertk.train.precision
     "train": {"epochs": 40, "batch_size": 32, "seed": 0, "patience": 10, "min_epochs": 1,
-              "class_weighted": True, "utterance_weighted": False, "grad_clip": 5.0, "amp": True, "select": "ua",
+              "class_weighted": True, "utterance_weighted": False, "grad_clip": 5.0, "amp": "auto", "select": "ua",
               "bucket": False, "num_workers": None, "sync_batchnorm": True},
     # multi-task loss (sertk.train.loss.Objective): (1 - gender_weight) (CE + center_weight center) on emotion
     # + gender_weight (CE + center_weight center) on utt2gen; center_lr: SD-CAFF's center gradient scale;
@@ -141,6 +143,7 @@ def folder_name() -> Check:
 
 
 FLAG = Check("true or false", lambda v: isinstance(v, bool))
+SEVERAL_TYPES = ("train.amp",)       # a word or a flag: CHECKS alone says what the key takes
 SELECT_METRICS = ("ua", "wa_ua")     # sertk.train.trainer.SELECT: the dev score that picks best.pt
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "step", "multistep", "exponential", "plateau", "cosine", "warmup_cosine")
@@ -163,7 +166,7 @@ CHECKS: Dict[str, Check] = {
     "train.class_weighted": FLAG,
     "train.utterance_weighted": FLAG,
     "train.grad_clip": number("a number >= 0 (0: no clipping)", lambda v: v >= 0, null="no clipping"),
-    "train.amp": FLAG,
+    "train.amp": Check("auto, true or false", lambda v: v == "auto" or isinstance(v, bool)),
     "train.select": one_of(SELECT_METRICS),
     "train.bucket": FLAG,
     "train.num_workers": integer(0, null="auto"),
@@ -589,7 +592,7 @@ def set_key(config: Dict[str, Any], dotted: str, value: Any) -> None:
 
 def _checked(key: str, default: Any, value: Any) -> Any:
     """`value` if it has the default's type (an int where a float is expected is fine)."""
-    if default is None or value is None:
+    if default is None or value is None or key in SEVERAL_TYPES:
         return value
     if isinstance(default, bool) or isinstance(value, bool):
         ok = isinstance(default, bool) and isinstance(value, bool)

@@ -38,6 +38,7 @@ from sertk.train import distributed
 from sertk.train.data import (SegmentDataset, check_model_length, class_weights, collate, length_batches,
                               spec_augment)
 from sertk.train.distributed import PieceSampler, Ranks
+from sertk.train.precision import LEGACY_TRUE, autocast_dtype, precision_record
 from sertk.train.features import Normalization, StreamLayout, load_streams
 from sertk.train.infer import segment_posteriors, utterance_decisions
 from sertk.train.loss import Objective, SegmentLoss
@@ -91,6 +92,12 @@ class _Run:
     def __init__(self, config, fold_dir: Path, dump_dir: Path, exp_dir: Path, device: str, ranks: Ranks):
         self.config, self.exp_dir, self.device, self.ranks = config, exp_dir, device, ranks
         self.resume = load_checkpoint(exp_dir / "last.pt") if (exp_dir / "last.pt").is_file() else None
+        self.amp = config["train"]["amp"]
+        legacy = _legacy_amp(self.resume, config) if self.resume is not None else None
+        if legacy is not None:   # begun before `auto` existed: it resumes in the precision it began with
+            self.resume["config"] = {**self.resume["config"],
+                                     "train": {**self.resume["config"]["train"], "amp": config["train"]["amp"]}}
+            self.amp = legacy
         if self.resume is not None and with_new_defaults(self.resume["config"]) != config:
             raise ConfigError(f"{exp_dir} was trained with another config; give a new exp dir or remove it "
                               f"(compare {exp_dir / 'config.yaml'})")
@@ -147,7 +154,9 @@ class _Run:
         self.optimizer = _optimizer(config["optim"], list(self.model.parameters()) +
                                     list(self.objective.parameters()))
         self.scheduler = _scheduler(config["scheduler"], self.optimizer, config["train"]["epochs"])
-        self.amp = config["train"]["amp"] and device.startswith("cuda")
+        # a resumed run keeps the precision it began with, even on another machine
+        self.autocast = (autocast_dtype(self.amp, device) if self.resume is None or "autocast" not in self.resume
+                         else getattr(torch, self.resume["autocast"]) if self.resume["autocast"] else None)
 
     def fit(self) -> TrainSummary:
         cfg = self.config["train"]
@@ -202,7 +211,7 @@ class _Run:
         return TrainSummary(state["best_epoch"], state["best_ua"], state["epoch"], resumed, SELECT[cfg["select"]])
 
     def _environment(self) -> Dict[str, Any]:
-        env = environment()
+        env = {**environment(), "precision": precision_record(self.amp, self.device)}
         if self.ranks.distributed:
             env["distributed"] = {"processes": self.ranks.world, "backend": distributed.backend_name(self.ranks)}
         return env
@@ -236,7 +245,8 @@ class _Run:
                              *((self.ranks.rows(self.global_batch), self.global_batch) if self.ranks.distributed
                                else ()))
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            with torch.autocast(self.device.split(":")[0], dtype=self.autocast or torch.bfloat16,
+                                enabled=self.autocast is not None):
                 loss = self.step(batch)
             self.optimizer.zero_grad(set_to_none=True)
             # DDP averages gradients over processes: scaled by its share, each piece weighs as in one batch
@@ -304,7 +314,8 @@ class _Run:
                 "model": self.model.state_dict(), "objective": self.objective.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                "normalization": self.norm.state_dict(), "sertk_version": __version__}
+                "normalization": self.norm.state_dict(), "sertk_version": __version__,
+                "autocast": str(self.autocast).replace("torch.", "") if self.autocast is not None else None}
 
     def _restore(self, ckpt: Dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -312,6 +323,20 @@ class _Run:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt["scheduler"] is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
+
+
+def _legacy_amp(checkpoint: Dict[str, Any], config: Dict[str, Any]) -> Any:
+    """For a checkpoint older than `train.amp: auto` (no "autocast" record) resumed with the new default, or
+    with the same value as it was written: the setting that gives the precision it began with (`true` then
+    meant bf16 on a GPU only). None where the checkpoint is newer or the settings differ."""
+    if "autocast" in checkpoint:
+        return None
+    old, new = checkpoint["config"].get("train", {}).get("amp"), config["train"]["amp"]
+    if old is True and new in ("auto", True):
+        return LEGACY_TRUE
+    if old is False and new in ("auto", False):
+        return False
+    return None
 
 
 class _Step(torch.nn.Module):
