@@ -248,7 +248,7 @@ def test_vote_window_and_hop_options(trained, sertk_cli, tmp_path, user_error):
 
 def test_python_api(trained, monkeypatch):
     _, _, model = trained
-    from sertk import Inferencer as exported   # the README's import
+    from sertk import Inferencer as exported   # the import docs/inference.md shows
     inf = exported.from_file(model, device="cpu")
     assert isinstance(inf, Inferencer)
     wave = speech_like(1.5)

@@ -61,7 +61,7 @@ class EncoderConfig(StreamConfig):
                                        # the checkpoint's feature extractor says (do_normalize)
     # Whisper: the encoder on each piece's own length (utterance) or on the 30 s window (window). On EmoDB
     # dev, window's probe scored 0.9 UA higher at 12x the encoder time; utterance is kept for that cost
-    # (README "Pretrained encoders")
+    # (docs/features.md, "Pretrained encoders")
     whisper_input: str = "utterance"
     concatenable = False
 

@@ -30,9 +30,9 @@ a switch, and so is each ablation of its section 7.3 (M2-M9). Parameters with th
 
 Results: the paper reports WA 72.19 / UA 72.88 on IEMOCAP 4-class with one random 80/20 split
 that shares speakers between train and test, selected without a dev set (7.2, 8.14). sertk's
-EmoDB and RAVDESS runs are speaker-independent with the checkpoint chosen on dev; their numbers
-are in the README's results table and egs/*/RESULTS.md, not comparable with the paper's. So far
-(CPU only): EmoDB folds 1-2 of 10, pooled WA 60.75 / UA 64.78; RAVDESS not run.
+EmoDB and RAVDESS runs are speaker-independent with the checkpoint chosen on dev; their numbers,
+with the commands that produced them, are in docs/models/mpaf_cnn.md and egs/*/RESULTS.md, not
+comparable with the paper's.
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple

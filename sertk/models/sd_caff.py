@@ -27,8 +27,8 @@ Parameters with the defaults and 4 classes: 4,949,998 (spec 9: 4,949,998 plus 20
 which sertk keeps in the loss). Results: the paper reports WA 75.78 / UA 74.89 on IEMOCAP improvised
 4-class with random utterance-level 5-fold (speakers shared) and the best epoch chosen on the test
 fold (6.2-6.3); sertk's EmoDB and RAVDESS runs are speaker-independent with the checkpoint chosen on
-dev, so the numbers are not comparable; they are in the README's results table and egs/*/RESULTS.md.
-Measured on CPU: EmoDB leave-one-speaker-out, 10 folds, pooled WA 69.72 / UA 66.25; RAVDESS not run.
+dev, so the numbers are not comparable; they are in docs/models/sd_caff.md, with the commands that
+produced them, and egs/*/RESULTS.md.
 """
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
