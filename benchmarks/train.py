@@ -67,11 +67,11 @@ def one_run(args) -> None:
     import torch
     from sertk.train.config import load_config
     from sertk.train.trainer import train
-    from sertk.models import transformer
+    from sertk.models import dropout_attention
     overrides = ["train.epochs=3", "train.patience=10", "train.min_epochs=1"]
     if args.path == "old":
         overrides.append("train.amp=false")
-        transformer.FAST_ATTENTION_DROPOUT = False
+        dropout_attention.FAST_CPU_DROPOUT_ATTENTION = False
     elif args.force_amp:
         overrides.append("train.amp=auto")
     config = load_config(Path(args.config), overrides)

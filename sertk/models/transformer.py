@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sertk.models import dropout_attention as cpu_dropout
+
 
 def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
     """[length, dim]: sin at even dims, cos at odd dims, wavelengths 2 pi .. 10000 * 2 pi."""
@@ -52,8 +54,11 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
         """Global self-attention of x [B, N, D]; keys where key_valid [B, N] is False get no weight."""
         q, k, v = self.heads_of(x)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_valid[:, None, None, :],
-                                             dropout_p=self.attn_dropout if self.training else 0.0)
+        p = self.attn_dropout if self.training else 0.0
+        if cpu_dropout.FAST_CPU_DROPOUT_ATTENTION and cpu_dropout.use_dropout_attention(q, p):
+            out = cpu_dropout.dropout_attention(q, k, v, key_valid, p)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_valid[:, None, None, :], dropout_p=p)
         return self.merge(out)
 
 
