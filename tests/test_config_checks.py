@@ -14,6 +14,7 @@ from recipes import REPO
 from sertk.errors import DeviceError
 from sertk.features.extract import extract_features
 from sertk.models import available_models, model_class
+from sertk.train import optim
 from sertk.train import trainer as trainer_module
 from sertk.train.cli import check_device
 from sertk.train.config import (CHECKS, DEFAULTS, OPTIMIZERS, SCHEDULERS, SELECT_METRICS, ConfigError,
@@ -152,13 +153,12 @@ def test_the_table_covers_every_setting_and_agrees_with_the_trainer():
     assert set(CHECKS) == keys
     assert set(SELECT_METRICS) == set(trainer_module.SELECT)
     params = [torch.nn.Parameter(torch.zeros(1))]
+    assert set(OPTIMIZERS) == set(optim.OPTIMIZERS) and set(SCHEDULERS) == set(optim.SCHEDULERS)
     for name in OPTIMIZERS:
-        trainer_module._optimizer({**DEFAULTS["optim"], "name": name}, params)
+        optim.build_optimizer({**DEFAULTS["optim"], "name": name}, params)
     optimizer = torch.optim.SGD(params, lr=0.1)
     for name in SCHEDULERS:
-        trainer_module._scheduler({**DEFAULTS["scheduler"], "name": name, "milestones": [1]}, optimizer, 3)
-    with pytest.raises(ConfigError):
-        trainer_module._scheduler({**DEFAULTS["scheduler"], "name": "bogus"}, optimizer, 3)
+        optim.build_schedule({**DEFAULTS["scheduler"], "name": name, "milestones": [1]}, optimizer, 3)
 
 
 def test_every_model_option_gets_a_check_that_its_default_passes():

@@ -137,11 +137,11 @@ def test_segments_other_than_the_functionals_windows_are_refused(smile_dump):
 
 def test_centre_cropped_training_is_refused_with_segment_level_streams(smile_dump):
     from sertk.train.config import ConfigError
-    from sertk.train.trainer import _train_windows
+    from sertk.train.folddata import train_windows
     _, _, out, _ = smile_dump
     with pytest.raises(ConfigError, match=r"cuts windows that the segment-level stream\(s\) \['is10_func'\] hold"):
-        _train_windows({"train_windows": "center"}, StreamLayout.read(out, ["is10_lld", "is10_func"]))
-    assert _train_windows({"train_windows": "center"}, StreamLayout.read(out, ["is10_lld", "is10_utt"])) == "center"
+        train_windows({"train_windows": "center"}, StreamLayout.read(out, ["is10_lld", "is10_func"]))
+    assert train_windows({"train_windows": "center"}, StreamLayout.read(out, ["is10_lld", "is10_utt"])) == "center"
 
 
 def test_a_model_that_reads_a_stream_at_another_level_is_refused(smile_dump):

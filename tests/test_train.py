@@ -18,6 +18,7 @@ from sertk.train import trainer as trainer_module
 from sertk.train.config import ConfigError, load_config
 from sertk.train.decoding import DecodeError, decode_data_dir
 from sertk.train.features import Normalization, load_streams
+from sertk.train.optim import warmup_cosine
 from sertk.train.trainer import train
 
 FEATURES = {"sample_rate": 16000, "streams": {
@@ -107,13 +108,13 @@ def test_objective_and_scheduler_settings_are_checked(options, message, setup, t
 
 
 def test_warmup_cosine_climbs_then_falls_to_the_floor():
-    factor = trainer_module.warmup_cosine(2, 0.1, 6)
+    factor = warmup_cosine(2, 0.1, 6)
     # warm-up 1/2, 1; then a cosine over the 3 remaining steps: 1 at epoch 3, 0.1 at the last (6)
     expected = [0.5, 1.0, 1.0, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 3)),
                 0.1 + 0.9 * 0.5 * (1 + math.cos(2 * math.pi / 3)), 0.1]
     assert [factor(done) for done in range(6)] == pytest.approx(expected)
     assert factor(10) == pytest.approx(0.1)          # past the end it stays at the floor
-    short = trainer_module.warmup_cosine(5, 0.0, 2)  # a run shorter than the warm-up is all warm-up
+    short = warmup_cosine(5, 0.0, 2)  # a run shorter than the warm-up is all warm-up
     assert [short(done) for done in range(2)] == pytest.approx([0.2, 0.4])
 
 

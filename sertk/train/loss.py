@@ -1,12 +1,15 @@
 """Training losses: the segment-level cross-entropy (optionally class- and utterance-weighted), and
-the multi-task objective built on it: a gender task, center losses, masked-frame reconstruction."""
-from typing import Callable, Dict, Optional
+the multi-task objective built on it: a gender task, center losses, masked-frame reconstruction;
+`build_objective` makes a run's from its config."""
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from sertk.data.validate import GENDERS   # utt2gen values; their order gives the gender labels (f 0, m 1)
+from sertk.train.config import ConfigError
+from sertk.train.data import SegmentDataset, class_weights
 
 
 class SegmentLoss:
@@ -124,3 +127,23 @@ class Objective(nn.Module):
         centers = self.centers["emotion"].centers if "emotion" in self.centers else None
         if centers is not None and centers.grad is not None:
             centers.grad.mul_(center_lr / (self.center_weight * lr))
+
+
+def build_objective(config: Dict[str, Any], model: nn.Module, train_set: SegmentDataset, num_classes: int) -> Objective:
+    """The loss of config["loss"] on top of the emotion SegmentLoss (class- and utterance-weighted as config["train"]
+    says). The weights' ranges are checked when the config is loaded (sertk.train.config); what is checked here is
+    that the model has what the auxiliary parts read: a gender head, center-loss embeddings, rebuilt frames."""
+    cfg, name = config["loss"], config["model"]["name"]
+    gender, center, reconstruction = cfg["gender_weight"], cfg["center_weight"], cfg["reconstruction_weight"]
+    tasks = getattr(model, "tasks", ("emotion",))
+    if gender > 0 and "gender" not in tasks:
+        raise ConfigError(f"model {name} has no gender head; set loss.gender_weight=0")
+    center_dims = getattr(model, "center_dims", None)
+    if center > 0 and not center_dims:
+        raise ConfigError(f"model {name} gives no center-loss embedding; set loss.center_weight=0")
+    if reconstruction > 0 and "reconstruction" not in tasks:
+        raise ConfigError(f"model {name} rebuilds no masked frames; set loss.reconstruction_weight=0")
+    weights = class_weights(list(train_set.labels.values()), num_classes) \
+        if config["train"]["class_weighted"] else None
+    shares = torch.from_numpy(train_set.utterance_shares()) if config["train"]["utterance_weighted"] else None
+    return Objective(SegmentLoss(weights, shares), num_classes, gender, center, center_dims, reconstruction)

@@ -1,0 +1,114 @@
+"""A fold's data as a run trains on it: the train and dev data dirs, their features normalised with the
+fold's statistics and cut into segments for the model (`load_fold`), and how an epoch draws its batches.
+
+The config's values are checked when it is loaded (sertk.train.config); what is checked here needs the data,
+the feature dump or the model: the class lists, the dump's frames against the model's, utt2gen.
+"""
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch.utils.data import BatchSampler, RandomSampler
+
+from sertk.data.datadir import DataDir
+from sertk.features.segments import SegmentConfig
+from sertk.train.config import ConfigError
+from sertk.train.data import SegmentDataset, check_model_length, length_batches
+from sertk.train.distributed import Ranks
+from sertk.train.features import Normalization, StreamLayout, load_streams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Fold:
+    train_dd: DataDir
+    dev_dd: DataDir
+    classes: List[str]
+    model: torch.nn.Module       # as `make_model` built it: the caller puts it behind the layout's layer sums
+    norm: Normalization          # the fold's statistics (from its training part)
+    layout: StreamLayout         # what the dump says about the streams the model reads
+    train_set: SegmentDataset
+    dev_set: SegmentDataset
+
+
+def load_fold(config: Dict[str, Any], fold_dir: Path, dump_dir: Path,
+              make_model: Callable[[int], torch.nn.Module]) -> Fold:
+    """The fold in `fold_dir` (train/, dev/) with its features from `dump_dir`, for the model that
+    `make_model(number of classes)` builds, segmented as config["segments"] says."""
+    train_dd, dev_dd = DataDir.load(fold_dir / "train"), DataDir.load(fold_dir / "dev")
+    classes = list(train_dd.labels.classes)
+    if list(dev_dd.labels.classes) != classes:
+        raise ConfigError(f"{fold_dir}: train and dev have different class lists")
+    model = make_model(len(classes))
+    feats = load_streams(dump_dir, list(model.streams), train_dd.utts + dev_dd.utts)
+    norm = Normalization.fit(config["features"]["cmvn"], feats, train_dd, [dev_dd], clip=config["features"]["clip"],
+                             speaker_min_rows=config["features"]["speaker_min_rows"])
+    seg = SegmentConfig.from_config(config["segments"])
+    layout = StreamLayout.for_model(dump_dir, model)
+    length, hop = layout.frames(seg)
+    fixed = getattr(model, "fixed_frames", None)
+    if fixed is not None and fixed != length:
+        raise ConfigError(f"model {config['model']['name']} takes {fixed}-frame segments, but segments.length "
+                          f"{seg.length} s is {length} frames of {layout.frame_shift} s; set model.frames={length}")
+    train_seg = SegmentConfig(seg.length, config["segments"]["train_hop"] or seg.hop, seg.tail)
+    train_hop = layout.frames(train_seg, "segments (train_hop)")[1]
+    windows = train_windows(config["segments"], layout)
+    with_gender = config["loss"]["gender_weight"] > 0
+    train_set = SegmentDataset(train_dd, feats, length, train_hop, norm.apply, classes, seg.tail,
+                               with_gender=with_gender, levels=layout.levels, windows=windows)
+    if with_gender:
+        check_genders(train_set, fold_dir / "train")
+    dev_set = SegmentDataset(dev_dd, feats, length, hop, norm.apply, classes, seg.tail, levels=layout.levels)
+    for name, dataset in (("train", train_set), ("dev", dev_set)):
+        check_model_length(model, dataset, str(fold_dir / name))
+    return Fold(train_dd, dev_dd, classes, model, norm, layout, train_set, dev_set)
+
+
+def train_windows(segments: Dict[str, Any], layout: StreamLayout) -> str:
+    """segments.train_windows for this dump: a centre crop is not one of the windows segment-level rows follow."""
+    windows = segments["train_windows"]
+    if windows == "center" and layout.windows:
+        raise ConfigError(f"segments.train_windows center cuts windows that the segment-level stream(s) "
+                          f"{sorted(layout.windows)} hold no rows for; use all")
+    return windows
+
+
+def check_genders(train_set: SegmentDataset, train_dir: Path) -> None:
+    """The gender task learns from utt2gen: none at all is an error, a few missing are counted and skipped."""
+    utts = len(train_set.labels)
+    known = len(train_set.genders)
+    if known == 0:
+        raise ConfigError(f"{train_dir}: loss.gender_weight > 0 needs utt2gen (f/m per utterance), and this data dir "
+                          "has none; set loss.gender_weight=0")
+    if known < utts:
+        log.warning("%s: %d of %d training utterances have no utt2gen entry; the gender loss skips them",
+                    train_dir, utts - known, utts)
+
+
+def epoch_batches(train_set: SegmentDataset, batch_size: int, bucket: bool,
+                  generator: torch.Generator) -> Tuple[Union[BatchSampler, List[List[int]]], bool]:
+    """The epoch's global batches (the same on every process), and whether the loader draws its seed
+    from `generator` (as a shuffling DataLoader does, so one-process runs stay as they were)."""
+    # a last incomplete batch is dropped (BatchNorm never sees a batch of 1), unless it is the only one
+    drop_last = len(train_set) > batch_size
+    if bucket:   # train.bucket: batches of similar lengths, still shuffled
+        lengths = [train_set.frames(i) for i in range(len(train_set))]
+        return length_batches(lengths, batch_size, generator, drop_last), False
+    return BatchSampler(RandomSampler(train_set, generator=generator), batch_size, drop_last), True
+
+
+def loader_options(num_workers: Optional[int], device: str, ranks: Ranks) -> Dict[str, Any]:
+    """DataLoader options: on a GPU, worker processes collate the next batches into pinned memory while the
+    GPU computes (auto: up to 4 per process); on the CPU the features are in memory already and workers would
+    only take cores from the model (auto: 0)."""
+    on_gpu = device.startswith("cuda")
+    if num_workers is None:
+        num_workers = min(4, max(1, (os.cpu_count() or 1) // ranks.world - 1)) if on_gpu else 0
+    options: Dict[str, Any] = {"num_workers": num_workers, "pin_memory": on_gpu}
+    if num_workers:
+        options["prefetch_factor"] = 4
+    return options
