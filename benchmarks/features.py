@@ -39,7 +39,7 @@ from sertk.data.corpora import prepare_corpus
 from sertk.data.datadir import DataDir
 from sertk.features.extract import (DEFAULT_BATCH_SIZE, MAX_BATCH_SAMPLES, default_device, extract_features,
                                     plan_batches)
-from sertk.features.frontends import build_frontends, parse_config
+from sertk.features.streams import build_frontends, parse_config
 
 SR, N_MELS, N_MFCC = 16000, 64, 40
 CONFIG = {

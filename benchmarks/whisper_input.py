@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from sertk.audio import load_audio
-from sertk.features.frontends import build_frontends, parse_config
+from sertk.features.streams import build_frontends, parse_config
 
 CORPORA = Path(os.environ.get("SERTK_CORPORA", Path(__file__).resolve().parents[2] / "shared" / "corpora"))
 

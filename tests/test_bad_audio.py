@@ -18,7 +18,7 @@ from sertk.audio import MIN_SECONDS, read_audio, samples_digest, silence_reason,
 from sertk.data.corpora import prepare_corpus
 from sertk.data.protocols import make_folds
 from sertk.features.extract import extract_features, min_audio_seconds
-from sertk.features.frontends import parse_config
+from sertk.features.streams import parse_config
 from sertk.inference.pack import pack_experiment
 from sertk.train.config import load_config
 from sertk.train.trainer import train

@@ -25,9 +25,9 @@ from sertk.errors import AudioError, FeatureError, OutputError
 from sertk.features import extract as extract_mod
 from sertk.features.cli import features
 from sertk.features.extract import extract_features, plan_batches
-from sertk.features.frontends import (LogMelConfig, MfccConfig, build_frontend, build_frontends, parse_config,
-                                      parse_stream)
 from sertk.features.storage import load_feats, num_frames
+from sertk.features.streams import build_frontend, build_frontends, parse_config, parse_stream
+from sertk.features.streams.spectral import LogMelConfig, MfccConfig
 
 SR = 16000
 N_FFT, WIN, HOP = 512, 400, 160

@@ -11,9 +11,9 @@ from sertk.data.datadir import DataDir
 from sertk.data.ops import subset
 from sertk.errors import FeatureError, SertkError
 from sertk.features.extract import extract_features
-from sertk.features.frontends import parse_config
 from sertk.features.segments import SegmentConfig, segment_bounds
 from sertk.features.storage import load_feats, read_dump_config
+from sertk.features.streams import parse_config
 from sertk.train.data import SegmentDataset
 from sertk.train.features import StreamLayout
 
@@ -74,7 +74,7 @@ def test_lld_frames_dims_and_columns(smile_dump):
 
 
 def test_lld_columns_are_is10_lld_then_deltas():
-    from sertk.features.opensmile_streams import LLD_LEVEL, OpensmileLldConfig, lld_config_file
+    from sertk.features.streams.opensmile import LLD_LEVEL, OpensmileLldConfig, lld_config_file
     smile = opensmile.Smile(feature_set=str(lld_config_file(OpensmileLldConfig(), 16000)), feature_level=LLD_LEVEL)
     names = smile.feature_names
     assert len(names) == 76 and names[0] == "pcm_loudness_sma" and names[38] == "pcm_loudness_sma_de"

@@ -10,10 +10,10 @@ from sertk.data.datadir import DataDir
 from sertk.errors import FeatureError
 from sertk.features.cli import features
 from sertk.features.extract import extract_features
-from sertk.features.frontends import parse_config
 from sertk.features.preprocess import (PreprocessConfig, PreprocessStats, fix_length, parse_preprocess, preprocess,
                                        remove_silence_energy_zcr)
 from sertk.features.storage import load_feats, num_frames, read_dump_config
+from sertk.features.streams import parse_config
 
 SR = 16000
 

@@ -11,8 +11,8 @@ from sertk.data.datadir import DataDir
 from sertk.errors import FeatureError
 from sertk.features.cmvn import GlobalCMVN, SpeakerCMVN, make_cmvn
 from sertk.features.extract import extract_features
-from sertk.features.frontends import build_frontends, parse_config
 from sertk.features.storage import load_feats, read_dump_config
+from sertk.features.streams import build_frontends, parse_config
 from sertk.inference.inferencer import Inferencer
 from sertk.inference.pack import pack_experiment, read_pack
 from sertk.models import ModelConfigError, build_model

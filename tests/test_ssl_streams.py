@@ -13,8 +13,8 @@ from sertk.audio import load_audio
 from sertk.data.corpora import prepare_corpus
 from sertk.errors import FeatureError
 from sertk.features.extract import extract_features
-from sertk.features.frontends import build_frontends, parse_config
 from sertk.features.storage import load_feats, read_dump_config
+from sertk.features.streams import build_frontends, parse_config
 from sertk.models import build_model
 from sertk.models.layer_sum import LayerSum, with_layer_sums
 from sertk.train.config import load_config

@@ -1,6 +1,7 @@
 """Features (stage 2): frame-level streams computed in torch, stored as Kaldi ark/scp, and CMVN.
 
-- `frontends`: stream configs (dataclasses with the defaults) and the torch modules that compute them
+- `streams`:   stream configs (dataclasses with the defaults) and the torch modules that compute them,
+               one module per family (sertk.features.streams.FAMILIES)
 - `extract`:   data dir -> feature dump (batched, parallel jobs, atomic, skipped when up to date)
 - `storage`:   the dump's on-disk layout; `load_feats` / `num_frames` for readers
 - `cmvn`:      global (train-only) and per-speaker mean/variance normalisation

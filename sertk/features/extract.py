@@ -32,14 +32,14 @@ from sertk.audio import MIN_SECONDS, SILENCE_PEAK, audio_info, load_audio, silen
 from sertk.data.datadir import DataDir
 from sertk.errors import AudioError, FeatureError
 from sertk.features import storage
-from sertk.features.frontends import (
+from sertk.features.preprocess import PreprocessConfig, PreprocessStats, preprocess
+from sertk.features.streams import (
     DUMP_INFO_KEY,
     FeatureConfig,
     Stream,
     build_frontends,
     parse_config,
 )
-from sertk.features.preprocess import PreprocessConfig, PreprocessStats, preprocess
 from sertk.fsutil import atomic_output_dir
 from sertk.yamlutil import read_yaml_file
 

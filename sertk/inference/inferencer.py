@@ -34,9 +34,9 @@ from sertk.features.extract import (
     min_audio_seconds,
     plan_batches,
 )
-from sertk.features.frontends import build_frontends, parse_config
 from sertk.features.preprocess import PreprocessStats, preprocess
 from sertk.features.segments import SegmentConfig
+from sertk.features.streams import build_frontends, parse_config
 from sertk.inference.pack import PackedModel, read_pack
 from sertk.inference.vad import VadConfig, detect_speech
 from sertk.train.data import check_model_length

@@ -32,8 +32,8 @@ from sertk.errors import FeatureError, ProtocolError, SertkError
 from sertk.features.cmvn import CMVN_MODES, plain_state
 from sertk.features.encoder_cache import encoder_identity
 from sertk.features.extract import stream_layout
-from sertk.features.frontends import DUMP_INFO_KEY, build_frontends, parse_config
 from sertk.features.storage import CONFIG_FILE, is_feature_dump, read_dump_config
+from sertk.features.streams import DUMP_INFO_KEY, build_frontends, parse_config
 from sertk.fsutil import atomic_write_bytes, sha256_file
 from sertk.results import ENV_FILE, SUMMARY_KEYS, find_fold_dirs, resolve_path
 from sertk.score import score_decode_dir
@@ -74,7 +74,7 @@ class PackedModel:
 
     @property
     def feature_config(self) -> Dict[str, Any]:
-        """The feature config (loadable by sertk.features.frontends.parse_config), without the layout."""
+        """The feature config (loadable by sertk.features.streams.parse_config), without the layout."""
         return {k: v for k, v in self.meta["features"].items() if k != DUMP_INFO_KEY}
 
     @property
@@ -667,8 +667,9 @@ def _check_frontend_dims(packed: PackedModel, streams: List[str], where: str) ->
 
 
 def _built_elsewhere(spec) -> bool:
+    """Computed by another tool (openSMILE) or a pretrained encoder: not a torch stream (sertk.features.streams.base)."""
     parts = getattr(spec, "parts", None) or []
-    return hasattr(spec, "build") or any(_built_elsewhere(p) for p in parts)
+    return not spec.concatenable or any(_built_elsewhere(p) for p in parts)
 
 
 def _first_line(e: Exception) -> str:

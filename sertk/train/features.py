@@ -9,9 +9,9 @@ import numpy as np
 from sertk.data.datadir import DataDir
 from sertk.errors import FeatureError
 from sertk.features.cmvn import GlobalCMVN, Normalizer, cmvn_from_state_dict, make_cmvn
-from sertk.features.frontends import DUMP_INFO_KEY
 from sertk.features.segments import SegmentConfig
 from sertk.features.storage import feats_index, read_dump_config, read_feats
+from sertk.features.streams import DUMP_INFO_KEY
 
 Feats = Dict[str, Dict[str, np.ndarray]]   # stream -> utt -> [rows, dim]: frames, windows or one row
 

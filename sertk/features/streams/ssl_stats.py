@@ -11,22 +11,27 @@ EmoBox baselines pool, and it is about 1/300 of the frames on disk.
   `tail`, cut by `sertk.features.segments.segment_bounds`), so segment voting works as with frames; the
   model's segments must be these windows (training and decoding check it). The encoder still sees the
   whole utterance: windows pool its states, they do not cut the audio.
-The encoder options (`model`, `whisper_input`, ...) are the `ssl` stream's (sertk.features.ssl_streams).
+The encoder options (`model`, `whisper_input`, ...) are the `ssl` stream's (sertk.features.streams.ssl).
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import torch
 
 from sertk.errors import FeatureError
-from sertk.features.frontends import Stream, StreamConfig, check_option, register_stream_type
+from sertk.features.streams.base import Stream, StreamConfig, check_option
+from sertk.features.streams.registry import register_stream
 from sertk.features.segments import TAILS, SegmentConfig, SegmentError, segment_bounds
-from sertk.features.ssl_streams import EncoderConfig, EncoderInfo, EncoderStates
+from sertk.features.streams.ssl import EncoderConfig, EncoderInfo, EncoderStates
+
+if TYPE_CHECKING:
+    from sertk.features.streams.registry import BuildContext
 
 SPANS = ("utterance", "segment")
 STATISTICS = 2   # mean, std
 
 
+@register_stream("ssl_stats")
 @dataclass
 class SslStatsConfig(EncoderConfig):
     span: str = "utterance"        # utterance: one row | segment: one row per segment window
@@ -74,11 +79,8 @@ class SslStatsConfig(EncoderConfig):
         length, hop = self.window_frames(sample_rate)
         return {"grid": self._name, "length": length, "hop": hop, "tail": self.tail}
 
-    def build(self, sample_rate: int, streams: Dict[str, StreamConfig]) -> Stream:
-        return SslStatsStream(self, self.encoder(sample_rate), sample_rate)
-
-
-register_stream_type("ssl_stats", SslStatsConfig)
+    def build(self, ctx: "BuildContext") -> Stream:
+        return SslStatsStream(self, self.encoder(ctx.sample_rate), ctx.sample_rate)
 
 
 def pooled_statistics(states: List[torch.Tensor], bounds: List[Tuple[int, int]]) -> torch.Tensor:

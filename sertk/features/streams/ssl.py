@@ -29,12 +29,12 @@ Encoders by name or folder (`model`):
 Weights are never downloaded silently where there is no internet: a hub name must be in the local
 Hugging Face cache, else the error says how to give a local directory instead.
 
-`ssl_stats` (sertk.features.ssl_stats) stores pooled statistics of every hidden state instead of frames.
+`ssl_stats` (sertk.features.streams.ssl_stats) stores pooled statistics of every hidden state instead of frames.
 """
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import torch
 
@@ -42,7 +42,11 @@ from sertk.errors import FeatureError
 from sertk.features.ct2_whisper import (ct2_whisper_dims, is_ct2_whisper_folder, read_ct2_whisper,
                                         whisper_hidden_states, whisper_log_mel)
 from sertk.features.encoder_cache import is_named_encoder, resolve_named_encoder
-from sertk.features.frontends import Stream, StreamConfig, check_option, register_stream_type, stack_rows
+from sertk.features.streams.base import Stream, StreamConfig, check_option, stack_rows
+from sertk.features.streams.registry import register_stream
+
+if TYPE_CHECKING:
+    from sertk.features.streams.registry import BuildContext
 
 INSTALL_HINT = "pip install 'sertk[ssl]' (or pip install transformers)"
 WHISPER_INPUTS = ("utterance", "window")   # whisper_input: each piece's own length | the 30 s window
@@ -81,6 +85,7 @@ class EncoderConfig(StreamConfig):
         return self._info
 
 
+@register_stream("ssl")
 @dataclass
 class SslConfig(EncoderConfig):
     layer: int = -1                 # index into the hidden states: 0 front end, 1..L layers, -1 last
@@ -103,11 +108,8 @@ class SslConfig(EncoderConfig):
     def stacked_layers(self, sample_rate: int) -> Optional[int]:
         return self.encoder(sample_rate).states if self.all_layers else None
 
-    def build(self, sample_rate: int, streams: Dict[str, StreamConfig]) -> Stream:
-        return SslStream(self, self.encoder(sample_rate), sample_rate)
-
-
-register_stream_type("ssl", SslConfig)
+    def build(self, ctx: "BuildContext") -> Stream:
+        return SslStream(self, self.encoder(ctx.sample_rate), ctx.sample_rate)
 
 
 def _transformers():

@@ -26,14 +26,18 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from sertk.errors import FeatureError
-from sertk.features.frontends import Stream, StreamConfig, check_option, register_stream_type, stack_rows
+from sertk.features.streams.base import Stream, StreamConfig, check_option, stack_rows
+from sertk.features.streams.registry import register_stream
 from sertk.features.segments import TAILS, SegmentConfig, SegmentError, segment_bounds
+
+if TYPE_CHECKING:
+    from sertk.features.streams.registry import BuildContext
 
 INSTALL_HINT = "pip install 'sertk[opensmile]' (or pip install opensmile)"
 SPANS = ("segment", "utterance")
@@ -57,6 +61,7 @@ def _check_feature_set(name: str, where: str) -> None:
     check_option(name in FEATURE_SETS, where, f"feature_set must be one of {', '.join(FEATURE_SETS)}, not '{name}'")
 
 
+@register_stream("opensmile_lld")
 @dataclass
 class OpensmileLldConfig(StreamConfig):
     feature_set: str = "IS10"
@@ -87,10 +92,11 @@ class OpensmileLldConfig(StreamConfig):
     def dim(self) -> int:
         return FEATURE_SETS[self.feature_set].lld_dim * (2 if self.lld_deltas else 1)
 
-    def build(self, sample_rate: int, streams: Dict[str, StreamConfig]) -> Stream:
-        return OpensmileLld(self, sample_rate)
+    def build(self, ctx: "BuildContext") -> Stream:
+        return OpensmileLld(self, ctx.sample_rate)
 
 
+@register_stream("opensmile_functionals")
 @dataclass
 class OpensmileFunctionalsConfig(StreamConfig):
     feature_set: str = "IS10"
@@ -150,12 +156,8 @@ class OpensmileFunctionalsConfig(StreamConfig):
     def dim(self) -> int:
         return FEATURE_SETS[self.feature_set].functionals_dim
 
-    def build(self, sample_rate: int, streams: Dict[str, StreamConfig]) -> Stream:
-        return OpensmileFunctionals(self, sample_rate)
-
-
-register_stream_type("opensmile_lld", OpensmileLldConfig)
-register_stream_type("opensmile_functionals", OpensmileFunctionalsConfig)
+    def build(self, ctx: "BuildContext") -> Stream:
+        return OpensmileFunctionals(self, ctx.sample_rate)
 
 
 # --- modules ------------------------------------------------------------------------------------
