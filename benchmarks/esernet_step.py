@@ -20,7 +20,8 @@ import platform
 import torch
 
 from sertk.models import build_model, dropout_attention
-from sertk.train.loss import Objective, SegmentLoss
+from sertk.models.esernet_cue import ReconstructionObjective
+from sertk.train.loss import SegmentLoss
 from step_timer import step_seconds
 
 
@@ -30,7 +31,7 @@ def esernet_step(attn_dropout: float, batch_size: int, frames: int, repeat: int,
     dropout_attention.FAST_CPU_DROPOUT_ATTENTION = fast
     torch.manual_seed(0)
     model = build_model("esernet", 7, attn_dropout=attn_dropout).to(device)
-    objective = Objective(SegmentLoss(), 7, reconstruction_weight=0.5)
+    objective = ReconstructionObjective(SegmentLoss(), reconstruction_weight=0.5)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), weight_decay=0.01)
     batch = {"logmel": torch.randn(batch_size, frames, 128, device=device),
              "mask": torch.ones(batch_size, frames, dtype=torch.bool, device=device),

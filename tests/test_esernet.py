@@ -8,8 +8,8 @@ import torch
 
 from helpers import batch_for
 from sertk.models import ModelConfigError, build_model
-from sertk.models.esernet import (CombinedBlock, HierarchicalLayer, RelationshipPathway, merge_bins,
-                                  sample_frame_mask, word_assignment)
+from sertk.models.esernet import CombinedBlock, HierarchicalLayer, RelationshipPathway, merge_bins, word_assignment
+from sertk.models.esernet_cue import sample_frame_mask
 from sertk.models.transformer import PostNormLayer
 
 

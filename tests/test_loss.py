@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from sertk.models.esernet_cue import ReconstructionObjective, masked_frame_mse
 from sertk.train.data import SegmentDataset
-from sertk.train.loss import Objective, SegmentLoss, masked_frame_mse
+from sertk.train.loss import SegmentLoss
 
 
 def test_class_weights_are_torchs_weighted_mean():
@@ -60,6 +61,6 @@ def test_the_reconstruction_weight_mixes_the_two_losses():
            "reconstruction_mask": torch.ones(1, 1, 1, dtype=torch.bool)}
     batch = {"label": labels, "index": torch.arange(2)}
     ce = torch.nn.functional.cross_entropy(logits, labels).item()
-    objective = Objective(SegmentLoss(), 2, reconstruction_weight=0.25)
+    objective = ReconstructionObjective(SegmentLoss(), reconstruction_weight=0.25)
     assert objective(out, batch).item() == pytest.approx(0.75 * ce + 0.25 * 1.0)
     assert objective({"logits": logits}, batch).item() == pytest.approx(ce)

@@ -8,8 +8,9 @@ from torch import nn
 
 from helpers import batch_for
 from sertk.models import ModelConfigError, build_model
-from sertk.models.sd_caff import CHOICES, CrossAFF, DyReLUB, SDCAFFConfig, parameter_counts
-from sertk.train.loss import CenterLoss, Objective, SegmentLoss
+from sertk.models.sd_caff import (CHOICES, CenterLoss, CrossAFF, DyReLUB, SDCAFFConfig, SDCAFFObjective,
+                                  parameter_counts)
+from sertk.train.loss import SegmentLoss
 
 SMALL = {"lstm_hidden": 32, "lstm_pool": 8, "channels": [4, 8, 8, 8, 16], "inter_channels": 4}
 DD = {"stream_deltas": 2, "dynamic_inputs": ["mfcc", "delta", "delta2"]}   # the released code's 180-d input
@@ -174,7 +175,7 @@ def _outputs(batch=6, classes=4, seed=0):
 
 def test_objective_without_auxiliary_parts_is_the_segment_loss():
     out, batch = _outputs()
-    objective = Objective(SegmentLoss(), 4)
+    objective = SDCAFFObjective(SegmentLoss(), 4)
     assert not list(objective.parameters())
     torch.testing.assert_close(objective(out, batch), nn.functional.cross_entropy(out["logits"], batch["label"]))
 
@@ -182,8 +183,8 @@ def test_objective_without_auxiliary_parts_is_the_segment_loss():
 def test_objective_is_the_joint_loss_of_equation_8():
     torch.manual_seed(0)
     out, batch = _outputs()
-    objective = Objective(SegmentLoss(), 4, gender_weight=0.3, center_weight=0.15,
-                          center_dims={"emotion": 4, "gender": 2})
+    objective = SDCAFFObjective(SegmentLoss(), 4, gender_weight=0.3, center_weight=0.15,
+                                center_dims={"emotion": 4, "gender": 2})
     c_e, c_g = objective.centers["emotion"].centers, objective.centers["gender"].centers
     assert c_e.shape == (4, 4) and c_g.shape == (2, 2)
     ce = nn.functional.cross_entropy(out["logits"], batch["label"])
@@ -197,8 +198,8 @@ def test_objective_is_the_joint_loss_of_equation_8():
 
 def test_center_learning_rate_scales_only_the_emotion_centers():
     out, batch = _outputs()
-    objective = Objective(SegmentLoss(), 4, gender_weight=0.3, center_weight=0.15,
-                          center_dims={"emotion": 4, "gender": 2})
+    objective = SDCAFFObjective(SegmentLoss(), 4, gender_weight=0.3, center_weight=0.15,
+                                center_dims={"emotion": 4, "gender": 2})
     objective(out, batch).backward()
     before = {k: c.centers.grad.clone() for k, c in objective.centers.items()}
     objective.scale_center_gradients(0.1, 5e-4)
@@ -219,7 +220,7 @@ def test_overfits_a_small_batch_with_the_joint_loss():
     model = build_model("sd_caff", 4, **SMALL)
     batch = batch_for(model, batch=8, frames=40)
     batch.update(label=torch.arange(8) % 4, gender=torch.arange(8) // 4, index=torch.arange(8))
-    objective = Objective(SegmentLoss(), 4, 0.3, 0.15, model.center_dims)
+    objective = model.objective(SegmentLoss(), {"gender_weight": 0.3, "center_weight": 0.15, "center_lr": None})
     opt = torch.optim.Adam(itertools.chain(model.parameters(), objective.parameters()), lr=3e-3)
     model.train()
     for _ in range(60):

@@ -1,25 +1,21 @@
 """Model registry (timm style): `build_model(name, num_classes, **cfg)`.
 
-Each model file holds one family: an `nn.Module` whose `Config` dataclass carries the defaults
-(the spec's, for the published models), whose `streams` names the feature streams it reads,
-`stream_dims` their dims per frame, and `fixed_frames` the segment length in frames it was built
-for (None when it takes any length); `vector_streams`, when a model has it, names the streams it
-reads as one vector per segment (a segment- or utterance-level stream, e.g. functionals).
-`forward(batch)` takes a dict of padded tensors `{stream: [B, T, D] (vector streams [B, D]),
-"mask": [B, T] bool}` and returns a dict with `logits` [B, C] (plus any auxiliary outputs its loss
-needs).
+Each model file holds one family: a `SERModel` (sertk.models.base: the contract, with what every
+model declares, streams, stream_dims, fixed_frames and so on, and the hook for its own auxiliary
+losses) registered with `@register(name)`. The files in this package are imported on first use of
+the registry, so `import sertk` stays light and a new model is its file alone.
 """
 import dataclasses
 import importlib
+import pkgutil
 from typing import Callable, Dict, Type
 
-from torch import nn
-
 from sertk.errors import SertkError
+from sertk.models.base import Objective, SERModel
 
-_REGISTRY: Dict[str, Type[nn.Module]] = {}
-# model files imported on first use, so `import sertk` stays light
-_MODULES = ("crnn", "esernet", "esernet_swin", "mpaf_cnn", "msfpn", "sd_caff", "ssl_probe", "strl_ser")
+__all__ = ["ModelConfigError", "Objective", "SERModel", "available_models", "build_model", "check_choices",
+           "check_counts", "check_rates", "make_config", "model_class", "register"]
+_REGISTRY: Dict[str, Type[SERModel]] = {}
 
 
 class ModelConfigError(SertkError):
@@ -48,8 +44,13 @@ def check_rates(model: str, cfg, names) -> None:
             raise ModelConfigError(f"{model}: {name} must be in [0, 1), not {getattr(cfg, name)}")
 
 
-def register(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
-    def add(cls: Type[nn.Module]) -> Type[nn.Module]:
+def register(name: str) -> Callable[[Type[SERModel]], Type[SERModel]]:
+    def add(cls: Type[SERModel]) -> Type[SERModel]:
+        if not (isinstance(cls, type) and issubclass(cls, SERModel)):
+            raise TypeError(f"model '{name}': {getattr(cls, '__name__', cls)} must subclass "
+                            "sertk.models.base.SERModel")
+        if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
+            raise TypeError(f"model '{name}': {cls.__name__} needs a Config dataclass of its options")
         if name in _REGISTRY:
             raise RuntimeError(f"model '{name}' registered twice")
         cls.name = name
@@ -59,8 +60,8 @@ def register(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
 
 
 def _load_all() -> None:
-    for module in _MODULES:
-        importlib.import_module(f"sertk.models.{module}")
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
 
 def available_models():
@@ -68,7 +69,7 @@ def available_models():
     return sorted(_REGISTRY)
 
 
-def model_class(name: str) -> Type[nn.Module]:
+def model_class(name: str) -> Type[SERModel]:
     _load_all()
     if name not in _REGISTRY:
         raise ModelConfigError(f"unknown model '{name}'; available: {', '.join(sorted(_REGISTRY))}")
@@ -85,5 +86,5 @@ def make_config(name: str, **cfg):
     return cls.Config(**cfg)
 
 
-def build_model(name: str, num_classes: int, **cfg) -> nn.Module:
+def build_model(name: str, num_classes: int, **cfg) -> SERModel:
     return model_class(name)(num_classes, make_config(name, **cfg))

@@ -11,7 +11,7 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from sertk.models import register
+from sertk.models import SERModel, register
 from sertk.models.pooling import AttentionPooling, downsample_mask
 from sertk.models.sequence import run_lstm
 
@@ -32,7 +32,7 @@ class CRNNConfig:
 
 
 @register("crnn")
-class CRNN(nn.Module):
+class CRNN(SERModel):
     Config = CRNNConfig
 
     def __init__(self, num_classes: int, cfg: CRNNConfig):

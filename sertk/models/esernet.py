@@ -13,7 +13,8 @@ Input: one 8 s segment (800 frames, padded with a mask) of 128-band dB log-mel, 
 - Cue pathway (3.1): 15 % of the valid frames hidden in 7-frame spans (training only), s' = s (1 - m) +
   Linear(1 -> 128)(m) + positions, 4 post-LN Transformer layers whose keys skip hidden and padded
   frames, a Linear(128 -> 128) head that rebuilds the hidden frames (MSE, loss.reconstruction_weight)
-  and c = the mean of the last states over valid frames [B, 128].
+  and c = the mean of the last states over valid frames [B, 128]. It, its loss (`ReconstructionObjective`)
+  and the fused classifier are shared with esernet_swin: sertk.models.esernet_cue.
 - Relationship pathway (3.2): LN + positions; 10 learnable word tokens; Step I (800 tokens, window 5,
   2 layers), combined block (average over 5 -> 160 tokens, Linear + LN), Step II (window 9, 2 layers),
   combined block (-> 32), Step III (window 9, 4 layers), combined block (adaptive, 32 -> 10: 800 ms);
@@ -34,15 +35,16 @@ the README's results table and egs/*/RESULTS.md.
 """
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sertk.models import ModelConfigError, check_choices, check_counts, check_rates, register
+from sertk.models import ModelConfigError, check_choices, check_counts, register
+from sertk.models.esernet_cue import CueOptions, CuePathway, ESERNetBase, check_cue_options
 from sertk.models.sequence import masked_mean
-from sertk.models.transformer import MultiHeadAttention, PostNormLayer, sinusoidal_positions, xavier_linears
+from sertk.models.transformer import PostNormLayer, sinusoidal_positions, xavier_linears
 
 CHOICES = {
     "fusion": ("late_concat", "shared_stem", "none"),
@@ -50,28 +52,6 @@ CHOICES = {
     "word_softmax": ("joint", "split"),
     "word_assignment": ("segment", "proportional"),
 }
-
-
-@dataclass
-class CueOptions:
-    """What ESERNet and esernet_swin share: the input, the crucial cue pathway (3.1), fusion, classifier."""
-    stream: str = "logmel"            # [T, n_mels], normalised so that 0 is the average (2, 8.10)
-    n_mels: int = 128                 # [SF++]
-    max_frames: int = 800             # T_max: 8 s of 10 ms frames [D]; longer segments are refused
-    dropout: float = 0.1              # in every Transformer layer [SF++]
-    attn_dropout: float = 0.1         # on attention weights [SF++]
-    ffn_ratio: float = 4.0            # FFN hidden = ratio x width [D] (SF++: 0.5)
-    cue_pathway: bool = True          # false: no cue pathway (Table 5's "S-former pathway" / "ST pathway")
-    cue_depth: int = 4                # M [D]
-    cue_heads: int = 8                # [D]
-    cue_residual: bool = True         # false: Eq. 2 as printed, LN(MSAT(h)) without the residual [D]
-    cue_key_mask: bool = True         # hidden frames are not keys, so they must be rebuilt from context [D]
-    cue_positions: bool = True        # sinusoidal positions on s' [D]
-    mask_rate: float = 0.15           # alpha: share of valid frames hidden per utterance [D]
-    mask_span: int = 7                # frames per hidden span (70 ms) [D]
-    fusion: str = "late_concat"       # late_concat: classifier on [r; c] | shared_stem | none (3.4) [D]
-    classifier_hidden: int = 128      # (3.3) [D]
-    classifier_dropout: float = 0.5   # [SF++]
 
 
 @dataclass
@@ -90,15 +70,6 @@ class ESERNetConfig(CueOptions):
     word_assignment: str = "segment"
     utterance_depth: int = 4          # global layers after the last combined block [SF++]
     standard_depth: int = 4           # backbone standard: global layers over the frames [D]
-
-
-def check_cue_options(model: str, cfg: CueOptions) -> None:
-    check_counts(model, cfg, ("n_mels", "max_frames", "cue_depth", "cue_heads", "mask_span", "classifier_hidden"))
-    if cfg.n_mels % cfg.cue_heads:
-        raise ModelConfigError(f"{model}: n_mels {cfg.n_mels} must divide into cue_heads {cfg.cue_heads}")
-    check_rates(model, cfg, ("mask_rate", "dropout", "attn_dropout", "classifier_dropout"))
-    if cfg.ffn_ratio <= 0:
-        raise ModelConfigError(f"{model}: ffn_ratio must be > 0, not {cfg.ffn_ratio}")
 
 
 def _check(cfg: ESERNetConfig) -> None:
@@ -314,101 +285,6 @@ class RelationshipPathway(nn.Module):
         for layer in self.utterance:
             tokens = layer(tokens, token_valid)
         return masked_mean(tokens, token_valid)
-
-
-def sample_frame_mask(valid: torch.Tensor, rate: float, span: int) -> torch.Tensor:
-    """Mockingjay-style spans to hide [B, T] (True: hidden): about `rate` of each utterance's valid frames
-    in spans of `span` frames (shorter for utterances of few frames), starts uniform, never padding,
-    never every frame. Uses torch's global generator (seeded per epoch by the trainer)."""
-    lengths = valid.sum(1)
-    span_len = torch.minimum(torch.full_like(lengths, span), (lengths - 1).clamp(min=0))
-    counts = torch.where(span_len > 0, (rate * lengths / span_len.clamp(min=1)).round().clamp(min=1), 0)
-    if rate <= 0 or int(counts.max()) == 0:
-        return torch.zeros_like(valid)
-    n_spans = int(counts.max())
-    starts = (torch.rand(valid.shape[0], n_spans, device=valid.device)
-              * (lengths - span_len + 1)[:, None]).floor().long()
-    pos = torch.arange(valid.shape[1], device=valid.device)
-    inside = (pos >= starts[..., None]) & (pos < (starts + span_len[:, None])[..., None])   # [B, spans, T]
-    used = torch.arange(n_spans, device=valid.device)[None, :] < counts[:, None]
-    return (inside & used[..., None]).any(1) & valid
-
-
-class CuePathway(nn.Module):
-    """3.1: hide frames, add the mask embedding Linear(1 -> F) and positions, M post-LN layers whose keys
-    skip hidden frames, a Linear recover head; c = mean of the last states over valid frames. `stem`
-    (fusion shared_stem) replaces its first layers by the relationship pathway's (embedding included)."""
-
-    def __init__(self, cfg: CueOptions, stem: Optional[RelationshipPathway] = None):
-        super().__init__()
-        self.cfg, self.dim = cfg, cfg.n_mels
-        self.mask_embedding = nn.Linear(1, cfg.n_mels)
-        if cfg.cue_positions:
-            self.register_buffer("positions", sinusoidal_positions(cfg.max_frames, cfg.n_mels), persistent=False)
-        own = cfg.cue_depth - (len(stem.stem_layers()) if stem is not None else 0)
-        self.layers = nn.ModuleList(PostNormLayer(cfg.n_mels, cfg.cue_heads, int(round(cfg.ffn_ratio * cfg.n_mels)),
-                                                  cfg.dropout, cfg.attn_dropout, cfg.cue_residual)
-                                    for _ in range(own))
-        self.recover = nn.Linear(cfg.n_mels, cfg.n_mels)
-        self._stem = [stem]   # a plain list: the stem's parameters belong to the relationship pathway
-
-    def forward(self, s: torch.Tensor, valid: torch.Tensor) -> Dict[str, torch.Tensor]:
-        hidden = sample_frame_mask(valid, self.cfg.mask_rate, self.cfg.mask_span) if self.training \
-            else torch.zeros_like(valid)
-        m = hidden.to(s.dtype)[..., None]
-        h = s * (1 - m) + self.mask_embedding(m)
-        key_valid = valid & ~hidden if self.cfg.cue_key_mask else valid
-        stem = self._stem[0]
-        if stem is not None:
-            h, _ = stem.run_stem(stem.embed(h), key_valid, stem.stem_words(s.shape[0]))
-        elif self.cfg.cue_positions:
-            h = h + self.positions[:s.shape[1]]
-        for layer in self.layers:
-            h = layer(h, key_valid)
-        return {"cue": masked_mean(h, valid), "reconstruction": self.recover(h),
-                "reconstruction_target": s, "reconstruction_mask": hidden}
-
-
-class ESERNetBase(nn.Module):
-    """What ESERNet and its literal-Swin variant share: the stream checks, trimming the all-padding tail,
-    the cue pathway and the fused classifier; subclasses give `relationship(x, valid)` and its width."""
-
-    tasks = ("emotion", "reconstruction")
-
-    def _init_streams(self, cfg) -> None:
-        self.streams = (cfg.stream,)
-        self.stream_dims = {cfg.stream: cfg.n_mels}
-        self.fixed_frames = None
-        self.max_frames = cfg.max_frames
-
-    def _init_head(self, cfg, relationship_dim: int, num_classes: int) -> None:
-        fused = relationship_dim + (cfg.n_mels if cfg.cue_pathway and cfg.fusion == "late_concat" else 0)
-        self.classifier = nn.Sequential(nn.Linear(fused, cfg.classifier_hidden), nn.ReLU(),
-                                        nn.Dropout(cfg.classifier_dropout),
-                                        nn.Linear(cfg.classifier_hidden, num_classes))
-
-    def relationship(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        cfg = self.cfg
-        x, valid = batch[cfg.stream], batch["mask"]
-        if x.shape[-1] != cfg.n_mels:
-            raise ValueError(f"{self.name} expects {cfg.n_mels} mel bands, got {x.shape[-1]}")
-        if x.shape[1] > cfg.max_frames:
-            raise ValueError(f"{self.name} takes at most model.max_frames = {cfg.max_frames} frames, got {x.shape[1]}")
-        keep = max(1, int(valid.sum(1).max()))      # every position is fixed on the max_frames grid, so
-        x, valid = x[:, :keep] * valid[:, :keep, None], valid[:, :keep]   # the padded tail can go
-        out: Dict[str, torch.Tensor] = {}
-        features = [self.relationship(x, valid)]
-        if cfg.cue_pathway and (self.training or cfg.fusion == "late_concat"):
-            cue = self.cue(x, valid)
-            if self.training:
-                out.update({k: v for k, v in cue.items() if k.startswith("reconstruction")})
-            if cfg.fusion == "late_concat":
-                features.append(cue["cue"])
-        out["logits"] = self.classifier(torch.cat(features, dim=-1))
-        return out
 
 
 @register("esernet")

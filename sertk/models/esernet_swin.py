@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from typing import List
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from sertk.models import ModelConfigError, check_choices, register
-from sertk.models.esernet import CueOptions, CuePathway, ESERNetBase, check_cue_options
+from sertk.models.esernet_cue import CueOptions, CuePathway, ESERNetBase, check_cue_options
 from sertk.models.swin import SwinBackbone, SwinConfig
 from sertk.models.transformer import xavier_linears
 

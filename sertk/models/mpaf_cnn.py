@@ -40,7 +40,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from sertk.models import ModelConfigError, check_choices, check_counts, check_rates, register
+from sertk.models import ModelConfigError, SERModel, check_choices, check_counts, check_rates, register
 from sertk.models.pooling import zero_padded_frames
 from sertk.models.sequence import masked_mean, masked_softmax, run_lstm
 
@@ -248,7 +248,7 @@ class FineGrainedFusion(nn.Module):
 
 
 @register("mpaf_cnn")
-class MPAFCNN(nn.Module):
+class MPAFCNN(SERModel):
     Config = MPAFCNNConfig
 
     def __init__(self, num_classes: int, cfg: MPAFCNNConfig):

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sertk.models import ModelConfigError, check_choices, check_counts, check_rates, register
+from sertk.models import ModelConfigError, SERModel, check_choices, check_counts, check_rates, register
 from sertk.models.sequence import masked_mean, run_lstm
 from sertk.models.transformer import MultiHeadAttention, banded_attention
 
@@ -169,7 +169,7 @@ class LevelFusion(nn.Module):
 # --- the model --------------------------------------------------------------------------------------
 
 @register("msfpn")
-class MSFPN(nn.Module):
+class MSFPN(SERModel):
     Config = MSFPNConfig
 
     def __init__(self, num_classes: int, cfg: MSFPNConfig):

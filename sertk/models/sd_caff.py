@@ -15,7 +15,7 @@ Input: one 6 s clip per utterance after silence removal (features `sd_caff`: 60 
 - Cross AFF (3.3): W_S = σ(L_S(X_S) + g_D(X_D)), W_D = σ(L_D(X_D) + g_S(X_S)), each global branch
   sized to the other branch's channels; z = [GAP(X_S ⊙ W_S) ‖ GAP(X_D ⊙ W_D)] (192-d).
 - Heads (3.4): emotion logits, gender logits, and one linear "center" embedding per task that only
-  the center loss reads (sertk.train.loss.Objective: 0.7 (CE + 0.15 center) + 0.3 (CE + 0.15 center)).
+  the center loss reads (`SDCAFFObjective`: 0.7 (CE + 0.15 center) + 0.3 (CE + 0.15 center)).
 The ablation baselines of 3.5 (cnn, lstm, concat) are `architecture` values.
 
 Padded frames (a batch of unequal clips) are excluded everywhere: zeroed before every convolution,
@@ -24,23 +24,26 @@ clip's posteriors depend on its own frames only. On the 251-frame clips of the p
 nothing is padded and the model computes the spec's equations as they stand.
 
 Parameters with the defaults and 4 classes: 4,949,998 (spec 9: 4,949,998 plus 20 center values,
-which sertk keeps in the loss). Results: the paper reports WA 75.78 / UA 74.89 on IEMOCAP improvised
+which sertk keeps in `SDCAFFObjective`). Results: the paper reports WA 75.78 / UA 74.89 on IEMOCAP improvised
 4-class with random utterance-level 5-fold (speakers shared) and the best epoch chosen on the test
 fold (6.2-6.3); sertk's EmoDB and RAVDESS runs are speaker-independent with the checkpoint chosen on
 dev, so the numbers are not comparable; they are in docs/models/sd_caff.md, with the commands that
 produced them, and egs/*/RESULTS.md.
 """
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from sertk.models import ModelConfigError, check_choices, check_counts, check_rates, register
+from sertk.models import ModelConfigError, SERModel, check_choices, check_counts, check_rates, register
+from sertk.models.base import EmotionLoss, Objective
 from sertk.models.pooling import masked_time_mean, zero_padded_frames
 from sertk.models.sequence import masked_mean, run_lstm
 
 BLOCKS = ("mfcc", "delta", "delta2")   # the stream's blocks, in order: MFCC, its delta, its delta-delta
+GENDER_CLASSES = 2   # utt2gen f, m (sertk.data.validate.GENDERS, whose order gives the labels)
 CHOICES = {
     "architecture": ("sd_caff", "cnn", "lstm", "concat"),
     "activation": ("dyrelu_b", "relu"),
@@ -209,7 +212,7 @@ class CrossAFF(nn.Module):
 
 
 @register("sd_caff")
-class SDCAFF(nn.Module):
+class SDCAFF(SERModel):
     Config = SDCAFFConfig
 
     def __init__(self, num_classes: int, cfg: SDCAFFConfig):
@@ -229,13 +232,18 @@ class SDCAFF(nn.Module):
                  "cnn": cfg.channels[-1], "lstm": cfg.lstm_hidden}[arch]
         self.embedding_dim = width
         self.emotion = nn.Linear(width, num_classes)
-        self.gender = nn.Linear(width, 2) if cfg.gender_head else None
+        self.gender = nn.Linear(width, GENDER_CLASSES) if cfg.gender_head else None
         self.emotion_center = nn.Linear(width, cfg.center_dim or num_classes) if cfg.center_heads else None
-        self.gender_center = nn.Linear(width, cfg.center_dim or 2) if cfg.center_heads and cfg.gender_head else None
-        # what the trainer's Objective may ask of this model (sertk.train.loss)
+        self.gender_center = nn.Linear(width, cfg.center_dim or GENDER_CLASSES) \
+            if cfg.center_heads and cfg.gender_head else None
+        # the loss weights it serves (sertk.models.base.SERModel): loss.gender_weight, loss.center_weight
         self.tasks = ("emotion", "gender") if cfg.gender_head else ("emotion",)
         self.center_dims = {task: head.out_features for task, head in
                             (("emotion", self.emotion_center), ("gender", self.gender_center)) if head is not None}
+
+    def objective(self, emotion: EmotionLoss, loss: Mapping[str, Any]) -> "SDCAFFObjective":
+        return SDCAFFObjective(emotion, self.emotion.out_features, loss["gender_weight"], loss["center_weight"],
+                               self.center_dims, loss["center_lr"])
 
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, mask = batch[self.cfg.stream], batch["mask"]
@@ -286,6 +294,71 @@ class SDCAFF(nn.Module):
                 f"{self.cfg.stream_deltas})); set model.n_mfcc / model.stream_deltas to match the features")
         if self.static is not None and x.shape[1] < self.static.min_frames:
             raise ModelConfigError(f"sd_caff: its CNN needs at least {self.static.min_frames} frames, got {x.shape[1]}")
+
+
+class CenterLoss(nn.Module):
+    """Wen et al. 2016: the mean over labelled samples of ||e_i - c_{y_i}||^2, distances clamped to
+    [1e-12, 1e12] (the KaiyangZhou implementation SD-CAFF uses); centers start as randn(classes, dim)."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.centers = nn.Parameter(torch.randn(num_classes, dim))
+
+    def forward(self, embedding: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        known = labels >= 0
+        if not bool(known.any()):
+            return embedding.sum() * 0.0
+        diff = embedding[known] - self.centers[labels[known]]
+        return diff.square().sum(dim=1).clamp(1e-12, 1e12).mean()
+
+
+class SDCAFFObjective(Objective):
+    """SD-CAFF's joint loss (spec 4):
+
+        (1 - g) (CE_emotion + λ center_emotion) + g (CE_gender + λ center_gender)
+
+    with g = loss.gender_weight and λ = loss.center_weight; with both 0 it is the emotion loss alone. The emotion
+    CE is the trainer's (class- and utterance-weighted); the gender CE is plain, over segments whose gender is
+    known (batch["gender"] >= 0). The centers are parameters here (state "centers.<task>.centers"), trained with
+    the model's optimizer; center_dims gives each task's embedding width (the model's `center_dims`)."""
+
+    def __init__(self, emotion: EmotionLoss, num_classes: int, gender_weight: float = 0.0,
+                 center_weight: float = 0.0, center_dims: Optional[Mapping[str, int]] = None,
+                 center_lr: Optional[float] = None):
+        super().__init__(emotion)
+        self.gender_weight, self.center_weight, self.center_lr = gender_weight, center_weight, center_lr
+        self.centers = nn.ModuleDict()
+        if center_weight > 0:
+            self.centers["emotion"] = CenterLoss(num_classes, center_dims["emotion"])
+            if gender_weight > 0:
+                self.centers["gender"] = CenterLoss(GENDER_CLASSES, center_dims["gender"])
+
+    def forward(self, out: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = self.emotion_loss(out, batch)
+        if "emotion" in self.centers:
+            loss = loss + self.center_weight * self.centers["emotion"](out["center_embedding"].float(), batch["label"])
+        if self.gender_weight <= 0:
+            return loss
+        gender = batch["gender"]
+        known = gender >= 0
+        gen_loss = F.cross_entropy(out["gender_logits"].float()[known], gender[known]) if bool(known.any()) \
+            else out["gender_logits"].sum() * 0.0
+        if "gender" in self.centers:
+            gen_loss = gen_loss + self.center_weight * self.centers["gender"](
+                out["gender_center_embedding"].float(), gender)
+        return (1 - self.gender_weight) * loss + self.gender_weight * gen_loss
+
+    def after_backward(self, lr: float) -> None:
+        if self.center_lr is not None:
+            self.scale_center_gradients(self.center_lr, lr)
+
+    def scale_center_gradients(self, center_lr: float, lr: float) -> None:
+        """SD-CAFF's center-loss learning rate (spec 4, lr_cent, loss.center_lr): after backward, the emotion
+        centers' gradients times center_lr / (center_weight * lr), a leftover of SGD center-loss code that Adam's
+        normalisation all but cancels; the gender centers are left alone, as in the released code."""
+        centers = self.centers["emotion"].centers if "emotion" in self.centers else None
+        if centers is not None and centers.grad is not None:
+            centers.grad.mul_(center_lr / (self.center_weight * lr))
 
 
 def parameter_counts(model: SDCAFF) -> Dict[str, int]:

@@ -16,7 +16,7 @@ from typing import Dict, Optional, Union
 import torch
 from torch import nn
 
-from sertk.models import ModelConfigError, check_choices, check_counts, check_rates, register
+from sertk.models import ModelConfigError, SERModel, check_choices, check_counts, check_rates, register
 
 HEADS = ("linear", "mlp")
 POOLED = ("all", "sum")
@@ -37,7 +37,7 @@ class SslProbeConfig:
 
 
 @register("ssl_probe")
-class SslProbe(nn.Module):
+class SslProbe(SERModel):
     Config = SslProbeConfig
 
     def __init__(self, num_classes: int, cfg: SslProbeConfig):

@@ -32,7 +32,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from sertk.models import ModelConfigError, check_choices, register
+from sertk.models import ModelConfigError, SERModel, check_choices, register
 from sertk.models.sequence import masked_mean, masked_softmax, run_lstm
 
 CHOICES = {
@@ -170,7 +170,7 @@ class MultiHeadFusion(nn.Module):
 
 
 @register("strl_ser")
-class STRLSER(nn.Module):
+class STRLSER(SERModel):
     Config = STRLSERConfig
 
     def __init__(self, num_classes: int, cfg: Optional[STRLSERConfig] = None):

@@ -120,7 +120,7 @@ class SegmentDataset(Dataset):
 
 def check_model_length(model, dataset: SegmentDataset, where: str) -> None:
     """A model built for at most `max_frames` frames (e.g. ESERNet's word tokens) refuses longer segments."""
-    limit = getattr(model, "max_frames", None)
+    limit = model.max_frames
     if limit is not None and dataset.length > limit:
         raise SertkError(f"{where}: segments of {dataset.length} frames, but model {model.name} takes at most "
                          f"model.max_frames = {limit}; set segments.length to at most {limit} frames' worth")

@@ -15,6 +15,7 @@ from torch.utils.data import BatchSampler, RandomSampler
 
 from sertk.data.datadir import DataDir
 from sertk.features.segments import SegmentConfig
+from sertk.models.base import SERModel
 from sertk.train.config import ConfigError
 from sertk.train.data import SegmentDataset, check_model_length, length_batches
 from sertk.train.distributed import Ranks
@@ -28,7 +29,7 @@ class Fold:
     train_dd: DataDir
     dev_dd: DataDir
     classes: List[str]
-    model: torch.nn.Module       # as `make_model` built it: the caller puts it behind the layout's layer sums
+    model: SERModel              # as `make_model` built it: the caller puts it behind the layout's layer sums
     norm: Normalization          # the fold's statistics (from its training part)
     layout: StreamLayout         # what the dump says about the streams the model reads
     train_set: SegmentDataset
@@ -36,7 +37,7 @@ class Fold:
 
 
 def load_fold(config: Dict[str, Any], fold_dir: Path, dump_dir: Path,
-              make_model: Callable[[int], torch.nn.Module]) -> Fold:
+              make_model: Callable[[int], SERModel]) -> Fold:
     """The fold in `fold_dir` (train/, dev/) with its features from `dump_dir`, for the model that
     `make_model(number of classes)` builds, segmented as config["segments"] says."""
     train_dd, dev_dd = DataDir.load(fold_dir / "train"), DataDir.load(fold_dir / "dev")
@@ -50,7 +51,7 @@ def load_fold(config: Dict[str, Any], fold_dir: Path, dump_dir: Path,
     seg = SegmentConfig.from_config(config["segments"])
     layout = StreamLayout.for_model(dump_dir, model)
     length, hop = layout.frames(seg)
-    fixed = getattr(model, "fixed_frames", None)
+    fixed = model.fixed_frames
     if fixed is not None and fixed != length:
         raise ConfigError(f"model {config['model']['name']} takes {fixed}-frame segments, but segments.length "
                           f"{seg.length} s is {length} frames of {layout.frame_shift} s; set model.frames={length}")

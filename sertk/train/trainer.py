@@ -6,9 +6,10 @@ from seeds derived from (seed, epoch) and last.pt is written at every epoch's en
 was interrupted and resumed ends with the same weights as one that never stopped.
 
 This module runs the loop; its parts live beside it: the fold's data (sertk.train.folddata), the objective
-(sertk.train.loss.build_objective), the optimizer and schedule (sertk.train.optim), what an epoch reports
-to train.log and TensorBoard (sertk.train.reporter). Config values are checked when the config is loaded
-(sertk.train.config); what is checked here needs the run: a resumed run's config, the processes.
+(sertk.train.loss.build_objective: the model's own, see sertk.models.base), the optimizer and schedule
+(sertk.train.optim), what an epoch reports to train.log and TensorBoard (sertk.train.reporter). Config values
+are checked when the config is loaded (sertk.train.config); what is checked here needs the run: a resumed
+run's config, the processes.
 """
 import copy
 import logging
@@ -217,9 +218,7 @@ class _Run:
             self.optimizer.zero_grad(set_to_none=True)
             # DDP averages gradients over processes: scaled by its share, each piece weighs as in one batch
             (loss * self.ranks.share(piece, self.global_batch) if self.ranks.distributed else loss).backward()
-            if self.config["loss"]["center_lr"] is not None:
-                self.objective.scale_center_gradients(self.config["loss"]["center_lr"],
-                                                      self.optimizer.param_groups[0]["lr"])
+            self.objective.after_backward(self.optimizer.param_groups[0]["lr"])   # e.g. SD-CAFF's center_lr
             if self.config["train"]["grad_clip"]:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["train"]["grad_clip"])
             self.optimizer.step()
