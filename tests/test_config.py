@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from sertk.models import ModelConfigError
@@ -78,3 +80,32 @@ def test_the_ravdess_strl_ser_config_changes_only_the_ravdess_set_up():
                if shared[section][key] != ravdess[section][key]}
     assert changed == {("model", "time_kernel"), ("features", "tag"), ("segments", "length"), ("segments", "hop")}
     assert (ravdess["model"]["time_kernel"], ravdess["segments"]["length"], ravdess["segments"]["hop"]) == (3, 1.4, 0.7)
+
+
+GET = ("import sys\nfrom sertk.cli import main\nsys.argv = ['sertk', 'config', 'get', {conf!r}, {key!r}]\n"
+       "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\nprint('torch' in sys.modules, code)")
+
+
+@pytest.mark.parametrize("key, value, torch_loaded", [("features.tag", "whisper_base", False),
+                                                      ("model.input_projection", "64", True)])
+def test_config_get_of_a_feature_key_does_not_import_torch(key, value, torch_loaded):
+    """The recipe reads features.tag before every run: without the models (and torch) that is a fraction of
+    a second; a model key still resolves the model's options."""
+    import subprocess
+    import sys
+    conf = str(Path(__file__).resolve().parents[1] / "egs" / "TEMPLATE" / "conf" / "models" / "crnn_whisper.yaml")
+    done = subprocess.run([sys.executable, "-c", GET.format(conf=conf, key=key)], capture_output=True, text=True)
+    lines = done.stdout.split()
+    assert lines == [value, str(torch_loaded), "0"], done.stdout + done.stderr
+
+
+def test_config_get_without_the_model_still_checks_the_rest(tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("model: {name: crnn, n_mels: 40}\nfeatures: {tag: mine}\n")
+    light = load_config(conf, ["train.epochs=3"], models=False)
+    assert light["model"] == {"name": "crnn", "n_mels": 40} and light["features"]["tag"] == "mine"
+    assert light["train"]["epochs"] == 3
+    with pytest.raises(ConfigError, match="features.cmvn must be one of"):
+        load_config(conf, ["features.cmvn=bogus"], models=False)
+    with pytest.raises(ConfigError, match="train.epochs must be an integer >= 1"):
+        load_config(conf, ["train.epochs=0"], models=False)

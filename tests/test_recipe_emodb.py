@@ -122,3 +122,18 @@ def test_scale_out_on_slurm(slurm, recipe, tmp_path, monkeypatch):
     assert len(logs) == 2 and all("(slurm job" in p.read_text() for p in logs)
     assert sorted(p.name for p in (recipe / "dump" / "logmel64" / "logmel").glob("*.ark")) == \
         ["feats.1.ark", "feats.2.ark"]
+
+
+def test_stage_2_of_a_small_corpus_is_one_in_process_pass(recipe, tmp_path):
+    """--nj auto (the default): under split_hours of audio on the local backend, no jobs and no merge (each
+    would pay a Python and torch start-up); a corpus over the limit is split into jobs of whole speakers."""
+    corpus = make_emodb(tmp_path / "corpus", speakers=["03", "08", "09", "10"], texts=["a01"])
+    run_recipe(recipe, "--emodb_root", corpus, "--stop_stage", "2")
+    logs = recipe / "dump" / "log"
+    assert not list(logs.glob("logmel64.extract.*.log")) if logs.is_dir() else True
+    assert (recipe / "dump" / "logmel64" / "logmel" / "feats.scp").is_file()
+    for scp in (recipe / "dump" / "logmel64").rglob("feats.scp"):
+        scp.unlink()   # forces stage 2 to run again, now over the (zero-hour) limit
+    run_recipe(recipe, "--emodb_root", corpus, "--stage", "2", "--stop_stage", "2", "--split_hours", "0")
+    assert sorted(p.name for p in logs.glob("logmel64.extract.*.log")) == \
+        [f"logmel64.extract.{k}.log" for k in (1, 2, 3, 4)]

@@ -25,7 +25,9 @@
 # last good command, is written only once the run's stages have succeeded.
 #
 # Scale-out: cmd.sh in the recipe picks the backend of the parallel jobs (local process pool or Slurm,
-# options in conf/slurm.yaml); --nj N > 1 splits stage 2 into N jobs of whole speakers, --fold_jobs K
+# options in conf/slurm.yaml); --nj N > 1 splits stage 2 into N jobs of whole speakers (--nj auto, the
+# default: one in-process pass on the local backend when the corpus has under split_hours of audio, where
+# a job's Python and torch start-up would cost more than it saves; else 4 jobs), --fold_jobs K
 # trains K folds at a time (a log per fold in exp/<protocol>/<model>/log/). --ngpu N > 1 (or --nproc N
 # on CPUs) trains each fold in N processes under torchrun (DistributedDataParallel); --torchrun_args
 # replaces its default --standalone for several nodes (e.g. "--nnodes 2 --node_rank 0 --rdzv_backend c10d
@@ -45,7 +47,8 @@ folds=${folds:-all}          # e.g. 1,3 to run only those folds
 ngpu=${ngpu:-0}              # 0: CPU; 1: one GPU; N > 1: training in N processes, a GPU each (torchrun)
 nproc=${nproc:-0}            # training processes per node; 0: ngpu's (1 on CPU); N > 1 on CPU: gloo DDP
 torchrun_args=${torchrun_args:---standalone}   # torchrun's rendezvous options (several nodes: see above)
-nj=${nj:-2}                  # feature-extraction jobs; N > 1: N jobs of whole speakers on the backend
+nj=${nj:-auto}               # feature-extraction jobs; N > 1: N jobs of whole speakers on the backend; auto: see above
+split_hours=${split_hours:-5}  # --nj auto splits stage 2 into jobs only for a corpus longer than this
 fold_jobs=${fold_jobs:-1}    # folds trained at a time, on the backend
 [ ! -f cmd.sh ] || . ./cmd.sh   # backend=local | slurm
 backend=${backend:-local}
@@ -59,7 +62,7 @@ corpus=${corpus:?run.sh must set corpus}
 root_var="${corpus}_root"
 # shellcheck disable=SC2034  # read by parse_options.sh
 help_message="Usage: $0 [--stage N] [--stop_stage M] [--model NAME] [--protocol NAME] [--folds 1,3]
-          [--ngpu K] [--nproc P] [--torchrun_args ...] [--nj J] [--fold_jobs F] [--backend local|slurm]
+          [--ngpu K] [--nproc P] [--torchrun_args ...] [--nj auto|J] [--split_hours H] [--fold_jobs F] [--backend local|slurm]
           [--${root_var} PATH] [--train_args \"--set key=value ...\"] [--decode_args ...] [--extract_args ...]
           [--prepare_args ...] [--cross_corpus NAME --cross_root PATH]${recipe_help:+
           $recipe_help}"
@@ -67,7 +70,7 @@ help_message="Usage: $0 [--stage N] [--stop_stage M] [--model NAME] [--protocol 
 # The options: ser.sh's own, the corpus root and those the recipe documents in recipe_help. Only these
 # are parsed, so a mistyped or stray `--PATH`/`--corpus` is an error instead of a changed script.
 printf -v "$root_var" '%s' "${!root_var:-}"   # a recipe that sets no default root still has the option
-script_options=(stage stop_stage model protocol folds ngpu nproc torchrun_args nj fold_jobs backend
+script_options=(stage stop_stage model protocol folds ngpu nproc torchrun_args nj split_hours fold_jobs backend
                 train_args decode_args extract_args prepare_args cross_corpus cross_root "$root_var")
 rest=${recipe_help:-}
 while [[ $rest =~ \[--([A-Za-z_][A-Za-z0-9_-]*)(.*)$ ]]; do
@@ -108,8 +111,9 @@ conf_file() {  # conf/<path> from the recipe when it has one, else the shared de
 }
 model_conf=$(conf_file "models/${model}.yaml")
 [ -n "$model_conf" ] || die "no model config conf/models/${model}.yaml (models: $(ls conf/models "$template_conf/models" 2>/dev/null | sed -n 's/\.yaml$//p' | sort -u | tr '\n' ' '))"
-for n in ngpu nproc nj fold_jobs; do [[ ${!n} =~ ^[0-9]{1,6}$ ]] || die "--$n ${!n}: give a whole number (at most 6 digits)"; done
-[ "$nj" -ge 1 ] && [ "$fold_jobs" -ge 1 ] || die "--nj and --fold_jobs must be at least 1"
+for n in ngpu nproc fold_jobs split_hours; do [[ ${!n} =~ ^[0-9]{1,6}$ ]] || die "--$n ${!n}: give a whole number (at most 6 digits)"; done
+[ "$nj" = auto ] || [[ $nj =~ ^[0-9]{1,6}$ ]] || die "--nj $nj: give auto or a whole number (at most 6 digits)"
+{ [ "$nj" = auto ] || [ "$nj" -ge 1 ]; } && [ "$fold_jobs" -ge 1 ] || die "--nj and --fold_jobs must be at least 1"
 case "$backend" in local|slurm) ;; *) die "--backend $backend: use local or slurm (see cmd.sh)";; esac
 [[ $folds =~ ^(all|[0-9]{1,6}(,[0-9]{1,6})*)$ ]] && [[ ! $folds =~ (^|,)0+(,|$) ]] \
   || die "--folds $folds: give all or fold numbers from 1, comma-separated (e.g. 1,3)"
@@ -234,14 +238,21 @@ if run_stage 1; then
   fi
 fi
 
-extract() {  # DATA DUMP: the features of DATA into DUMP; with --nj > 1 as jobs of whole speakers
-  local data_in=$1 out=$2 cmd
+extraction_jobs() {  # DATA: --nj, or for auto: 1 on the local backend under split_hours of audio, else 4
+  if [ "$nj" != auto ]; then echo "$nj"; return; fi
+  if [ "$backend" = local ] && [ -f "$1/utt2dur" ] && \
+     awk -v h="$split_hours" '{s += $2} END {exit !(s < h * 3600)}' "$1/utt2dur"; then echo 1; else echo 4; fi
+}
+
+extract() {  # DATA DUMP: the features of DATA into DUMP; with more than one job, as jobs of whole speakers
+  local data_in=$1 out=$2 cmd jobs
+  jobs=$(extraction_jobs "$data_in")
   # shellcheck disable=SC2206
   cmd=(sertk features extract "$data_in" "$out" --conf "$feat_conf" --device "$device" $extract_args)
-  if [ "$nj" -eq 1 ]; then "${cmd[@]}"; return; fi
-  jobs_run extract "JOB=1:$nj" "$(dirname "$out")/log/$(basename "$out").extract.JOB.log" -- \
-    "${cmd[@]}" --nj "$nj" --job JOB
-  "${cmd[@]}" --nj "$nj" --merge
+  if [ "$jobs" -eq 1 ]; then "${cmd[@]}"; return; fi
+  jobs_run extract "JOB=1:$jobs" "$(dirname "$out")/log/$(basename "$out").extract.JOB.log" -- \
+    "${cmd[@]}" --nj "$jobs" --job JOB
+  "${cmd[@]}" --nj "$jobs" --merge
 }
 
 current_stage=2

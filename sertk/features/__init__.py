@@ -8,3 +8,6 @@
 
 Submodules are imported where they are used, so `import sertk.features` stays cheap.
 """
+
+# the normalisation modes (sertk.features.cmvn), here so that reading a config needs no torch
+CMVN_MODES = ("global", "speaker", "none")

@@ -25,8 +25,7 @@ import numpy as np
 import torch
 
 from sertk.errors import FeatureError
-
-CMVN_MODES = ("global", "speaker", "none")
+from sertk.features import CMVN_MODES  # re-exported: defined where reading a config needs no torch
 
 Array = Union[np.ndarray, torch.Tensor]
 

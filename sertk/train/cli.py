@@ -165,7 +165,9 @@ def show(config_file: Path, sets: Tuple[str], grids: Tuple[str]) -> None:
 @overrides
 @grid_option
 def get(config_file: Path, key: str, sets: Tuple[str], grids: Tuple[str]) -> None:
-    """Print one key of the resolved config, e.g. `features.tag` (for shell recipes)."""
+    """Print one key of the resolved config, e.g. `features.tag` (for shell recipes). A key outside `model.`
+    is read without importing the model or torch (the model's options are checked by `config show` and
+    `sertk train`)."""
     from sertk.train.config import get_key, load_config
-    value = get_key(load_config(config_file, sets, grids), key)
+    value = get_key(load_config(config_file, sets, grids, models=key.startswith("model.")), key)
     click.echo(value if not isinstance(value, (dict, list)) else yaml.safe_dump(value).strip())

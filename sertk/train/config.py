@@ -29,9 +29,8 @@ import yaml
 
 from sertk.decode import VOTING_RULES
 from sertk.errors import FeatureError, SertkError
-from sertk.features.cmvn import CMVN_MODES
+from sertk.features import CMVN_MODES
 from sertk.features.segments import TAILS, TRAIN_WINDOWS
-from sertk.models import make_config, model_class
 from sertk.yamlutil import load_yaml, read_yaml_file
 
 
@@ -303,7 +302,15 @@ def _type_text(hint: Any) -> str:
             type(None): "null"}.get(hint, str(hint))
 
 
+def make_config(name: str, **options: Any) -> Any:
+    """The model's Config (sertk.models.make_config), imported here only when a model is resolved: the models
+    import torch, which `sertk config get` of a non-model key does without."""
+    from sertk.models import make_config as make
+    return make(name, **options)
+
+
 def _model_checks(model: str) -> Dict[str, Check]:
+    from sertk.models import model_class
     cls = model_class(model).Config
     hints = typing.get_type_hints(cls)
     return {f"model.{f.name}": model_option_check(f.name, hints[f.name]) for f in dataclasses.fields(cls)}
@@ -333,11 +340,12 @@ def wants_text(check: Check) -> str:
     return f"{check.wants} or null ({check.null})"
 
 
-def check_config(config: Any, skip: Iterable[str] = ()) -> Dict[str, Any]:
+def check_config(config: Any, skip: Iterable[str] = (), models: bool = True) -> Dict[str, Any]:
     """`config`, a resolved config (every section and key present, e.g. after `with_new_defaults`), checked:
     its sections, every key known, every value of its default's type and as `CHECKS` (or, for model options,
     `model_option_check`) says, and the `COMBINATIONS`; an int where a float is expected becomes a float.
-    Keys in `skip` (and the rules reading them) are left out: a grid sets them per point. Returns the config."""
+    Keys in `skip` (and the rules reading them) are left out: a grid sets them per point. `models` False:
+    the model's options are left as given, unchecked (no model is imported). Returns the config."""
     skip = set(skip)
     if not isinstance(config, dict):
         raise ConfigError(f"a config must be a mapping of sections, not {_shown(config)}")
@@ -351,10 +359,10 @@ def check_config(config: Any, skip: Iterable[str] = ()) -> Dict[str, Any]:
     model = config["model"].get("name")
     if not isinstance(model, str) or not model:
         raise ConfigError(f"model.name must be a model's name, not {_shown(model)}")
-    checks = {**CHECKS, **_model_checks(model)}
-    defaults = {**DEFAULTS, "model": {"name": model, **dataclasses.asdict(make_config(model))}}
+    checks = {**CHECKS, **(_model_checks(model) if models else {})}
+    defaults = {**DEFAULTS, "model": {"name": model, **dataclasses.asdict(make_config(model))}} if models else DEFAULTS
     for section, keys in defaults.items():
-        if section == "grid":
+        if section == "grid" or section == "model" and not models:
             continue
         node = config[section]
         unknown = sorted(set(node) - set(keys), key=str)
@@ -369,16 +377,19 @@ def check_config(config: Any, skip: Iterable[str] = ()) -> Dict[str, Any]:
             node[key] = _checked(dotted, default, node[key])
             check_value(dotted, checks[dotted], node[key])
     for keys, rule in COMBINATIONS:
-        if not skip.intersection(keys):
+        if not skip.intersection(keys) and (models or not any(k.startswith("model.") for k in keys)):
             message = rule(config)
             if message:
                 raise ConfigError(message)
     return config
 
 
-def load_config(path: Optional[Path], overrides: Iterable[str] = (), grid: Iterable[str] = ()) -> Dict[str, Any]:
+def load_config(path: Optional[Path], overrides: Iterable[str] = (), grid: Iterable[str] = (),
+                models: bool = True) -> Dict[str, Any]:
     """The resolved config of the YAML at `path` with `overrides` ("a.b=value") applied, and its grid with
-    the `grid` entries ("a.b=[v1, v2]"; "a.b=" takes a.b out) applied in turn."""
+    the `grid` entries ("a.b=[v1, v2]"; "a.b=" takes a.b out) applied in turn. `models` False: everything
+    but the model's options resolved and checked, without importing the model (nor torch): the model
+    section holds only what the file and overrides say (for `sertk config get` of a non-model key)."""
     user = _read_user_config(Path(path)) if path is not None else {}
     overrides = [_parse_override(o) for o in overrides]
     grid_entries = [_parse_override(g, "--grid", "key.sub=[v1, v2]", empty=True) for g in grid]
@@ -391,7 +402,12 @@ def load_config(path: Optional[Path], overrides: Iterable[str] = (), grid: Itera
     if not isinstance(name, str):
         raise ConfigError(f"{path or 'config'}: model.name must be a model's name, not {name!r}")
     config = copy.deepcopy(DEFAULTS)
-    config["model"] = {"name": name, **dataclasses.asdict(make_config(name))}
+    if models:
+        config["model"] = {"name": name, **dataclasses.asdict(make_config(name))}
+    else:   # the model's options as the file and the overrides give them, unchecked
+        config["model"] = {"name": name, **(user_model or {}),
+                           **{k[len("model."):]: v for k, v in overrides if k.startswith("model.") and "." not in
+                              k[len("model."):]}}
     user = dict(user)
     user_grid = user.pop("grid", {})
     if user_grid is None:
@@ -409,7 +425,9 @@ def load_config(path: Optional[Path], overrides: Iterable[str] = (), grid: Itera
         else:
             config["grid"][key] = value if isinstance(value, list) else [value]
     # every value (those the grid sets: per point, below), before any feature is read or file written
-    check_config(config, skip=config["grid"])
+    check_config(config, skip=config["grid"], models=models)
+    if not models:
+        return config
     make_config(name, **model_options(config))  # validates model options
     config["grid"] = _checked_grid(config, config["grid"], grid_where)
     return config
