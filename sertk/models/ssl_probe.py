@@ -1,7 +1,7 @@
 """ssl_probe: a small head on pooled statistics of a frozen encoder's hidden states (SUPERB / EmoBox style).
 
 Reads one vector per utterance (or per segment window) of an `ssl_stats` stream: for each of `states`
-hidden states its mean and std over frames, [states x 2 x input_dim] (sertk.features.ssl_stats). Which
+hidden states its mean and std over frames, [states x 2 x input_dim] (sertk.features.streams.ssl_stats). Which
 hidden states the head sees (`layer`):
 - an integer: that state alone (0: the input embedding, -1: the last layer);
 - `all` (or null, the default): every state side by side (states x 2 x input_dim);
