@@ -63,7 +63,8 @@ DEFAULTS: Dict[str, Any] = {
     "train": {"epochs": 40, "batch_size": 32, "seed": 0, "patience": 10, "min_epochs": 1,
               "class_weighted": True, "utterance_weighted": False, "grad_clip": 5.0, "amp": "auto", "select": "ua",
               "bucket": False, "num_workers": None, "sync_batchnorm": True},
-    # multi-task loss (the model's objective hook: SERModel.objective; SD-CAFF's in sertk/models/sd_caff.py): (1 - gender_weight) (CE + center_weight center) on emotion
+    # multi-task loss (each model's objective hook, SERModel.objective; SD-CAFF's in sertk/models/sd_caff.py):
+    # (1 - gender_weight) (CE + center_weight center) on emotion
     # + gender_weight (CE + center_weight center) on utt2gen; center_lr: SD-CAFF's center gradient scale;
     # reconstruction_weight r: (1 - r) x that + r x the MSE of the model's rebuilt masked frames (ESERNet)
     "loss": {"gender_weight": 0.0, "center_weight": 0.0, "center_lr": None, "reconstruction_weight": 0.0},
