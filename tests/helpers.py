@@ -53,3 +53,16 @@ def emodb_loso(base: Path, speakers=("03", "08", "09"), texts=("a01", "b02"), em
     root = make_emodb(Path(base) / "emodb", speakers=speakers, texts=texts, emotions=emotions)
     make_folds(prepare_corpus("emodb", root, Path(base) / "all").datadir, "loso", Path(base) / "loso")
     return Path(base)
+
+
+def interrupt_training_after(epoch: int, monkeypatch) -> None:
+    """Make sertk.train.trainer stop with KeyboardInterrupt right after it wrote last.pt of `epoch`, as a
+    run cut by the end of a session; monkeypatch.undo() (or setattr back) lets the next run finish."""
+    from sertk.train import trainer as trainer_module
+    real_save = trainer_module.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if path.name == "last.pt" and state["epoch"] == epoch:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)

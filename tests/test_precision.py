@@ -4,10 +4,9 @@ import pytest
 import torch
 import yaml
 
-from helpers import emodb_loso
+from helpers import emodb_loso, interrupt_training_after
 from sertk.features.extract import extract_features
 from sertk.train import precision
-from sertk.train import trainer as trainer_module
 from sertk.train.config import load_config
 from sertk.train.precision import LEGACY_TRUE, autocast_dtype, precision_record
 from sertk.train.trainer import train
@@ -70,20 +69,10 @@ def test_the_choice_is_recorded_and_bf16_really_trains_differently(setup, tmp_pa
     assert any(not torch.equal(auto["model"][k], fp32["model"][k]) for k in auto["model"])
 
 
-def interrupted_after_epoch_1(monkeypatch):
-    real_save = trainer_module.save_checkpoint
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        if path.name == "last.pt" and state["epoch"] == 1:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
-
-
 def test_a_resumed_run_keeps_its_precision_on_another_machine(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(precision, "cpu_flags", lambda: ("avx512_bf16",))
     straight = run(setup, tmp_path / "straight")
-    interrupted_after_epoch_1(monkeypatch)
+    interrupt_training_after(1, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run(setup, tmp_path / "cut")
     monkeypatch.undo()
@@ -98,7 +87,7 @@ def test_a_cpu_run_begun_before_auto_resumes_in_float32(old_amp, setup, tmp_path
     """Before `auto`, true meant bf16 on a GPU only: a CPU run begun with true or false goes on in float32
     under the new default, although auto would choose bf16 on this CPU."""
     fp32 = run(setup, tmp_path / "fp32", "train.amp=false")
-    interrupted_after_epoch_1(monkeypatch)
+    interrupt_training_after(1, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run(setup, tmp_path / "old", "train.amp=false")
     # make last.pt look as an older sertk wrote it: amp true, no record of the resolved precision

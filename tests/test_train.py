@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import emodb_loso
+from helpers import emodb_loso, interrupt_training_after
 from replicas import make_emodb, write_wav
 from sertk.data.corpora import prepare_corpus
 from sertk.data.datadir import DataDir
@@ -14,7 +14,6 @@ from sertk.data.protocols import make_folds
 from sertk.decode import read_decode_dir
 from sertk.errors import FeatureError
 from sertk.features.extract import extract_features
-from sertk.train import trainer as trainer_module
 from sertk.train.config import ConfigError, load_config
 from sertk.train.decoding import DecodeError, decode_data_dir
 from sertk.train.features import Normalization, load_streams
@@ -53,16 +52,10 @@ def test_interrupted_and_resumed_equals_uninterrupted(options, setup, tmp_path, 
     fold, dump = setup / "loso" / "fold1", setup / "dump"
     train(load_config(None, options), fold, dump, tmp_path / "straight")
 
-    real_save = trainer_module.save_checkpoint
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        if path.name == "last.pt" and state["epoch"] == 2:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
+    interrupt_training_after(2, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train(load_config(None, options), fold, dump, tmp_path / "resumed")
-    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    monkeypatch.undo()
     summary = train(load_config(None, options), fold, dump, tmp_path / "resumed")
     assert summary.resumed_from == 2 and summary.epochs_run == 3
     straight, resumed = (torch.load(tmp_path / name / "last.pt", weights_only=True) for name in ("straight", "resumed"))

@@ -29,21 +29,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]   # tests/helpers.py and tests/r
 import torch  # noqa: E402
 
 from helpers import emodb_loso  # noqa: E402
+from test_train import FEATURES, SD_TINY, TINY  # noqa: E402  (the tests' tiny runs)
 from sertk.features.extract import extract_features  # noqa: E402
 from sertk.train.config import load_config  # noqa: E402
 from sertk.train.trainer import train  # noqa: E402
 
-FEATURES = {"sample_rate": 16000, "streams": {
-    "logmel": {"type": "logmel", "n_mels": 16},
-    "mfcc": {"type": "mfcc", "n_mfcc": 10, "n_mels": 16, "deltas": 1, "delta_axis": "coefficient"}}}
-TINY = ["model.name=crnn", "model.n_mels=16", "model.channels=[4,8]", "model.lstm_hidden=8",
-        "model.attention_hidden=8", "train.epochs=3", "train.batch_size=4", "segments.length=0.3",
-        "segments.hop=0.1", "train.patience=10"]
-SD_TINY = ["model.name=sd_caff", "model.n_mfcc=10", "model.lstm_hidden=16", "model.lstm_pool=8",
-           "model.channels=[4,4,8,8,8]", "model.inter_channels=4", "features.tag=x", "features.cmvn=none",
-           "segments.length=null", "train.epochs=3", "train.batch_size=4", "loss.gender_weight=0.3",
-           "loss.center_weight=0.15", "loss.center_lr=0.1", "scheduler.name=multistep", "scheduler.milestones=[2]",
-           "scheduler.gamma=0.1", "optim.weight_decay=1e-6", "train.grad_clip=0.0"]
 RUNS = {"crnn": TINY,
         "crnn_bucketed": TINY + ["train.bucket=true", "augment.specaugment=true"],
         "sd_caff": SD_TINY}
