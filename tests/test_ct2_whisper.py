@@ -17,9 +17,9 @@ import torch
 pytest.importorskip("transformers", reason="the Whisper encoder needs transformers (pip install -e '.[dev]')")
 
 from sertk.errors import FeatureError  # noqa: E402
-from sertk.features.ct2_whisper import (  # noqa: E402
-    ct2_whisper_dims, is_ct2_whisper_folder, read_ct2_index, read_ct2_variables, read_ct2_whisper,
-    whisper_hidden_states, whisper_log_mel)
+from sertk.features.ct2_model_bin import is_ct2_whisper_folder, read_ct2_index, read_ct2_variables  # noqa: E402
+from sertk.features.ct2_whisper import ct2_whisper_dims, read_ct2_whisper  # noqa: E402
+from sertk.features.whisper_encoder import whisper_hidden_states, whisper_log_mel  # noqa: E402
 
 F = torch.nn.functional
 SR = 16000

@@ -22,7 +22,7 @@ from sertk.audio import load_audio
 from sertk.cli import SertkGroup
 from sertk.data.datadir import DataDir
 from sertk.errors import AudioError, FeatureError, OutputError
-from sertk.features import extract as extract_mod
+from sertk.features import extract_jobs
 from sertk.features.cli import features
 from sertk.features.extract import extract_features, plan_batches
 from sertk.features.storage import load_feats, num_frames
@@ -380,7 +380,7 @@ def test_failure_midway_leaves_the_existing_dump_unchanged(feat_data, tmp_path, 
             raise RuntimeError("disk went away")
         return load_audio(path, sr)
 
-    monkeypatch.setattr(extract_mod, "load_audio", failing_load)
+    monkeypatch.setattr(extract_jobs, "load_audio", failing_load)   # where the jobs read audio
     changed = {**CONFIG, "streams": {"logmel": {"type": "logmel", "n_mels": 20}}}
     with pytest.raises(RuntimeError, match="disk went away"):
         extract_features(feat_data, changed, out, batch_size=4)

@@ -19,17 +19,11 @@ from typing import Any, Dict, List
 
 from sertk.errors import FeatureError
 from sertk.features import storage
-from sertk.features.extract import (
-    ExtractReport,
-    JobResult,
-    Request,
-    _finish,
-    build_frontends,
-    fail_on_bad_audio,
-    log_audio_issues,
-    run_job,
-)
+from sertk.features.extract import Request
+from sertk.features.extract_jobs import JobResult, run_job
+from sertk.features.extract_report import ExtractReport, fail_on_bad_audio, finish_dump, log_audio_issues
 from sertk.features.preprocess import PreprocessStats
+from sertk.features.streams import build_frontends
 from sertk.fsutil import atomic_output_dir, atomic_write_text, owned_by
 
 DONE_FILE = "done.json"
@@ -103,7 +97,7 @@ def merge_jobs(request: Request, nj: int) -> ExtractReport:
             for job, _ in results:
                 ark = storage.ark_name(job)
                 (folder / f"job{job}" / name / ark).rename(tmp / name / ark)
-        report = _finish(tmp, request.out_dir, request.cfg, [r for _, r in results], request.checksum)
+        report = finish_dump(tmp, request.out_dir, request.cfg, [r for _, r in results], request.checksum)
     shutil.rmtree(folder, ignore_errors=True)
     report.nj, report.device, report.merged = len(results), request.device, True
     return report

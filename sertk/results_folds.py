@@ -1,0 +1,226 @@
+"""The folds of one model on one protocol scored, then pooled and averaged: the result dict that
+sertk.results writes (RESULTS.md, metrics.json, confusion.png). See sertk.results for the rules.
+"""
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from sertk.data.protocols import CARD_FILE, load_card
+from sertk.decode import is_decode_dir
+from sertk.envinfo import environment
+from sertk.errors import ProtocolError, ScoreError
+from sertk.score import SEGMENT, metrics_from_confusion, score_decode_dir
+from sertk.yamlutil import read_yaml_file
+
+logger = logging.getLogger(__name__)
+
+DECODE_SUBDIR = "decode_test"
+ENV_FILE = "environment.yaml"
+GRID_FILE = "grid.yaml"          # a fold's hyper-parameter grid and its choice on dev (sertk.train.grid)
+SUMMARY_KEYS = (("wa", "WA"), ("ua", "UA"), ("macro_f1", "macro-F1"))
+STD_RULE = "sample standard deviation over folds (ddof=1); null with a single fold"
+_FOLD_RE = re.compile(r"fold(\d+)$")
+
+
+@dataclass
+class FoldScore:
+    number: int
+    exp_dir: Path
+    score: dict        # what score_decode_dir returns
+    info: dict         # the fold's decode.yaml
+
+    @property
+    def name(self) -> str:
+        return f"fold{self.number}"
+
+
+# --- finding and scoring folds ----------------------------------------------------------------------
+
+
+def find_fold_dirs(model_exp_dir: Path) -> Dict[int, Path]:
+    """fold number -> `fold<k>/` dir, in numeric order (fold10 after fold9)."""
+    found = {int(m.group(1)): p for p in model_exp_dir.iterdir()
+             if p.is_dir() and (m := _FOLD_RE.fullmatch(p.name))}
+    return dict(sorted(found.items()))
+
+
+def resolve_path(value: str, near: Path) -> Path:
+    """`value` as given if it exists (absolute, or relative to the current folder), else relative to
+    the first folder above `near` where it exists; unchanged if it exists nowhere."""
+    path = Path(value)
+    if path.is_absolute() or path.exists():
+        return path
+    for parent in near.resolve().parents:
+        if (parent / path).exists():
+            return parent / path
+    return path
+
+
+def _read_yaml(path: Path) -> dict:
+    return read_yaml_file(path, ScoreError)
+
+
+def _protocol_dir_of(decode_dir: Path, info: dict) -> Optional[Path]:
+    """decode.yaml's `protocol_dir`, resolved; a path to the protocol.yaml itself is taken as its folder."""
+    if not info.get("protocol_dir"):
+        return None
+    path = resolve_path(str(info["protocol_dir"]), decode_dir)
+    return path.parent if path.is_file() else path
+
+
+def _data_dir_of(decode_dir: Path, info: dict, fold: int) -> Path:
+    if info.get("data_dir"):
+        return resolve_path(str(info["data_dir"]), decode_dir)
+    protocol_dir = _protocol_dir_of(decode_dir, info)
+    if protocol_dir is not None:
+        return protocol_dir / f"fold{fold}" / "test"
+    raise ScoreError(f"{decode_dir}/decode.yaml: names neither 'data_dir' nor 'protocol_dir', "
+                     "so there is no test data dir to score against")
+
+
+def score_fold(number: int, fold_dir: Path) -> FoldScore:
+    decode_dir = fold_dir / DECODE_SUBDIR
+    info = _read_yaml(decode_dir / "decode.yaml") if (decode_dir / "decode.yaml").is_file() else {}
+    score = score_decode_dir(decode_dir, _data_dir_of(decode_dir, info, number))
+    return FoldScore(number, fold_dir, score, info)
+
+
+def _check_same_classes(folds: Sequence[FoldScore]) -> List[str]:
+    classes = folds[0].score["classes"]
+    for f in folds[1:]:
+        if f.score["classes"] != classes:
+            raise ScoreError(f"{f.exp_dir / DECODE_SUBDIR}: classes {f.score['classes']} differ from "
+                             f"{folds[0].name}'s {classes}; folds cannot be pooled")
+    return classes
+
+
+def _default_rule(folds: Sequence[FoldScore]) -> str:
+    rules = {f.name: f.score["default_rule"] for f in folds}
+    if len(set(rules.values())) > 1:
+        logger.warning(f"the folds were decoded with different default rules ({rules}); "
+                       f"the summary marks {folds[0].name}'s")
+    return folds[0].score["default_rule"]
+
+
+def _common_rules(folds: Sequence[FoldScore]) -> List[str]:
+    rules = list(folds[0].score["utterance"])
+    return [r for r in rules if all(r in f.score["utterance"] for f in folds)]
+
+
+# --- pooling and averaging --------------------------------------------------------------------------
+
+
+def mean_std(values: Sequence[float]) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    std = float(values.std(ddof=1)) if values.size > 1 else None
+    return {"mean": float(values.mean()), "std": std, "num_folds": int(values.size)}
+
+
+def _pool(per_fold: Sequence[dict], classes: List[str]) -> dict:
+    return metrics_from_confusion(np.sum([m["confusion"] for m in per_fold], axis=0), classes)
+
+
+def _fold_stats(per_fold: Sequence[dict]) -> dict:
+    return {key: mean_std([m[key] for m in per_fold]) for key, _ in SUMMARY_KEYS}
+
+
+def _short(m: dict) -> dict:
+    return {"num_utts": m["num_utts"], **{key: m[key] for key, _ in SUMMARY_KEYS}}
+
+
+def _levels(folds: Sequence[FoldScore], rules: List[str]) -> Dict[str, List[dict]]:
+    """Level name ('utterance/<rule>' or 'segment') -> each fold's metrics at that level."""
+    levels = {f"utterance/{rule}": [f.score["utterance"][rule] for f in folds] for rule in rules}
+    levels[SEGMENT] = [f.score[SEGMENT] for f in folds]
+    return levels
+
+
+# --- the protocol card ------------------------------------------------------------------------------
+
+
+def _load_card(fold: FoldScore) -> Optional[dict]:
+    """The protocol card named by the fold's decode.yaml (`protocol_dir`), or None with a warning."""
+    protocol_dir = _protocol_dir_of(fold.exp_dir / DECODE_SUBDIR, fold.info)
+    if protocol_dir is None:
+        return None
+    try:
+        card = load_card(protocol_dir)
+    except ProtocolError as e:
+        logger.warning(f"no protocol card: {e}")
+        return None
+    return {**card, "card_file": str(protocol_dir / CARD_FILE)}
+
+
+def _environment_of(fold: FoldScore) -> Optional[dict]:
+    path = fold.exp_dir / ENV_FILE
+    return _read_yaml(path) if path.is_file() else None
+
+
+def dev_selection(number: int, fold_dir: Path) -> Optional[dict]:
+    """The hyper-parameters the fold's grid chose on dev (None: the fold had no grid)."""
+    path = fold_dir / GRID_FILE
+    if not path.is_file():
+        return None
+    doc = _read_yaml(path)
+    points, chosen = doc.get("points"), doc.get("chosen")
+    if not isinstance(points, list) or not isinstance(doc.get("grid"), dict) or \
+            not (chosen is None or isinstance(chosen, dict)):
+        raise ScoreError(f"{path}: not a grid record written by sertk train (grid, points, chosen)")
+    out = {"fold": f"fold{number}", "grid_file": str(path), "grid": doc["grid"], "metric": doc.get("metric"),
+           "points": len(points), "chosen": None, "point": None, "dev_score": None, "best_epoch": None,
+           "dir": None}
+    if chosen is not None:   # null: the grid has not finished
+        out.update(chosen=chosen.get("values"), point=chosen.get("point"), dev_score=chosen.get("dev_score"),
+                   best_epoch=chosen.get("best_epoch"), dir=str(fold_dir / str(chosen.get("dir"))))
+    return out
+
+
+# --- all folds --------------------------------------------------------------------------------------
+
+
+def collect_scores(model_exp_dir) -> dict:
+    """Score every fold of `exp/<protocol>/<model>/` (each fold's scoring/ written), pool and average."""
+    model_exp_dir = Path(model_exp_dir)
+    if not model_exp_dir.is_dir():
+        raise ScoreError(f"{model_exp_dir}: no such experiment dir")
+    fold_dirs = find_fold_dirs(model_exp_dir)
+    folds = [score_fold(k, d) for k, d in fold_dirs.items() if is_decode_dir(d / DECODE_SUBDIR)]
+    if not folds:
+        raise ScoreError(f"{model_exp_dir}: no fold<k>/{DECODE_SUBDIR}/ decode dirs to collect "
+                         f"({len(fold_dirs)} fold dir(s) found)")
+    classes, rules = _check_same_classes(folds), _common_rules(folds)
+    card = _load_card(folds[0])
+    expected = set(fold_dirs) | set(range(1, int(card["num_folds"]) + 1) if card else ())
+    missing = [f"fold{k}" for k in sorted(expected - {f.number for f in folds})]
+    if missing:
+        logger.warning(f"{model_exp_dir}: {len(missing)} of {len(expected)} fold(s) have no {DECODE_SUBDIR}/ "
+                       f"({', '.join(missing)}); pooled and mean +- std cover the other {len(folds)}")
+    levels = _levels(folds, rules)
+    result = {
+        "model_exp_dir": str(model_exp_dir),
+        "model": model_exp_dir.resolve().name,
+        "protocol": card["protocol"] if card else model_exp_dir.resolve().parent.name,
+        "card": card,
+        "decode_info": folds[0].info,
+        "classes": classes,
+        "default_rule": _default_rule(folds),
+        "rules": rules,
+        "folds": [f.name for f in folds],
+        "missing_folds": missing,
+        "std": STD_RULE,
+        "pooled": {level: _pool(ms, classes) for level, ms in levels.items()},
+        "fold_mean_std": {level: _fold_stats(ms) for level, ms in levels.items()},
+        "per_fold": [{"fold": f.name, "decode_dir": f.score["decode_dir"],
+                      **{level: _short(ms[i]) for level, ms in levels.items()}} for i, f in enumerate(folds)],
+        "environment": environment(),
+        "training_environment": _environment_of(folds[0]),
+        "training_environment_file": str(folds[0].exp_dir / ENV_FILE),
+    }
+    selection = [s for k, d in fold_dirs.items() if (s := dev_selection(k, d)) is not None]
+    if selection:
+        result["dev_selection"] = selection
+    return result
