@@ -76,7 +76,7 @@ def assert_packed_model_decides_as_decoded(fold: Path, test_dir: Path) -> None:
 
     from sertk.cli import main
     from sertk.decode import read_decode_dir
-    from sertk.inference.pack import read_meta
+    from sertk.inference.pack_file import read_meta
     out = fold / "infer_test.json"
     result = CliRunner().invoke(main, ["-q", "infer", str(fold / "model.sertk"), str(test_dir / "wav.scp"),
                                        "--out", str(out)])

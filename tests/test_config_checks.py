@@ -1,5 +1,5 @@
-"""Every config value checked when the config is loaded (sertk.train.config: CHECKS, the model options by
-type and meaning, COMBINATIONS), `--device` checked against the machine, and a failed `sertk train` that
+"""Every config value checked when the config is loaded (sertk.train.config_schema: CHECKS, the model options
+by type and meaning, COMBINATIONS), `--device` checked against the machine, and a failed `sertk train` that
 leaves no exp dir behind where there was none."""
 import dataclasses
 import logging
@@ -11,15 +11,15 @@ import torch
 
 from helpers import emodb_loso
 from recipes import REPO
+from sertk.device import check_device
 from sertk.errors import DeviceError
 from sertk.features.extract import extract_features
 from sertk.models import available_models, model_class
 from sertk.train import optim
 from sertk.train import trainer as trainer_module
-from sertk.train.cli import check_device
-from sertk.train.config import (CHECKS, DEFAULTS, OPTIMIZERS, SCHEDULERS, SELECT_METRICS, ConfigError,
-                                FeatureSettingError, check_config, load_config, model_option_check,
-                                with_new_defaults)
+from sertk.train.config import ConfigError, check_config, load_config, with_new_defaults
+from sertk.train.config_schema import (CHECKS, DEFAULTS, OPTIMIZERS, SCHEDULERS, SELECT_METRICS, FeatureSettingError,
+                                       model_option_check)
 
 TINY = ["model.name=crnn", "model.n_mels=16", "model.channels=[4,8]", "model.lstm_hidden=8",
         "model.attention_hidden=8", "train.epochs=1", "train.batch_size=4", "segments.length=0.3",

@@ -17,7 +17,9 @@ import pytest
 
 from replicas import make_emodb
 from sertk.data.corpora import prepare_corpus
-from sertk.inference.pack import META_MEMBER, WEIGHTS_MEMBER, features_from_config, make_meta, write_pack
+from sertk.inference.pack import features_from_config, make_meta
+from sertk.inference.pack_file import write_pack
+from sertk.inference.packed import META_MEMBER, WEIGHTS_MEMBER
 from sertk.models import build_model
 from sertk.train.config import load_config, model_options
 

@@ -16,13 +16,15 @@ from replicas import make_emodb, make_recording, speech_like, write_wav
 from sertk.data.corpora import prepare_corpus
 from sertk.data.protocols import make_folds
 from sertk.decode import read_decode_dir
+from sertk.decode.decoder import decode_data_dir
 from sertk.features.cmvn import plain_state
 from sertk.features.extract import extract_features
 from sertk.inference.inferencer import InferenceError, Inferencer, Utterance
-from sertk.inference.pack import META_MEMBER, WEIGHTS_MEMBER, PackError, pack_experiment, read_pack
+from sertk.inference.pack import pack_experiment
+from sertk.inference.pack_file import read_pack
+from sertk.inference.packed import META_MEMBER, WEIGHTS_MEMBER, PackError
 from sertk.inference.vad import SileroVad, VadConfig, VadError, detect_speech, speech_chunks, silero_available
 from sertk.train.config import load_config
-from sertk.train.decoding import decode_data_dir
 from sertk.train.trainer import train
 
 FEATURES = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16}}}

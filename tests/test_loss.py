@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
+from sertk.features.dataset import SegmentDataset
 from sertk.models.esernet_cue import ReconstructionObjective, masked_frame_mse
-from sertk.train.data import SegmentDataset
 from sertk.train.loss import SegmentLoss
 
 

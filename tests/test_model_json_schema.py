@@ -1,4 +1,4 @@
-"""A packed model's description (sertk-model.json) checked when it is read (sertk.inference.pack.check_meta,
+"""A packed model's description (sertk-model.json) checked when it is read (sertk.inference.pack_check: check_meta,
 check_fit): crafted variants give `sertk pack --info` and `sertk infer` one line naming the key, never a
 traceback; the weights must fit the model the description builds."""
 import copy
@@ -10,11 +10,14 @@ import pytest
 from replicas import make_emodb
 from sertk.data.corpora import prepare_corpus
 from sertk.data.protocols import make_folds
+from sertk.decode.decoder import decode_data_dir
 from sertk.features.extract import extract_features
-from sertk.inference.pack import (META_MEMBER, META_SCHEMA, WEIGHTS_MEMBER, PackError, check_meta, pack_experiment,
-                                  read_meta, read_pack)
+from sertk.inference.pack import pack_experiment
+from sertk.inference.pack_check import check_meta
+from sertk.inference.pack_file import read_meta, read_pack
+from sertk.inference.pack_schema import META_SCHEMA
+from sertk.inference.packed import META_MEMBER, WEIGHTS_MEMBER, PackError
 from sertk.train.config import load_config
-from sertk.train.decoding import decode_data_dir
 from sertk.train.trainer import train
 
 FEATURES = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16}}}

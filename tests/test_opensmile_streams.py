@@ -10,12 +10,12 @@ from replicas import write_wav
 from sertk.data.datadir import DataDir
 from sertk.data.ops import subset
 from sertk.errors import FeatureError, SertkError
+from sertk.features.dataset import SegmentDataset
 from sertk.features.extract import extract_features
+from sertk.features.reading import StreamLayout
 from sertk.features.segments import SegmentConfig, segment_bounds
 from sertk.features.storage import load_feats, read_dump_config
 from sertk.features.streams import parse_config
-from sertk.train.data import SegmentDataset
-from sertk.train.features import StreamLayout
 
 opensmile = pytest.importorskip("opensmile", reason="the opensmile extra is not installed (pip install -e '.[dev]')")
 

@@ -8,7 +8,7 @@ import yaml
 from recipes import CORPORA, TINY, copy_recipe, run_real_fold1, run_recipe, run_sertk, tiny_args
 from replicas import make_emodb
 from sertk.decode import read_decode_dir
-from sertk.inference.pack import read_meta
+from sertk.inference.pack_file import read_meta
 
 
 @pytest.fixture

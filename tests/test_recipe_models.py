@@ -224,7 +224,7 @@ def test_ssl_probe_runs_every_stage_on_the_real_whisper_base_with_a_dev_grid(whi
     assert [p["values"]["model.layer"] for p in grid["points"]] == ["all", -1]
     results = (exp / "RESULTS.md").read_text()
     assert "Dev-selected hyper-parameters" in results and "model.layer" in results
-    from sertk.inference.pack import read_meta
+    from sertk.inference.pack_file import read_meta
     encoders = read_meta(exp / "fold1" / "model.sertk")["features"]["dump"]["encoders"]
     assert encoders == {"whisper_stats": {"name": "whisper-base",
                                           "sha256": "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"}}

@@ -9,16 +9,17 @@ from helpers import emodb_loso
 from sertk.audio import load_audio
 from sertk.data.datadir import DataDir
 from sertk.errors import FeatureError
+from sertk.decode.decoder import decode_data_dir
 from sertk.features.cmvn import GlobalCMVN, SpeakerCMVN, make_cmvn
 from sertk.features.extract import extract_features
+from sertk.features.reading import Normalization
 from sertk.features.storage import load_feats, read_dump_config
 from sertk.features.streams import build_frontends, parse_config
 from sertk.inference.inferencer import Inferencer
-from sertk.inference.pack import pack_experiment, read_pack
+from sertk.inference.pack import pack_experiment
+from sertk.inference.pack_file import read_pack
 from sertk.models import ModelConfigError, build_model
 from sertk.train.config import load_config
-from sertk.train.decoding import decode_data_dir
-from sertk.train.features import Normalization
 from sertk.train.trainer import train
 
 transformers = pytest.importorskip("transformers", reason="the ssl extra is not installed (pip install -e '.[dev]')")

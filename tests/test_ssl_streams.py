@@ -11,6 +11,7 @@ from helpers import emodb_loso
 from replicas import make_emodb
 from sertk.audio import load_audio
 from sertk.data.corpora import prepare_corpus
+from sertk.decode.decoder import decode_data_dir
 from sertk.errors import FeatureError
 from sertk.features.extract import extract_features
 from sertk.features.storage import load_feats, read_dump_config
@@ -18,7 +19,6 @@ from sertk.features.streams import build_frontends, parse_config
 from sertk.models import build_model
 from sertk.models.layer_sum import LayerSum, with_layer_sums
 from sertk.train.config import load_config
-from sertk.train.decoding import decode_data_dir
 from sertk.train.trainer import train
 
 transformers = pytest.importorskip("transformers", reason="the ssl extra is not installed (pip install -e '.[dev]')")

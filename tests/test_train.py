@@ -12,11 +12,11 @@ from sertk.data.corpora import prepare_corpus
 from sertk.data.datadir import DataDir
 from sertk.data.protocols import make_folds
 from sertk.decode import read_decode_dir
+from sertk.decode.decoder import DecodeError, decode_data_dir
 from sertk.errors import FeatureError
 from sertk.features.extract import extract_features
+from sertk.features.reading import Normalization, load_streams
 from sertk.train.config import ConfigError, load_config
-from sertk.train.decoding import DecodeError, decode_data_dir
-from sertk.train.features import Normalization, load_streams
 from sertk.train.optim import warmup_cosine
 from sertk.train.trainer import train
 
@@ -267,6 +267,18 @@ def test_posteriors_do_not_depend_on_batch_size(setup, trained, tmp_path):
         np.testing.assert_allclose(one[seg], many[seg], atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: decoding on the GPU")
+def test_decoding_on_the_gpu_gives_the_cpu_posteriors(setup, trained, tmp_path):
+    # the checkpoint's normalization state is read with numpy: decoding on a GPU once failed on it
+    data, dump = setup / "loso" / "fold1" / "dev", setup / "dump"
+    decode_data_dir(trained, data, dump, tmp_path / "cpu")
+    decode_data_dir(trained, data, dump, tmp_path / "cuda", device="cuda")
+    cpu, cuda = read_decode_dir(tmp_path / "cpu").seg_post, read_decode_dir(tmp_path / "cuda").seg_post
+    assert cpu.keys() == cuda.keys() and len(cpu) > 1
+    for seg in cpu:
+        np.testing.assert_allclose(cpu[seg], cuda[seg], atol=1e-4)
+
+
 def test_another_corpus_is_decoded_and_scored_through_a_class_map(trained, tmp_path):
     from replicas import make_ravdess
     from sertk.data.cross import class_mapping_from_dict
@@ -321,7 +333,7 @@ def test_length_batches_shuffle_similar_lengths_and_drop_only_the_last_short_one
 
 
 def test_whole_utterances_are_padded_to_the_batch_not_the_data_set(setup):
-    from sertk.train.data import SegmentDataset, collate
+    from sertk.features.dataset import SegmentDataset, collate
     dd = DataDir.load(setup / "loso" / "fold1" / "train")
     feats = {"logmel": {u: np.ones((10 + 7 * i, 3), dtype=np.float32) for i, u in enumerate(dd.utts)}}
     ds = SegmentDataset(dd, feats, None, None, lambda s, u, x: x, list(dd.labels.classes))

@@ -3,7 +3,7 @@
     <dump>/features.yaml              the resolved feature config, plus a `dump` section (utterances,
                                       a checksum of the utterance list, dims, frame shifts; for
                                       openSMILE streams also levels, frame windows, segment windows
-                                      and notes, see sertk.train.features.StreamLayout)
+                                      and notes, see sertk.features.reading.StreamLayout)
     <dump>/<stream>/feats.scp         <utt> <absolute path>/feats.<job>.ark:<offset>, sorted by utt
     <dump>/<stream>/feats.<job>.ark   Kaldi binary float32 matrices [num_frames, dim] (segment- and
                                       utterance-level streams: [windows, dim], [1, dim])

@@ -24,7 +24,9 @@ def pack(paths: Tuple[Path], out: Optional[Path], feats: Optional[Path], info: b
     """Pack a fold's dev-selected model (EXP_DIR = exp/<protocol>/<model>/fold<k>; several may be given) into
     one file: weights, config, labels, feature config, normalisation, protocol card and scores. With
     --info, describe packed models."""
-    from sertk.inference.pack import info_text, pack_experiment, read_meta
+    from sertk.inference.pack import pack_experiment
+    from sertk.inference.pack_file import read_meta
+    from sertk.inference.pack_info import info_text
     if info:
         if out is not None or feats is not None:
             raise click.UsageError("--info reads packed models; -o and --feats are for packing")
@@ -86,7 +88,7 @@ def infer(ctx, model: Path, inputs: Tuple[str], out: Optional[Path], vote: Optio
 
     output_format(out)   # a bad --out fails before any work
     vad = VadConfig(vad_backend, vad_threshold, min_chunk, max_chunk, min_silence)
-    from sertk.train.cli import check_device
+    from sertk.device import check_device
     device = check_device(device) if device else None   # 'gpu', or cuda on a CPU-only torch: one line
     inf = Inferencer.from_file(model, device=device, batch_size=batch_size, rule=vote, window=window, hop=hop)
     recordings, skips = expand_inputs(inputs)

@@ -25,6 +25,8 @@ import torch
 from sertk.audio import read_audio, unusable_reason
 from sertk.data.datadir import DataDir
 from sertk.decode import DEFAULT_RULE, VOTING_RULES, vote
+from sertk.decode.forward import by_utterance, segment_dataset, segment_posteriors
+from sertk.decode.restore import restore_model
 from sertk.errors import SertkError
 from sertk.features.encoder_cache import encoder_identity
 from sertk.features.extract import (
@@ -34,14 +36,14 @@ from sertk.features.extract import (
     min_audio_seconds,
     plan_batches,
 )
+from sertk.features.dataset import check_model_length
 from sertk.features.preprocess import PreprocessStats, preprocess
+from sertk.features.reading import Normalization, StreamLayout
 from sertk.features.segments import SegmentConfig
 from sertk.features.streams import build_frontends, parse_config
-from sertk.inference.pack import PackedModel, read_pack
+from sertk.inference.pack_file import read_pack
+from sertk.inference.packed import PackedModel
 from sertk.inference.vad import VadConfig, detect_speech
-from sertk.train.data import check_model_length
-from sertk.train.features import Normalization, StreamLayout
-from sertk.train.infer import by_utterance, restore_model, segment_dataset, segment_posteriors
 
 log = logging.getLogger(__name__)
 

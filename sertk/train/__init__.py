@@ -1,1 +1,1 @@
-"""Training, checkpoints and segment-posterior inference (GUIDE section 6)."""
+"""Training: experiment configs, fold data, the trainer loop, checkpoints (GUIDE section 6); decoding is sertk.decode."""

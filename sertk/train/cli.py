@@ -1,5 +1,4 @@
-"""`sertk train`, `sertk decode` and `sertk config`."""
-import re
+"""`sertk train` and `sertk config` (`sertk decode` is sertk.decode.cli's)."""
 import shutil
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -16,34 +15,6 @@ overrides = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
 grid_option = click.option("--grid", "grids", multiple=True, metavar="KEY=[V1,V2]",
                            help="Try these values of KEY on dev: replaces or adds KEY in the config's grid "
                                 "(a scalar is one value; KEY= takes KEY out). Repeatable.")
-
-
-def _device(device: Optional[str]) -> str:
-    """--device checked against this machine (cpu, cuda or cuda:N torch can use); None: cuda if available."""
-    import torch
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return check_device(device)
-
-
-def check_device(device: str) -> str:
-    """`device` when it is cpu, or cuda / cuda:N that torch can use here; else a one-line DeviceError."""
-    import torch
-    from sertk.errors import DeviceError
-    found = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", device.strip())
-    if found is None or (found.group(1) == "cpu" and found.group(2) is not None):
-        raise DeviceError(f"--device {device!r} is not a device; give cpu, cuda or cuda:N")
-    if found.group(1) == "cuda":
-        if not torch.cuda.is_available():
-            why = ("this torch is built without CUDA" if torch.version.cuda is None
-                   else "no CUDA device is visible to this torch")
-            raise DeviceError(f"--device {device}: CUDA is not available ({why}: torch {torch.__version__}); "
-                              "use --device cpu")
-        count = torch.cuda.device_count()
-        if found.group(2) is not None and int(found.group(2)) >= count:
-            raise DeviceError(f"--device {device}: this machine has {count} CUDA device(s), "
-                              f"{'cuda:0' if count == 1 else f'cuda:0 to cuda:{count - 1}'}")
-    return device.strip()
 
 
 def _remove_new_exp_dir(exp_dir: Path, missing: List[Path]) -> None:
@@ -82,6 +53,7 @@ def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device:
     gloo on CPUs, NCCL on GPUs, each process on the GPU of its local rank); train.batch_size is then the
     batch of all processes together, and only rank 0 writes."""
     import logging
+    from sertk.device import pick_device
     from sertk.errors import SertkError
     from sertk.train.config import load_config
     from sertk.train.distributed import ranks_from_environment
@@ -91,7 +63,7 @@ def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device:
     if not ranks.main:   # rank 0 speaks for the run
         for handler in logging.getLogger("sertk").handlers:
             handler.setLevel(max(handler.level, logging.WARNING))
-    device = _device(device)
+    device = pick_device(device)
     config = load_config(config_file, sets, grids)   # every value checked: nothing is read or written before
     # a failure leaves no exp dir where there was none (unless training got as far as a checkpoint)
     missing = [p for p in (exp_dir, *exp_dir.parents) if not p.exists()]
@@ -104,37 +76,6 @@ def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device:
     if ranks.main and isinstance(outcome, TrainSummary):
         click.echo(f"{exp_dir}: best dev {outcome.metric} {outcome.best_dev_score:.4f} at epoch {outcome.best_epoch} "
                    f"({outcome.epochs_run} epochs)")
-
-
-@click.command()
-@click.option("--exp", "exp_dir", required=True, type=existing_dir, help="Experiment dir holding the checkpoint.")
-@click.option("--data", "data_dirs", required=True, multiple=True, type=existing_dir,
-              help="Data dir to decode (repeatable, each with its own --out, in the same order).")
-@click.option("--feats", required=True, type=existing_dir, help="Feature dump dir holding their features.")
-@click.option("--out", "out_dirs", required=True, multiple=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Decode dir to write, one per --data.")
-@click.option("--checkpoint", default="best.pt", show_default=True, help="Checkpoint file in the exp dir.")
-@click.option("--retest", is_flag=True,
-              help="Allow decoding a test set again, or with a checkpoint other than best.pt. Test results "
-                   "must never steer a model choice.")
-@click.option("--protocol-dir", type=existing_dir, help="Protocol dir, recorded for RESULTS.md.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", help="cpu, cuda or cuda:N [default: cuda if available].")
-@click.option("--class-map", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Decode another corpus: the mapping of the model's and DATA's classes onto shared ones "
-                   "(conf/cross/<model corpus>_to_<data corpus>.yaml).")
-def decode(exp_dir, data_dirs, feats, out_dirs, checkpoint, retest, protocol_dir, batch_size, device,
-           class_map) -> None:
-    """Segment posteriors of DATA with the dev-selected checkpoint, and utterance decisions by voting.
-    Several data dirs (e.g. a fold's dev and test) can be decoded in one call: --data D1 --out O1 --data D2 --out O2."""
-    from sertk.train.decoding import decode_data_dir
-    if len(data_dirs) != len(out_dirs):
-        raise click.UsageError(f"give one --out per --data ({len(data_dirs)} --data, {len(out_dirs)} --out)")
-    for data_dir, out in zip(data_dirs, out_dirs):
-        result = decode_data_dir(exp_dir, data_dir, feats, out, checkpoint=checkpoint, retest=retest,
-                                 protocol_dir=protocol_dir, batch_size=batch_size, device=_device(device),
-                                 class_map=class_map)
-        click.echo(f"{out}: {result}")
 
 
 @click.group("config")

@@ -14,12 +14,13 @@ import torch
 from torch.utils.data import BatchSampler, RandomSampler
 
 from sertk.data.datadir import DataDir
+from sertk.features.dataset import SegmentDataset, check_model_length
+from sertk.features.reading import Normalization, StreamLayout, load_streams
 from sertk.features.segments import SegmentConfig
 from sertk.models.base import SERModel
 from sertk.train.config import ConfigError
-from sertk.train.data import SegmentDataset, check_model_length, length_batches
+from sertk.train.data import length_batches
 from sertk.train.distributed import Ranks
-from sertk.train.features import Normalization, StreamLayout, load_streams
 
 log = logging.getLogger(__name__)
 

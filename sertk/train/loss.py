@@ -7,9 +7,10 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch.nn import functional as F
 
+from sertk.features.dataset import SegmentDataset
 from sertk.models.base import Objective, SERModel
 from sertk.train.config import ConfigError
-from sertk.train.data import SegmentDataset, class_weights
+from sertk.train.data import class_weights
 
 __all__ = ["Objective", "SegmentLoss", "build_objective"]
 

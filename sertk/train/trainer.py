@@ -28,7 +28,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from sertk import __version__
+from sertk.decode.forward import segment_posteriors, utterance_decisions
 from sertk.envinfo import environment
+from sertk.features.dataset import SegmentDataset, collate
 from sertk.fsutil import atomic_write_text
 from sertk.models import build_model
 from sertk.models.layer_sum import with_layer_sums
@@ -36,10 +38,9 @@ from sertk.score import metrics
 from sertk.train.checkpoint import load_checkpoint, save_checkpoint
 from sertk.train.config import ConfigError, model_options, with_new_defaults
 from sertk.train import distributed
-from sertk.train.data import SegmentDataset, collate, spec_augment
+from sertk.train.data import spec_augment
 from sertk.train.distributed import PieceSampler, Ranks
 from sertk.train.folddata import epoch_batches, load_fold, loader_options
-from sertk.train.infer import segment_posteriors, utterance_decisions
 from sertk.train.loss import Objective, build_objective
 from sertk.train.optim import build_optimizer, build_schedule
 from sertk.train.precision import LEGACY_TRUE, autocast_dtype, precision_record

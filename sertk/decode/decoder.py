@@ -15,13 +15,14 @@ from typing import Optional
 
 from sertk.data.cross import collapse, dropped_text, load_class_mapping, relabel
 from sertk.data.datadir import DataDir
-from sertk.decode import read_decode_dir, write_decode_dir
+from sertk.decode.decodedir import read_decode_dir, write_decode_dir
+from sertk.decode.forward import as_seg_posteriors, seg2utt, segment_dataset, segment_posteriors
+from sertk.decode.restore import restore_model
 from sertk.errors import SertkError
+from sertk.features.reading import Normalization, StreamLayout, load_streams
 from sertk.features.segments import SegmentConfig
 from sertk.fsutil import sha256_file
-from sertk.train.checkpoint import load_checkpoint
-from sertk.train.features import Normalization, StreamLayout, load_streams
-from sertk.train.infer import as_seg_posteriors, restore_model, seg2utt, segment_dataset, segment_posteriors
+from sertk.experiment import load_checkpoint
 
 log = logging.getLogger(__name__)
 DEV_SELECTED = "best.pt"
@@ -54,7 +55,9 @@ def decode_data_dir(exp_dir: Path, data_dir: Path, feats_dir: Path, out_dir: Pat
         if is_test and not retest:
             raise DecodeError(f"{out_dir}: this test set was already decoded with another checkpoint; "
                               "decoding it again needs --retest")
-    ckpt = load_checkpoint(ckpt_path, device)
+    # on the CPU whatever `device` is: the normalization state is read with numpy (a CUDA tensor cannot be),
+    # and restore_model puts the weights on `device`
+    ckpt = load_checkpoint(ckpt_path)
     config, model_classes = ckpt["config"], list(ckpt["classes"])
     dd = DataDir.load(data_dir)
     dropped = None
@@ -88,4 +91,3 @@ def decode_data_dir(exp_dir: Path, data_dir: Path, feats_dir: Path, out_dir: Pat
     write_decode_dir(out_dir, as_seg_posteriors(dataset, post), seg2utt(dataset), classes, info,
                      default_rule=config["decode"]["rule"])
     return f"{len(dd.utts)} utterances, {len(dataset)} segments (checkpoint {checkpoint}, epoch {ckpt.get('epoch')})"
-

@@ -1,5 +1,6 @@
-"""The trainer's view of a feature dump: the streams a model reads, for the utterances it needs,
-normalised with statistics from the fold's training part only."""
+"""A model's view of a feature dump: the layout of the streams it reads, those streams in memory for the
+utterances it needs, normalised with statistics from the fold's training part only. Training, decoding and
+inference (a packed model's layout) all read features through here."""
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
@@ -58,7 +59,7 @@ class StreamLayout:
 
     def check_model(self, model) -> None:
         """The model reads its vector streams from segment- or utterance-level rows, the others per frame."""
-        vectors = set(getattr(model, "vector_streams", ()))
+        vectors = set(model.vector_streams)   # a SERModel's, () by default
         for stream, level in self.levels.items():
             if (stream in vectors) != (level != "frame"):
                 wanted = "one vector per segment" if stream in vectors else "frames"

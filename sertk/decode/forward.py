@@ -1,31 +1,16 @@
-"""A trained model rebuilt from its checkpoint, and its segment posteriors over a segment dataset."""
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+"""A model's forward pass over a segment dataset: softmax posteriors per segment, then by utterance or by
+segment id. Decoding, inference and the trainer's per-epoch dev evaluation all score segments here."""
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from sertk.data.datadir import DataDir
-from sertk.decode import decide
+from sertk.decode.voting import decide
+from sertk.features.dataset import SegmentDataset, collate
+from sertk.features.reading import Feats, Normalization, StreamLayout
 from sertk.features.segments import SegmentConfig
-from sertk.models import build_model
-from sertk.models.layer_sum import with_layer_sums
-from sertk.train.config import model_options
-from sertk.train.data import SegmentDataset, collate
-from sertk.train.features import Feats, Normalization, StreamLayout
-
-
-def restore_model(config: Dict[str, Any], num_classes: int, weights: Dict[str, torch.Tensor],
-                  layout_of: Callable[[Sequence[str]], StreamLayout], device: str
-                  ) -> Tuple[torch.nn.Module, StreamLayout]:
-    """The model of `config` with trained `weights`, in eval mode on `device`, and the layout of the
-    streams it reads (`layout_of(streams)`: from a dump, or from a packed model's feature info)."""
-    model = build_model(config["model"]["name"], num_classes, **model_options(config))
-    layout = layout_of(list(model.streams))
-    layout.check_model(model)
-    model = with_layer_sums(model, layout.layers).to(device)
-    model.load_state_dict(weights)
-    return model.eval(), layout
 
 
 def segment_dataset(dd: DataDir, feats: Feats, layout: StreamLayout, segments: SegmentConfig,

@@ -1,0 +1,28 @@
+"""A trained experiment's records as decoding and inference read them: its checkpoint, the model its config
+builds, and a stored config (a packed model's) checked as training checks a config.
+
+The checkpoint format and the experiment config are training's (sertk.train.checkpoint, sertk.train.config).
+sertk.decode and sertk.inference read them through this module only, so those packages import nothing of
+sertk.train; when the config leaves sertk.train (issue 26), only the imports here change.
+"""
+import copy
+from typing import Any, Dict
+
+from torch import nn
+
+from sertk.models import build_model
+from sertk.train.checkpoint import load_checkpoint
+from sertk.train.config import check_config, model_options, with_new_defaults
+
+__all__ = ["build_configured_model", "checked_config", "load_checkpoint"]
+
+
+def build_configured_model(config: Dict[str, Any], num_classes: int) -> nn.Module:
+    """The untrained model `config` names (model.name, with the other model.* keys as its options)."""
+    return build_model(config["model"]["name"], num_classes, **model_options(config))
+
+
+def checked_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A stored config checked as `sertk train` checks one, with the keys an older sertk did not write at their
+    defaults; `config` itself is left as it is. A SertkError (ConfigError) says what is wrong."""
+    return check_config(with_new_defaults(copy.deepcopy(config)))
