@@ -46,6 +46,37 @@ def test_local_jobs_write_their_logs_and_failures_name_them(sertk_cli, tmp_path)
     assert sertk_cli("jobs", "run", "JOB=1:2").exit_code == 2   # no log, no command
 
 
+def test_gpus_are_shared_out_among_running_jobs(sertk_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    log = tmp_path / "log" / "g.JOB.log"
+    seen = lambda n: {line[4:] for k in range(1, n + 1)  # noqa: E731  (the GPUs each job was given)
+                      for line in (tmp_path / "log" / f"g.{k}.log").read_text().splitlines() if line.startswith("gpu=")}
+    show = ["--", PY, "-c", "import os, time; time.sleep(0.3); print('gpu=' + os.environ['CUDA_VISIBLE_DEVICES'])"]
+    one_each = sertk_cli("jobs", "run", "--gpus", "1", "JOB=1:2", log, *show)
+    assert one_each.exit_code == 0, one_each.output
+    assert seen(2) == {"0", "1"}
+    shared = sertk_cli("jobs", "run", "--gpus", "1", "--jobs-per-gpu", "2", "JOB=1:4", log, *show)
+    assert shared.exit_code == 0, shared.output
+    assert seen(4) == {"0", "1"}
+    # four at once with one GPU each need four GPUs, or two per GPU
+    too_many = sertk_cli("jobs", "run", "--gpus", "1", "JOB=1:4", log, *show)
+    assert too_many.exit_code == 1 and "need 4 GPUs; this machine shows 2" in too_many.output
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert "need 2 GPUs; this machine shows 1" in sertk_cli("jobs", "run", "--gpus", "1", "--jobs-per-gpu", "2",
+                                                             "JOB=1:4", log, *show).output
+    slurm = sertk_cli("jobs", "run", "--backend", "slurm", "--jobs-per-gpu", "2", "JOB=1:2", log, *show)
+    assert slurm.exit_code == 1 and "--jobs-per-gpu is for the local backend" in slurm.output
+
+
+def test_slot_gpus_follow_the_sharing(monkeypatch):
+    from sertk.jobs.local import _gpu_slots
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert _gpu_slots(4, 1) == ["0", "1", "2", "3"]
+    assert _gpu_slots(4, 1, 2) == ["0", "0", "1", "1"]
+    assert _gpu_slots(3, 2, 2) == ["0,1", "0,1", "2,3"]
+    assert _gpu_slots(10, 1, 10) == ["0"] * 10
+
+
 def test_split_extraction_on_local_jobs_equals_one_command(sertk_cli, emodb_dir, tmp_path):
     conf = tmp_path / "feats.yaml"
     conf.write_text(yaml.safe_dump(FEATURES))

@@ -28,7 +28,8 @@
 # options in conf/slurm.yaml); --nj N > 1 splits stage 2 into N jobs of whole speakers (--nj auto, the
 # default: one in-process pass on the local backend when the corpus has under split_hours of audio, where
 # a job's Python and torch start-up would cost more than it saves; else 4 jobs), --fold_jobs K
-# trains K folds at a time (a log per fold in exp/<protocol>/<model>/log/). --ngpu N > 1 (or --nproc N
+# trains K folds at a time (a log per fold in exp/<protocol>/<model>/log/), and with --ngpu, --jobs_per_gpu G
+# lets G of them share each GPU (small models leave a GPU mostly idle). --ngpu N > 1 (or --nproc N
 # on CPUs) trains each fold in N processes under torchrun (DistributedDataParallel); --torchrun_args
 # replaces its default --standalone for several nodes (e.g. "--nnodes 2 --node_rank 0 --rdzv_backend c10d
 # --rdzv_endpoint host:29400").
@@ -50,6 +51,7 @@ torchrun_args=${torchrun_args:---standalone}   # torchrun's rendezvous options (
 nj=${nj:-auto}               # feature-extraction jobs; N > 1: N jobs of whole speakers on the backend; auto: see above
 split_hours=${split_hours:-5}  # --nj auto splits stage 2 into jobs only for a corpus longer than this
 fold_jobs=${fold_jobs:-1}    # folds trained at a time, on the backend
+jobs_per_gpu=${jobs_per_gpu:-1}  # local backend with --ngpu: folds that share the same GPU(s) (small models)
 [ ! -f cmd.sh ] || . ./cmd.sh   # backend=local | slurm
 backend=${backend:-local}
 train_args=${train_args:-}   # passed to `sertk train`, e.g. "--set optim.lr=1e-4 --set train.epochs=5"
@@ -62,7 +64,7 @@ corpus=${corpus:?run.sh must set corpus}
 root_var="${corpus}_root"
 # shellcheck disable=SC2034  # read by parse_options.sh
 help_message="Usage: $0 [--stage N] [--stop_stage M] [--model NAME] [--protocol NAME] [--folds 1,3]
-          [--ngpu K] [--nproc P] [--torchrun_args ...] [--nj auto|J] [--split_hours H] [--fold_jobs F] [--backend local|slurm]
+          [--ngpu K] [--nproc P] [--torchrun_args ...] [--nj auto|J] [--split_hours H] [--fold_jobs F] [--jobs_per_gpu G] [--backend local|slurm]
           [--${root_var} PATH] [--train_args \"--set key=value ...\"] [--decode_args ...] [--extract_args ...]
           [--prepare_args ...] [--cross_corpus NAME --cross_root PATH]${recipe_help:+
           $recipe_help}"
@@ -70,7 +72,7 @@ help_message="Usage: $0 [--stage N] [--stop_stage M] [--model NAME] [--protocol 
 # The options: ser.sh's own, the corpus root and those the recipe documents in recipe_help. Only these
 # are parsed, so a mistyped or stray `--PATH`/`--corpus` is an error instead of a changed script.
 printf -v "$root_var" '%s' "${!root_var:-}"   # a recipe that sets no default root still has the option
-script_options=(stage stop_stage model protocol folds ngpu nproc torchrun_args nj split_hours fold_jobs backend
+script_options=(stage stop_stage model protocol folds ngpu nproc torchrun_args nj split_hours fold_jobs jobs_per_gpu backend
                 train_args decode_args extract_args prepare_args cross_corpus cross_root "$root_var")
 rest=${recipe_help:-}
 while [[ $rest =~ \[--([A-Za-z_][A-Za-z0-9_-]*)(.*)$ ]]; do
@@ -111,10 +113,13 @@ conf_file() {  # conf/<path> from the recipe when it has one, else the shared de
 }
 model_conf=$(conf_file "models/${model}.yaml")
 [ -n "$model_conf" ] || die "no model config conf/models/${model}.yaml (models: $(ls conf/models "$template_conf/models" 2>/dev/null | sed -n 's/\.yaml$//p' | sort -u | tr '\n' ' '))"
-for n in ngpu nproc fold_jobs split_hours; do [[ ${!n} =~ ^[0-9]{1,6}$ ]] || die "--$n ${!n}: give a whole number (at most 6 digits)"; done
+for n in ngpu nproc fold_jobs jobs_per_gpu split_hours; do [[ ${!n} =~ ^[0-9]{1,6}$ ]] || die "--$n ${!n}: give a whole number (at most 6 digits)"; done
 [ "$nj" = auto ] || [[ $nj =~ ^[0-9]{1,6}$ ]] || die "--nj $nj: give auto or a whole number (at most 6 digits)"
-{ [ "$nj" = auto ] || [ "$nj" -ge 1 ]; } && [ "$fold_jobs" -ge 1 ] || die "--nj and --fold_jobs must be at least 1"
+{ [ "$nj" = auto ] || [ "$nj" -ge 1 ]; } && [ "$fold_jobs" -ge 1 ] && [ "$jobs_per_gpu" -ge 1 ] \
+  || die "--nj, --fold_jobs and --jobs_per_gpu must be at least 1"
 case "$backend" in local|slurm) ;; *) die "--backend $backend: use local or slurm (see cmd.sh)";; esac
+[ "$jobs_per_gpu" -eq 1 ] || { [ "$backend" = local ] && [ "$ngpu" -ge 1 ]; } \
+  || die "--jobs_per_gpu $jobs_per_gpu: for folds sharing GPUs of this machine (--backend local with --ngpu 1 or more)"
 [[ $folds =~ ^(all|[0-9]{1,6}(,[0-9]{1,6})*)$ ]] && [[ ! $folds =~ (^|,)0+(,|$) ]] \
   || die "--folds $folds: give all or fold numbers from 1, comma-separated (e.g. 1,3)"
 [ -z "$cross_root" ] || [ -n "$cross_corpus" ] || die "--cross_root $cross_root needs --cross_corpus NAME"
@@ -274,7 +279,7 @@ if run_stage 3; then
               --exp "$exp/foldJOB" --device "$device" $train_args)
   if [ "$fold_jobs" -gt 1 ] || [ "$backend" != local ]; then
     log "training $model on folds $(echo $fold_ids | tr ' ' ,), $fold_jobs at a time ($backend); logs: $exp/log/"
-    jobs_run train --max-jobs "$fold_jobs" --gpus "$ngpu" "JOB=$(echo $fold_ids | tr ' ' ,)" \
+    jobs_run train --max-jobs "$fold_jobs" --gpus "$ngpu" --jobs-per-gpu "$jobs_per_gpu" "JOB=$(echo $fold_ids | tr ' ' ,)" \
       "$exp/log/train.foldJOB.log" -- "${train_fold[@]}"
   else
     for k in $fold_ids; do
