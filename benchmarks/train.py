@@ -65,7 +65,7 @@ def spread(dd, n: int):
 def one_run(args) -> None:
     """In the child process: train, then print the epoch-2 figures as JSON."""
     import torch
-    from sertk.train.config import load_config
+    from sertk.config.loading import load_config
     from sertk.train.trainer import train
     from sertk.models import dropout_attention
     overrides = ["train.epochs=3", "train.patience=10", "train.min_epochs=1"]
@@ -110,7 +110,7 @@ def main() -> None:
     import torch
     from sertk.data.datadir import DataDir
     from sertk.features.extract import extract_features, load_config as load_features
-    from sertk.train.config import load_config
+    from sertk.config.loading import load_config
     data = prepare(args.emodb)
     work = Path(tempfile.mkdtemp(prefix="sertk-train-bench-"))
     fold = work / "fold1"

@@ -53,13 +53,14 @@ def main(verbose: int, quiet: bool) -> None:
 
 
 def _register() -> None:
+    from sertk.config.cli import config_group
     from sertk.data.cli import data
     from sertk.decode.cli import decode
     from sertk.features.cli import features
     from sertk.inference.cli import infer, pack
     from sertk.jobs.cli import jobs
     from sertk.score_cli import results, score
-    from sertk.train.cli import config_group, train
+    from sertk.train.cli import train
     for command in (data, features, train, decode, score, results, pack, infer, config_group, jobs):
         main.add_command(command)
 

@@ -1,18 +1,17 @@
 """A trained experiment's records as decoding and inference read them: its checkpoint, the model its config
 builds, and a stored config (a packed model's) checked as training checks a config.
 
-The checkpoint format and the experiment config are training's (sertk.train.checkpoint, sertk.train.config).
-sertk.decode and sertk.inference read them through this module only, so those packages import nothing of
-sertk.train; when the config leaves sertk.train (issue 26), only the imports here change.
+The checkpoint format (sertk.checkpoint) and the experiment config (sertk.config) sit below training,
+decoding and inference, which all read them; sertk.decode and sertk.inference import nothing of sertk.train.
 """
 import copy
 from typing import Any, Dict
 
 from torch import nn
 
+from sertk.checkpoint import load_checkpoint
+from sertk.config.loading import check_config, model_options, with_new_defaults
 from sertk.models import build_model
-from sertk.train.checkpoint import load_checkpoint
-from sertk.train.config import check_config, model_options, with_new_defaults
 
 __all__ = ["build_configured_model", "checked_config", "load_checkpoint"]
 

@@ -20,7 +20,7 @@ from sertk.data.protocols import make_folds
 from sertk.features.extract import extract_features, min_audio_seconds
 from sertk.features.streams import parse_config
 from sertk.inference.pack import pack_experiment
-from sertk.train.config import load_config
+from sertk.config.loading import load_config
 from sertk.train.trainer import train
 
 FEATURES = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16}}}

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from sertk.models import ModelConfigError
-from sertk.train.config import ConfigError, get_key, load_config
+from sertk.config.loading import ConfigError, get_key, load_config
 
 
 def write(tmp_path, text):

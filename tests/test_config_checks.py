@@ -1,4 +1,4 @@
-"""Every config value checked when the config is loaded (sertk.train.config_schema: CHECKS, the model options
+"""Every config value checked when the config is loaded (sertk.config.schema: CHECKS, the model options
 by type and meaning, COMBINATIONS), `--device` checked against the machine, and a failed `sertk train` that
 leaves no exp dir behind where there was none."""
 import dataclasses
@@ -17,8 +17,8 @@ from sertk.features.extract import extract_features
 from sertk.models import available_models, model_class
 from sertk.train import optim
 from sertk.train import trainer as trainer_module
-from sertk.train.config import ConfigError, check_config, load_config, with_new_defaults
-from sertk.train.config_schema import (CHECKS, DEFAULTS, OPTIMIZERS, SCHEDULERS, SELECT_METRICS, FeatureSettingError,
+from sertk.config.loading import ConfigError, check_config, load_config, with_new_defaults
+from sertk.config.schema import (CHECKS, DEFAULTS, OPTIMIZERS, SCHEDULERS, SELECT_METRICS, FeatureSettingError,
                                        model_option_check)
 
 TINY = ["model.name=crnn", "model.n_mels=16", "model.channels=[4,8]", "model.lstm_hidden=8",

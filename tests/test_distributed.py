@@ -164,7 +164,7 @@ def test_an_interrupted_distributed_run_resumes_to_the_same_weights(fold, runs):
 
 
 def test_a_global_batch_smaller_than_the_processes_is_refused(fold):
-    from sertk.train.config import ConfigError, load_config
+    from sertk.config.loading import ConfigError, load_config
     from sertk.train.trainer import _Run
     config = load_config(fold / "conf.yaml", ["train.batch_size=1"])
     with pytest.raises(ConfigError, match="train.batch_size 1 is the global batch"):

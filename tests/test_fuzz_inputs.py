@@ -21,7 +21,7 @@ from sertk.inference.pack import features_from_config, make_meta
 from sertk.inference.pack_file import write_pack
 from sertk.inference.packed import META_MEMBER, WEIGHTS_MEMBER
 from sertk.models import build_model
-from sertk.train.config import load_config, model_options
+from sertk.config.loading import load_config, model_options
 
 SEED = 24
 TINY = ["model.name=crnn", "model.n_mels=16", "model.channels=[4,8]", "model.lstm_hidden=8",

@@ -19,7 +19,7 @@ from sertk.decode import read_decode_dir
 from sertk.features.extract import extract_features
 from sertk.fsutil import sha256_file
 from sertk.results import collect
-from sertk.train.config import ConfigError, grid_points, load_config, point_config
+from sertk.config.loading import ConfigError, grid_points, load_config, point_config
 from sertk.train.grid import point_dir_name
 
 FEATURES = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16}}}

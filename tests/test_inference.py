@@ -24,7 +24,7 @@ from sertk.inference.pack import pack_experiment
 from sertk.inference.pack_file import read_pack
 from sertk.inference.packed import META_MEMBER, WEIGHTS_MEMBER, PackError
 from sertk.inference.vad import SileroVad, VadConfig, VadError, detect_speech, speech_chunks, silero_available
-from sertk.train.config import load_config
+from sertk.config.loading import load_config
 from sertk.train.trainer import train
 
 FEATURES = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16}}}

@@ -12,7 +12,7 @@ from helpers import emodb_loso
 from sertk.features.extract import extract_features
 from sertk.models import _REGISTRY, Objective, SERModel, available_models, build_model, model_class, register
 from sertk.models.sequence import masked_mean
-from sertk.train.config import DEFAULTS, load_config
+from sertk.config.loading import DEFAULTS, load_config
 from sertk.train.loss import SegmentLoss
 from sertk.train.trainer import train
 

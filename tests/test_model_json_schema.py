@@ -17,7 +17,7 @@ from sertk.inference.pack_check import check_meta
 from sertk.inference.pack_file import read_meta, read_pack
 from sertk.inference.pack_schema import META_SCHEMA
 from sertk.inference.packed import META_MEMBER, WEIGHTS_MEMBER, PackError
-from sertk.train.config import load_config
+from sertk.config.loading import load_config
 from sertk.train.trainer import train
 
 FEATURES = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16}}}

@@ -136,7 +136,7 @@ def test_segments_other_than_the_functionals_windows_are_refused(smile_dump):
 
 
 def test_centre_cropped_training_is_refused_with_segment_level_streams(smile_dump):
-    from sertk.train.config import ConfigError
+    from sertk.config.loading import ConfigError
     from sertk.train.folddata import train_windows
     _, _, out, _ = smile_dump
     with pytest.raises(ConfigError, match=r"cuts windows that the segment-level stream\(s\) \['is10_func'\] hold"):

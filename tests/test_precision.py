@@ -7,7 +7,7 @@ import yaml
 from helpers import emodb_loso, interrupt_training_after
 from sertk.features.extract import extract_features
 from sertk.train import precision
-from sertk.train.config import load_config
+from sertk.config.loading import load_config
 from sertk.train.precision import LEGACY_TRUE, autocast_dtype, precision_record
 from sertk.train.trainer import train
 

@@ -9,7 +9,7 @@ import yaml
 from recipes import REPO, assert_folds_done, assert_packed_model_decides_as_decoded, copy_recipe, run_recipe
 from replicas import make_emodb, write_wav
 from sertk.models import build_model
-from sertk.train.config import load_config
+from sertk.config.loading import load_config
 
 SEED_MODELS = sorted(p.stem for p in (REPO / "egs" / "TEMPLATE" / "conf" / "models").glob("*.yaml")
                      if p.stem != "crnn")

@@ -19,7 +19,7 @@ from sertk.inference.inferencer import Inferencer
 from sertk.inference.pack import pack_experiment
 from sertk.inference.pack_file import read_pack
 from sertk.models import ModelConfigError, build_model
-from sertk.train.config import load_config
+from sertk.config.loading import load_config
 from sertk.train.trainer import train
 
 transformers = pytest.importorskip("transformers", reason="the ssl extra is not installed (pip install -e '.[dev]')")

@@ -18,7 +18,7 @@ from sertk.features.storage import load_feats, read_dump_config
 from sertk.features.streams import build_frontends, parse_config
 from sertk.models import build_model
 from sertk.models.layer_sum import LayerSum, with_layer_sums
-from sertk.train.config import load_config
+from sertk.config.loading import load_config
 from sertk.train.trainer import train
 
 transformers = pytest.importorskip("transformers", reason="the ssl extra is not installed (pip install -e '.[dev]')")

@@ -16,7 +16,7 @@ from sertk.decode.decoder import DecodeError, decode_data_dir
 from sertk.errors import FeatureError
 from sertk.features.extract import extract_features
 from sertk.features.reading import Normalization, load_streams
-from sertk.train.config import ConfigError, load_config
+from sertk.config.loading import ConfigError, load_config
 from sertk.train.optim import warmup_cosine
 from sertk.train.trainer import train
 

@@ -9,8 +9,8 @@ import torch
 
 from sertk.models import build_model
 from sertk.train import reporter as reporter_module
-from sertk.train.config import ConfigError, load_config, model_options
-from sertk.train.config_schema import DEFAULTS, OPTIMIZERS, SCHEDULERS
+from sertk.config.loading import ConfigError, load_config, model_options
+from sertk.config.schema import DEFAULTS, OPTIMIZERS, SCHEDULERS
 from sertk.train.distributed import Ranks
 from sertk.train.folddata import epoch_batches, loader_options
 from sertk.train.loss import Objective, build_objective

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from helpers import emodb_loso  # noqa: E402
 from test_train import FEATURES, SD_TINY, TINY  # noqa: E402  (the tests' tiny runs)
 from sertk.features.extract import extract_features  # noqa: E402
-from sertk.train.config import load_config  # noqa: E402
+from sertk.config.loading import load_config  # noqa: E402
 from sertk.train.trainer import train  # noqa: E402
 
 RUNS = {"crnn": TINY,

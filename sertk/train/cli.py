@@ -1,20 +1,15 @@
-"""`sertk train` and `sertk config` (`sertk decode` is sertk.decode.cli's)."""
+"""`sertk train` (`sertk config` is sertk.config.cli's, `sertk decode` sertk.decode.cli's)."""
 import shutil
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 import click
-import yaml
 
-# the config module imports the model registry (torch): imported when a command runs
+from sertk.config.cli import config_path, grid_option, overrides
 
-config_path = click.Path(exists=True, dir_okay=False, path_type=Path)
+# the trainer and the config loader import the model registry (torch): imported when the command runs
+
 existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
-overrides = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                         help="Override a config key, e.g. --set optim.lr=1e-4 (repeatable).")
-grid_option = click.option("--grid", "grids", multiple=True, metavar="KEY=[V1,V2]",
-                           help="Try these values of KEY on dev: replaces or adds KEY in the config's grid "
-                                "(a scalar is one value; KEY= takes KEY out). Repeatable.")
 
 
 def _remove_new_exp_dir(exp_dir: Path, missing: List[Path]) -> None:
@@ -55,7 +50,7 @@ def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device:
     import logging
     from sertk.device import pick_device
     from sertk.errors import SertkError
-    from sertk.train.config import load_config
+    from sertk.config.loading import load_config
     from sertk.train.distributed import ranks_from_environment
     from sertk.train.grid import train_experiment
     from sertk.train.trainer import TrainSummary
@@ -76,39 +71,3 @@ def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device:
     if ranks.main and isinstance(outcome, TrainSummary):
         click.echo(f"{exp_dir}: best dev {outcome.metric} {outcome.best_dev_score:.4f} at epoch {outcome.best_epoch} "
                    f"({outcome.epochs_run} epochs)")
-
-
-@click.group("config")
-def config_group() -> None:
-    """Show resolved experiment configs."""
-
-
-@config_group.command()
-@click.argument("config_file", type=config_path)
-@overrides
-@grid_option
-def show(config_file: Path, sets: Tuple[str], grids: Tuple[str]) -> None:
-    """Print the fully resolved config (defaults, model defaults, file, overrides), its grid included; a grid of
-    several points is followed by a comment listing them."""
-    from sertk.train.config import grid_points, load_config, point_text
-    config = load_config(config_file, sets, grids)
-    click.echo(yaml.safe_dump(config, sort_keys=False), nl=False)
-    points = grid_points(config["grid"])
-    if len(points) > 1:
-        click.echo(f"# grid: {len(points)} points, each trained and scored on dev (sertk train):")
-        for i, point in enumerate(points, start=1):
-            click.echo(f"#   {i}: {point_text(point)}")
-
-
-@config_group.command()
-@click.argument("config_file", type=config_path)
-@click.argument("key")
-@overrides
-@grid_option
-def get(config_file: Path, key: str, sets: Tuple[str], grids: Tuple[str]) -> None:
-    """Print one key of the resolved config, e.g. `features.tag` (for shell recipes). A key outside `model.`
-    is read without importing the model or torch (the model's options are checked by `config show` and
-    `sertk train`)."""
-    from sertk.train.config import get_key, load_config
-    value = get_key(load_config(config_file, sets, grids, models=key.startswith("model.")), key)
-    click.echo(value if not isinstance(value, (dict, list)) else yaml.safe_dump(value).strip())

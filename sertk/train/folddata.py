@@ -1,7 +1,7 @@
 """A fold's data as a run trains on it: the train and dev data dirs, their features normalised with the
 fold's statistics and cut into segments for the model (`load_fold`), and how an epoch draws its batches.
 
-The config's values are checked when it is loaded (sertk.train.config); what is checked here needs the data,
+The config's values are checked when it is loaded (sertk.config.loading); what is checked here needs the data,
 the feature dump or the model: the class lists, the dump's frames against the model's, utt2gen.
 """
 import logging
@@ -18,7 +18,7 @@ from sertk.features.dataset import SegmentDataset, check_model_length
 from sertk.features.reading import Normalization, StreamLayout, load_streams
 from sertk.features.segments import SegmentConfig
 from sertk.models.base import SERModel
-from sertk.train.config import ConfigError
+from sertk.config.loading import ConfigError
 from sertk.train.data import length_batches
 from sertk.train.distributed import Ranks
 

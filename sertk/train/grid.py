@@ -1,6 +1,6 @@
 """Hyper-parameters chosen on dev, per fold: every point of the config's grid trained, the best kept.
 
-`sertk train --exp E` with a grid of more than one point (sertk.train.config: `grid:` and `--grid`)
+`sertk train --exp E` with a grid of more than one point (sertk.config.loading: `grid:` and `--grid`)
 trains each point in this process into its own exp dir, `E/grid/<k>_<values>/` (config: the base
 config with the point's values set and the grid emptied; resumable from its own last.pt, a finished
 point skipped), then picks the point with the best dev score (train.select; ties: the earliest point).
@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional
 import yaml
 
 from sertk.fsutil import atomic_write_text, atomic_write_with, sha256_file
-from sertk.train.config import ConfigError, grid_points, point_config, point_text, with_new_defaults
+from sertk.config.loading import ConfigError, grid_points, point_config, point_text, with_new_defaults
 from sertk.train.distributed import Ranks, keep_group, ranks_from_environment
 from sertk.train.expdir import GRID_DIR, check_exp_dir
 from sertk.train.trainer import TrainSummary, train

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from sertk.features.dataset import SegmentDataset
 from sertk.models.base import Objective, SERModel
-from sertk.train.config import ConfigError
+from sertk.config.loading import ConfigError
 from sertk.train.data import class_weights
 
 __all__ = ["Objective", "SegmentLoss", "build_objective"]
@@ -48,7 +48,7 @@ class SegmentLoss:
 
 def build_objective(config: Dict[str, Any], model: SERModel, train_set: SegmentDataset, num_classes: int) -> Objective:
     """The model's objective (its `objective` hook) on the emotion SegmentLoss, class- and utterance-weighted as
-    config["train"] says. The weights' ranges are checked when the config is loaded (sertk.train.config); what is
+    config["train"] says. The weights' ranges are checked when the config is loaded (sertk.config.loading); what is
     checked here is that the model has what a loss weight set in config["loss"] needs: a gender head, center-loss
     embeddings, rebuilt frames (its `tasks` and `center_dims`)."""
     cfg, name = config["loss"], config["model"]["name"]

@@ -1,7 +1,7 @@
 """The optimizer and the learning-rate schedule of a run, from the config's `optim` and `scheduler` sections.
 
 Both are tables: `OPTIMIZERS` (optim.name -> torch optimizer) and `SCHEDULERS` (scheduler.name -> how it is
-built and what steps it). The config's values are checked when it is loaded (sertk.train.config_schema: CHECKS,
+built and what steps it). The config's values are checked when it is loaded (sertk.config.schema: CHECKS,
 COMBINATIONS), so nothing here checks them again; a new kind is one table entry (and its name in config_schema.py).
 """
 import math

@@ -8,7 +8,7 @@ was interrupted and resumed ends with the same weights as one that never stopped
 This module runs the loop; its parts live beside it: the fold's data (sertk.train.folddata), the objective
 (sertk.train.loss.build_objective: the model's own, see sertk.models.base), the optimizer and schedule
 (sertk.train.optim), what an epoch reports to train.log and TensorBoard (sertk.train.reporter). Config values
-are checked when the config is loaded (sertk.train.config); what is checked here needs the run: a resumed
+are checked when the config is loaded (sertk.config.loading); what is checked here needs the run: a resumed
 run's config, the processes.
 """
 import copy
@@ -35,8 +35,8 @@ from sertk.fsutil import atomic_write_text
 from sertk.models import build_model
 from sertk.models.layer_sum import with_layer_sums
 from sertk.score import metrics
-from sertk.train.checkpoint import load_checkpoint, save_checkpoint
-from sertk.train.config import ConfigError, model_options, with_new_defaults
+from sertk.checkpoint import load_checkpoint, save_checkpoint
+from sertk.config.loading import ConfigError, model_options, with_new_defaults
 from sertk.train import distributed
 from sertk.train.data import spec_augment
 from sertk.train.distributed import PieceSampler, Ranks

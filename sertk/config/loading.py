@@ -1,6 +1,6 @@
 """Experiment configs: one YAML says everything; any key can be overridden as `key.sub=value`.
 
-The resolved config is the defaults (sertk.train.config_schema), then the model's own Config defaults under
+The resolved config is the defaults (sertk.config.schema), then the model's own Config defaults under
 `model`, then the YAML file (with the files it names as `base:` under it), then the command-line overrides.
 Every key must exist in the defaults, so a typo is an error rather than a silently ignored setting.
 
@@ -9,7 +9,7 @@ checked as `--set` checks it and every value against the key's type when the con
 a typo fails before any feature is read. `--grid KEY=[v1,v2]` (a scalar: one value) replaces or adds
 a key; `--grid KEY=` (nothing after '=') takes it out.
 
-Every value is checked when the config is loaded, against the tables of sertk.train.config_schema (`CHECKS`,
+Every value is checked when the config is loaded, against the tables of sertk.config.schema (`CHECKS`,
 `model_option_check`, `COMBINATIONS`). So `--set optim.lr=-1`, `--set train.epochs=` or
 `--set scheduler.name=bogus` is one line before any feature is read or any file written; `check_config`
 checks a resolved config the same way (a packed model's, sertk.inference.pack_check).
@@ -25,7 +25,7 @@ import yaml
 
 from sertk.errors import SertkError
 # ConfigError and DEFAULTS are used here and imported from here by the rest of sertk (trainer, grid, pack)
-from sertk.train.config_schema import (CHECKS, COMBINATIONS, DEFAULTS, GRID_FIXED, SEVERAL_TYPES, Check,
+from sertk.config.schema import (CHECKS, COMBINATIONS, DEFAULTS, GRID_FIXED, SEVERAL_TYPES, Check,
                                        ConfigError, check_value, model_option_check, shown)
 from sertk.yamlutil import load_yaml, read_yaml_file
 

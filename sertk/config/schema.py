@@ -3,10 +3,10 @@
 `DEFAULTS` holds every section and key (a key not in it is a typo, an error); `CHECKS` says per key what it
 takes (type, choices, range, whether null means something); `model_option_check` says it for the model's
 options by their declared types and by what their names mean (sizes >= 1, rates in [0, 1)); `COMBINATIONS`
-are the rules over several keys. sertk.train.config applies them when a config is loaded or checked.
+are the rules over several keys. sertk.config.loading applies them when a config is loaded or checked.
 
 Kept apart from the loading so that a new key or check is one entry here; nothing here imports the models
-(nor torch): the model's own defaults and checks are read from its Config by sertk.train.config.
+(nor torch): the model's own defaults and checks are read from its Config by sertk.config.loading.
 """
 import math
 import typing
