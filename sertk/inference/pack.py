@@ -18,7 +18,7 @@ from sertk.features.streams import DUMP_INFO_KEY, build_frontends, parse_config
 from sertk.fsutil import sha256_file
 from sertk.inference.pack_check import check_meta
 from sertk.inference.pack_file import read_meta, write_pack
-from sertk.inference.packed import FORMAT, FORMAT_VERSION, PackError
+from sertk.inference.packed import FORMAT, FORMAT_VERSION, LAYOUT_KEYS, PackError
 from sertk.results import ENV_FILE, SUMMARY_KEYS, find_fold_dirs, resolve_path
 from sertk.score import score_decode_dir
 from sertk.experiment import build_configured_model, load_checkpoint
@@ -30,7 +30,6 @@ CHECKPOINT = "best.pt"            # the dev-selected checkpoint: what a packed m
 DECODE_DIRS = ("decode_test", "decode_dev")
 # what a dump's info section says about the frame layout (sertk.features.extract.stream_layout),
 # the rest (utterance checksum, counts) describes the training data and is left out
-LAYOUT_KEYS = ("dims", "frame_shift", "levels", "frame_window", "windows", "layers")
 ENCODER_STREAMS = ("ssl", "ssl_stats")   # stream types that run a pretrained encoder
 
 

@@ -15,7 +15,8 @@ from sertk import __version__
 from sertk.errors import FeatureError, SertkError
 from sertk.features.streams import DUMP_INFO_KEY, build_frontends, parse_config
 from sertk.inference.pack_schema import META_SCHEMA, STREAM_STATS, is_int
-from sertk.inference.packed import FORMAT, FORMAT_VERSION, META_MEMBER, WEIGHTS_MEMBER, PackedModel, PackError
+from sertk.inference.packed import (FORMAT, FORMAT_VERSION, LAYOUT_KEYS, META_MEMBER, WEIGHTS_MEMBER, PackedModel,
+                                    PackError)
 from sertk.models.layer_sum import with_layer_sums
 from sertk.experiment import build_configured_model, checked_config
 
@@ -68,7 +69,7 @@ def check_meta(meta: Any, path: Path) -> Dict[str, Any]:
     except FeatureError as e:
         raise PackError(str(e)) from None
     layout = meta["features"][DUMP_INFO_KEY]
-    for key in ("dims", "frame_shift", "levels", "frame_window", "windows", "layers"):
+    for key in LAYOUT_KEYS:
         stray = sorted(set(layout.get(key) or {}) - set(cfg.streams))
         if stray:
             raise _bad(path, f"features.{DUMP_INFO_KEY}.{key}.{stray[0]}", "a stream of features.streams", stray[0])

@@ -25,6 +25,8 @@ FORMAT = "sertk-model"
 FORMAT_VERSION = 1
 META_MEMBER = "sertk-model.json"
 WEIGHTS_MEMBER = "weights.pt"
+# the dump layout a pack carries for the streams its model reads (from the info block of features.yaml)
+LAYOUT_KEYS = ("dims", "frame_shift", "levels", "frame_window", "windows", "layers")
 
 
 class PackError(SertkError):
