@@ -36,7 +36,7 @@ from sertk.results_folds import (
     resolve_path,
 )
 from sertk.results_md import results_markdown, summary_markdown
-from sertk.score import save_confusion_png
+from sertk.score_picture import save_confusion_png
 
 # the public face of `sertk results`: sertk.score_cli, sertk.inference.pack and the tests import these from
 # here (listed, so that the re-exported ones count as used)

@@ -10,8 +10,8 @@ from sertk.cli import SertkGroup
 from sertk.data.datadir import DataDir
 from sertk.decode import VOTING_RULES
 from sertk.errors import ScoreError
-from sertk.score import (confusion, confusion_image, confusion_text, metrics, save_confusion_png,
-                         score_decode_dir, score_files)
+from sertk.score import confusion, confusion_text, metrics, score_decode_dir, score_files
+from sertk.score_picture import confusion_image, save_confusion_png
 from sertk.score_cli import results, score
 from helpers import write_utt_segments
 

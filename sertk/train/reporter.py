@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from sertk.score import confusion_image
+from sertk.score_picture import confusion_image
 from sertk.train.distributed import Ranks
 
 log = logging.getLogger(__name__)
