@@ -16,6 +16,12 @@ a temp dir. Speeds are in times real time (seconds of audio per second). Rows:
 
 Each timing is the median of --repeat runs after a warm-up. Targets: >= 1000x real time and >= 5x
 the librosa loop on a 2-core CPU.
+
+--processes times what a user waits for instead, process start-up included: the recipe's stage 2 as a
+whole (`egs/emodb/run.sh --stage 2 --stop_stage 2`, crnn's logmel64 features, in a copy of the recipe whose
+stage 1 ran untimed; the dump removed before each run) against a plain librosa log-mel loop run as its own
+Python process (soundfile.read, melspectrogram 64 bands with the same STFT, log; nothing written).
+Target (issue 26): stage 2 >= 500x real time and faster than that loop.
 """
 import argparse
 import os
@@ -111,6 +117,51 @@ def cpu_model() -> str:
         return platform.processor() or "unknown"
 
 
+LIBROSA_PROCESS = """
+import sys, warnings
+import librosa, numpy as np, soundfile as sf
+warnings.filterwarnings("ignore", message="n_fft=.*is too large")
+for path in sys.argv[1:]:
+    y, sr = sf.read(path, dtype="float32")
+    mel = librosa.feature.melspectrogram(y=y, sr=sr, n_mels=64, n_fft=512, win_length=400, hop_length=160,
+                                         center=True, pad_mode="constant")
+    np.log(mel + 1e-10)
+"""
+
+
+def run_processes(emodb: Path, work: Path, repeat: int) -> None:
+    """Stage 2 of the EmoDB recipe as processes, and the librosa loop as a process, wall clock each."""
+    repo = Path(__file__).resolve().parents[1]
+    for part in ("egs/emodb", "egs/TEMPLATE", "tools"):
+        shutil.copytree(repo / part, work / part, ignore=shutil.ignore_patterns("data", "dump", "exp", "downloads"))
+    recipe = work / "egs" / "emodb"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def recipe_stages(*stages: str) -> None:
+        subprocess.run(["./run.sh", "--emodb_root", str(emodb), *stages], cwd=recipe, env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    recipe_stages("--stage", "0", "--stop_stage", "1")   # data/all and the folds: not timed
+    dd = DataDir.load(recipe / "data" / "all", audio="none")
+    paths = [dd.tables["wav.scp"][u] for u in dd.utts]
+    audio_s = sum(float(v) for v in dd.tables["utt2dur"].values())
+
+    def stage2():
+        shutil.rmtree(recipe / "dump", ignore_errors=True)
+        recipe_stages("--stage", "2", "--stop_stage", "2")
+
+    def librosa_process():
+        subprocess.run([sys.executable, "-c", LIBROSA_PROCESS, *paths], check=True)
+    stage2(), librosa_process()   # warm-up: the file cache, as for the in-process rows
+    ours, lib = timed(stage2, repeat), timed(librosa_process, repeat)
+    print(f"data          {emodb}: {len(paths)} utterances, {audio_s / 3600:.3f} h of audio")
+    print(f"machine       {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}; "
+          f"librosa {librosa.__version__}; python {sys.version.split()[0]}; {repeat} runs each")
+    print(f"{'processes, start-up included':34s} {'best s':>8s} {'x RT':>9s} {'median s':>8s} {'x RT':>9s}")
+    for name, (best, median) in (("stage 2 (run.sh, logmel64)", ours), ("librosa log-mel loop (python)", lib)):
+        print(f"{name:34s} {best:8.3f} {audio_s / best:8.0f}x {median:8.3f} {audio_s / median:8.0f}x")
+    print(f"stage 2 vs the librosa process (best runs): {lib[0] / ours[0]:.2f}x")
+
+
 def default_emodb() -> Path:
     corpora = Path(os.environ.get("SERTK_CORPORA", Path(__file__).resolve().parents[1] / ".." / "shared" / "corpora"))
     return corpora / "emodb"
@@ -123,10 +174,15 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     ap.add_argument("--device", default=default_device())
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--processes", action="store_true",
+                    help="time the recipe's stage 2 and a librosa loop as whole processes (real EmoDB)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="sertk-bench-"))
     try:
+        if args.processes:
+            run_processes(default_emodb(), work, args.repeat)
+            return
         data = args.data
         if data is None:
             data = work / "data"

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sertk.features.streams import FAMILIES, STREAM_TYPES, BuildContext, StreamConfig, build_frontends, parse_config
@@ -73,3 +74,21 @@ def test_streams_with_the_same_stft_share_it():
     assert built["wide"].mel is not built["logmel"].mel and built["wide"].mel.power is built["logmel"].mel.power
     ctx = BuildContext(16000, cfg.streams)
     assert ctx.build(cfg.streams["lld"]).dim == 1 + 2 * 40
+
+
+@pytest.mark.parametrize("sr, n_fft, n_mels, fmin, fmax, htk, norm", [
+    (16000, 512, 64, 0.0, None, False, "slaney"), (16000, 400, 80, 0.0, 8000.0, False, "slaney"),
+    (16000, 512, 128, 20.0, 7600.0, True, None), (22050, 1024, 40, 300.0, None, True, "slaney"),
+    (8000, 256, 13, 0.0, 4000.0, False, None)])
+def test_mel_filterbank_equals_librosas_to_the_bit(sr, n_fft, n_mels, fmin, fmax, htk, norm):
+    import librosa
+    from sertk.features.streams.melscale import mel_filterbank
+    want = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm)
+    got = mel_filterbank(sr, n_fft, n_mels, fmin, fmax, htk, norm)
+    assert got.dtype == want.dtype == np.float32 and np.array_equal(got, want)
+
+
+def test_too_many_mels_warn_of_empty_filters_as_librosa_does():
+    from sertk.features.streams.melscale import mel_filterbank
+    with pytest.warns(UserWarning, match="Empty filters detected"):
+        mel_filterbank(8000, 128, 128)

@@ -8,11 +8,11 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
-import librosa
 import numpy as np
 import torch
 
 from sertk.features.streams.base import FramedConfig, Stream, check_option, frame_mask
+from sertk.features.streams.melscale import mel_filterbank
 from sertk.features.streams.registry import register_stream
 
 if TYPE_CHECKING:
@@ -167,8 +167,8 @@ class MelSpectrogram(_LastCall):
     def __init__(self, config: MelConfig, sample_rate: int, power: PowerSpectrogram):
         super().__init__()
         self.power = power
-        fb = librosa.filters.mel(sr=sample_rate, n_fft=config.n_fft, n_mels=config.n_mels, fmin=config.fmin,
-                                 fmax=config.fmax, htk=config.htk, norm=config.norm).T.astype(np.float32)
+        fb = mel_filterbank(sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax, config.htk,
+                            config.norm).T
         self.bands: List[Tuple[int, int]] = []   # the bins [lo, hi) that each group of filters covers
         for i, start in enumerate(range(0, fb.shape[1], self.GROUP)):
             weights = fb[:, start:start + self.GROUP]
