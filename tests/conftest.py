@@ -4,16 +4,25 @@ Building a replica and preparing it costs a few hundred milliseconds, so each co
 built once per session into a cache and every test gets its own copy (tests may damage it freely).
 """
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Callable, Dict, Sequence, Tuple
 
 import pytest
+import torch
 from click.testing import CliRunner, Result
 
 from replicas import EMODB_EMOTIONS, make_emodb
 from sertk.cli import main
 from sertk.data.corpora import prepare_corpus
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest.ini runs the suite in one worker per core (pytest-xdist): each worker, and the sertk commands its
+    # tests start, computes on one thread, so that the workers do not fight over the cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 # 4 speakers x 1 text x 7 emotions = 28 utterances; speakers of both genders
 EMODB_TEST_SPEAKERS = ("03", "08", "09", "10")

@@ -19,6 +19,10 @@ def tiny_args(epochs: int) -> str:
 
 
 TINY = tiny_args(2)
+ONE_EPOCH = tiny_args(1)
+# ssl_probe on the real Whisper-base, one epoch, one grid point: the recipe's pretrained-encoder path
+PROBE = ("--model", "ssl_probe", "--stage", "2", "--train_args",
+         "--set train.epochs=1 --grid model.layer=[all] --grid optim.weight_decay=")
 
 
 def copy_recipe(tmp_path: Path, corpus: str) -> Path:
@@ -95,3 +99,10 @@ def assert_packed_model_decides_as_decoded(fold: Path, test_dir: Path) -> None:
         assert r["label"] == decoded.hyp[rule][r["id"]]
         np.testing.assert_allclose([r["posteriors"][c] for c in decoded.classes], decoded.post[rule][r["id"]],
                                    atol=1e-5)
+
+
+def probe_through_stage_6(recipe, whisper_base_folder, monkeypatch, folds):
+    """Stages 2-6 of ssl_probe on the data dirs a crnn run of the same recipe copy prepared."""
+    monkeypatch.setenv("SERTK_CACHE", str(whisper_base_folder.parent.parent))
+    run_recipe(recipe, "--nj", "1", *PROBE)
+    assert_folds_done(recipe / "exp" / "loso_session" / "ssl_probe", folds)
