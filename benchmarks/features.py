@@ -151,7 +151,8 @@ def run_processes(emodb: Path, work: Path, repeat: int) -> None:
 
     def librosa_process():
         subprocess.run([sys.executable, "-c", LIBROSA_PROCESS, *paths], check=True)
-    stage2(), librosa_process()   # warm-up: the file cache, as for the in-process rows
+    stage2()            # warm-up: the file cache, as for the in-process rows
+    librosa_process()
     ours, lib = timed(stage2, repeat), timed(librosa_process, repeat)
     print(f"data          {emodb}: {len(paths)} utterances, {audio_s / 3600:.3f} h of audio")
     print(f"machine       {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}; "

@@ -2,10 +2,9 @@
 import pytest
 import yaml
 
-from recipes import assert_folds_done, copy_recipe, run_real_fold1, run_recipe, tiny_args
+from recipes import ONE_EPOCH, assert_folds_done, copy_recipe, run_real_fold1, run_recipe, tiny_args
 from replicas import make_emodb, make_ravdess
 
-ONE_EPOCH = tiny_args(1)
 
 
 @pytest.fixture

@@ -32,8 +32,9 @@ def decode(exp_dir, data_dirs, feats, out_dirs, checkpoint, retest, protocol_dir
     from sertk.device import pick_device
     if len(data_dirs) != len(out_dirs):
         raise click.UsageError(f"give one --out per --data ({len(data_dirs)} --data, {len(out_dirs)} --out)")
+    device = pick_device(device)
     for data_dir, out in zip(data_dirs, out_dirs):
         result = decode_data_dir(exp_dir, data_dir, feats, out, checkpoint=checkpoint, retest=retest,
-                                 protocol_dir=protocol_dir, batch_size=batch_size, device=pick_device(device),
+                                 protocol_dir=protocol_dir, batch_size=batch_size, device=device,
                                  class_map=class_map)
         click.echo(f"{out}: {result}")
