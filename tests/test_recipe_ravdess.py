@@ -6,7 +6,6 @@ from recipes import ONE_EPOCH, assert_folds_done, copy_recipe, run_real_fold1, r
 from replicas import make_emodb, make_ravdess
 
 
-
 @pytest.fixture
 def recipe(tmp_path):
     return copy_recipe(tmp_path, "ravdess")
