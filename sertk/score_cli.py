@@ -4,6 +4,7 @@ from typing import Optional
 
 import click
 
+from sertk.cli_types import any_path, existing_dir
 from sertk.results import DECODE_SUBDIR, RESULTS_FILE, collect, summary_markdown
 from sertk.score import (
     SCORING_DIR,
@@ -13,8 +14,6 @@ from sertk.score import (
     score_files,
     summary_text,
 )
-
-any_path = click.Path(path_type=Path)
 
 
 def _echo_metrics(m: dict) -> None:
@@ -65,7 +64,7 @@ def results() -> None:
 
 
 @results.command("collect")
-@click.argument("model_exp_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("model_exp_dir", type=existing_dir)
 def collect_cmd(model_exp_dir: Path) -> None:
     """Score every MODEL_EXP_DIR/fold<k>/decode_test, pool and average over folds; write RESULTS.md.
 

@@ -5,9 +5,10 @@ from typing import Tuple
 import click
 import yaml
 
+from sertk.cli_types import existing_file
+
 # sertk.config.loading is imported when a command runs: `sertk --help` stays light
 
-config_path = click.Path(exists=True, dir_okay=False, path_type=Path)
 overrides = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                          help="Override a config key, e.g. --set optim.lr=1e-4 (repeatable).")
 grid_option = click.option("--grid", "grids", multiple=True, metavar="KEY=[V1,V2]",
@@ -21,7 +22,7 @@ def config_group() -> None:
 
 
 @config_group.command()
-@click.argument("config_file", type=config_path)
+@click.argument("config_file", type=existing_file)
 @overrides
 @grid_option
 def show(config_file: Path, sets: Tuple[str], grids: Tuple[str]) -> None:
@@ -38,7 +39,7 @@ def show(config_file: Path, sets: Tuple[str], grids: Tuple[str]) -> None:
 
 
 @config_group.command()
-@click.argument("config_file", type=config_path)
+@click.argument("config_file", type=existing_file)
 @click.argument("key")
 @overrides
 @grid_option

@@ -4,6 +4,7 @@ from typing import Optional, Tuple
 
 import click
 
+from sertk.cli_types import any_path, dir_path, existing_dir, existing_file
 from sertk.data.check import check_protocol
 from sertk.data.corpora import import_csv, prepare_corpus
 from sertk.data.cross import dropped_text, load_class_mapping, make_cross_protocol
@@ -18,9 +19,6 @@ from sertk.data.validate import AUDIO_CHECKS, validate as validate_data
 from sertk.errors import DataDirError, ProtocolError
 from sertk.fsutil import atomic_output_dir, check_replaceable, owned_by
 
-existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
-out_dir = click.Path(file_okay=False, path_type=Path)
-
 
 @click.group()
 def data() -> None:
@@ -28,8 +26,8 @@ def data() -> None:
 
 
 @data.command()
-@click.argument("datadir", type=click.Path(path_type=Path))
-@click.option("--labels", type=click.Path(path_type=Path),
+@click.argument("datadir", type=any_path)
+@click.option("--labels", type=any_path,
               help="Label map to check against [default: DIR/labels.yaml].")
 @click.option("--audio", type=click.Choice(AUDIO_CHECKS), default="header", show_default=True,
               help="How hard to check wav.scp: not at all, that files exist, that they open as audio, or "
@@ -73,8 +71,8 @@ def fix(datadir: Path) -> None:
 
 @data.command("subset")
 @click.argument("src", type=existing_dir)
-@click.argument("out", type=out_dir)
-@click.option("--utt-list", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.argument("out", type=dir_path)
+@click.option("--utt-list", type=existing_file,
               help="File of utterance ids, one per line.")
 @click.option("--speakers", help="Comma-separated speaker ids.")
 @click.option("--first", type=int, help="The first N utterances (sorted order).")
@@ -90,7 +88,7 @@ def subset_cmd(src: Path, out: Path, utt_list, speakers, first, last) -> None:
 
 
 @data.command("combine")
-@click.argument("out", type=out_dir)
+@click.argument("out", type=dir_path)
 @click.argument("srcs", nargs=-1, required=True, type=existing_dir)
 def combine_cmd(out: Path, srcs: Tuple[Path, ...]) -> None:
     """Combine the data dirs SRCS into OUT (utterance ids must not repeat)."""
@@ -103,7 +101,7 @@ def combine_cmd(out: Path, srcs: Tuple[Path, ...]) -> None:
 @data.command("split")
 @click.argument("src", type=existing_dir)
 @click.argument("num_parts", type=int)
-@click.option("--out", type=out_dir, help="Where the parts go [default: SRC/split<N>].")
+@click.option("--out", type=dir_path, help="Where the parts go [default: SRC/split<N>].")
 def split_cmd(src: Path, num_parts: int, out: Optional[Path]) -> None:
     """Split SRC into NUM_PARTS data dirs by speaker (OUT/1 ... OUT/N), for parallel jobs."""
     out = out or src / f"split{num_parts}"
@@ -136,10 +134,10 @@ def prepare() -> None:
 def _prepare_options(fn):
     fn = click.option("--skip-bad-audio", is_flag=True,
                       help="Skip missing or unreadable audio files with a count instead of stopping.")(fn)
-    fn = click.option("--labels", type=click.Path(path_type=Path),
+    fn = click.option("--labels", type=any_path,
                       help="Label map (labels.yaml) [default: the corpus's own].")(fn)
-    fn = click.option("--out", required=True, type=out_dir, help="Data dir to write.")(fn)
-    fn = click.option("--root", required=True, type=click.Path(path_type=Path), help="The corpus release folder.")(fn)
+    fn = click.option("--out", required=True, type=dir_path, help="Data dir to write.")(fn)
+    fn = click.option("--root", required=True, type=any_path, help="The corpus release folder.")(fn)
     return fn
 
 
@@ -193,10 +191,10 @@ def msp_improv(**kwargs) -> None:
 
 
 @data.command("import")
-@click.option("--csv", "csv_path", required=True, type=click.Path(path_type=Path),
+@click.option("--csv", "csv_path", required=True, type=any_path,
               help="CSV with columns path,label,speaker and optional session,gender.")
-@click.option("--out", required=True, type=out_dir, help="Data dir to write.")
-@click.option("--labels", type=click.Path(path_type=Path), help="Label map [default: one class per distinct label].")
+@click.option("--out", required=True, type=dir_path, help="Data dir to write.")
+@click.option("--labels", type=any_path, help="Label map [default: one class per distinct label].")
 @click.option("--corpus", help="Corpus name for protocol cards.")
 @click.option("--skip-bad-audio", is_flag=True, help="Skip missing or unreadable audio with a count.")
 def import_cmd(csv_path: Path, out: Path, labels: Optional[Path], corpus: Optional[str], skip_bad_audio: bool) -> None:
@@ -209,9 +207,9 @@ def import_cmd(csv_path: Path, out: Path, labels: Optional[Path], corpus: Option
 
 @data.command()
 @click.argument("corpus", type=click.Choice(sorted(SOURCES)))
-@click.option("--dest", required=True, type=out_dir, help="Folder for the zip and the extracted corpus.")
+@click.option("--dest", required=True, type=dir_path, help="Folder for the zip and the extracted corpus.")
 @click.option("--url", help="Another address for the official zip (a mirror).")
-@click.option("--zip", "zip_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--zip", "zip_path", type=existing_file,
               help="Use this already downloaded zip.")
 def download(corpus: str, dest: Path, url: Optional[str], zip_path: Optional[Path]) -> None:
     """Download a public corpus, extract it safely and verify every file; print its root."""
@@ -223,7 +221,7 @@ def download(corpus: str, dest: Path, url: Optional[str], zip_path: Optional[Pat
 @data.command()
 @click.argument("datadir", type=existing_dir)
 @click.option("--protocol", required=True, type=click.Choice(list(PROTOCOLS)), help="The fold scheme.")
-@click.option("--out", required=True, type=out_dir, help="Protocol dir to write.")
+@click.option("--out", required=True, type=dir_path, help="Protocol dir to write.")
 @click.option("--corpus", help="Corpus name for the card [default: from labels.yaml].")
 @click.option("--num-folds", type=int, help="random_kfold only [default: 10].")
 @click.option("--seed", type=int, help="random_kfold and loso_dev_share [default: 0].")
@@ -246,9 +244,9 @@ def folds(datadir: Path, protocol: str, out: Path, corpus, num_folds, seed, dev_
 @data.command()
 @click.argument("source_dir", type=existing_dir)
 @click.argument("target_dir", type=existing_dir)
-@click.option("--map", "map_path", required=True, type=click.Path(path_type=Path),
+@click.option("--map", "map_path", required=True, type=any_path,
               help="Class mapping onto the shared classes (conf/cross/<source>_to_<target>.yaml).")
-@click.option("--out", required=True, type=out_dir, help="Protocol dir to write.")
+@click.option("--out", required=True, type=dir_path, help="Protocol dir to write.")
 @click.option("--dev-speakers", help="Comma-separated source speakers for dev [default: the last sixth].")
 def cross(source_dir: Path, target_dir: Path, map_path: Path, out: Path, dev_speakers: Optional[str]) -> None:
     """A cross-corpus protocol: train and dev on SOURCE_DIR, test on all of TARGET_DIR.

@@ -1,10 +1,10 @@
 """`sertk decode`: a trained model's decode dirs for one or more data dirs."""
-from pathlib import Path
 
 import click
 
+from sertk.cli_types import dir_path, existing_dir, existing_file
+
 # the decoder imports torch and the models: imported when the command runs
-existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
 @click.command()
@@ -12,7 +12,7 @@ existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--data", "data_dirs", required=True, multiple=True, type=existing_dir,
               help="Data dir to decode (repeatable, each with its own --out, in the same order).")
 @click.option("--feats", required=True, type=existing_dir, help="Feature dump dir holding their features.")
-@click.option("--out", "out_dirs", required=True, multiple=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dirs", required=True, multiple=True, type=dir_path,
               help="Decode dir to write, one per --data.")
 @click.option("--checkpoint", default="best.pt", show_default=True, help="Checkpoint file in the exp dir.")
 @click.option("--retest", is_flag=True,
@@ -21,7 +21,7 @@ existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--protocol-dir", type=existing_dir, help="Protocol dir, recorded for RESULTS.md.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", help="cpu, cuda or cuda:N [default: cuda if available].")
-@click.option("--class-map", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--class-map", type=existing_file,
               help="Decode another corpus: the mapping of the model's and DATA's classes onto shared ones "
                    "(conf/cross/<model corpus>_to_<data corpus>.yaml).")
 def decode(exp_dir, data_dirs, feats, out_dirs, checkpoint, retest, protocol_dir, batch_size, device,

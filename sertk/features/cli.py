@@ -4,6 +4,8 @@ from typing import Optional
 
 import click
 
+from sertk.cli_types import dir_path, existing_dir, file_path
+
 # extraction pulls in torch and librosa: imported when a command runs, so `sertk --help` stays fast
 
 
@@ -14,9 +16,9 @@ def features() -> None:
 
 
 @features.command()
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--conf", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.argument("data_dir", type=existing_dir)
+@click.argument("out_dir", type=dir_path)
+@click.option("--conf", required=True, type=file_path,
               help="Feature config (YAML): sample_rate and streams.")
 @click.option("--nj", default=1, show_default=True, type=click.IntRange(min=1),
               help="Parallel jobs (processes); torch threads are shared out among them. With --job or --merge: "

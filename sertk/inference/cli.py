@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 
 import click
 
+from sertk.cli_types import existing_dir, existing_file, existing_path, file_path
 from sertk.decode import VOTING_RULES   # numpy only: the command line still starts without torch
 
 log = logging.getLogger(__name__)
@@ -14,10 +15,10 @@ DEFAULT_PACK = "model.sertk"
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
+@click.argument("paths", nargs=-1, required=True, type=existing_path)
+@click.option("-o", "--out", type=file_path,
               help=f"Packed model to write (one EXP_DIR only) [default: EXP_DIR/{DEFAULT_PACK}].")
-@click.option("--feats", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--feats", type=existing_dir,
               help="The feature dump the model was trained on [default: the one its decode dirs name].")
 @click.option("--info", is_flag=True, help="The paths are packed models: print what they hold.")
 def pack(paths: Tuple[Path], out: Optional[Path], feats: Optional[Path], info: bool) -> None:
@@ -40,9 +41,9 @@ def pack(paths: Tuple[Path], out: Optional[Path], feats: Optional[Path], info: b
 
 
 @click.command()
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model", type=existing_file)
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", type=file_path,
               help="results.csv or results.json [default: CSV on stdout].")
 @click.option("--vote", type=click.Choice(VOTING_RULES),
               help="Voting rule over a recording's windows [default: the model's].")
@@ -57,9 +58,9 @@ def pack(paths: Tuple[Path], out: Optional[Path], feats: Optional[Path], info: b
 @click.option("--min-silence", type=float, default=0.3, show_default=True,
               help="Pauses shorter than this (s) do not end a chunk.")
 @click.option("--vad-threshold", type=float, default=0.5, show_default=True, help="Speech probability threshold.")
-@click.option("--timeline", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--timeline", type=file_path,
               help="Draw the emotion timeline of the (one) input recording to this PNG.")
-@click.option("--utt2spk", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--utt2spk", type=existing_file,
               help="Speakers by input id (Kaldi utt2spk), for models with speaker normalisation.")
 @click.option("--speaker-pattern", metavar="REGEX",
               help="Speaker = this regex's first group (or match) in each input id, e.g. 'wav/(..)' for EmoDB.")

@@ -4,6 +4,8 @@ from typing import Optional, Tuple
 
 import click
 
+from sertk.cli_types import existing_file
+
 
 @click.group()
 def jobs() -> None:
@@ -20,7 +22,7 @@ def jobs() -> None:
               help="Local backend: running jobs that share the same GPUs (small models leave a GPU mostly idle).")
 @click.option("--kind", help="Kind of job (e.g. extract, train): picks its section of the Slurm options file.")
 @click.option("--name", default="sertk", show_default=True, help="Slurm job name.")
-@click.option("--slurm-conf", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--slurm-conf", type=existing_file,
               help="Slurm options (YAML: sbatch, gpu, kinds; see sertk/jobs/slurm.py).")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, required=True)
 def run(backend: str, max_jobs: Optional[int], gpus: int, jobs_per_gpu: int, kind: Optional[str], name: str,

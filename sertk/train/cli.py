@@ -5,11 +5,10 @@ from typing import List, Optional, Tuple
 
 import click
 
-from sertk.config.cli import config_path, grid_option, overrides
+from sertk.cli_types import dir_path, existing_dir, existing_file
+from sertk.config.cli import grid_option, overrides
 
 # the trainer and the config loader import the model registry (torch): imported when the command runs
-
-existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
 def _remove_new_exp_dir(exp_dir: Path, missing: List[Path]) -> None:
@@ -27,11 +26,11 @@ def _remove_new_exp_dir(exp_dir: Path, missing: List[Path]) -> None:
 
 
 @click.command()
-@click.option("--config", "config_file", required=True, type=config_path,
+@click.option("--config", "config_file", required=True, type=existing_file,
               help="Experiment YAML (conf/models/<model>.yaml).")
 @click.option("--fold-dir", required=True, type=existing_dir, help="Protocol fold with train/ and dev/ data dirs.")
 @click.option("--feats", required=True, type=existing_dir, help="Feature dump dir (dump/<tag>).")
-@click.option("--exp", "exp_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--exp", "exp_dir", required=True, type=dir_path,
               help="Experiment dir.")
 @click.option("--device", help="cpu, cuda or cuda:N [default: cuda if available].")
 @overrides
