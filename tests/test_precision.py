@@ -40,6 +40,17 @@ def test_auto_keeps_float32_on_a_cpu_without_native_bf16(plain_cpu):
     assert autocast_dtype(LEGACY_TRUE, "cpu") is None          # the old meaning of true: a GPU only
 
 
+def test_a_gpu_record_says_what_its_float32_was(monkeypatch):
+    # torch's defaults are left alone; the record says whether cuDNN convolutions and matmuls may use TF32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert precision_record(False, "cuda") == {"autocast": "none (float32)", "why": "train.amp: false",
+                                               "tf32": {"cudnn_convolutions": True, "matmul": False}}
+    assert precision_record("auto", "cuda:1")["why"] == "auto: GPU"
+    assert "tf32" not in precision_record(False, "cpu")
+
+
 def test_amx_counts_as_native(monkeypatch):
     monkeypatch.setattr(precision, "cpu_flags", lambda: ("amx_bf16", "amx_tile"))
     assert precision.native_bf16_cpu_flags() == ("amx_bf16",)

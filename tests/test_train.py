@@ -267,18 +267,6 @@ def test_posteriors_do_not_depend_on_batch_size(setup, trained, tmp_path):
         np.testing.assert_allclose(one[seg], many[seg], atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: decoding on the GPU")
-def test_decoding_on_the_gpu_gives_the_cpu_posteriors(setup, trained, tmp_path):
-    # the checkpoint's normalization state is read with numpy: decoding on a GPU once failed on it
-    data, dump = setup / "loso" / "fold1" / "dev", setup / "dump"
-    decode_data_dir(trained, data, dump, tmp_path / "cpu")
-    decode_data_dir(trained, data, dump, tmp_path / "cuda", device="cuda")
-    cpu, cuda = read_decode_dir(tmp_path / "cpu").seg_post, read_decode_dir(tmp_path / "cuda").seg_post
-    assert cpu.keys() == cuda.keys() and len(cpu) > 1
-    for seg in cpu:
-        np.testing.assert_allclose(cpu[seg], cuda[seg], atol=1e-4)
-
-
 def test_another_corpus_is_decoded_and_scored_through_a_class_map(trained, tmp_path):
     from replicas import make_ravdess
     from sertk.data.cross import class_mapping_from_dict

@@ -7,7 +7,9 @@
     false  float32.
 
 Only the training step's forward (and so its backward) runs under autocast; weights, optimizer state,
-dev evaluation and decoding stay float32. Runs started before `auto` existed wrote `amp: true`, which then
+dev evaluation and decoding stay float32. On a CUDA GPU "float32" is torch's default, which sertk leaves as
+it is: cuDNN convolutions may compute in TF32 (Ampere and newer), matrix products do not; environment.yaml
+records both switches (`tf32`), so a GPU run says what its float32 was. Runs started before `auto` existed wrote `amp: true`, which then
 meant "bf16 on a GPU, float32 on a CPU": `LEGACY_TRUE` keeps them resuming as they began.
 """
 from pathlib import Path
@@ -60,4 +62,8 @@ def precision_record(amp: Union[str, bool], device: str) -> dict:
         flags = native_bf16_cpu_flags()
         why = ("auto: GPU" if device.startswith("cuda") else
                f"auto: the CPU has {', '.join(flags)}" if flags else "auto: the CPU has no native bf16")
-    return {"autocast": "bfloat16" if dtype is not None else "none (float32)", "why": why}
+    record = {"autocast": "bfloat16" if dtype is not None else "none (float32)", "why": why}
+    if device.startswith("cuda"):
+        record["tf32"] = {"cudnn_convolutions": bool(torch.backends.cudnn.allow_tf32),
+                          "matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
+    return record
