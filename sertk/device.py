@@ -1,4 +1,4 @@
-"""`--device` of the commands that run a model (train, decode, infer), checked against this machine.
+"""`--device` of the commands that run torch (features extract, train, decode, infer), checked against this machine.
 
 torch is imported when a device is checked, so a command line that imports this module still starts without it.
 """

@@ -69,7 +69,7 @@ def test_gpu_training_records_bf16_autocast_and_why(gpu_exp):
     if ON_CUDA:   # every GPU sertk is lent (H200) computes bf16 natively
         assert env["precision"]["autocast"] == "bfloat16" and env["precision"]["why"] == "auto: GPU"
         assert set(env["precision"]["tf32"]) == {"cudnn_convolutions", "matmul"}
-        assert env["gpu"] and torch.cuda.get_device_name(0) in env["gpu"]
+        assert env["gpu"] and torch.cuda.get_device_name(0) in env["gpu"] and env["device"] == GPU
     else:
         assert env["precision"]["why"].startswith("auto: the CPU has")
     # last.pt keeps the precision the run began with, so that a resume elsewhere keeps it too

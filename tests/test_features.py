@@ -21,7 +21,7 @@ from replicas import write_wav
 from sertk.audio import load_audio
 from sertk.cli import SertkGroup
 from sertk.data.datadir import DataDir
-from sertk.errors import AudioError, FeatureError, OutputError
+from sertk.errors import AudioError, DeviceError, FeatureError, OutputError
 from sertk.features import extract_jobs
 from sertk.features.cli import features
 from sertk.features.extract import extract_features, plan_batches
@@ -417,8 +417,10 @@ def test_refuses_to_replace_a_folder_that_is_not_a_dump(feat_data, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_cuda_without_cuda_is_a_clear_error(feat_data, tmp_path):
-    with pytest.raises(FeatureError, match="CUDA is not available"):
+    with pytest.raises(DeviceError, match="--device cuda: CUDA is not available"):
         extract_features(feat_data, CONFIG, tmp_path / "dump", device="cuda")
+    with pytest.raises(DeviceError, match="is not a device; give cpu, cuda or cuda:N"):
+        extract_features(feat_data, CONFIG, tmp_path / "dump", device="gpu")
 
 
 def test_unknown_stream_in_dump(feat_data, tmp_path):

@@ -74,6 +74,7 @@ def test_the_choice_is_recorded_and_bf16_really_trains_differently(setup, tmp_pa
     assert auto["autocast"] == "bfloat16" and fp32["autocast"] is None
     env = yaml.safe_load((tmp_path / "auto" / "environment.yaml").read_text())
     assert env["precision"] == {"autocast": "bfloat16", "why": "auto: the CPU has avx512_bf16"}
+    assert env["device"] == "cpu"
     assert yaml.safe_load((tmp_path / "fp32" / "environment.yaml").read_text())["precision"]["autocast"] == \
         "none (float32)"
     # the bf16 forward changes the gradients, so the weights part after a step

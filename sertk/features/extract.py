@@ -27,6 +27,7 @@ import torch
 
 from sertk.audio import audio_info
 from sertk.data.datadir import DataDir
+from sertk.device import check_device
 from sertk.errors import AudioError, FeatureError
 from sertk.features import storage
 from sertk.features.extract_jobs import Job, compute_streams, min_audio_seconds, run_jobs
@@ -112,7 +113,7 @@ class Request:
         cfg = parse_config(config, source)
         if nj < 1 or batch_size < 1:
             raise FeatureError(f"nj and batch_size must be >= 1 (got {nj}, {batch_size})")
-        _check_device(device)
+        device = check_device(device)   # the one check every command uses: cpu, cuda, cuda:N of this machine
         dd = DataDir.load(data_dir, audio="none")   # missing audio is reported by load_audio, naming the file
         checksum = _utterance_checksum(dd.utts, dd.tables["wav.scp"])
         out_dir = Path(out_dir).resolve()
@@ -165,15 +166,6 @@ def _utterance_checksum(utts: Sequence[str], wav_scp: Dict[str, str]) -> str:
             stamp = "missing"   # load_audio will say so, naming the file
         h.update(f"{utt} {wav_scp[utt]} {stamp}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
-
-
-def _check_device(device: str) -> None:
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise FeatureError(f"unknown device '{device}' (use cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FeatureError(f"device '{device}' was asked for, but CUDA is not available here")
 
 
 def _durations(dd: DataDir, utts: Sequence[str], bad: Dict[str, str]) -> Dict[str, float]:

@@ -189,7 +189,8 @@ class _Run:
         return TrainSummary(state["best_epoch"], state["best_ua"], state["epoch"], resumed, SELECT[cfg["select"]])
 
     def _environment(self) -> Dict[str, Any]:
-        env = {**environment(), "precision": precision_record(self.amp, self.device)}
+        # "gpu" names the machine's GPUs; "device" the one this run trained on (cuda:N on a multi-GPU machine)
+        env = {**environment(), "device": self.device, "precision": precision_record(self.amp, self.device)}
         if self.ranks.distributed:
             env["distributed"] = {"processes": self.ranks.world, "backend": distributed.backend_name(self.ranks)}
         return env
