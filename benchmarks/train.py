@@ -5,6 +5,7 @@ and the share of step time spent waiting for the data loader, from the trainer's
 
     python benchmarks/train.py --emodb ../shared/corpora/emodb [--models crnn,mpaf_cnn,...]
                                [--paths old,new] [--device cpu|cuda] [--train-utts 160] [--dev-utts 40]
+                               [--concurrent 1,4,16] [--profile]
 
 Paths: `old` is float32 with attention dropout on torch's plain SDPA path (what sertk did before
 `train.amp: auto`); `new` is the default now: `train.amp: auto` (bfloat16 autocast where the CPU has AMX
@@ -18,6 +19,12 @@ subset of LOSO fold 1 (--train-utts training and --dev-utts dev utterances, spre
 speakers); the figures are those of epochs 2 and 3 together (epoch 1 warms up). Each run is a process
 of its own, so its peak memory is its own: on the CPU the peak resident set size of the whole process
 (torch, features in memory, model, activations), on a GPU torch's peak allocated CUDA memory.
+
+--concurrent N1,N2,...: each path is also run as N identical processes at once on the same device (a GPU
+shared by N folds, as `./run.sh --jobs_per_gpu N` does); the row gives the median process's segments/s
+and, under "vs old", the N processes' sum against one process alone ("aggregate"). --profile: one process
+per (model, path) runs under torch.profiler, and the operations taking most of its time (CUDA time on a
+GPU, CPU time on a CPU) are printed after its row.
 """
 import argparse
 import json
@@ -75,7 +82,16 @@ def one_run(args) -> None:
     elif args.force_amp:
         overrides.append("train.amp=auto")
     config = load_config(Path(args.config), overrides)
-    train(config, Path(args.fold), Path(args.dump), Path(args.exp), args.device)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        cuda = args.device.startswith("cuda")
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+            train(config, Path(args.fold), Path(args.dump), Path(args.exp), args.device)
+        table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
+                                          row_limit=15)
+        (Path(args.exp) / "profile.txt").write_text(table)
+    else:
+        train(config, Path(args.fold), Path(args.dump), Path(args.exp), args.device)
     timed = torch.load(Path(args.exp) / "last.pt", weights_only=True)["history"][1:]
     seconds = sum(e["seconds"] for e in timed)
     epoch = {"train_segments": timed[0]["train_segments"], "seconds": seconds / len(timed),
@@ -100,6 +116,9 @@ def main() -> None:
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--train-utts", type=int, default=160)
     parser.add_argument("--dev-utts", type=int, default=40)
+    parser.add_argument("--concurrent", default="1",
+                        help="comma-separated process counts: N identical runs at once on the device (see above)")
+    parser.add_argument("--profile", action="store_true", help="print the top operations of one run (see above)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     for name in ("config", "fold", "dump", "exp"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
@@ -124,6 +143,7 @@ def main() -> None:
           f"torch {torch.__version__}; python {platform.python_version()}")
     print(f"# EmoDB LOSO fold 1 subset: {args.train_utts} train / {args.dev_utts} dev utterances; epochs 2-3 of 3")
     paths = args.paths.split(",")
+    counts = sorted({int(n) for n in args.concurrent.split(",")})
     print("| model | features | path | precision | train segments | segments/s | vs old | data wait | epoch s | "
           "peak memory (MiB) |")   # epoch s: mean of epochs 2 and 3
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -134,19 +154,39 @@ def main() -> None:
         extract_features(data / "all", load_features(conf_file("features", tag)), dump, device=args.device)
         speed = {}
         for path in paths:
-            exp = work / f"{run}_{model}_{path}"
-            done = subprocess.run([sys.executable, __file__, "--one", "--config", str(config_path), "--fold", str(fold),
-                                   "--dump", str(dump), "--exp", str(exp), "--device", args.device, "--path", path,
-                                   *(["--force-amp"] if args.force_amp else [])], capture_output=True, text=True)
-            if done.returncode != 0:
-                print(f"| {model} | {tag} | {path} | failed: {done.stderr.strip().splitlines()[-1:]} |")
-                continue
-            r = json.loads(done.stdout.strip().splitlines()[-1])
-            speed[path] = r["segments_per_second"]
-            ratio = f"{speed[path] / speed['old']:.2f}x" if "old" in speed and path != "old" else ""
-            print(f"| {model} | {tag} | {path} | {r['autocast']} | {r['train_segments']} | "
-                  f"{r['segments_per_second']:.1f} | {ratio} | {100 * r['data_wait_share']:.1f} % | "
-                  f"{r['seconds']:.1f} | {r['peak_mib']:.0f} |", flush=True)
+            for n in counts:
+                child = [sys.executable, __file__, "--one", "--config", str(config_path), "--fold", str(fold),
+                         "--dump", str(dump), "--device", args.device, "--path", path,
+                         *(["--force-amp"] if args.force_amp else [])]
+                exps = [work / f"{run}_{model}_{path}_{n}x{i}" for i in range(n)]
+                logs = [(work / f"{exp.name}.out", work / f"{exp.name}.err") for exp in exps]   # files: no pipe fills
+                procs = [subprocess.Popen(child + ["--exp", str(exp)], stdout=open(out, "w"), stderr=open(err, "w"))
+                         for exp, (out, err) in zip(exps, logs)]
+                outs = [(p.wait(), out.read_text(), err.read_text()) for p, (out, err) in zip(procs, logs)]
+                failed = [err.strip().splitlines()[-1:] for code, _, err in outs if code != 0]
+                label = path if n == 1 else f"{path}, {n} at once"
+                if failed:
+                    print(f"| {model} | {tag} | {label} | failed: {failed[0]} |")
+                    continue
+                rs = sorted((json.loads(out.strip().splitlines()[-1]) for _, out, _ in outs),
+                            key=lambda r: r["segments_per_second"])
+                r = rs[len(rs) // 2]   # the median process
+                if n == 1:
+                    speed[path] = r["segments_per_second"]
+                    ratio = f"{speed[path] / speed['old']:.2f}x" if "old" in speed and path != "old" else ""
+                else:
+                    total = sum(x["segments_per_second"] for x in rs)
+                    ratio = (f"aggregate {total:.1f}: {total / speed[path]:.2f}x one alone" if path in speed
+                             else f"aggregate {total:.1f}")
+                print(f"| {model} | {tag} | {label} | {r['autocast']} | {r['train_segments']} | "
+                      f"{r['segments_per_second']:.1f} | {ratio} | {100 * r['data_wait_share']:.1f} % | "
+                      f"{r['seconds']:.1f} | {r['peak_mib']:.0f} |", flush=True)
+            if args.profile:   # a run of its own: the profiler's overhead stays out of the figures above
+                exp = work / f"{run}_{model}_{path}_profile"
+                done = subprocess.run(child + ["--exp", str(exp), "--profile"], capture_output=True, text=True)
+                print(f"\n{model}, {path} path, profiled:\n```\n" + ((exp / "profile.txt").read_text() if
+                      done.returncode == 0 else done.stderr.strip()[-500:]) + "\n```\n", flush=True)
+
 
 if __name__ == "__main__":
     main()
