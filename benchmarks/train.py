@@ -22,7 +22,8 @@ of its own, so its peak memory is its own: on the CPU the peak resident set size
 
 --concurrent N1,N2,...: each path is also run as N identical processes at once on the same device (a GPU
 shared by N folds, as `./run.sh --jobs_per_gpu N` does); the row gives the median process's segments/s
-and, under "vs old", the N processes' sum against one process alone ("aggregate"). --profile: one process
+and, under "vs old", the N processes' sum against one process alone ("aggregate"); one process alone is
+always run. --profile: one process
 per (model, path) runs under torch.profiler, and the operations taking most of its time (CUDA time on a
 GPU, CPU time on a CPU) are printed after its row.
 """
@@ -143,7 +144,7 @@ def main() -> None:
           f"torch {torch.__version__}; python {platform.python_version()}")
     print(f"# EmoDB LOSO fold 1 subset: {args.train_utts} train / {args.dev_utts} dev utterances; epochs 2-3 of 3")
     paths = args.paths.split(",")
-    counts = sorted({int(n) for n in args.concurrent.split(",")})
+    counts = sorted({1} | {int(n) for n in args.concurrent.split(",")})   # 1: the reference of every ratio
     print("| model | features | path | precision | train segments | segments/s | vs old | data wait | epoch s | "
           "peak memory (MiB) |")   # epoch s: mean of epochs 2 and 3
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -154,14 +155,16 @@ def main() -> None:
         extract_features(data / "all", load_features(conf_file("features", tag)), dump, device=args.device)
         speed = {}
         for path in paths:
+            child = [sys.executable, __file__, "--one", "--config", str(config_path), "--fold", str(fold),
+                     "--dump", str(dump), "--device", args.device, "--path", path,
+                     *(["--force-amp"] if args.force_amp else [])]
             for n in counts:
-                child = [sys.executable, __file__, "--one", "--config", str(config_path), "--fold", str(fold),
-                         "--dump", str(dump), "--device", args.device, "--path", path,
-                         *(["--force-amp"] if args.force_amp else [])]
                 exps = [work / f"{run}_{model}_{path}_{n}x{i}" for i in range(n)]
                 logs = [(work / f"{exp.name}.out", work / f"{exp.name}.err") for exp in exps]   # files: no pipe fills
-                procs = [subprocess.Popen(child + ["--exp", str(exp)], stdout=open(out, "w"), stderr=open(err, "w"))
-                         for exp, (out, err) in zip(exps, logs)]
+                procs = []
+                for exp, (out, err) in zip(exps, logs):
+                    with open(out, "w") as out_file, open(err, "w") as err_file:   # the child keeps its own copies
+                        procs.append(subprocess.Popen(child + ["--exp", str(exp)], stdout=out_file, stderr=err_file))
                 outs = [(p.wait(), out.read_text(), err.read_text()) for p, (out, err) in zip(procs, logs)]
                 failed = [err.strip().splitlines()[-1:] for code, _, err in outs if code != 0]
                 label = path if n == 1 else f"{path}, {n} at once"
@@ -170,7 +173,7 @@ def main() -> None:
                     continue
                 rs = sorted((json.loads(out.strip().splitlines()[-1]) for _, out, _ in outs),
                             key=lambda r: r["segments_per_second"])
-                r = rs[len(rs) // 2]   # the median process
+                r = rs[(len(rs) - 1) // 2]   # the median process (the slower middle one of an even count)
                 if n == 1:
                     speed[path] = r["segments_per_second"]
                     ratio = f"{speed[path] / speed['old']:.2f}x" if "old" in speed and path != "old" else ""

@@ -114,6 +114,7 @@ def test_decoding_on_the_gpu_gives_the_cpu_posteriors(setup, trained, tmp_path):
     for seg in cpu:
         np.testing.assert_allclose(gpu[seg], cpu[seg], atol=1e-3, rtol=0)
 
+
 def test_infer_on_the_gpu_gives_the_cpu_posteriors_and_labels(gpu_exp, setup, sertk_cli, tmp_path):  # noqa: F811
     exp, _ = gpu_exp
     model = tmp_path / "model.sertk"

@@ -9,8 +9,10 @@
 Only the training step's forward (and so its backward) runs under autocast; weights, optimizer state,
 dev evaluation and decoding stay float32. On a CUDA GPU "float32" is torch's default, which sertk leaves as
 it is: cuDNN convolutions may compute in TF32 (Ampere and newer), matrix products do not; environment.yaml
-records both switches (`tf32`), so a GPU run says what its float32 was. Runs started before `auto` existed wrote `amp: true`, which then
-meant "bf16 on a GPU, float32 on a CPU": `LEGACY_TRUE` keeps them resuming as they began.
+records both switches (`tf32`), so a GPU run says what its float32 was.
+
+Runs started before `auto` existed wrote `amp: true`, which then meant "bf16 on a GPU, float32 on a CPU":
+`LEGACY_TRUE` keeps them resuming as they began.
 """
 from pathlib import Path
 from typing import Optional, Tuple, Union
