@@ -28,6 +28,7 @@ per (model, path) runs under torch.profiler, and the operations taking most of i
 GPU, CPU time on a CPU) are printed after its row.
 """
 import argparse
+import contextlib
 import json
 import platform
 import resource
@@ -83,16 +84,16 @@ def one_run(args) -> None:
     elif args.force_amp:
         overrides.append("train.amp=auto")
     config = load_config(Path(args.config), overrides)
+    from torch.profiler import ProfilerActivity, profile
+    cuda = args.device.startswith("cuda")
+    profiler = (profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
+                if args.profile else contextlib.nullcontext())
+    with profiler as prof:
+        train(config, Path(args.fold), Path(args.dump), Path(args.exp), args.device)
     if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-        cuda = args.device.startswith("cuda")
-        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-            train(config, Path(args.fold), Path(args.dump), Path(args.exp), args.device)
         table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
                                           row_limit=15)
         (Path(args.exp) / "profile.txt").write_text(table)
-    else:
-        train(config, Path(args.fold), Path(args.dump), Path(args.exp), args.device)
     timed = torch.load(Path(args.exp) / "last.pt", weights_only=True)["history"][1:]
     seconds = sum(e["seconds"] for e in timed)
     epoch = {"train_segments": timed[0]["train_segments"], "seconds": seconds / len(timed),
