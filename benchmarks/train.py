@@ -9,8 +9,8 @@ and the share of step time spent waiting for the data loader, from the trainer's
 
 Paths: `old` is float32 with attention dropout on torch's plain SDPA path and LSTMs on packed sequences
 (what sertk did before `train.amp: auto`); `new` is the default now: `train.amp: auto` (bfloat16 autocast
-where the CPU has AMX or AVX512-BF16, or on a GPU), the fast attention-dropout path and LSTMs on the padded
-batch (sertk.models.sequence.run_lstm). Each model keeps its recipe config
+where the CPU has AMX or AVX512-BF16, or on a GPU), the fast attention-dropout path, LSTMs on the padded
+batch (sertk.models.sequence.run_lstm) and 2-D convolutions in channels-last layout (sertk.train.trainer). Each model keeps its recipe config
 otherwise, so a config that says `amp: false` stays float32 on both paths unless --force-amp is given.
 The header prints the CPU model and its native-bf16 flags.
 
@@ -78,11 +78,13 @@ def one_run(args) -> None:
     from sertk.config.loading import load_config
     from sertk.train.trainer import train
     from sertk.models import dropout_attention, sequence
+    from sertk.train import trainer
     overrides = ["train.epochs=3", "train.patience=10", "train.min_epochs=1"]
     if args.path == "old":
         overrides.append("train.amp=false")
         dropout_attention.FAST_CPU_DROPOUT_ATTENTION = False
         sequence.PADDED_LSTM = False
+        trainer.CHANNELS_LAST = False
     elif args.force_amp:
         overrides.append("train.amp=auto")
     config = load_config(Path(args.config), overrides)

@@ -367,3 +367,22 @@ def test_loader_workers_give_the_same_training_and_bad_counts_are_refused(setup,
     assert epoch["train_segments"] > 0 and epoch["segments_per_second"] > 0 and 0 <= epoch["data_wait_share"] < 1
     with pytest.raises(ConfigError, match="train.num_workers"):
         train(config("train.num_workers=-1"), fold, dump, tmp_path / "bad")
+
+
+def test_channels_last_layout_trains_the_same_and_loads_into_a_plain_model(setup, tmp_path, monkeypatch):
+    from sertk.train import trainer
+    fold, dump = setup / "loso" / "fold1", setup / "dump"
+    runs = {}
+    for layout in (True, False):
+        monkeypatch.setattr(trainer, "CHANNELS_LAST", layout)
+        train(config("train.amp=false", "train.epochs=2"), fold, dump, tmp_path / str(layout))
+        runs[layout] = torch.load(tmp_path / str(layout) / "last.pt", weights_only=False)
+    conv = next(name for name, value in runs[True]["model"].items() if value.dim() == 4 and value.shape[1] > 1)
+    assert runs[True]["model"][conv].is_contiguous(memory_format=torch.channels_last)   # crnn says channels_last
+    assert not runs[True]["model"][conv].is_contiguous() and runs[False]["model"][conv].is_contiguous()
+    for a, b in zip(runs[True]["history"], runs[False]["history"]):   # only the summation order differs
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["dev_loss"] == pytest.approx(b["dev_loss"], rel=1e-4)
+    out = tmp_path / "decoded"
+    decode_data_dir(tmp_path / "True", fold / "dev", dump, out)   # the checkpoint loads into a plain model
+    assert len(read_decode_dir(out).utts) == len(DataDir.load(fold / "dev").utts)

@@ -60,6 +60,9 @@ class SERModel(nn.Module):
                       loss.gender_weight), "reconstruction" (rebuilt frames, for loss.reconstruction_weight);
                       default ("emotion",)
       center_dims     {task: width of its center-loss embedding} (for loss.center_weight); default none
+      channels_last   True: it trains faster with its 2-D convolutions in channels-last memory layout (measured
+                      by benchmarks/train.py, per model: it pays for crnn and STRL-SER, slows MPAF-CNN and
+                      SD-CAFF); the values and results are the same either way; default False
     `forward(batch)` takes {stream: [B, T, D] (vector streams [B, D]), "mask": [B, T] bool} and returns a dict
     with `logits` [B, num_classes] and whatever its objective reads.
 
@@ -79,6 +82,7 @@ class SERModel(nn.Module):
     max_frames: Optional[int] = None
     tasks: Tuple[str, ...] = ("emotion",)
     center_dims: Mapping[str, int] = MappingProxyType({})
+    channels_last: bool = False
 
     def objective(self, emotion: EmotionLoss, loss: Mapping[str, Any]) -> Objective:
         return Objective(emotion)

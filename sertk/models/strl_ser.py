@@ -172,6 +172,7 @@ class MultiHeadFusion(nn.Module):
 @register("strl_ser")
 class STRLSER(SERModel):
     Config = STRLSERConfig
+    channels_last = True   # faster in bf16 on an AMX CPU (benchmarks/train.py; docs/training.md)
 
     def __init__(self, num_classes: int, cfg: Optional[STRLSERConfig] = None):
         super().__init__()

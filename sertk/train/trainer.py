@@ -60,6 +60,12 @@ class TrainSummary:
     metric: str = "UA"
 
 
+# The models that say so (SERModel.channels_last) train with their 2-D convolutions in channels-last memory
+# layout: the same values, stored as oneDNN's bf16 kernels want them, so fewer layout conversions around
+# convolutions and pooling (docs/training.md). False: the plain layout of before (benchmarks/train.py's `old`).
+CHANNELS_LAST = True
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -111,6 +117,8 @@ class _Run:
         self.train_set, self.dev_set = fold.train_set, fold.dev_set
         self.streams = list(fold.model.streams)
         self.model = with_layer_sums(fold.model, fold.layout.layers).to(device)
+        if CHANNELS_LAST and fold.model.channels_last:   # 4-D weights (2-D convolutions) laid out as NHWC
+            self.model.to(memory_format=torch.channels_last)
         # what a step trains on: the batch size, or the whole (small) training set (see epoch_batches)
         self.global_batch = min(config["train"]["batch_size"], len(self.train_set))
         if self.global_batch < ranks.world:
