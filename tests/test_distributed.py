@@ -1,5 +1,6 @@
 """Training under torchrun: 2 gloo processes on the CPU against one process, rank-0-only outputs, resume."""
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ CONFIG = {"model": {"name": "crnn", "n_mels": 16, "channels": [4, 8], "lstm_hidd
           "segments": {"length": 0.3, "hop": 0.1}}
 # relative, every epoch: float rounding (sums in another order), which Adam's normalised steps carry on
 TRAIN_LOSS_TOLERANCE, DEV_LOSS_TOLERANCE = 1e-5, 1e-4
+RUN_TIMEOUT_S = 240   # a run takes 10-45 s; one rank once hung at exit (2026-12-04), which this catches
 
 
 def test_pieces_of_a_batch_cover_it_once():
@@ -108,8 +110,18 @@ def _train(fold: Path, exp: Path, nproc: int = 0, entry=("-m", "sertk"), env=Non
         if nproc else [sys.executable]
     args = ["train", "--config", fold / "conf.yaml", "--fold-dir", fold / "loso" / "fold1", "--feats", fold / "dump",
             "--exp", exp, "--device", "cpu"]
-    return subprocess.run(launch + list(entry) + [str(a) for a in args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
+    # its own process group, so that a run that hangs is ended whole (torchrun and every rank) and says where:
+    # SIGABRT makes each Python process print every thread's stack (faulthandler) before it dies
+    with subprocess.Popen(launch + list(entry) + [str(a) for a in args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True,
+                          env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})}) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGABRT)
+            stdout, stderr = process.communicate()
+            pytest.fail(f"a training run hung for {RUN_TIMEOUT_S} s; the stacks of its processes:\n{stderr[-20000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="module")

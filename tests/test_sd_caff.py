@@ -124,6 +124,19 @@ def test_dyrelu_b_starts_as_relu_and_uses_the_valid_frames_only():
     torch.testing.assert_close(act(x, mask)[1, :, :, :4], act(noisy, mask)[1, :, :, :4])
 
 
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_dyrelu_b_is_the_max_of_its_k_lines(k):
+    torch.manual_seed(k)
+    act = DyReLUB(8, reduction=4, k=k)
+    nn.init.normal_(act.fc2.weight)                        # coefficients far from the ReLU start
+    x, mask = torch.randn(3, 8, 5, 7), torch.ones(3, 7, dtype=torch.bool)
+    from sertk.models.pooling import masked_time_mean
+    theta = 2 * torch.sigmoid(act.fc2(torch.relu(act.fc1(masked_time_mean(x, mask))))) - 1
+    coefs = theta.view(3, 8, 2 * k) * act.lambdas + act.init
+    lines = x.unsqueeze(2) * coefs[..., :k, None, None] + coefs[..., k:, None, None]    # [B, C, K, H, T]
+    torch.testing.assert_close(act(x, mask), lines.amax(dim=2))
+
+
 def test_cross_aff_is_equations_5_to_7():
     torch.manual_seed(0)
     fusion = CrossAFF(128, 64, 32).eval()
