@@ -1,4 +1,5 @@
 """Training under torchrun: 2 gloo processes on the CPU against one process, rank-0-only outputs, resume."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -110,18 +111,35 @@ def _train(fold: Path, exp: Path, nproc: int = 0, entry=("-m", "sertk"), env=Non
         if nproc else [sys.executable]
     args = ["train", "--config", fold / "conf.yaml", "--fold-dir", fold / "loso" / "fold1", "--feats", fold / "dump",
             "--exp", exp, "--device", "cpu"]
-    # its own process group, so that a run that hangs is ended whole (torchrun and every rank) and says where:
-    # SIGABRT makes each Python process print every thread's stack (faulthandler) before it dies
+    # a run that hangs is ended whole (torchrun and every rank: torchrun puts its ranks in sessions of their own)
+    # and says where: SIGABRT makes each Python process print every thread's stack (faulthandler) before it dies
     with subprocess.Popen(launch + list(entry) + [str(a) for a in args], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, start_new_session=True,
+                          stderr=subprocess.PIPE, text=True,
                           env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})}) as process:
         try:
             stdout, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGABRT)
+            for pid in _descendants(process.pid) + [process.pid]:   # the ranks first, while torchrun waits
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGABRT)
             stdout, stderr = process.communicate()
             pytest.fail(f"a training run hung for {RUN_TIMEOUT_S} s; the stacks of its processes:\n{stderr[-20000:]}")
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _descendants(pid: int):
+    """Every process below `pid` (from /proc), children before grandchildren."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        children = parents.get(queue.pop(0), [])
+        found += children
+        queue += children
+    return found
 
 
 @pytest.fixture(scope="module")
