@@ -19,9 +19,9 @@ def run_lstm(lstm: nn.LSTM, x: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.
     frame and direction, forward and backward), where a padded batch takes the fused oneDNN kernel,
     bfloat16 under autocast included: 2x faster for MPAF-CNN's BiLSTM. So a one-layer LSTM runs on the
     padded batch, which is exact for the forward direction (padding comes after the valid frames) and for
-    the backward direction of full-length sequences; the backward direction of the shorter ones is run
-    again on a copy of them aligned to the end, so that it starts at their last valid frame. Deeper LSTMs
-    are packed unless every sequence is full."""
+    the backward direction of full-length sequences; when some are shorter, the backward direction runs on
+    its own, over a copy of the batch with each sequence reversed within its own length, so that it starts at
+    its last valid frame. Deeper LSTMs are packed unless every sequence is full."""
     lengths = mask.sum(1).clamp(min=1)
     full = bool((lengths == x.shape[1]).all())
     if PADDED_LSTM and (full or lstm.num_layers == 1):
@@ -37,20 +37,31 @@ def run_lstm(lstm: nn.LSTM, x: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.
 def _run_padded(lstm: nn.LSTM, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, full: bool):
     batch, frames = x.shape[:2]
     hidden = lstm.hidden_size
-    out, _ = lstm(x)
     if lstm.bidirectional and not full:
-        short = (lengths < frames).nonzero().flatten()
+        # each direction on its own: forward over x, backward forward over a copy with every sequence reversed
+        # within its own length, so that it starts at its last valid frame (as much computing as one
+        # bidirectional call)
         time = torch.arange(frames, device=x.device)
-        shift = (frames - lengths[short])[:, None]                      # frame t sits at t + shift
-        source = (time[None, :] - shift).clamp(min=0)
-        aligned = torch.gather(x[short], 1, source[..., None].expand(-1, -1, x.shape[-1]))
-        backward = lstm(aligned)[0][..., hidden:]
-        back_to_start = (time[None, :] + shift).clamp(max=frames - 1)
-        backward = torch.gather(backward, 1, back_to_start[..., None].expand(-1, -1, hidden))
-        out = torch.cat([out[..., :hidden], out[..., hidden:].index_copy(0, short, backward.to(out.dtype))], -1)
+        mirror = (lengths[:, None] - 1 - time[None, :]).clamp(min=0)     # frame t <-> position len - 1 - t
+        reversed_x = torch.gather(x, 1, mirror[..., None].expand(-1, -1, x.shape[-1]))
+        backward = _one_direction(lstm, reversed_x, "_reverse")
+        backward = torch.gather(backward, 1, mirror[..., None].expand(-1, -1, hidden))
+        forward = _one_direction(lstm, x, "")
+        out = torch.cat([forward, backward.to(forward.dtype)], -1)
+    else:
+        out, _ = lstm(x)
     last = out[torch.arange(batch, device=x.device), lengths - 1, :hidden]
     final = torch.cat([last, out[:, 0, hidden:]], dim=-1) if lstm.bidirectional else last
     return out * mask[..., None].to(out.dtype), final
+
+
+def _one_direction(lstm: nn.LSTM, x: torch.Tensor, suffix: str) -> torch.Tensor:
+    """The outputs [B, T, H] of one direction of a one-layer LSTM (suffix "" forward, "_reverse" backward)
+    run forward over x, with that direction's weights: the op nn.LSTM.forward itself calls."""
+    names = ["weight_ih_l0", "weight_hh_l0"] + (["bias_ih_l0", "bias_hh_l0"] if lstm.bias else [])
+    zeros = x.new_zeros(1, x.shape[0], lstm.hidden_size)
+    return torch._VF.lstm(x, (zeros, zeros), [getattr(lstm, n + suffix) for n in names], lstm.bias, 1, 0.0,
+                          lstm.training, False, True)[0]
 
 
 def masked_softmax(scores: torch.Tensor, valid: torch.Tensor, dim: int) -> torch.Tensor:
