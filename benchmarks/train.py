@@ -10,8 +10,8 @@ and the share of step time spent waiting for the data loader, from the trainer's
 Paths: `old` is float32 with attention dropout on torch's plain SDPA path and LSTMs on packed sequences
 (what sertk did before `train.amp: auto`); `new` is the default now: `train.amp: auto` (bfloat16 autocast
 where the CPU has AMX or AVX512-BF16, or on a GPU), the fast attention-dropout path, LSTMs on the padded
-batch (sertk.models.sequence.run_lstm) and 2-D convolutions in channels-last layout (sertk.train.trainer). Each model keeps its recipe config
-otherwise, so a config that says `amp: false` stays float32 on both paths unless --force-amp is given.
+batch (sertk.models.sequence.run_lstm) and, for the models that declare it, 2-D convolutions in channels-last
+layout (sertk.train.trainer). Each model keeps its recipe config otherwise, so a config that says `amp: false` stays float32 on both paths unless --force-amp is given.
 The header prints the CPU model and its native-bf16 flags.
 
 It uses egs/emodb's data dirs and feature dumps (prepared and extracted here first when missing:

@@ -2,8 +2,8 @@
 
 Not a published model: a small, honest reference point for the recipes. Each conv block is
 conv 3x3 -> batch norm -> ReLU -> 2x2 max pool (time and frequency); padded frames are zeroed
-after every block and skipped by the LSTM (sertk.models.sequence.run_lstm) and by the pooling, so a segment's posterior
-depends on its own frames only.
+after every block and skipped by the LSTM (sertk.models.sequence.run_lstm) and by the pooling, so
+a segment's posterior depends on its own frames only.
 """
 from dataclasses import dataclass, field
 from typing import Dict, List
@@ -34,7 +34,7 @@ class CRNNConfig:
 @register("crnn")
 class CRNN(SERModel):
     Config = CRNNConfig
-    channels_last = True   # 1.5x faster per bf16 step on an AMX CPU (benchmarks/train.py; docs/training.md)
+    channels_last = True   # faster in bf16 on an AMX CPU (benchmarks/train.py; docs/training.md)
 
     def __init__(self, num_classes: int, cfg: CRNNConfig):
         super().__init__()

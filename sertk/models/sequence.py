@@ -47,7 +47,7 @@ def _run_padded(lstm: nn.LSTM, x: torch.Tensor, mask: torch.Tensor, lengths: tor
         backward = _one_direction(lstm, reversed_x, "_reverse")
         backward = torch.gather(backward, 1, mirror[..., None].expand(-1, -1, hidden))
         forward = _one_direction(lstm, x, "")
-        out = torch.cat([forward, backward.to(forward.dtype)], -1)
+        out = torch.cat([forward, backward], -1)
     else:
         out, _ = lstm(x)
     last = out[torch.arange(batch, device=x.device), lengths - 1, :hidden]
