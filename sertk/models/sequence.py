@@ -17,7 +17,7 @@ def run_lstm(lstm: nn.LSTM, x: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.
 
     A packed sequence would do, but on a CPU it takes torch's step-by-step path (a few small ops per
     frame and direction, forward and backward), where a padded batch takes the fused oneDNN kernel,
-    bfloat16 under autocast included: 2x faster for MPAF-CNN's BiLSTM. So a one-layer LSTM runs on the
+    bfloat16 under autocast included (measured: docs/training.md#throughput). So a one-layer LSTM runs on the
     padded batch, which is exact for the forward direction (padding comes after the valid frames) and for
     the backward direction of full-length sequences; when some are shorter, the backward direction runs on
     its own, over a copy of the batch with each sequence reversed within its own length, so that it starts at
@@ -38,9 +38,9 @@ def _run_padded(lstm: nn.LSTM, x: torch.Tensor, mask: torch.Tensor, lengths: tor
     batch, frames = x.shape[:2]
     hidden = lstm.hidden_size
     if lstm.bidirectional and not full:
-        # each direction on its own: forward over x, backward forward over a copy with every sequence reversed
-        # within its own length, so that it starts at its last valid frame (as much computing as one
-        # bidirectional call)
+        # each direction on its own: the forward one over x, the backward one run forwards over a copy with every
+        # sequence reversed within its own length, so that it starts at its last valid frame (as much computing
+        # as one bidirectional call)
         time = torch.arange(frames, device=x.device)
         mirror = (lengths[:, None] - 1 - time[None, :]).clamp(min=0)     # frame t <-> position len - 1 - t
         reversed_x = torch.gather(x, 1, mirror[..., None].expand(-1, -1, x.shape[-1]))
