@@ -65,7 +65,9 @@ BAD_SETTINGS = [
     ("loss.gender_weight=1", r"loss.gender_weight must be in \[0, 1\)"),
     ("loss.center_weight=-1", "loss.center_weight must be a number >= 0"),
     ("loss.center_lr=0.1", "loss.center_lr 0.1 scales the center-loss gradients, so it needs loss.center_weight > 0"),
-    ("optim.name=rmsprop", "optim.name must be one of adam, adamw, sgd"),
+    ("optim.name=rmsprop", "optim.name must be one of adam, adamw, sgd, lbfgs"),
+    ("optim.max_iter=0", "optim.max_iter must be an integer >= 1, not 0"),
+    ("optim.history_size=", "optim.history_size must be an integer >= 1, not null"),
     ("optim.weight_decay=-1e-3", "optim.weight_decay must be a number >= 0"),
     ("optim.betas=[0.9]", r"optim.betas must be null or two numbers in \[0, 1\) for adam or adamw"),
     ("optim.betas=[0.9, 1.0]", r"optim.betas must be null or two numbers in \[0, 1\)"),
@@ -97,6 +99,9 @@ def test_bad_values_fail_at_load(setting, message):
     (["scheduler.name=multistep"], "scheduler.milestones must be a list of epochs >= 1 for multistep, not \\[\\]"),
     (["optim.name=sgd", "optim.betas=[0.9, 0.99]"], r"optim.betas .* \(optim.name sgd takes none\)"),
     (["segments.length=null", "segments.train_hop=0.5"], "segments.train_hop 0.5 needs windows"),
+    (["optim.name=lbfgs", "optim.betas=[0.9, 0.99]"], r"optim.betas .* \(optim.name lbfgs takes none\)"),
+    (["optim.name=lbfgs", "train.amp=false", "train.grad_clip=5"], "optim.name lbfgs takes no gradient clipping"),
+    (["optim.name=lbfgs", "train.grad_clip=0", "train.amp=auto"], "optim.name lbfgs trains in float32: set train.amp=false"),
 ])
 def test_combinations_fail_at_load(settings, message):
     with pytest.raises(ConfigError, match=message):

@@ -43,11 +43,16 @@ SD_TINY = ["model.name=sd_caff", "model.n_mfcc=10", "model.lstm_hidden=16", "mod
            "scheduler.gamma=0.1", "optim.weight_decay=1e-6", "train.grad_clip=0.0"]
 
 
+# full-batch L-BFGS: several closure calls per step and its history in last.pt
+LBFGS_TINY = TINY + ["optim.name=lbfgs", "optim.lr=1", "optim.max_iter=4", "optim.history_size=3",
+                     "optim.weight_decay=1e-3", "train.batch_size=100000", "train.grad_clip=0", "train.amp=false"]
+
+
 def config(*extra):
     return load_config(None, TINY + list(extra))
 
 
-@pytest.mark.parametrize("options", [TINY, SD_TINY], ids=["crnn", "sd_caff"])
+@pytest.mark.parametrize("options", [TINY, SD_TINY, LBFGS_TINY], ids=["crnn", "sd_caff", "lbfgs"])
 def test_interrupted_and_resumed_equals_uninterrupted(options, setup, tmp_path, monkeypatch):
     fold, dump = setup / "loso" / "fold1", setup / "dump"
     train(load_config(None, options), fold, dump, tmp_path / "straight")
@@ -62,6 +67,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(options, setup, tmp_path, 
     for part in ("model", "objective"):   # the objective holds the center-loss centers
         for name in straight[part]:
             torch.testing.assert_close(straight[part][name], resumed[part][name], rtol=0, atol=0)
+    assert straight["history"][-1]["train_loss"] == resumed["history"][-1]["train_loss"]
 
 
 def test_joint_loss_training_of_whole_utterances(setup, tmp_path):

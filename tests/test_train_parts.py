@@ -47,6 +47,35 @@ def test_betas_reach_the_optimizer():
     assert optimizer.param_groups[0]["betas"] == (0.8, 0.9)
 
 
+def test_lbfgs_with_weight_decay_reaches_the_regularised_optimum():
+    """A linear softmax classifier fitted by full-batch L-BFGS: at the result the gradient of mean CE +
+    wd / 2 ||params||^2 vanishes (the optimum of a strictly convex objective); without the decay term it
+    would be the unregularised optimum, whose gradient here is wd x params, far from 0."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 5, generator=generator)
+    y = (x[:, 0] + 0.5 * torch.randn(60, generator=generator) > 0).long() + (x[:, 1] > 1).long()
+    head = torch.nn.Linear(5, 3)
+    wd = 0.05
+    optimizer = build_optimizer({**DEFAULTS["optim"], "name": "lbfgs", "lr": 1.0, "weight_decay": wd,
+                                 "max_iter": 50}, head.parameters())
+    calls = []
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(head(x), y)
+        loss.backward()
+        calls.append(loss.item())
+        return loss
+    for _ in range(4):
+        optimizer.step(closure)
+    assert len(calls) > 4                      # several evaluations per step (line search)
+    head.zero_grad()
+    objective = torch.nn.functional.cross_entropy(head(x), y) + wd / 2 * sum(p.square().sum() for p in head.parameters())
+    objective.backward()
+    assert max(float(p.grad.abs().max()) for p in head.parameters()) < 1e-4
+    assert head.weight.detach().abs().max().item() > 0.1   # a real fit, not a collapse to zero
+
+
 def test_epoch_kinds_step_every_epoch_and_plateau_on_dev_ua():
     optimizer, step = schedule("step", step_size=1, gamma=0.5)
     step.step(0.0)

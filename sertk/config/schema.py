@@ -53,8 +53,9 @@ DEFAULTS: Dict[str, Any] = {
     # + gender_weight (CE + center_weight center) on utt2gen; center_lr: SD-CAFF's center gradient scale;
     # reconstruction_weight r: (1 - r) x that + r x the MSE of the model's rebuilt masked frames (ESERNet)
     "loss": {"gender_weight": 0.0, "center_weight": 0.0, "center_lr": None, "reconstruction_weight": 0.0},
-    # betas: Adam / AdamW betas, null: torch's (0.9, 0.999)
-    "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0, "betas": None},
+    # betas: Adam / AdamW betas, null: torch's (0.9, 0.999); lbfgs (full batch, for heads on fixed vectors):
+    # max_iter iterations per step, history_size past updates kept (in last.pt too)
+    "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0, "betas": None, "max_iter": 20, "history_size": 10},
     # step: x gamma every step_size epochs; multistep: x gamma after each epoch in milestones;
     # exponential: x gamma after every epoch; cosine: to 0 over the epochs; warmup_cosine: linear warm-up
     # over warmup_epochs, then cosine to lr x min_lr_ratio at the last epoch
@@ -130,7 +131,7 @@ def folder_name() -> Check:
 FLAG = Check("true or false", lambda v: isinstance(v, bool))
 SEVERAL_TYPES = ("train.amp",)       # a word or a flag: CHECKS alone says what the key takes
 SELECT_METRICS = ("ua", "wa_ua")     # sertk.train.trainer.SELECT: the dev score that picks best.pt
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs")
 SCHEDULERS = ("none", "step", "multistep", "exponential", "plateau", "cosine", "warmup_cosine")
 
 CHECKS: Dict[str, Check] = {
@@ -166,6 +167,8 @@ CHECKS: Dict[str, Check] = {
     "optim.betas": Check("two numbers in [0, 1) for adam or adamw",
                          lambda v: isinstance(v, list) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v),
                          null="torch's", null_first=True),
+    "optim.max_iter": integer(1),
+    "optim.history_size": integer(1),
     "scheduler.name": one_of(SCHEDULERS),
     "scheduler.step_size": integer(1),
     "scheduler.gamma": positive(),
@@ -201,9 +204,21 @@ def _milestones(c: Dict[str, Any]) -> Optional[str]:
 
 def _betas(c: Dict[str, Any]) -> Optional[str]:
     o = c["optim"]
-    if o["betas"] is not None and o["name"] == "sgd":
+    if o["betas"] is not None and o["name"] not in ("adam", "adamw"):
         return (f"optim.betas must be null or two numbers in [0, 1) for adam or adamw, not {o['betas']!r} "
-                "(optim.name sgd takes none)")
+                f"(optim.name {o['name']} takes none)")
+    return None
+
+
+def _lbfgs(c: Dict[str, Any]) -> Optional[str]:
+    # its line search compares the losses of several steps on one batch: a clipped gradient, or a loss that
+    # bf16 rounds, would mislead it
+    if c["optim"]["name"] != "lbfgs":
+        return None
+    if c["train"]["grad_clip"]:
+        return f"optim.name lbfgs takes no gradient clipping: set train.grad_clip=0 (not {c['train']['grad_clip']})"
+    if c["train"]["amp"] is not False:
+        return f"optim.name lbfgs trains in float32: set train.amp=false (not {c['train']['amp']!r})"
     return None
 
 
@@ -226,6 +241,7 @@ COMBINATIONS: List[Tuple[Tuple[str, ...], Callable[[Dict[str, Any]], Optional[st
     (("scheduler.warmup_epochs", "scheduler.min_lr_ratio"), _warmup),
     (("scheduler.name", "scheduler.milestones"), _milestones),
     (("optim.name", "optim.betas"), _betas),
+    (("optim.name", "train.grad_clip", "train.amp"), _lbfgs),
     (("loss.center_lr", "loss.center_weight"), _center_lr),
     (("segments.length", "segments.train_hop"), _train_hop),
 ]

@@ -1,6 +1,6 @@
 """The optimizer and the learning-rate schedule of a run, from the config's `optim` and `scheduler` sections.
 
-Both are tables: `OPTIMIZERS` (optim.name -> torch optimizer) and `SCHEDULERS` (scheduler.name -> how it is
+Both are tables: `OPTIMIZERS` (optim.name -> how the optimizer is built; L-BFGS is torch's with weight decay added) and `SCHEDULERS` (scheduler.name -> how it is
 built and what steps it). The config's values are checked when it is loaded (sertk.config.schema: CHECKS,
 COMBINATIONS), so nothing here checks them again; a new kind is one table entry (and its name in config_schema.py).
 """
@@ -11,7 +11,54 @@ from typing import Any, Callable, Dict, Iterable, Optional
 import torch
 from torch.optim import lr_scheduler
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+class L2LBFGS(torch.optim.LBFGS):
+    """torch's L-BFGS with a strong-Wolfe line search, and weight decay as torch's other optimizers mean it:
+    wd / 2 ||p||^2 added to the loss of every closure call (so the line search sees it too). Full-batch use
+    (train.batch_size >= the training set): each optimizer step is up to max_iter iterations on the whole
+    set, which makes a linear head on fixed vectors a logistic regression fitted as scikit-learn's lbfgs
+    solver fits one (sklearn's C is 1 / (wd x N) for N training rows with balanced class weights)."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, max_iter: int,
+                 history_size: int):
+        super().__init__(params, lr=lr, max_iter=max_iter, history_size=history_size, line_search_fn="strong_wolfe")
+        self.weight_decay = weight_decay
+
+    def step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:   # type: ignore[override]
+        params = self.param_groups[0]["params"]
+
+        def with_decay() -> torch.Tensor:
+            loss = closure()
+            penalty = 0.0
+            with torch.no_grad():
+                for p in params:
+                    if p.grad is not None:   # torch's L-BFGS flattens gradients with view(): channels-last ones too
+                        p.grad = p.grad.contiguous()
+                    if self.weight_decay:
+                        penalty += float(p.square().sum())
+                        if p.grad is not None:
+                            p.grad.add_(p, alpha=self.weight_decay)
+            return loss + 0.5 * self.weight_decay * penalty if self.weight_decay else loss
+        return super().step(with_decay)
+
+
+def _lbfgs(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, max_iter: int,
+           history_size: int, **_: Any) -> torch.optim.Optimizer:
+    return L2LBFGS(params, lr, weight_decay, max_iter, history_size)
+
+
+def _first_order(kind: type) -> Callable[..., torch.optim.Optimizer]:
+    """Adam, AdamW, SGD: the options that are not theirs (L-BFGS's) left out."""
+    def build(params, lr, weight_decay, max_iter=None, history_size=None, **options):
+        return kind(params, lr=lr, weight_decay=weight_decay, **options)
+    return build
+
+
+# optim.name -> (params, lr, weight_decay, max_iter, history_size, [betas]) -> optimizer; every optimizer is
+# stepped with a closure that computes the batch's loss and gradients (L-BFGS calls it several times)
+OPTIMIZERS = {"adam": _first_order(torch.optim.Adam), "adamw": _first_order(torch.optim.AdamW),
+              "sgd": _first_order(torch.optim.SGD), "lbfgs": _lbfgs}
 
 EPOCH = "epoch"     # stepped once after every epoch
 DEV_UA = "dev_ua"   # stepped with the epoch's dev UA, which should go up
@@ -64,7 +111,8 @@ def build_optimizer(cfg: Dict[str, Any], params: Iterable[torch.nn.Parameter]) -
     options = {}
     if cfg.get("betas") is not None:
         options["betas"] = tuple(float(b) for b in cfg["betas"])
-    return OPTIMIZERS[cfg["name"]](params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], **options)
+    return OPTIMIZERS[cfg["name"]](params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], max_iter=cfg["max_iter"],
+                                   history_size=cfg["history_size"], **options)
 
 
 class Schedule:

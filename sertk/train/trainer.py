@@ -136,6 +136,8 @@ class _Run:
                 self.step, device_ids=[ranks.local_rank] if device.startswith("cuda") else None,
                 find_unused_parameters=_leaves_parameters_unused(self.step, self.train_set, config, device))
         self.loader_options = loader_options(config["train"]["num_workers"], device, ranks)
+        if ranks.distributed and config["optim"]["name"] == "lbfgs":   # its line search reads this process's loss only
+            raise ConfigError("optim.name lbfgs trains in one process: run sertk train without torchrun")
         self.optimizer = build_optimizer(config["optim"], list(self.model.parameters()) +
                                          list(self.objective.parameters()))
         self.schedule = build_schedule(config["scheduler"], self.optimizer, config["train"]["epochs"])
@@ -222,17 +224,9 @@ class _Run:
                              *((self.ranks.rows(self.global_batch), self.global_batch) if self.ranks.distributed
                                else ()))
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with torch.autocast(self.device.split(":")[0], dtype=self.autocast or torch.bfloat16,
-                                enabled=self.autocast is not None):
-                loss = self.step(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            # DDP averages gradients over processes: scaled by its share, each piece weighs as in one batch
-            (loss * self.ranks.share(piece, self.global_batch) if self.ranks.distributed else loss).backward()
-            self.objective.after_backward(self.optimizer.param_groups[0]["lr"])   # e.g. SD-CAFF's center_lr
-            if self.config["train"]["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["train"]["grad_clip"])
-            self.optimizer.step()
-            total += loss.item() * piece
+            losses = []
+            self.optimizer.step(lambda: self._loss_and_gradients(batch, piece, losses))
+            total += losses[0].item() * piece   # the batch's loss before the step (L-BFGS computes several)
             count += piece
             waited = time.perf_counter()
         speed.seconds = time.perf_counter() - speed.started
@@ -242,6 +236,20 @@ class _Run:
         if not math.isfinite(total):
             raise ConfigError(f"epoch {epoch}: the training loss is not finite; lower optim.lr")
         return speed
+
+    def _loss_and_gradients(self, batch: Dict[str, torch.Tensor], piece: int, losses: list) -> torch.Tensor:
+        """The optimizer's closure: the batch's loss, with fresh gradients (appended to `losses` too)."""
+        with torch.autocast(self.device.split(":")[0], dtype=self.autocast or torch.bfloat16,
+                            enabled=self.autocast is not None):
+            loss = self.step(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        # DDP averages gradients over processes: scaled by its share, each piece weighs as in one batch
+        (loss * self.ranks.share(piece, self.global_batch) if self.ranks.distributed else loss).backward()
+        self.objective.after_backward(self.optimizer.param_groups[0]["lr"])   # e.g. SD-CAFF's center_lr
+        if self.config["train"]["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["train"]["grad_clip"])
+        losses.append(loss.detach())
+        return loss
 
     def _evaluate(self) -> Dict[str, Any]:
         # every process scores a slice of dev; all get every posterior and so take the same decisions
