@@ -7,10 +7,11 @@ and the share of step time spent waiting for the data loader, from the trainer's
                                [--paths old,new] [--device cpu|cuda] [--train-utts 160] [--dev-utts 40]
                                [--concurrent 1,4,16] [--profile]
 
-Paths: `old` is float32 with attention dropout on torch's plain SDPA path and LSTMs on packed sequences
-(what sertk did before `train.amp: auto`); `new` is the default now: `train.amp: auto` (bfloat16 autocast
+Paths: `old` is float32 with attention dropout on torch's plain SDPA path, LSTMs on packed sequences and
+SD-CAFF's DyReLU-B as the max of a [B, C, K, H, T] tensor (what sertk did before `train.amp: auto`); `new` is
+the default now: `train.amp: auto` (bfloat16 autocast
 where the CPU has AMX or AVX512-BF16, or on a GPU), the fast attention-dropout path, LSTMs on the padded
-batch (sertk.models.sequence.run_lstm) and, for the models that declare it, 2-D convolutions in channels-last
+batch (sertk.models.sequence.run_lstm), DyReLU-B's max in its ReLU form (sertk.models.sd_caff.DYRELU_MAX) and, for the models that declare it, 2-D convolutions in channels-last
 layout (sertk.train.trainer). Each model keeps its recipe config otherwise, so a config that says `amp: false` stays float32 on both paths unless --force-amp is given.
 The header prints the CPU model and its native-bf16 flags.
 
@@ -77,7 +78,7 @@ def one_run(args) -> None:
     import torch
     from sertk.config.loading import load_config
     from sertk.train.trainer import train
-    from sertk.models import dropout_attention, sequence
+    from sertk.models import dropout_attention, sd_caff, sequence
     from sertk.train import trainer
     overrides = ["train.epochs=3", "train.patience=10", "train.min_epochs=1"]
     if args.path == "old":
@@ -85,6 +86,7 @@ def one_run(args) -> None:
         dropout_attention.FAST_CPU_DROPOUT_ATTENTION = False
         sequence.PADDED_LSTM = False
         trainer.CHANNELS_LAST = False
+        sd_caff.DYRELU_MAX = "amax"
     elif args.force_amp:
         overrides.append("train.amp=auto")
     config = load_config(Path(args.config), overrides)

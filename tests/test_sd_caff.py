@@ -8,6 +8,7 @@ from torch import nn
 
 from helpers import batch_for
 from sertk.models import ModelConfigError, build_model
+from sertk.models import sd_caff as sd_caff_module
 from sertk.models.sd_caff import (CHOICES, CenterLoss, CrossAFF, DyReLUB, SDCAFFConfig, SDCAFFObjective,
                                   parameter_counts)
 from sertk.train.loss import SegmentLoss
@@ -135,6 +136,42 @@ def test_dyrelu_b_is_the_max_of_its_k_lines(k):
     coefs = theta.view(3, 8, 2 * k) * act.lambdas + act.init
     lines = x.unsqueeze(2) * coefs[..., :k, None, None] + coefs[..., k:, None, None]    # [B, C, K, H, T]
     torch.testing.assert_close(act(x, mask), lines.amax(dim=2))
+
+
+def test_masked_time_mean_averages_the_valid_frames_only():
+    from sertk.models.pooling import masked_time_mean
+    x = torch.randn(2, 3, 4, 6, dtype=torch.float64)
+    full = torch.ones(2, 6, dtype=torch.bool)
+    torch.testing.assert_close(masked_time_mean(x, full), x.mean(dim=(2, 3)))   # no padding: the plain mean
+    mask = full.clone()
+    mask[1, 2:] = False
+    torch.testing.assert_close(masked_time_mean(x, mask)[1], x[1, :, :, :2].mean(dim=(1, 2)))
+    torch.testing.assert_close(masked_time_mean(x, mask)[0], x[0].mean(dim=(1, 2)))
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_dyrelu_b_gives_the_amax_forms_values_and_gradients(k, monkeypatch):
+    """The ReLU form (K = 2) and the line-at-a-time max (K > 2) against the [B, C, K, H, T] amax that sertk
+    trained with before (sd_caff.DYRELU_MAX = "amax", benchmarks/train.py's old path), in float64: away from
+    exact ties of two lines the same function, so the same values and gradients."""
+    torch.manual_seed(k)
+    act = DyReLUB(8, reduction=4, k=k).double()
+    nn.init.normal_(act.fc2.weight)
+    x, mask = torch.randn(3, 8, 5, 7, dtype=torch.float64), torch.ones(3, 7, dtype=torch.bool)
+    mask[0, 5:] = False
+    grad_out = torch.randn(3, 8, 5, 7, dtype=torch.float64)
+
+    def run():
+        xx = x.clone().requires_grad_()
+        y = act(xx, mask)
+        params = [xx] + list(act.parameters())
+        return y.detach(), torch.autograd.grad(y, params, grad_out)
+    new_y, new_grads = run()
+    monkeypatch.setattr(sd_caff_module, "DYRELU_MAX", "amax")
+    old_y, old_grads = run()
+    torch.testing.assert_close(new_y, old_y)
+    for new, old in zip(new_grads, old_grads):
+        torch.testing.assert_close(new, old)
 
 
 def test_cross_aff_is_equations_5_to_7():

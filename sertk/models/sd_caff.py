@@ -112,6 +112,14 @@ def cnn_min_size(cfg: SDCAFFConfig) -> int:
     return (2 if cfg.first_padding == 0 else 0) + 2 ** max(0, len(cfg.channels) - 2)
 
 
+# How DyReLU-B takes the max of its lines: "relu" (K = 2, the spec's: one line plus the ReLU of the two lines'
+# difference, max(l0, l1) = l0 + relu(l1 - l0), each a single fused multiply-add; K > 2: one line at a time)
+# or "amax" (all K lines in one [B, C, K, H, T] tensor, then its max: what sertk trained with before, kept for
+# benchmarks/train.py's old path). The same values but for float rounding; at an exact tie of the two lines the
+# ReLU form passes the gradient to the first, torch's max splits it in halves: both are subgradients.
+DYRELU_MAX = "relu"
+
+
 class DyReLUB(nn.Module):
     """Dynamic ReLU-B (Chen et al. 2020), per sample and channel: y = max_k(a_k x + b_k), with
     [a; b] = init + lambda * (2 sigmoid(fc2(relu(fc1(mean x)))) - 1), the mean over valid positions."""
@@ -129,10 +137,15 @@ class DyReLUB(nn.Module):
         theta = 2 * torch.sigmoid(self.fc2(torch.relu(self.fc1(masked_time_mean(x, mask))))) - 1
         coefs = theta.view(x.shape[0], x.shape[1], 2 * self.k) * self.lambdas + self.init   # [B, C, 2K]
         a, b = coefs[..., :self.k, None, None], coefs[..., self.k:, None, None]             # [B, C, K, 1, 1]
-        # max over the K lines, one at a time: no [B, C, K, H, T] tensor to fill and search (docs/training.md)
-        y = x * a[:, :, 0] + b[:, :, 0]
+        if DYRELU_MAX == "amax":
+            return (x.unsqueeze(2) * a + b).amax(dim=2)
+        # no [B, C, K, H, T] tensor to fill and search, and (K = 2) no max to take apart in the backward pass,
+        # whose eq / where / masked_fill passes over the whole tensor cost more than the forward (docs/training.md)
+        y = torch.addcmul(b[:, :, 0], x, a[:, :, 0])
+        if self.k == 2:
+            return y + torch.relu(torch.addcmul(b[:, :, 1] - b[:, :, 0], x, a[:, :, 1] - a[:, :, 0]))
         for j in range(1, self.k):
-            y = torch.maximum(y, x * a[:, :, j] + b[:, :, j])
+            y = torch.maximum(y, torch.addcmul(b[:, :, j], x, a[:, :, j]))
         return y
 
 
