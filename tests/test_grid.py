@@ -102,7 +102,7 @@ def test_grid_of_a_file_and_of_the_command_line(tmp_path):
 
 
 @pytest.mark.parametrize("grid, message", [
-    ("{optim.lrr: [1]}", r"grid: unknown config key 'optim.lrr' \(known under optim: betas, lr, name"),
+    ("{optim.lrr: [1]}", r"grid: unknown config key 'optim.lrr' \(known under optim: betas, history_size, lr, max_iter, name"),
     ("{optm.lr: [1]}", "grid: unknown config key 'optm.lr' .known: augment"),
     ("{optim.lr: [fast]}", "grid: config key 'optim.lr' expects a float like 0.001, got 'fast'"),
     ("{train.bucket: [1]}", "expects a bool"),
