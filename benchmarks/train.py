@@ -9,11 +9,12 @@ and the share of step time spent waiting for the data loader, from the trainer's
 
 Paths: `old` is float32 with attention dropout on torch's plain SDPA path, LSTMs on packed sequences and
 SD-CAFF's DyReLU-B as the max of a [B, C, K, H, T] tensor (what sertk did before `train.amp: auto`); `new` is
-the default now: `train.amp: auto` (bfloat16 autocast
-where the CPU has AMX or AVX512-BF16, or on a GPU), the fast attention-dropout path, LSTMs on the padded
-batch (sertk.models.sequence.run_lstm), DyReLU-B's max in its ReLU form (sertk.models.sd_caff.DYRELU_MAX) and, for the models that declare it, 2-D convolutions in channels-last
-layout (sertk.train.trainer). Each model keeps its recipe config otherwise, so a config that says `amp: false` stays float32 on both paths unless --force-amp is given.
-The header prints the CPU model and its native-bf16 flags.
+the default now: `train.amp: auto` (bfloat16 autocast where the CPU has AMX or AVX512-BF16, or on a GPU), the
+fast attention-dropout path, LSTMs on the padded batch (sertk.models.sequence.run_lstm), DyReLU-B's max in its
+ReLU form (sertk.models.sd_caff.DYRELU_MAX) and, for the models that declare it, 2-D convolutions in
+channels-last layout (sertk.train.trainer). Each model keeps its recipe config otherwise, so a config that
+says `amp: false` stays float32 on both paths unless --force-amp is given. The header prints the CPU model and
+its native-bf16 flags.
 
 It uses egs/emodb's data dirs and feature dumps (prepared and extracted here first when missing:
 `sertk features extract` skips a dump that is up to date), and trains each model for 3 epochs on a

@@ -1,8 +1,9 @@
 """The optimizer and the learning-rate schedule of a run, from the config's `optim` and `scheduler` sections.
 
-Both are tables: `OPTIMIZERS` (optim.name -> how the optimizer is built; L-BFGS is torch's with weight decay added) and `SCHEDULERS` (scheduler.name -> how it is
-built and what steps it). The config's values are checked when it is loaded (sertk.config.schema: CHECKS,
-COMBINATIONS), so nothing here checks them again; a new kind is one table entry (and its name in config_schema.py).
+Both are tables: `OPTIMIZERS` (optim.name -> how the optimizer is built; L-BFGS is torch's with weight decay
+added) and `SCHEDULERS` (scheduler.name -> how it is built and what steps it). The config's values are checked
+when it is loaded (sertk.config.schema: CHECKS, COMBINATIONS), so nothing here checks them again; a new kind is
+one table entry (and its name in config_schema.py).
 """
 import math
 from dataclasses import dataclass
@@ -10,7 +11,6 @@ from typing import Any, Callable, Dict, Iterable, Optional
 
 import torch
 from torch.optim import lr_scheduler
-
 
 
 class L2LBFGS(torch.optim.LBFGS):
