@@ -43,11 +43,6 @@ class L2LBFGS(torch.optim.LBFGS):
         return super().step(with_decay)
 
 
-def _lbfgs(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, max_iter: int,
-           history_size: int, **_: Any) -> torch.optim.Optimizer:
-    return L2LBFGS(params, lr, weight_decay, max_iter, history_size)
-
-
 def _first_order(kind: type) -> Callable[..., torch.optim.Optimizer]:
     """Adam, AdamW, SGD: the options that are not theirs (L-BFGS's) left out."""
     def build(params, lr, weight_decay, max_iter=None, history_size=None, **options):
@@ -55,10 +50,10 @@ def _first_order(kind: type) -> Callable[..., torch.optim.Optimizer]:
     return build
 
 
-# optim.name -> (params, lr, weight_decay, max_iter, history_size, [betas]) -> optimizer; every optimizer is
+# optim.name -> (params, lr=, weight_decay=, max_iter=, history_size=, [betas=]) -> optimizer; every optimizer is
 # stepped with a closure that computes the batch's loss and gradients (L-BFGS calls it several times)
 OPTIMIZERS = {"adam": _first_order(torch.optim.Adam), "adamw": _first_order(torch.optim.AdamW),
-              "sgd": _first_order(torch.optim.SGD), "lbfgs": _lbfgs}
+              "sgd": _first_order(torch.optim.SGD), "lbfgs": L2LBFGS}
 
 EPOCH = "epoch"     # stepped once after every epoch
 DEV_UA = "dev_ua"   # stepped with the epoch's dev UA, which should go up
