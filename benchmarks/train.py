@@ -7,14 +7,15 @@ and the share of step time spent waiting for the data loader, from the trainer's
                                [--paths old,new] [--device cpu|cuda] [--train-utts 160] [--dev-utts 40]
                                [--concurrent 1,4,16] [--profile]
 
-Paths: `old` is float32 with attention dropout on torch's plain SDPA path, LSTMs on packed sequences and
-SD-CAFF's DyReLU-B as the max of a [B, C, K, H, T] tensor (what sertk did before `train.amp: auto`); `new` is
-the default now: `train.amp: auto` (bfloat16 autocast where the CPU has AMX or AVX512-BF16, or on a GPU), the
-fast attention-dropout path, LSTMs on the padded batch (sertk.models.sequence.run_lstm), DyReLU-B's max in its
-ReLU form (sertk.models.sd_caff.DYRELU_MAX) and, for the models that declare it, 2-D convolutions in
-channels-last layout (sertk.train.trainer). Each model keeps its recipe config otherwise, so a config that
-says `amp: false` stays float32 on both paths unless --force-amp is given. The header prints the CPU model and
-its native-bf16 flags.
+Paths: `old` is float32 with attention dropout on torch's plain SDPA path, LSTMs on packed sequences, SD-
+CAFF's DyReLU-B as the max of a [B, C, K, H, T] tensor and MSFPN's windowed attention one offset at a time
+(what sertk did before `train.amp: auto`); `new` is the default now: `train.amp: auto` (bfloat16 autocast
+where the CPU has AMX or AVX512-BF16, or on a GPU), the fast attention-dropout path, LSTMs on the padded batch
+(sertk.models.sequence.run_lstm), DyReLU-B's max in its ReLU form (sertk.models.sd_caff.DYRELU_MAX), MSFPN's
+windowed attention as blocked matrix products (sertk.models.transformer.BANDED_ATTENTION) and, for the models
+that declare it, 2-D convolutions in channels-last layout (sertk.train.trainer). Each model keeps its recipe
+config otherwise, so a config that says `amp: false` stays float32 on both paths unless --force-amp is given.
+The header prints the CPU model and its native-bf16 flags.
 
 It uses egs/emodb's data dirs and feature dumps (prepared and extracted here first when missing:
 `sertk features extract` skips a dump that is up to date), and trains each model for 3 epochs on a
@@ -79,7 +80,7 @@ def one_run(args) -> None:
     import torch
     from sertk.config.loading import load_config
     from sertk.train.trainer import train
-    from sertk.models import dropout_attention, sd_caff, sequence
+    from sertk.models import dropout_attention, sd_caff, sequence, transformer
     from sertk.train import trainer
     overrides = ["train.epochs=3", "train.patience=10", "train.min_epochs=1"]
     if args.path == "old":
@@ -88,6 +89,7 @@ def one_run(args) -> None:
         sequence.PADDED_LSTM = False
         trainer.CHANNELS_LAST = False
         sd_caff.DYRELU_MAX = "amax"
+        transformer.BANDED_ATTENTION = "offsets"
     elif args.force_amp:
         overrides.append("train.amp=auto")
     config = load_config(Path(args.config), overrides)

@@ -7,6 +7,7 @@ from torch.nn import functional as F
 from helpers import batch_for
 from sertk.models import ModelConfigError, build_model
 from sertk.models.msfpn import LevelFusion, pool_mask
+from sertk.models import transformer
 from sertk.models.transformer import banded_attention
 
 SMALL = dict(input_dim=12, widths=[16, 16, 8], fc_hidden=8, lstm_hidden=4)
@@ -50,19 +51,30 @@ def test_levels_halve_the_frames_and_logits_come_out(frames):
     assert model(batch)["logits"].shape == (2, 4)
 
 
-def test_multi_window_attention_is_dense_attention_under_a_band_mask():
+@pytest.mark.parametrize("how,block", [("blocks", 1), ("blocks", 3), ("blocks", 7), ("blocks", 32),
+                                       ("offsets", None)])
+def test_multi_window_attention_is_dense_attention_under_a_band_mask(how, block, monkeypatch):
+    """Blocks of 1, 3 and 7 queries split 20 frames unevenly (the last block padded) and are narrower than
+    the widest window; 32 holds them all."""
+    monkeypatch.setattr(transformer, "BANDED_ATTENTION", how)
     torch.manual_seed(0)
     B, H, N, d = 2, 4, 20, 3
-    q, k, v = (torch.randn(B, H, N, d) for _ in range(3))
+    q, k, v = (torch.randn(B, H, N, d, dtype=torch.float64, requires_grad=True) for _ in range(3))
     valid = torch.ones(B, N, dtype=torch.bool)
     valid[1, 13:] = False
     radius = torch.tensor([1, 3, 5, 7])
-    out = banded_attention(q, k, v, valid, radius)
+    out = banded_attention(q, k, v, valid, radius, **({"block": block} if block else {}))
     pos = torch.arange(N)
     band = (pos[:, None] - pos[None, :]).abs()[None] <= radius[:, None, None]       # [H, N, N]
     dense = F.scaled_dot_product_attention(q, k, v, attn_mask=band[None] & valid[:, None, None, :])
     torch.testing.assert_close(out[0], dense[0])
     torch.testing.assert_close(out[1, :, :13], dense[1, :, :13])                  # valid queries
+    # and the gradients of what the valid queries give
+    weight = torch.randn(B, H, N, d, dtype=torch.float64) * valid[:, None, :, None]
+    grads = torch.autograd.grad((out * weight).sum(), (q, k, v))
+    dense_grads = torch.autograd.grad((dense * weight).sum(), (q, k, v))
+    for got, expected in zip(grads, dense_grads):
+        torch.testing.assert_close(got, expected)
 
 
 def test_masks_and_level_fusion():
