@@ -7,8 +7,8 @@ and the share of step time spent waiting for the data loader, from the trainer's
                                [--paths old,new] [--device cpu|cuda] [--train-utts 160] [--dev-utts 40]
                                [--concurrent 1,4,16] [--profile]
 
-Paths: `old` is float32 with attention dropout on torch's plain SDPA path, LSTMs on packed sequences, SD-
-CAFF's DyReLU-B as the max of a [B, C, K, H, T] tensor and MSFPN's windowed attention one offset at a time
+Paths: `old` is float32 with attention dropout on torch's plain SDPA path, LSTMs on packed sequences,
+SD-CAFF's DyReLU-B as the max of a [B, C, K, H, T] tensor and MSFPN's windowed attention one offset at a time
 (what sertk did before `train.amp: auto`); `new` is the default now: `train.amp: auto` (bfloat16 autocast
 where the CPU has AMX or AVX512-BF16, or on a GPU), the fast attention-dropout path, LSTMs on the padded batch
 (sertk.models.sequence.run_lstm), DyReLU-B's max in its ReLU form (sertk.models.sd_caff.DYRELU_MAX), MSFPN's
