@@ -58,6 +58,8 @@ def prepare(emodb: Path) -> Path:
     from sertk.data.protocols import make_folds
     data = RECIPE / "data"
     if not (data / "loso" / "protocol.yaml").is_file():
+        if emodb is None and not (data / "all" / "utt2emo").is_file():
+            sys.exit(f"benchmarks/train.py: {data} has no EmoDB data dir yet: give --emodb <the EmoDB release>")
         dd = DataDir.load(data / "all") if (data / "all" / "utt2emo").is_file() else \
             prepare_corpus("emodb", emodb, data / "all").datadir
         make_folds(dd, "loso", data / "loso")
