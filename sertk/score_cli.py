@@ -74,3 +74,16 @@ def collect_cmd(model_exp_dir: Path) -> None:
     click.echo(summary_markdown(result))
     click.echo(f"wrote {model_exp_dir / RESULTS_FILE} ({len(result['folds'])} fold(s) of "
                f"{model_exp_dir}/fold*/{DECODE_SUBDIR})")
+
+
+@results.command("dev")
+@click.argument("exp_dirs", nargs=-1, required=True, type=existing_dir)
+def dev_cmd(exp_dirs) -> None:
+    """The best dev score of every fold of each run in EXP_DIRS, side by side, to choose between variants.
+
+    Each EXP_DIR is a model's exp dir (its fold<k>/ dirs) or one fold's. Reads only training's records
+    (last.pt, grid.yaml), never a decode dir: nothing here looks at test. Unfinished folds show their best
+    so far and stay out of the mean, which covers the folds every run has finished.
+    """
+    from sertk.results_dev import dev_table
+    click.echo(dev_table([Path(d) for d in exp_dirs]))

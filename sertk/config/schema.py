@@ -130,7 +130,7 @@ def folder_name() -> Check:
 
 FLAG = Check("true or false", lambda v: isinstance(v, bool))
 SEVERAL_TYPES = ("train.amp",)       # a word or a flag: CHECKS alone says what the key takes
-SELECT_METRICS = ("ua", "wa_ua")     # sertk.train.trainer.SELECT: the dev score that picks best.pt
+SELECT_METRICS = {"ua": "UA", "wa_ua": "(WA + UA) / 2"}   # train.select: the dev score that picks best.pt
 OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs")
 SCHEDULERS = ("none", "step", "multistep", "exponential", "plateau", "cosine", "warmup_cosine")
 

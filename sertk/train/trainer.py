@@ -37,6 +37,7 @@ from sertk.models.layer_sum import with_layer_sums
 from sertk.score import metrics
 from sertk.checkpoint import load_checkpoint, save_checkpoint
 from sertk.config.loading import ConfigError, model_options, with_new_defaults
+from sertk.config.schema import SELECT_METRICS
 from sertk.train import distributed
 from sertk.train.data import spec_augment
 from sertk.train.distributed import PieceSampler, Ranks
@@ -48,7 +49,6 @@ from sertk.train.reporter import EpochSpeed, Reporter, log_to, log_to_memory, re
 
 log = logging.getLogger(__name__)
 RANK_SEED_STRIDE = 100_003   # process r > 0 of a distributed run draws dropout etc. from seed + r x this
-SELECT = {"ua": "UA", "wa_ua": "(WA + UA) / 2"}   # train.select: the dev score that picks best.pt
 
 
 @dataclass
@@ -152,9 +152,9 @@ class _Run:
         if self.resume is not None:
             if self.resume["finished"]:
                 log.info("%s: training already finished (best dev %s %.4f at epoch %d); skipping",
-                         self.exp_dir, SELECT[cfg["select"]], self.resume["best_ua"], self.resume["best_epoch"])
+                         self.exp_dir, SELECT_METRICS[cfg["select"]], self.resume["best_ua"], self.resume["best_epoch"])
                 return TrainSummary(self.resume["best_epoch"], self.resume["best_ua"], self.resume["epoch"], None,
-                                    SELECT[cfg["select"]])
+                                    SELECT_METRICS[cfg["select"]])
             self._restore(self.resume)
             state = {k: self.resume[k] for k in state}
             resumed = state["epoch"]
@@ -192,11 +192,13 @@ class _Run:
                 if self.ranks.main:
                     save_checkpoint(self.exp_dir / "last.pt", self._full_state(state, finished))
                 if stop:
-                    log.info("early stop: dev %s has not improved for %d epochs", SELECT[cfg["select"]], cfg["patience"])
+                    log.info("early stop: dev %s has not improved for %d epochs", SELECT_METRICS[cfg["select"]],
+                             cfg["patience"])
                     break
         distributed.barrier(self.ranks)   # no process leaves before rank 0 has written last.pt
-        log.info("best dev %s %.4f at epoch %d", SELECT[cfg["select"]], state["best_ua"], state["best_epoch"])
-        return TrainSummary(state["best_epoch"], state["best_ua"], state["epoch"], resumed, SELECT[cfg["select"]])
+        log.info("best dev %s %.4f at epoch %d", SELECT_METRICS[cfg["select"]], state["best_ua"], state["best_epoch"])
+        return TrainSummary(state["best_epoch"], state["best_ua"], state["epoch"], resumed,
+                            SELECT_METRICS[cfg["select"]])
 
     def _environment(self) -> Dict[str, Any]:
         # "gpu" names the machine's GPUs; "device" the one this run trained on (cuda:N on a multi-GPU machine)

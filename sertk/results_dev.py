@@ -1,0 +1,100 @@
+"""`sertk results dev`: the dev scores that chose each fold's checkpoint, several runs side by side.
+
+A model's variants (a config option, a normalisation, a schedule) are compared on dev, never on test.
+This reads only what training wrote, each fold's `last.pt` (its epoch history and best dev score) or,
+for a fold trained with a grid, its `grid.yaml`; it never opens a decode dir, so comparing runs with it
+cannot look at test data. It works while the runs are still training: an unfinished fold shows its best
+so far and is left out of the mean, which is taken over the folds that every run has finished.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from sertk.checkpoint import load_checkpoint
+from sertk.config.schema import SELECT_METRICS
+from sertk.errors import SertkError
+from sertk.results_folds import GRID_FILE, find_fold_dirs
+from sertk.yamlutil import read_yaml_file
+
+LAST = "last.pt"
+
+
+class DevTableError(SertkError):
+    """A path given to `sertk results dev` that holds no training run."""
+
+
+@dataclass(frozen=True)
+class DevScore:
+    """One fold's dev selection: the best score of its train.select metric and when it came."""
+    score: float           # 0-1, of `metric`
+    metric: str            # "UA" or "(WA + UA) / 2"
+    best_epoch: int
+    epochs_run: int
+    epochs: int            # train.epochs of the config: the most it may run
+    finished: bool
+    point: Optional[str] = None    # a grid's chosen point (its values), None for a plain run
+
+    def cell(self) -> str:
+        where = f"epoch {self.best_epoch} of {self.epochs_run}"
+        if not self.finished:
+            where += f" so far, max {self.epochs}"
+        text = f"{100 * self.score:.2f} ({where})"
+        return text + (f", {self.point}" if self.point else "")
+
+
+def fold_dev_score(fold_dir: Path) -> Optional[DevScore]:
+    """The dev selection of one fold's exp dir; None when its training has not started."""
+    if (fold_dir / GRID_FILE).is_file():
+        return _grid_dev_score(fold_dir)
+    if not (fold_dir / LAST).is_file():
+        return None
+    state = load_checkpoint(fold_dir / LAST, mmap=True)
+    train_cfg = state["config"]["train"]
+    return DevScore(state["best_ua"], SELECT_METRICS[train_cfg.get("select", "ua")], state["best_epoch"],
+                    state["epoch"], train_cfg["epochs"], bool(state.get("finished")))
+
+
+def _grid_dev_score(fold_dir: Path) -> Optional[DevScore]:
+    """A grid's choice (or, while it runs, its best point so far) from grid.yaml."""
+    grid = read_yaml_file(fold_dir / GRID_FILE, DevTableError)
+    trained = [p for p in grid.get("points", []) if p.get("dev_score") is not None]
+    if not trained:
+        return None
+    best = max(trained, key=lambda p: p["dev_score"])     # the first of equals, as the grid picks
+    values = ", ".join(f"{k}={v}" for k, v in best["values"].items())
+    epochs = grid.get("config", {}).get("train", {}).get("epochs", best.get("epochs_run", best["best_epoch"]))
+    return DevScore(best["dev_score"], grid.get("metric", "UA"), best["best_epoch"],
+                    best.get("epochs_run", best["best_epoch"]), epochs, grid.get("chosen") is not None,
+                    f"grid point {best['point']} of {len(grid.get('points', []))}: {values}")
+
+
+def run_folds(exp_dir: Path) -> Dict[int, Path]:
+    """fold number -> exp dir: a model's `fold<k>/` dirs, or `exp_dir` itself if it is one fold's run."""
+    exp_dir = Path(exp_dir)
+    folds = find_fold_dirs(exp_dir) if exp_dir.is_dir() else {}
+    if folds:
+        return folds
+    if (exp_dir / LAST).is_file() or (exp_dir / GRID_FILE).is_file():
+        digits = "".join(c for c in exp_dir.name if c.isdigit())
+        return {int(digits) if exp_dir.name.startswith("fold") and digits else 1: exp_dir}
+    raise DevTableError(f"{exp_dir}: no fold<k> dirs and no {LAST} or {GRID_FILE}: not a training run's exp dir")
+
+
+def dev_table(exp_dirs: List[Path]) -> str:
+    """A markdown table: one row per fold, one column per run, then the mean over the folds all runs finished."""
+    runs = {str(d): {k: fold_dev_score(f) for k, f in run_folds(d).items()} for d in exp_dirs}
+    folds = sorted(set().union(*runs.values()))
+    metrics = {name: {s.metric for s in scores.values() if s} for name, scores in runs.items()}
+    header = [f"{name} (dev {' / '.join(sorted(m)) or 'score'})" for name, m in metrics.items()]
+    lines = ["| fold | " + " | ".join(header) + " |", "|---" * (len(runs) + 1) + "|"]
+    for k in folds:
+        cells = [(s.cell() if (s := scores.get(k)) else "not started" if k in scores else "-")
+                 for scores in runs.values()]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    common = [k for k in folds if all((s := scores.get(k)) is not None and s.finished for scores in runs.values())]
+    if common:
+        means = [f"{100 * sum(scores[k].score for k in common) / len(common):.2f}" for scores in runs.values()]
+        lines.append(f"| mean, folds {','.join(map(str, common))} | " + " | ".join(means) + " |")
+    else:
+        lines.append("| mean | " + " | ".join(["no fold finished in every run"] + [""] * (len(runs) - 1)) + " |")
+    return "\n".join(lines)

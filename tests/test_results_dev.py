@@ -1,0 +1,89 @@
+"""`sertk results dev`: each fold's dev selection of several runs side by side, from training's records only."""
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from sertk.checkpoint import save_checkpoint
+from sertk.results_dev import dev_table, fold_dev_score
+
+
+def write_last(fold_dir: Path, best: float, best_epoch: int, epoch: int, epochs: int = 50, finished: bool = True,
+               select: str = "ua") -> None:
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(fold_dir / "last.pt", {
+        "epoch": epoch, "best_ua": best, "best_epoch": best_epoch, "finished": finished,
+        "history": [{"epoch": e, "dev_ua": 0.1} for e in range(1, epoch + 1)],
+        "config": {"train": {"epochs": epochs, "select": select}}, "model": {"w": torch.zeros(3)}})
+
+
+def write_grid(fold_dir: Path, scores, chosen: bool) -> None:
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    points = [{"point": i + 1, "values": {"optim.lr": lr}, "dir": f"grid/{i + 1:02d}", "dev_score": s,
+               "best_epoch": 2 if s is not None else None, "epochs_run": 5 if s is not None else None}
+              for i, (lr, s) in enumerate(scores)]
+    done = [p for p in points if p["dev_score"] is not None]
+    (fold_dir / "grid.yaml").write_text(yaml.safe_dump({
+        "grid": {"optim.lr": [lr for lr, _ in scores]}, "metric": "UA", "points": points,
+        "chosen": max(done, key=lambda p: p["dev_score"]) if chosen else None,
+        "config": {"train": {"epochs": 5}}}))
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    """A spec run (folds 1-3, fold 3 still training) and a variant (folds 1-2 and a grid on fold 3)."""
+    spec, variant = tmp_path / "exp" / "spec", tmp_path / "exp" / "variant"
+    write_last(spec / "fold1", 0.6255, 45, 50)
+    write_last(spec / "fold2", 0.8082, 10, 50)
+    write_last(spec / "fold3", 0.70, 9, 18, finished=False)
+    write_last(variant / "fold1", 0.70, 30, 50)
+    write_last(variant / "fold2", 0.75, 12, 50)
+    write_grid(variant / "fold3", [(1e-3, 0.5), (1e-4, 0.8), (1e-5, None)], chosen=False)
+    # a decode dir of garbage: the table must not read it (it never opens a decode dir)
+    (spec / "fold1" / "decode_test").mkdir()
+    (spec / "fold1" / "decode_test" / "decode.yaml").write_text("{not yaml")
+    return spec, variant
+
+
+def test_table_shows_each_fold_and_the_mean_of_the_folds_every_run_finished(two_runs):
+    spec, variant = two_runs
+    lines = dev_table([spec, variant]).splitlines()
+    assert lines[0] == f"| fold | {spec} (dev UA) | {variant} (dev UA) |"
+    assert lines[2] == "| 1 | 62.55 (epoch 45 of 50) | 70.00 (epoch 30 of 50) |"
+    assert lines[3] == "| 2 | 80.82 (epoch 10 of 50) | 75.00 (epoch 12 of 50) |"
+    # fold 3: still training in the spec run, a grid half done in the variant: both left out of the mean
+    assert lines[4] == ("| 3 | 70.00 (epoch 9 of 18 so far, max 50) | 80.00 (epoch 2 of 5 so far, max 5), "
+                        "grid point 2 of 3: optim.lr=0.0001 |")
+    assert lines[5] == "| mean, folds 1,2 | 71.69 | 72.50 |"
+
+
+def test_a_finished_grid_and_a_metric_other_than_ua(tmp_path):
+    write_grid(tmp_path / "g" / "fold1", [(1e-3, 0.5), (1e-4, 0.8)], chosen=True)
+    score = fold_dev_score(tmp_path / "g" / "fold1")
+    assert (score.score, score.finished, score.point) == (0.8, True, "grid point 2 of 2: optim.lr=0.0001")
+    write_last(tmp_path / "e" / "fold1", 0.75, 20, 40, epochs=40, select="wa_ua")
+    table = dev_table([tmp_path / "e"])
+    assert "(dev (WA + UA) / 2)" in table.splitlines()[0]
+    assert table.splitlines()[-1] == "| mean, folds 1 | 75.00 |"
+
+
+def test_one_fold_dir_given_alone_and_a_fold_not_started(tmp_path):
+    write_last(tmp_path / "devcheck" / "fold2", 0.5, 3, 10, epochs=10)
+    (tmp_path / "run" / "fold2").mkdir(parents=True)                  # made, nothing trained yet
+    write_last(tmp_path / "run" / "fold1", 0.6, 3, 10, epochs=10)
+    lines = dev_table([tmp_path / "devcheck" / "fold2", tmp_path / "run"]).splitlines()
+    assert lines[2] == "| 1 | - | 60.00 (epoch 3 of 10) |"
+    assert lines[3] == "| 2 | 50.00 (epoch 3 of 10) | not started |"
+    assert lines[4] == "| mean | no fold finished in every run |  |"
+
+
+def test_cli_prints_the_table_and_refuses_a_dir_without_a_run(two_runs, tmp_path, sertk_cli, user_error):
+    spec, variant = two_runs
+    result = sertk_cli("results", "dev", spec, variant)
+    assert result.exit_code == 0, result.output
+    assert "| mean, folds 1,2 | 71.69 | 72.50 |" in result.output
+    (tmp_path / "empty").mkdir()
+    assert "not a training run's exp dir" in user_error(sertk_cli("results", "dev", tmp_path / "empty"))
+    (spec / "fold2" / "last.pt").write_bytes(b"damaged")
+    assert "cannot read checkpoint" in user_error(sertk_cli("results", "dev", spec))
