@@ -6,17 +6,19 @@ for a fold trained with a grid, its `grid.yaml`; it never opens a decode dir, so
 cannot look at test data. It works while the runs are still training: an unfinished fold shows its best
 so far and is left out of the mean, which is taken over the folds that every run has finished.
 """
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from sertk.checkpoint import load_checkpoint
 from sertk.config.schema import SELECT_METRICS
 from sertk.errors import SertkError
-from sertk.results_folds import GRID_FILE, find_fold_dirs
 from sertk.yamlutil import read_yaml_file
 
 LAST = "last.pt"
+GRID_FILE = "grid.yaml"          # a fold's hyper-parameter grid and its choice on dev (sertk.train.grid)
+_FOLD_RE = re.compile(r"fold(\d+)$")
 
 
 class DevTableError(SertkError):
@@ -42,6 +44,13 @@ class DevScore:
         return text + (f", {self.point}" if self.point else "")
 
 
+def find_fold_dirs(model_exp_dir: Path) -> Dict[int, Path]:
+    """fold number -> `fold<k>/` dir, in numeric order (fold10 after fold9)."""
+    found = {int(m.group(1)): p for p in Path(model_exp_dir).iterdir()
+             if p.is_dir() and (m := _FOLD_RE.fullmatch(p.name))}
+    return dict(sorted(found.items()))
+
+
 def fold_dev_score(fold_dir: Path) -> Optional[DevScore]:
     """The dev selection of one fold's exp dir; None when its training has not started."""
     if (fold_dir / GRID_FILE).is_file():
@@ -52,6 +61,12 @@ def fold_dev_score(fold_dir: Path) -> Optional[DevScore]:
     train_cfg = state["config"]["train"]
     return DevScore(state["best_ua"], SELECT_METRICS[train_cfg.get("select", "ua")], state["best_epoch"],
                     state["epoch"], train_cfg["epochs"], bool(state.get("finished")))
+
+
+def dev_record(fold_dir: Path) -> Optional[dict]:
+    """fold_dev_score as plain values (metrics.json, RESULTS.md); None when the fold holds no training record."""
+    score = fold_dev_score(fold_dir)
+    return asdict(score) if score is not None else None
 
 
 def _grid_dev_score(fold_dir: Path) -> Optional[DevScore]:

@@ -2,7 +2,6 @@
 sertk.results writes (RESULTS.md, metrics.json, confusion.png). See sertk.results for the rules.
 """
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -12,7 +11,8 @@ import numpy as np
 from sertk.data.protocols import CARD_FILE, load_card
 from sertk.decode import is_decode_dir
 from sertk.envinfo import environment
-from sertk.errors import ProtocolError, ScoreError
+from sertk.errors import ProtocolError, ScoreError, SertkError
+from sertk.results_dev import GRID_FILE, dev_record, find_fold_dirs
 from sertk.score import SEGMENT, metrics_from_confusion, score_decode_dir
 from sertk.yamlutil import read_yaml_file
 
@@ -20,10 +20,8 @@ logger = logging.getLogger(__name__)
 
 DECODE_SUBDIR = "decode_test"
 ENV_FILE = "environment.yaml"
-GRID_FILE = "grid.yaml"          # a fold's hyper-parameter grid and its choice on dev (sertk.train.grid)
 SUMMARY_KEYS = (("wa", "WA"), ("ua", "UA"), ("macro_f1", "macro-F1"))
 STD_RULE = "sample standard deviation over folds (ddof=1); null with a single fold"
-_FOLD_RE = re.compile(r"fold(\d+)$")
 
 
 @dataclass
@@ -39,13 +37,6 @@ class FoldScore:
 
 
 # --- finding and scoring folds ----------------------------------------------------------------------
-
-
-def find_fold_dirs(model_exp_dir: Path) -> Dict[int, Path]:
-    """fold number -> `fold<k>/` dir, in numeric order (fold10 after fold9)."""
-    found = {int(m.group(1)): p for p in model_exp_dir.iterdir()
-             if p.is_dir() and (m := _FOLD_RE.fullmatch(p.name))}
-    return dict(sorted(found.items()))
 
 
 def resolve_path(value: str, near: Path) -> Path:
@@ -160,6 +151,15 @@ def _environment_of(fold: FoldScore) -> Optional[dict]:
     return _read_yaml(path) if path.is_file() else None
 
 
+def _dev_of(fold: FoldScore) -> Optional[dict]:
+    """The fold's dev selection (sertk.results_dev.dev_record); None, with a warning, if its record is unreadable."""
+    try:
+        return dev_record(fold.exp_dir)
+    except SertkError as e:
+        logger.warning(f"{e}; the fold's dev score is left out")
+        return None
+
+
 def dev_selection(number: int, fold_dir: Path) -> Optional[dict]:
     """The hyper-parameters the fold's grid chose on dev (None: the fold had no grid)."""
     path = fold_dir / GRID_FILE
@@ -214,7 +214,7 @@ def collect_scores(model_exp_dir) -> dict:
         "std": STD_RULE,
         "pooled": {level: _pool(ms, classes) for level, ms in levels.items()},
         "fold_mean_std": {level: _fold_stats(ms) for level, ms in levels.items()},
-        "per_fold": [{"fold": f.name, "decode_dir": f.score["decode_dir"],
+        "per_fold": [{"fold": f.name, "decode_dir": f.score["decode_dir"], "dev": _dev_of(f),
                       **{level: _short(ms[i]) for level, ms in levels.items()}} for i, f in enumerate(folds)],
         "environment": environment(),
         "training_environment": _environment_of(folds[0]),

@@ -1,6 +1,6 @@
 """RESULTS.md of one model on one protocol, from the result dict of sertk.results_folds.collect_scores."""
 import json
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from sertk.data.cross import dropped_text
 from sertk.envinfo import environment_markdown
@@ -86,18 +86,29 @@ def per_fold_markdown(result: dict) -> str:
     rule = f"utterance/{result['default_rule']}"
     speakers = {f"fold{f['fold']}": ", ".join(f["test_speakers"]) if isinstance(f["test_speakers"], list)
                 else str(f["test_speakers"]) for f in (result["card"] or {}).get("folds", [])}
+    dev_metrics = sorted({f["dev"]["metric"] for f in result["per_fold"] if f.get("dev")})
     header = ["fold", "test speakers", "utts"] + [f"{n}" for _, n in SUMMARY_KEYS] + \
-             ["segments"] + [f"seg {n}" for _, n in SUMMARY_KEYS]
+             ["segments"] + [f"seg {n}" for _, n in SUMMARY_KEYS] + \
+             [f"dev {' / '.join(dev_metrics) or 'score'} (best epoch of epochs run)"]
     rows = {}
     for f in result["per_fold"]:
         utt, seg = f[rule], f[SEGMENT]
         rows[f["fold"]] = ([f["fold"], speakers.get(f["fold"], "-"), str(utt["num_utts"])] +
                            [pct(utt[k]) for k, _ in SUMMARY_KEYS] + [str(seg["num_utts"])] +
-                           [pct(seg[k]) for k, _ in SUMMARY_KEYS])
+                           [pct(seg[k]) for k, _ in SUMMARY_KEYS] + [_dev_text(f.get("dev"))])
     for name in result["missing_folds"]:
         rows[name] = [name, speakers.get(name, "-")] + ["missing"] * (len(header) - 2)
     ordered = [rows[k] for k in sorted(rows, key=lambda name: int(name[len("fold"):]))]
-    return _md_table(header, ordered) + f"\nUtterance level with rule `{result['default_rule']}`; percent.\n"
+    return _md_table(header, ordered) + (f"\nUtterance level with rule `{result['default_rule']}`; percent. The dev "
+                                         "score is the one that chose the checkpoint decoded on test.\n")
+
+
+def _dev_text(dev: Optional[dict]) -> str:
+    """A fold's dev selection as `score (best epoch of epochs run)`; - without a training record."""
+    if not dev:
+        return "-"
+    text = f"{pct(dev['score'])} ({dev['best_epoch']} of {dev['epochs_run']})"
+    return text if dev["finished"] else text + ", unfinished"
 
 
 def _values_text(values: dict) -> str:

@@ -3,6 +3,7 @@ import json
 import logging
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +49,10 @@ def segments(spk: str):
 
 @pytest.fixture
 def exp_tree(tmp_path):
+    return toy_exp_tree(tmp_path)
+
+
+def toy_exp_tree(tmp_path: Path) -> Path:
     """protocol dir (loso over s1..s3) and exp/loso/toy/fold{1,2,3}/decode_test."""
     protocol_dir = tmp_path / "data" / "loso"
     make_folds(toy_data(), "loso", protocol_dir, corpus="toy")

@@ -6,7 +6,9 @@ import torch
 import yaml
 
 from sertk.checkpoint import save_checkpoint
+from sertk.results import collect
 from sertk.results_dev import dev_table, fold_dev_score
+from test_results import toy_exp_tree
 
 
 def write_last(fold_dir: Path, best: float, best_epoch: int, epoch: int, epochs: int = 50, finished: bool = True,
@@ -87,3 +89,17 @@ def test_cli_prints_the_table_and_refuses_a_dir_without_a_run(two_runs, tmp_path
     assert "not a training run's exp dir" in user_error(sertk_cli("results", "dev", tmp_path / "empty"))
     (spec / "fold2" / "last.pt").write_bytes(b"damaged")
     assert "cannot read checkpoint" in user_error(sertk_cli("results", "dev", spec))
+
+
+def test_results_md_gives_each_folds_dev_score_beside_its_test_scores(tmp_path, caplog):
+    model_dir = toy_exp_tree(tmp_path)                   # the scoring tests' three toy folds
+    write_last(model_dir / "fold1", 0.9, 4, 10, epochs=10)
+    write_last(model_dir / "fold2", 0.75, 2, 3, epochs=10, finished=False, select="wa_ua")
+    (model_dir / "fold3" / "last.pt").write_bytes(b"damaged")
+    res = collect(model_dir)
+    assert [f["dev"] and f["dev"]["score"] for f in res["per_fold"]] == [0.9, 0.75, None]
+    assert "cannot read checkpoint" in caplog.text                       # a warning, not a failed collect
+    md = (model_dir / "RESULTS.md").read_text()
+    assert "| dev (WA + UA) / 2 / UA (best epoch of epochs run) |" in md
+    assert md.count("| 90.00 (4 of 10) |") == 1 and "| 75.00 (2 of 3), unfinished |" in md
+    assert next(line for line in md.splitlines() if line.startswith("| fold3")).endswith(" - |")
