@@ -72,7 +72,9 @@ def dev_record(fold_dir: Path) -> Optional[dict]:
 def _grid_dev_score(fold_dir: Path) -> Optional[DevScore]:
     """A grid's choice (or, while it runs, its best point so far) from grid.yaml."""
     grid = read_yaml_file(fold_dir / GRID_FILE, DevTableError)
-    trained = [p for p in grid.get("points", []) if p.get("dev_score") is not None]
+    if not isinstance(grid.get("points"), list) or not all(isinstance(p, dict) for p in grid["points"]):
+        raise DevTableError(f"{fold_dir / GRID_FILE}: not a grid record written by sertk train (no list of points)")
+    trained = [p for p in grid["points"] if p.get("dev_score") is not None]
     if not trained:
         return None
     best = max(trained, key=lambda p: p["dev_score"])     # the first of equals, as the grid picks
@@ -80,7 +82,7 @@ def _grid_dev_score(fold_dir: Path) -> Optional[DevScore]:
     epochs = grid.get("config", {}).get("train", {}).get("epochs", best.get("epochs_run", best["best_epoch"]))
     return DevScore(best["dev_score"], grid.get("metric", "UA"), best["best_epoch"],
                     best.get("epochs_run", best["best_epoch"]), epochs, grid.get("chosen") is not None,
-                    f"grid point {best['point']} of {len(grid.get('points', []))}: {values}")
+                    f"grid point {best['point']} of {len(grid['points'])}: {values}")
 
 
 def run_folds(exp_dir: Path) -> Dict[int, Path]:

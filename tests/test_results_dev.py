@@ -89,6 +89,8 @@ def test_cli_prints_the_table_and_refuses_a_dir_without_a_run(two_runs, tmp_path
     assert "not a training run's exp dir" in user_error(sertk_cli("results", "dev", tmp_path / "empty"))
     (spec / "fold2" / "last.pt").write_bytes(b"damaged")
     assert "cannot read checkpoint" in user_error(sertk_cli("results", "dev", spec))
+    (variant / "fold3" / "grid.yaml").write_text("points: 3\n")
+    assert "not a grid record" in user_error(sertk_cli("results", "dev", variant))
 
 
 def test_results_md_gives_each_folds_dev_score_beside_its_test_scores(tmp_path, caplog):
