@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from sertk.checkpoint import load_checkpoint
 from sertk.config.schema import SELECT_METRICS
 from sertk.errors import SertkError
 from sertk.yamlutil import read_yaml_file
@@ -57,6 +56,7 @@ def fold_dev_score(fold_dir: Path) -> Optional[DevScore]:
         return _grid_dev_score(fold_dir)
     if not (fold_dir / LAST).is_file():
         return None
+    from sertk.checkpoint import load_checkpoint   # torch: not imported with the CLI (sertk config get must not)
     state = load_checkpoint(fold_dir / LAST, mmap=True)
     train_cfg = state["config"]["train"]
     return DevScore(state["best_ua"], SELECT_METRICS[train_cfg.get("select", "ua")], state["best_epoch"],
