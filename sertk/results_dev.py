@@ -92,8 +92,8 @@ def run_folds(exp_dir: Path) -> Dict[int, Path]:
     if folds:
         return folds
     if (exp_dir / LAST).is_file() or (exp_dir / GRID_FILE).is_file():
-        digits = "".join(c for c in exp_dir.name if c.isdigit())
-        return {int(digits) if exp_dir.name.startswith("fold") and digits else 1: exp_dir}
+        named = _FOLD_RE.fullmatch(exp_dir.name)
+        return {int(named.group(1)) if named else 1: exp_dir}
     raise DevTableError(f"{exp_dir}: no fold<k> dirs and no {LAST} or {GRID_FILE}: not a training run's exp dir")
 
 
