@@ -20,6 +20,7 @@ process and nothing here does anything. Under torchrun:
 - only rank 0 writes (checkpoints, TensorBoard, train.log, config.yaml).
 """
 import contextlib
+import gc
 import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator, List, Sequence
@@ -106,6 +107,17 @@ def start(ranks: Ranks, device: str) -> None:
     """Join the process group (NCCL on GPUs, gloo on CPUs); the rendezvous comes from torchrun."""
     if ranks.distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+
+
+def finish(ranks: Ranks) -> None:
+    """After a training that ended well on every process: collect what still refers to the group, then wait
+    for the others, so that stop() tears the group down with no collective in flight and nothing of it left to
+    free later. Freeing a gloo group's last work objects after destroy_process_group, in the main thread that
+    holds the GIL, can deadlock with its worker threads (pytorch/pytorch#75097, #179291): a rank of sertk's
+    two-process tests hung there twice in CI (2026-12-04 and -05), its stack at the end of train()."""
+    if ranks.distributed and dist.is_initialized():
+        gc.collect()
+        dist.barrier()
 
 
 def stop(ranks: Ranks) -> None:

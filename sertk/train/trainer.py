@@ -89,7 +89,12 @@ def train(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp_dir: Path,
         if ranks.main:
             exp_dir.mkdir(parents=True, exist_ok=True)
             handlers.append(log_to(exp_dir / "train.log", handlers[0]))
-        return run.fit()
+        summary = run.fit()
+        # the model, optimizer and loaders go while the process group is still there: a gloo group whose
+        # last reference went with them after it was destroyed once hung a rank at exit (see distributed.finish)
+        del run
+        distributed.finish(ranks)
+        return summary
     finally:
         distributed.stop(ranks)
         remove_handlers(handlers)
