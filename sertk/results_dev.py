@@ -13,10 +13,9 @@ from typing import Dict, List, Optional
 
 from sertk.config.schema import SELECT_METRICS
 from sertk.errors import SertkError
-from sertk.yamlutil import read_yaml_file
+from sertk.gridrecord import GRID_FILE, read_grid_record
 
 LAST = "last.pt"
-GRID_FILE = "grid.yaml"          # a fold's hyper-parameter grid and its choice on dev (sertk.train.grid)
 _FOLD_RE = re.compile(r"fold(\d+)$")
 
 
@@ -71,9 +70,7 @@ def dev_record(fold_dir: Path) -> Optional[dict]:
 
 def _grid_dev_score(fold_dir: Path) -> Optional[DevScore]:
     """A grid's choice (or, while it runs, its best point so far) from grid.yaml."""
-    grid = read_yaml_file(fold_dir / GRID_FILE, DevTableError)
-    if not isinstance(grid.get("points"), list) or not all(isinstance(p, dict) for p in grid["points"]):
-        raise DevTableError(f"{fold_dir / GRID_FILE}: not a grid record written by sertk train (no list of points)")
+    grid = read_grid_record(fold_dir / GRID_FILE, DevTableError)
     trained = [p for p in grid["points"] if p.get("dev_score") is not None]
     if not trained:
         return None

@@ -12,7 +12,8 @@ from sertk.data.protocols import CARD_FILE, load_card
 from sertk.decode import is_decode_dir
 from sertk.envinfo import environment
 from sertk.errors import ProtocolError, ScoreError, SertkError
-from sertk.results_dev import GRID_FILE, dev_record, find_fold_dirs
+from sertk.gridrecord import GRID_FILE, read_grid_record
+from sertk.results_dev import dev_record, find_fold_dirs
 from sertk.score import SEGMENT, metrics_from_confusion, score_decode_dir
 from sertk.yamlutil import read_yaml_file
 
@@ -165,11 +166,8 @@ def dev_selection(number: int, fold_dir: Path) -> Optional[dict]:
     path = fold_dir / GRID_FILE
     if not path.is_file():
         return None
-    doc = _read_yaml(path)
-    points, chosen = doc.get("points"), doc.get("chosen")
-    if not isinstance(points, list) or not isinstance(doc.get("grid"), dict) or \
-            not (chosen is None or isinstance(chosen, dict)):
-        raise ScoreError(f"{path}: not a grid record written by sertk train (grid, points, chosen)")
+    doc = read_grid_record(path, ScoreError)
+    points, chosen = doc["points"], doc["chosen"]
     out = {"fold": f"fold{number}", "grid_file": str(path), "grid": doc["grid"], "metric": doc.get("metric"),
            "points": len(points), "chosen": None, "point": None, "dev_score": None, "best_epoch": None,
            "dir": None}

@@ -27,16 +27,15 @@ from typing import Any, Callable, Dict, List, Optional
 
 import yaml
 
+from sertk.gridrecord import GRID_FILE, read_grid_record
 from sertk.fsutil import atomic_write_text, atomic_write_with, sha256_file
 from sertk.config.loading import ConfigError, grid_points, point_config, point_text, with_new_defaults
 from sertk.train.distributed import Ranks, keep_group, ranks_from_environment
 from sertk.train.expdir import GRID_DIR, check_exp_dir
 from sertk.train.trainer import TrainSummary, train
-from sertk.yamlutil import read_yaml_file
 
 log = logging.getLogger(__name__)
 
-GRID_FILE = "grid.yaml"
 # what E takes from the chosen point; best.pt last, as the recipe takes E/best.pt for a finished model
 CHOSEN_FILES = ("config.yaml", "environment.yaml", "train.log", "best.pt")
 _SLUG_MAX = 60
@@ -89,7 +88,7 @@ def train_grid(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp_dir: 
     grid_file = exp_dir / GRID_FILE
     # every process decides from the files as they were before this run wrote anything (rank 0 writes the
     # same config into grid.yaml first, so a process that reads it late decides alike)
-    previous = read_grid(grid_file) if grid_file.is_file() else None
+    previous = read_grid_record(grid_file, ConfigError) if grid_file.is_file() else None
     if previous is not None:
         before = with_new_defaults(previous.get("config") or {})
         if before != config or list(before.get("grid") or {}) != list(config["grid"]):   # the key order too
@@ -137,13 +136,6 @@ def train_grid(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp_dir: 
         f"{record['metric']} {best['dev_score']:.4f} at epoch {best['best_epoch']}; its best.pt, config.yaml, "
         f"environment.yaml and train.log copied into {exp_dir}")
     return GridOutcome(record["points"], chosen, record["metric"], False)
-
-
-def read_grid(path: Path) -> Dict[str, Any]:
-    doc = read_yaml_file(path, ConfigError)
-    if not isinstance(doc.get("points"), list) or "chosen" not in doc:
-        raise ConfigError(f"{path}: not a grid record written by sertk train (no points or chosen)")
-    return doc
 
 
 def _write_grid(path: Path, record: Dict[str, Any]) -> None:
