@@ -78,12 +78,19 @@ def collect_cmd(model_exp_dir: Path) -> None:
 
 @results.command("dev")
 @click.argument("exp_dirs", nargs=-1, required=True, type=existing_dir)
-def dev_cmd(exp_dirs) -> None:
+@click.option("--losses", is_flag=True,
+              help="Instead: each run's folds one per row, with the lowest dev loss and the dev and training "
+                   "losses at the best and the last epoch (what limits a run, on dev).")
+def dev_cmd(exp_dirs, losses) -> None:
     """The best dev score of every fold of each run in EXP_DIRS, side by side, to choose between variants.
 
     Each EXP_DIR is a model's exp dir (its fold<k>/ dirs) or one fold's. Reads only training's records
     (last.pt, grid.yaml), never a decode dir: nothing here looks at test. Unfinished folds show their best
     so far and stay out of the mean, which covers the folds every run has finished.
     """
+    if losses:
+        from sertk.results_fit import fit_tables
+        click.echo(fit_tables([Path(d) for d in exp_dirs]))
+        return
     from sertk.results_dev import dev_table
     click.echo(dev_table([Path(d) for d in exp_dirs]))

@@ -105,3 +105,33 @@ def test_results_md_gives_each_folds_dev_score_beside_its_test_scores(tmp_path, 
     assert "| dev (WA + UA) / 2 / UA (best epoch of epochs run) |" in md
     assert md.count("| 90.00 (4 of 10) |") == 1 and "| 75.00 (2 of 3), unfinished |" in md
     assert next(line for line in md.splitlines() if line.startswith("| fold3")).endswith(" - |")
+
+
+def write_history(fold_dir: Path, losses, best_epoch: int, epochs: int = 10, finished: bool = True) -> None:
+    """last.pt with an epoch history: `losses` one (train loss, dev loss) per epoch run."""
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    history = [{"epoch": e, "train_loss": t, "dev_loss": d, "dev_wa": 0.5, "dev_ua": 0.5}
+               for e, (t, d) in enumerate(losses, start=1)]
+    save_checkpoint(fold_dir / "last.pt", {
+        "epoch": len(losses), "best_ua": 0.8, "best_epoch": best_epoch, "finished": finished, "history": history,
+        "config": {"train": {"epochs": epochs, "select": "ua"}}, "model": {"w": torch.zeros(3)}})
+
+
+def test_losses_show_where_dev_loss_was_lowest_and_the_losses_at_the_best_and_last_epoch(tmp_path, sertk_cli):
+    from sertk.results_fit import fit_tables
+    run = tmp_path / "exp" / "mpaf"
+    write_history(run / "fold1", [(1.4, 0.9), (0.8, 0.7), (0.3, 0.8), (0.05, 1.9)], best_epoch=3)
+    write_history(run / "fold2", [(1.2, 1.1), (0.9, 1.3)], best_epoch=1, finished=False)
+    (run / "fold3").mkdir()
+    # a grid fold: the chosen point's (the best dev score's) history, not another point's
+    write_grid(run / "fold4", [(1e-3, 0.5), (1e-4, 0.8)], chosen=True)
+    write_history(run / "fold4" / "grid" / "01", [(9.0, 9.0)], best_epoch=1)
+    write_history(run / "fold4" / "grid" / "02", [(1.0, 0.6), (0.5, 0.4)], best_epoch=2)
+    lines = fit_tables([run]).splitlines()
+    assert lines[2].startswith("| fold | epochs run | best dev UA (epoch) | lowest dev loss (epoch) |")
+    assert lines[4] == "| 1 | 4 of 10 | 80.00 (3) | 0.700 (2) | 0.800 / 1.900 | 0.300 / 0.050 |"
+    assert lines[5] == "| 2 | 2 of 10, running | 80.00 (1) | 1.100 (1) | 1.100 / 1.300 | 1.200 / 0.900 |"
+    assert lines[6] == "| 3 | not started |  |  |  |  |"
+    assert lines[7] == "| 4 | 2 of 10 | 80.00 (2) | 0.400 (2) | 0.400 / 0.400 | 0.500 / 0.500 |"
+    result = sertk_cli("results", "dev", "--losses", run / "fold1")
+    assert result.exit_code == 0 and "| 1 | 4 of 10 | 80.00 (3) |" in result.output, result.output

@@ -1,0 +1,66 @@
+"""`sertk results dev --losses`: how each fold's training went on dev, from its epoch history in last.pt.
+
+The question it answers is what limits a run, measured without test data: a fold whose dev loss was
+lowest in its first epochs while its training loss fell towards zero memorised its training speakers;
+a fold whose best dev score came in its last epochs had more to learn. One table per run: the epochs
+run, the best dev score of train.select's metric and its epoch, the lowest dev loss and its epoch, and
+the dev and training losses at the best epoch and at the last one. Like `sertk results dev`, it reads
+training's records only, never a decode dir.
+"""
+from pathlib import Path
+from typing import List, Optional
+
+from sertk.config.schema import SELECT_METRICS
+from sertk.gridrecord import GRID_FILE, read_grid_record
+from sertk.results_dev import LAST, DevTableError, run_folds
+
+HEADER = ["fold", "epochs run", "best dev {metric} (epoch)", "lowest dev loss (epoch)",
+          "dev loss at best / last", "train loss at best / last"]
+
+
+def fit_tables(exp_dirs: List[Path]) -> str:
+    """One markdown table per run in `exp_dirs` (each a model's exp dir or one fold's)."""
+    return "\n\n".join(_run_table(Path(d)) for d in exp_dirs)
+
+
+def _run_table(exp_dir: Path) -> str:
+    rows, metrics = [], set()
+    for number, fold_dir in run_folds(exp_dir).items():
+        state = _training_state(fold_dir)
+        if state is None:
+            rows.append([str(number), "not started"] + [""] * (len(HEADER) - 2))
+            continue
+        metrics.add(SELECT_METRICS[state["config"]["train"].get("select", "ua")])
+        rows.append([str(number)] + _fold_cells(state))
+    header = [h.format(metric=" / ".join(sorted(metrics)) or "score") for h in HEADER]
+    lines = [f"{exp_dir}:", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _training_state(fold_dir: Path) -> Optional[dict]:
+    """The fold's last.pt; for a grid, that of the chosen point (or, while the grid runs, the best so far)."""
+    if (fold_dir / GRID_FILE).is_file():
+        trained = [p for p in read_grid_record(fold_dir / GRID_FILE, DevTableError)["points"]
+                   if p.get("dev_score") is not None]
+        if not trained:
+            return None
+        fold_dir = fold_dir / str(max(trained, key=lambda p: p["dev_score"])["dir"])
+    if not (fold_dir / LAST).is_file():
+        return None
+    from sertk.checkpoint import load_checkpoint   # torch only when a checkpoint is read
+    return load_checkpoint(fold_dir / LAST, mmap=True)
+
+
+def _fold_cells(state: dict) -> List[str]:
+    history = {h["epoch"]: h for h in state.get("history", [])}
+    if not history:
+        return ["0"] + ["-"] * (len(HEADER) - 2)
+    last = history[max(history)]
+    best = history.get(state["best_epoch"])
+    lowest = min(history.values(), key=lambda h: (h["dev_loss"], h["epoch"]))
+    run = f"{last['epoch']} of {state['config']['train']['epochs']}" + ("" if state.get("finished") else ", running")
+    return [run,
+            f"{100 * state['best_ua']:.2f} ({state['best_epoch']})" if best else "-",
+            f"{lowest['dev_loss']:.3f} ({lowest['epoch']})",
+            f"{best['dev_loss']:.3f} / {last['dev_loss']:.3f}" if best else f"- / {last['dev_loss']:.3f}",
+            f"{best['train_loss']:.3f} / {last['train_loss']:.3f}" if best else f"- / {last['train_loss']:.3f}"]
