@@ -52,15 +52,16 @@ def _training_state(fold_dir: Path) -> Optional[dict]:
 
 
 def _fold_cells(state: dict) -> List[str]:
-    history = {h["epoch"]: h for h in state.get("history", [])}
+    # epochs with both losses (a record from before sertk logged them has none: its loss cells are "-")
+    history = {h["epoch"]: h for h in state.get("history", []) if "dev_loss" in h and "train_loss" in h}
+    run = f"{state['epoch']} of {state['config']['train']['epochs']}" + ("" if state.get("finished") else ", running")
+    best_cell = f"{100 * state['best_ua']:.2f} ({state['best_epoch']})" if state["best_epoch"] else "-"
     if not history:
-        return ["0"] + ["-"] * (len(HEADER) - 2)
-    last = history[max(history)]
-    best = history.get(state["best_epoch"])
+        return [run, best_cell, "-", "-", "-"]
+    last, best = history[max(history)], history.get(state["best_epoch"])
     lowest = min(history.values(), key=lambda h: (h["dev_loss"], h["epoch"]))
-    run = f"{last['epoch']} of {state['config']['train']['epochs']}" + ("" if state.get("finished") else ", running")
-    return [run,
-            f"{100 * state['best_ua']:.2f} ({state['best_epoch']})" if best else "-",
-            f"{lowest['dev_loss']:.3f} ({lowest['epoch']})",
-            f"{best['dev_loss']:.3f} / {last['dev_loss']:.3f}" if best else f"- / {last['dev_loss']:.3f}",
-            f"{best['train_loss']:.3f} / {last['train_loss']:.3f}" if best else f"- / {last['train_loss']:.3f}"]
+
+    def at_best_and_last(key: str) -> str:
+        return f"{best[key]:.3f} / {last[key]:.3f}" if best else f"- / {last[key]:.3f}"
+    return [run, best_cell, f"{lowest['dev_loss']:.3f} ({lowest['epoch']})", at_best_and_last("dev_loss"),
+            at_best_and_last("train_loss")]

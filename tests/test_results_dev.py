@@ -133,5 +133,7 @@ def test_losses_show_where_dev_loss_was_lowest_and_the_losses_at_the_best_and_la
     assert lines[5] == "| 2 | 2 of 10, running | 80.00 (1) | 1.100 (1) | 1.100 / 1.300 | 1.200 / 0.900 |"
     assert lines[6] == "| 3 | not started |  |  |  |  |"
     assert lines[7] == "| 4 | 2 of 10 | 80.00 (2) | 0.400 (2) | 0.400 / 0.400 | 0.500 / 0.500 |"
+    write_last(run / "fold5", 0.7, 2, 3)                  # a history without losses: no numbers made up
+    assert fit_tables([run]).splitlines()[8] == "| 5 | 3 of 50 | 70.00 (2) | - | - | - |"
     result = sertk_cli("results", "dev", "--losses", run / "fold1")
     assert result.exit_code == 0 and "| 1 | 4 of 10 | 80.00 (3) |" in result.output, result.output
