@@ -7,6 +7,7 @@ run, the best dev score of train.select's metric and its epoch, the lowest dev l
 the dev and training losses at the best epoch and at the last one. Like `sertk results dev`, it reads
 training's records only, never a decode dir.
 """
+import math
 from pathlib import Path
 from typing import List, Optional
 
@@ -59,9 +60,11 @@ def _fold_cells(state: dict) -> List[str]:
     if not history:
         return [run, best_cell, "-", "-", "-"]
     last, best = history[max(history)], history.get(state["best_epoch"])
-    lowest = min(history.values(), key=lambda h: (h["dev_loss"], h["epoch"]))
+    finite = [h for h in history.values() if math.isfinite(h["dev_loss"])]    # a diverged epoch's nan is no minimum
+    lowest = min(finite, key=lambda h: (h["dev_loss"], h["epoch"])) if finite else None
+
+    lowest_cell = f"{lowest['dev_loss']:.3f} ({lowest['epoch']})" if lowest else "-"
 
     def at_best_and_last(key: str) -> str:
         return f"{best[key]:.3f} / {last[key]:.3f}" if best else f"- / {last[key]:.3f}"
-    return [run, best_cell, f"{lowest['dev_loss']:.3f} ({lowest['epoch']})", at_best_and_last("dev_loss"),
-            at_best_and_last("train_loss")]
+    return [run, best_cell, lowest_cell, at_best_and_last("dev_loss"), at_best_and_last("train_loss")]

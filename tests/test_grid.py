@@ -255,6 +255,28 @@ def test_an_interrupted_grid_resumes_and_a_one_point_grid_is_a_plain_run(setup, 
     assert message == f"{plain} holds a plain run (last.pt); a grid needs its own exp dir: give a new one or remove it"
 
 
+def test_each_points_score_is_recorded_as_it_comes(setup, tmp_path, monkeypatch):
+    """A grid stopped after its first point: grid.yaml already holds that point's dev score (what `sertk results
+    dev` shows while a grid runs), the others none, and no choice."""
+    from sertk.results_dev import fold_dev_score
+    from sertk.train import grid
+    real_train, calls = grid.train, []
+
+    def train_then_stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+    monkeypatch.setattr(grid, "train", train_then_stop)
+    config = load_config(setup / "conf.yaml", ["train.epochs=1"])
+    with kept_logger(), pytest.raises(KeyboardInterrupt):
+        grid.train_experiment(config, setup / "loso" / "fold1", setup / "dump", tmp_path / "fold1")
+    record = yaml.safe_load((tmp_path / "fold1" / "grid.yaml").read_text())
+    scores = [p["dev_score"] for p in record["points"]]
+    assert scores[0] is not None and scores[1:] == [None] * 3 and record["chosen"] is None
+    assert fold_dev_score(tmp_path / "fold1").score == scores[0]
+
+
 def test_a_grid_under_torchrun_shares_one_process_group(setup, tmp_path):
     """Two gloo processes train every point together (one process group for the whole grid: leaving and
     joining again between points can connect to the old group's addresses); rank 0 alone writes."""

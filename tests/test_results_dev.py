@@ -134,6 +134,9 @@ def test_losses_show_where_dev_loss_was_lowest_and_the_losses_at_the_best_and_la
     assert lines[6] == "| 3 | not started |  |  |  |  |"
     assert lines[7] == "| 4 | 2 of 10 | 80.00 (2) | 0.400 (2) | 0.400 / 0.400 | 0.500 / 0.500 |"
     write_last(run / "fold5", 0.7, 2, 3)                  # a history without losses: no numbers made up
-    assert fit_tables([run]).splitlines()[8] == "| 5 | 3 of 50 | 70.00 (2) | - | - | - |"
+    write_history(run / "fold6", [(2.0, float("nan")), (1.0, 0.9)], best_epoch=2)   # a nan is no minimum
+    lines = fit_tables([run]).splitlines()
+    assert lines[8] == "| 5 | 3 of 50 | 70.00 (2) | - | - | - |"
+    assert lines[9] == "| 6 | 2 of 10 | 80.00 (2) | 0.900 (2) | 0.900 / 0.900 | 1.000 / 1.000 |"
     result = sertk_cli("results", "dev", "--losses", run / "fold1")
     assert result.exit_code == 0 and "| 1 | 4 of 10 | 80.00 (3) |" in result.output, result.output

@@ -22,6 +22,7 @@ process and nothing here does anything. Under torchrun:
 import contextlib
 import gc
 import os
+import traceback
 from dataclasses import dataclass
 from typing import Iterable, Iterator, List, Sequence
 
@@ -118,6 +119,14 @@ def finish(ranks: Ranks) -> None:
     if ranks.distributed and dist.is_initialized():
         gc.collect()
         dist.barrier()
+
+
+def release(ranks: Ranks, error: BaseException) -> None:
+    """After a training that failed in this process: what its traceback holds (the model, gloo work) is freed
+    before stop() destroys the group, as finish() does; no barrier, the other processes may be gone."""
+    if ranks.distributed and dist.is_initialized():
+        traceback.clear_frames(error.__traceback__)   # the frames still running are skipped
+        gc.collect()
 
 
 def stop(ranks: Ranks) -> None:

@@ -119,6 +119,8 @@ def train_grid(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp_dir: 
             entry.update(dev_score=float(summary.best_dev_score), best_epoch=summary.best_epoch,
                          epochs_run=summary.epochs_run)
             record["metric"] = summary.metric
+            if ranks.main:   # each point's score as it comes: `sertk results dev` shows the best so far
+                _write_grid(grid_file, record)
             say(f"[{entry['point']}/{len(points)}] {exp_dir / entry['dir']}: {point_text(point)}: best dev "
                 f"{summary.metric} {summary.best_dev_score:.4f} at epoch {summary.best_epoch} "
                 f"({summary.epochs_run} epochs)")

@@ -84,6 +84,7 @@ def train(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp_dir: Path,
     # setting up is kept back and goes into train.log first
     handlers = [log_to_memory()] if ranks.main else []
     distributed.start(ranks, device)
+    run = None
     try:
         run = _Run(config, fold_dir, dump_dir, exp_dir, device, ranks)
         if ranks.main:
@@ -95,6 +96,10 @@ def train(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp_dir: Path,
         del run
         distributed.finish(ranks)
         return summary
+    except BaseException as error:   # the same on the way out with an error: the run, and what its traceback holds
+        run = None
+        distributed.release(ranks, error)
+        raise
     finally:
         distributed.stop(ranks)
         remove_handlers(handlers)
