@@ -193,6 +193,15 @@ def test_an_interrupted_distributed_run_resumes_to_the_same_weights(fold, runs):
         torch.testing.assert_close(again["model"][name], tensor, rtol=0, atol=0)
 
 
+def test_lbfgs_under_torchrun_is_refused_before_anything_distributed_is_built(fold):
+    # no process group exists here: reaching DDP's construction would fail otherwise, not with this line
+    from sertk.config.loading import ConfigError, load_config
+    from sertk.train.trainer import _Run
+    config = load_config(fold / "conf.yaml", ["optim.name=lbfgs", "train.grad_clip=0"])
+    with pytest.raises(ConfigError, match="optim.name lbfgs trains in one process"):
+        _Run(config, fold / "loso" / "fold1", fold / "dump", fold / "exp_lbfgs", "cpu", Ranks(0, 2))
+
+
 def test_a_global_batch_smaller_than_the_processes_is_refused(fold):
     from sertk.config.loading import ConfigError, load_config
     from sertk.train.trainer import _Run

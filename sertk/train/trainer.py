@@ -135,6 +135,8 @@ class _Run:
             raise ConfigError(f"train.batch_size {config['train']['batch_size']} is the global batch, cut into one "
                               f"piece per process: it (and the {len(self.train_set)} training segments) must be at "
                               f"least the {ranks.world} processes")
+        if ranks.distributed and config["optim"]["name"] == "lbfgs":   # its line search reads this process's loss only
+            raise ConfigError("optim.name lbfgs trains in one process: run sertk train without torchrun")
         self.objective = build_objective(config, self.model, self.train_set, len(self.classes)).to(device)
         if ranks.distributed:
             self.objective.emotion.weight_total = distributed.piece_weight_total(ranks, self.global_batch)
@@ -146,8 +148,6 @@ class _Run:
                 self.step, device_ids=[ranks.local_rank] if device.startswith("cuda") else None,
                 find_unused_parameters=_leaves_parameters_unused(self.step, self.train_set, config, device))
         self.loader_options = loader_options(config["train"]["num_workers"], device, ranks)
-        if ranks.distributed and config["optim"]["name"] == "lbfgs":   # its line search reads this process's loss only
-            raise ConfigError("optim.name lbfgs trains in one process: run sertk train without torchrun")
         self.optimizer = build_optimizer(config["optim"], list(self.model.parameters()) +
                                          list(self.objective.parameters()))
         self.schedule = build_schedule(config["scheduler"], self.optimizer, config["train"]["epochs"])
