@@ -9,11 +9,11 @@ so far and is left out of the mean, which is taken over the folds that every run
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from sertk.config.schema import SELECT_METRICS
 from sertk.errors import SertkError
-from sertk.gridrecord import GRID_FILE, read_grid_record
+from sertk.gridrecord import GRID_FILE, best_point, read_grid_record
 
 LAST = "last.pt"
 _FOLD_RE = re.compile(r"fold(\d+)$")
@@ -53,13 +53,20 @@ def fold_dev_score(fold_dir: Path) -> Optional[DevScore]:
     """The dev selection of one fold's exp dir; None when its training has not started."""
     if (fold_dir / GRID_FILE).is_file():
         return _grid_dev_score(fold_dir)
-    if not (fold_dir / LAST).is_file():
+    state = read_last(fold_dir)
+    if state is None:
         return None
-    from sertk.checkpoint import load_checkpoint   # torch: not imported with the CLI (sertk config get must not)
-    state = load_checkpoint(fold_dir / LAST, mmap=True)
     train_cfg = state["config"]["train"]
     return DevScore(state["best_ua"], SELECT_METRICS[train_cfg.get("select", "ua")], state["best_epoch"],
                     state["epoch"], train_cfg["epochs"], bool(state.get("finished")))
+
+
+def read_last(fold_dir: Path) -> Optional[dict]:
+    """The fold's last.pt, its tensors memory-mapped, not read; None when there is none."""
+    if not (fold_dir / LAST).is_file():
+        return None
+    from sertk.checkpoint import load_checkpoint   # torch: not imported with the CLI (sertk config get must not)
+    return load_checkpoint(fold_dir / LAST, mmap=True)
 
 
 def dev_record(fold_dir: Path) -> Optional[dict]:
@@ -71,10 +78,9 @@ def dev_record(fold_dir: Path) -> Optional[dict]:
 def _grid_dev_score(fold_dir: Path) -> Optional[DevScore]:
     """A grid's choice (or, while it runs, its best point so far) from grid.yaml."""
     grid = read_grid_record(fold_dir / GRID_FILE, DevTableError)
-    trained = [p for p in grid["points"] if p.get("dev_score") is not None]
-    if not trained:
+    best = best_point(grid["points"])
+    if best is None:
         return None
-    best = max(trained, key=lambda p: p["dev_score"])     # the first of equals, as the grid picks
     values = ", ".join(f"{k}={v}" for k, v in best["values"].items())
     epochs = grid.get("config", {}).get("train", {}).get("epochs", best.get("epochs_run", best["best_epoch"]))
     return DevScore(best["dev_score"], grid.get("metric", "UA"), best["best_epoch"],
@@ -99,16 +105,19 @@ def dev_table(exp_dirs: List[Path]) -> str:
     runs = {str(d): {k: fold_dev_score(f) for k, f in run_folds(d).items()} for d in exp_dirs}
     folds = sorted(set().union(*runs.values()))
     metrics = {name: {s.metric for s in scores.values() if s} for name, scores in runs.items()}
-    header = [f"{name} (dev {' / '.join(sorted(m)) or 'score'})" for name, m in metrics.items()]
-    lines = ["| fold | " + " | ".join(header) + " |", "|---" * (len(runs) + 1) + "|"]
-    for k in folds:
-        cells = [(s.cell() if (s := scores.get(k)) else "not started" if k in scores else "-")
-                 for scores in runs.values()]
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    header = ["fold"] + [f"{name} (dev {' / '.join(sorted(m)) or 'score'})" for name, m in metrics.items()]
+    rows = [[str(k)] + [(s.cell() if (s := scores.get(k)) else "not started" if k in scores else "-")
+                        for scores in runs.values()] for k in folds]
     common = [k for k in folds if all((s := scores.get(k)) is not None and s.finished for scores in runs.values())]
     if common:
-        means = [f"{100 * sum(scores[k].score for k in common) / len(common):.2f}" for scores in runs.values()]
-        lines.append(f"| mean, folds {','.join(map(str, common))} | " + " | ".join(means) + " |")
+        rows.append([f"mean, folds {','.join(map(str, common))}"] +
+                    [f"{100 * sum(scores[k].score for k in common) / len(common):.2f}" for scores in runs.values()])
     else:
-        lines.append("| mean | " + " | ".join(["no fold finished in every run"] + [""] * (len(runs) - 1)) + " |")
-    return "\n".join(lines)
+        rows.append(["mean", "no fold finished in every run"] + [""] * (len(runs) - 1))
+    return markdown_table(header, rows)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table, no newline after it (also RESULTS.md's tables, sertk.results_md)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from sertk.config.schema import SELECT_METRICS
-from sertk.gridrecord import GRID_FILE, read_grid_record
-from sertk.results_dev import LAST, DevTableError, run_folds
+from sertk.gridrecord import GRID_FILE, best_point, read_grid_record
+from sertk.results_dev import DevTableError, markdown_table, read_last, run_folds
 
 HEADER = ["fold", "epochs run", "best dev {metric} (epoch)", "lowest dev loss (epoch)",
           "dev loss at best / last", "train loss at best / last"]
@@ -34,22 +34,17 @@ def _run_table(exp_dir: Path) -> str:
         metrics.add(SELECT_METRICS[state["config"]["train"].get("select", "ua")])
         rows.append([str(number)] + _fold_cells(state))
     header = [h.format(metric=" / ".join(sorted(metrics)) or "score") for h in HEADER]
-    lines = [f"{exp_dir}:", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    return f"{exp_dir}:\n\n" + markdown_table(header, rows)
 
 
 def _training_state(fold_dir: Path) -> Optional[dict]:
     """The fold's last.pt; for a grid, that of the chosen point (or, while the grid runs, the best so far)."""
     if (fold_dir / GRID_FILE).is_file():
-        trained = [p for p in read_grid_record(fold_dir / GRID_FILE, DevTableError)["points"]
-                   if p.get("dev_score") is not None]
-        if not trained:
+        best = best_point(read_grid_record(fold_dir / GRID_FILE, DevTableError)["points"])
+        if best is None:
             return None
-        fold_dir = fold_dir / str(max(trained, key=lambda p: p["dev_score"])["dir"])
-    if not (fold_dir / LAST).is_file():
-        return None
-    from sertk.checkpoint import load_checkpoint   # torch only when a checkpoint is read
-    return load_checkpoint(fold_dir / LAST, mmap=True)
+        fold_dir = fold_dir / str(best["dir"])
+    return read_last(fold_dir)
 
 
 def _fold_cells(state: dict) -> List[str]:
@@ -62,7 +57,6 @@ def _fold_cells(state: dict) -> List[str]:
     last, best = history[max(history)], history.get(state["best_epoch"])
     finite = [h for h in history.values() if math.isfinite(h["dev_loss"])]    # a diverged epoch's nan is no minimum
     lowest = min(finite, key=lambda h: (h["dev_loss"], h["epoch"])) if finite else None
-
     lowest_cell = f"{lowest['dev_loss']:.3f} ({lowest['epoch']})" if lowest else "-"
 
     def at_best_and_last(key: str) -> str:

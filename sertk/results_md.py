@@ -4,14 +4,13 @@ from typing import Dict, List, Optional, Sequence
 
 from sertk.data.cross import dropped_text
 from sertk.envinfo import environment_markdown
+from sertk.results_dev import markdown_table
 from sertk.results_folds import DECODE_SUBDIR, SUMMARY_KEYS
 from sertk.score import SEGMENT, confusion_text, pct, per_class_text
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(header, rows) + "\n"
 
 
 def _pm(stat: dict) -> str:

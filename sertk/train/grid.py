@@ -27,9 +27,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 import yaml
 
-from sertk.gridrecord import GRID_FILE, read_grid_record
 from sertk.fsutil import atomic_write_text, atomic_write_with, sha256_file
 from sertk.config.loading import ConfigError, grid_points, point_config, point_text, with_new_defaults
+from sertk.gridrecord import GRID_FILE, best_point, read_grid_record
 from sertk.train.distributed import Ranks, keep_group, ranks_from_environment
 from sertk.train.expdir import GRID_DIR, check_exp_dir
 from sertk.train.trainer import TrainSummary, train
@@ -124,7 +124,7 @@ def train_grid(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp_dir: 
             say(f"[{entry['point']}/{len(points)}] {exp_dir / entry['dir']}: {point_text(point)}: best dev "
                 f"{summary.metric} {summary.best_dev_score:.4f} at epoch {summary.best_epoch} "
                 f"({summary.epochs_run} epochs)")
-    best = max(record["points"], key=lambda e: (e["dev_score"], -e["point"]))   # ties: the earliest point
+    best = best_point(record["points"])   # every point is trained here; ties: the earliest
     chosen_dir = exp_dir / best["dir"]
     chosen = {"point": best["point"], "values": best["values"], "dir": best["dir"], "dev_score": best["dev_score"],
               "best_epoch": best["best_epoch"], "best_sha256": None}
