@@ -1,6 +1,7 @@
 """The `ssl` feature stream (frozen HuBERT / WavLM / wav2vec 2.0 / Whisper-encoder hidden states) on tiny
 random encoders saved like hub checkpoints, and the learned layer sum any model gets on all-layers dumps."""
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from sertk.audio import load_audio
 from sertk.data.corpora import prepare_corpus
 from sertk.decode.decoder import decode_data_dir
 from sertk.errors import FeatureError
-from sertk.features.extract import extract_features
+from sertk.features.extract import extract_features, load_config as load_feature_config
 from sertk.features.storage import load_feats, read_dump_config
 from sertk.features.streams import build_frontends, parse_config
 from sertk.models import build_model
@@ -182,3 +183,23 @@ def test_crnn_trains_and_decodes_on_an_all_layers_ssl_stream(encoders, tmp_path)
     assert len([h for h in hyp if h]) == 3
     written = yaml.safe_load((tmp_path / "exp" / "config.yaml").read_text())
     assert written["model"]["stream"] == "ssl"
+
+
+def test_shipped_whisper_layers_conf_holds_every_state_and_its_last_is_whisper_base_confs(
+        whisper_base_folder, monkeypatch, tmp_path):
+    """conf/features/whisper_base_layers.yaml on the real Whisper-base: 7 states of 512 side by side per frame,
+    and the last of them is the frame whisper_base.yaml stores (the last layer, after the final layer norm)."""
+    monkeypatch.setenv("SERTK_CACHE", str(whisper_base_folder.parent.parent))
+    root = make_emodb(tmp_path / "emodb", speakers=["03"], texts=["a01"], emotions="W")
+    data = tmp_path / "data"
+    prepare_corpus("emodb", root, data)
+    confs = Path(__file__).resolve().parents[1] / "egs" / "TEMPLATE" / "conf" / "features"
+    for name in ("whisper_base_layers", "whisper_base"):
+        extract_features(data, load_feature_config(confs / f"{name}.yaml"), tmp_path / name)
+    assert read_dump_config(tmp_path / "whisper_base_layers")["dump"]["layers"] == {"whisper": 7}
+    layers, last = (load_feats(tmp_path / name, "whisper") for name in ("whisper_base_layers", "whisper_base"))
+    (utt, frames), = layers.items()
+    frames = np.asarray(frames)
+    assert frames.shape[1] == 7 * 512 and len(frames) == len(last[utt]) > 0
+    np.testing.assert_allclose(frames[:, 6 * 512:], np.asarray(last[utt]), atol=1e-5)
+    assert not np.allclose(frames[:, 5 * 512:6 * 512], frames[:, 6 * 512:], atol=1e-2)   # another state
