@@ -60,8 +60,8 @@ def _register() -> None:
     from sertk.inference.cli import infer, pack
     from sertk.jobs.cli import jobs
     from sertk.score_cli import results, score
-    from sertk.train.cli import train
-    for command in (data, features, train, decode, score, results, pack, infer, config_group, jobs):
+    from sertk.train.cli import refit, train
+    for command in (data, features, train, refit, decode, score, results, pack, infer, config_group, jobs):
         main.add_command(command)
 
 

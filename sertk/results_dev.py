@@ -2,20 +2,24 @@
 
 A model's variants (a config option, a normalisation, a schedule) are compared on dev, never on test.
 This reads only what training wrote, each fold's `last.pt` (its epoch history and best dev score) or,
-for a fold trained with a grid, its `grid.yaml`; it never opens a decode dir, so comparing runs with it
+for a fold trained with a grid, its `grid.yaml` (for a refit, `refit.yaml`: the choice it retrained); it
+never opens a decode dir, so comparing runs with it
 cannot look at test data. It works while the runs are still training: an unfinished fold shows its best
 so far and is left out of the mean, which is taken over the folds that every run has finished.
 """
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Type
 
 from sertk.config.schema import SELECT_METRICS
 from sertk.errors import SertkError
 from sertk.gridrecord import GRID_FILE, best_point, read_grid_record
+from sertk.yamlutil import read_yaml_file
 
 LAST = "last.pt"
+REFIT_FILE = "refit.yaml"   # a refit's record of the dev-selected run it retrained (sertk.train.refit)
+REFIT_KEYS = ("source", "best_epoch", "dev_score", "metric", "point", "source_best_sha256")
 _FOLD_RE = re.compile(r"fold(\d+)$")
 
 
@@ -50,15 +54,38 @@ def find_fold_dirs(model_exp_dir: Path) -> Dict[int, Path]:
 
 
 def fold_dev_score(fold_dir: Path) -> Optional[DevScore]:
-    """The dev selection of one fold's exp dir; None when its training has not started."""
+    """The dev selection of one fold's exp dir; None when its training has not started. A refit's is the
+    selection it retrained (its refit.yaml), finished once the refit is."""
     if (fold_dir / GRID_FILE).is_file():
         return _grid_dev_score(fold_dir)
     state = read_last(fold_dir)
+    refit = read_refit_record(fold_dir)
+    if refit is not None:
+        return _refit_dev_score(refit, state)
     if state is None:
         return None
     train_cfg = state["config"]["train"]
     return DevScore(state["best_ua"], SELECT_METRICS[train_cfg.get("select", "ua")], state["best_epoch"],
                     state["epoch"], train_cfg["epochs"], bool(state.get("finished")))
+
+
+def read_refit_record(fold_dir: Path, error: Type[Exception] = DevTableError) -> Optional[dict]:
+    """`fold_dir`'s refit.yaml (sertk.train.refit writes it), checked; None when the fold is not a refit."""
+    path = Path(fold_dir) / REFIT_FILE
+    if not path.is_file():
+        return None
+    record = read_yaml_file(path, error)
+    missing = [k for k in REFIT_KEYS if k not in record]
+    if missing:
+        raise error(f"{path}: not a refit record (no {', '.join(missing)})")
+    return record
+
+
+def _refit_dev_score(record: dict, state: Optional[dict]) -> DevScore:
+    epochs = record["best_epoch"]
+    where = f"refit on train + dev of {record['source']}" + (f" ({record['point']})" if record["point"] else "")
+    return DevScore(record["dev_score"], record["metric"], epochs, state["epoch"] if state else 0, epochs,
+                    bool(state and state.get("finished")), where)
 
 
 def read_last(fold_dir: Path) -> Optional[dict]:

@@ -13,7 +13,7 @@ from sertk.decode import is_decode_dir
 from sertk.envinfo import environment
 from sertk.errors import ProtocolError, ScoreError, SertkError
 from sertk.gridrecord import GRID_FILE, read_grid_record
-from sertk.results_dev import dev_record, find_fold_dirs
+from sertk.results_dev import dev_record, find_fold_dirs, read_refit_record
 from sertk.score import SEGMENT, metrics_from_confusion, score_decode_dir
 from sertk.yamlutil import read_yaml_file
 
@@ -161,8 +161,16 @@ def _dev_of(fold: FoldScore) -> Optional[dict]:
         return None
 
 
+def refit_source(fold_dir: Path) -> Optional[Path]:
+    """The dev-selected run a refit fold retrained (its refit.yaml's source); None for any other fold."""
+    record = read_refit_record(fold_dir, ScoreError)
+    return Path(record["source"]) if record is not None else None
+
+
 def dev_selection(number: int, fold_dir: Path) -> Optional[dict]:
-    """The hyper-parameters the fold's grid chose on dev (None: the fold had no grid)."""
+    """The hyper-parameters the fold's grid chose on dev (None: the fold had no grid); a refit's are those
+    of the run it retrained."""
+    fold_dir = refit_source(fold_dir) or fold_dir
     path = fold_dir / GRID_FILE
     if not path.is_file():
         return None
@@ -221,4 +229,7 @@ def collect_scores(model_exp_dir) -> dict:
     selection = [s for k, d in fold_dirs.items() if (s := dev_selection(k, d)) is not None]
     if selection:
         result["dev_selection"] = selection
+    refits = {f"fold{k}": str(source) for k, d in fold_dirs.items() if (source := refit_source(d)) is not None}
+    if refits:
+        result["refit_sources"] = refits
     return result

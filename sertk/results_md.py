@@ -1,5 +1,6 @@
 """RESULTS.md of one model on one protocol, from the result dict of sertk.results_folds.collect_scores."""
 import json
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from sertk.data.cross import dropped_text
@@ -53,6 +54,11 @@ def card_markdown(result: dict) -> str:
               f"- voting rule: `{result['default_rule']}` (default; all rules in the summary: "
               f"{', '.join(result['rules'])})",
               f"- features: `{_show(info['features'])}`" if "features" in info else "- features: not recorded"]
+    if result.get("refit_sources"):
+        refits = result["refit_sources"]
+        lines.append(f"- final model: a refit in {len(refits)} fold(s) (`sertk refit`): the set-up and the epoch count "
+                     f"dev chose in {_common_parent(list(refits.values()))}, trained again on train + dev; "
+                     "its last epoch decoded on test")
     if result.get("dev_selection"):
         folds = [s["fold"] for s in result["dev_selection"]]
         lines.append(f"- hyper-parameters: chosen on dev by a grid in {len(folds)} fold(s) ({', '.join(folds)}); "
@@ -60,6 +66,12 @@ def card_markdown(result: dict) -> str:
     if card:
         lines += [f"- fold lists checksum: `{card['checksum']}`", f"- card: {card['card_file']}"]
     return "\n".join(lines) + "\n"
+
+
+def _common_parent(paths: List[str]) -> str:
+    """`dir/fold<k>` for paths that all sit in dir, else the paths."""
+    parents = {str(Path(p).parent) for p in paths}
+    return f"{parents.pop()}/fold<k>" if len(parents) == 1 else ", ".join(paths)
 
 
 def summary_markdown(result: dict) -> str:

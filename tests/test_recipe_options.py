@@ -49,6 +49,7 @@ def _tree(recipe: Path):
     (["--backend", "pbs"], "--backend pbs: use local or slurm"),
     (["--model", "nope"], "no model config conf/models/nope.yaml"),
     (["--cross_root", "/x"], "--cross_root /x needs --cross_corpus NAME"),
+    (["--refit", "yes"], "--refit takes true or false, not 'yes'"),
     (["--cross_corpus", "nope"], "--cross_corpus nope: no class mapping conf/cross/emodb_to_nope.yaml"),
 ])
 def test_a_bad_option_is_one_line_before_anything_runs(tmp_path, corpus, args, message):

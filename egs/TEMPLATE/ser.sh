@@ -19,6 +19,8 @@
 #   4 decode dev and test with the dev-selected checkpoint (segment posteriors, voting)
 #   5 score every fold, pool the folds, write exp/<protocol>/<model>/RESULTS.md
 #   6 pack every fold's dev-selected model into exp/<protocol>/<model>/fold<k>/model.sertk (`sertk infer`)
+# --refit true: stage 3 also trains each fold's dev choice again on train + dev (`sertk refit`) into
+#   exp/<protocol>/<model>_refit/fold<k>/; stages 4-6 decode, score and pack that model's test set instead
 # Every stage skips finished work and redoes unfinished work, so a run can be repeated or resumed.
 # --stage 7 (past the last stage) runs none: it checks the options and resolves the configs only.
 # Every option is checked before any stage runs, and exp/<protocol>/<model>/run.sh, the record of the
@@ -60,20 +62,22 @@ extract_args=${extract_args:-}  # passed to `sertk features extract`, e.g. "--ba
 prepare_args=${prepare_args:-}  # passed to `sertk data prepare <corpus>`
 cross_corpus=${cross_corpus:-}  # test on all of this corpus instead (cross-corpus protocol)
 cross_root=${cross_root:-}      # its release folder (downloaded in stage 0 when it is public)
+refit=${refit:-false}           # true: stage 3 then trains each fold's dev-chosen set-up again on train + dev
+                                # (sertk refit) into exp/<protocol>/<model>_refit/, whose model stages 4-6 test
 corpus=${corpus:?run.sh must set corpus}
 root_var="${corpus}_root"
 # shellcheck disable=SC2034  # read by parse_options.sh
 help_message="Usage: $0 [--stage N] [--stop_stage M] [--model NAME] [--protocol NAME] [--folds 1,3]
           [--ngpu K] [--nproc P] [--torchrun_args ...] [--nj auto|J] [--split_hours H] [--fold_jobs F] [--jobs_per_gpu G] [--backend local|slurm]
           [--${root_var} PATH] [--train_args \"--set key=value ...\"] [--decode_args ...] [--extract_args ...]
-          [--prepare_args ...] [--cross_corpus NAME --cross_root PATH]${recipe_help:+
+          [--prepare_args ...] [--cross_corpus NAME --cross_root PATH] [--refit true|false]${recipe_help:+
           $recipe_help}"
 
 # The options: ser.sh's own, the corpus root and those the recipe documents in recipe_help. Only these
 # are parsed, so a mistyped or stray `--PATH`/`--corpus` is an error instead of a changed script.
 printf -v "$root_var" '%s' "${!root_var:-}"   # a recipe that sets no default root still has the option
 script_options=(stage stop_stage model protocol folds ngpu nproc torchrun_args nj split_hours fold_jobs jobs_per_gpu backend
-                train_args decode_args extract_args prepare_args cross_corpus cross_root "$root_var")
+                train_args decode_args extract_args prepare_args cross_corpus cross_root refit "$root_var")
 rest=${recipe_help:-}
 while [[ $rest =~ \[--([A-Za-z_][A-Za-z0-9_-]*)(.*)$ ]]; do
   script_options+=("${BASH_REMATCH[1]//-/_}")
@@ -169,6 +173,8 @@ if [ -n "$cross_corpus" ]; then
 fi
 data=data/${protocol}${suffix}
 exp=exp/${protocol}${suffix}/${model}
+final=$exp   # the model whose test set stages 4-6 decode, score and pack: with --refit true, the refit's
+if [ "$refit" = true ]; then final=${exp}_refit; fi
 
 fold_list() {  # the folds to run, one per line; an unknown fold is an error
   local n k
@@ -273,22 +279,32 @@ if run_stage 2; then
   fi
 fi
 
+per_fold() {  # NAME WHAT EXP COMMAND...: a training COMMAND (JOB: the fold) for every fold, fold_jobs at a time;
+  local name=$1 what=$2 out=$3   # logs EXP/log/NAME.fold<k>.log; the backend's `train` resources
+  shift 3
+  if [ "$fold_jobs" -gt 1 ] || [ "$backend" != local ]; then
+    log "$what on folds $(echo $fold_ids | tr ' ' ,), $fold_jobs at a time ($backend); logs: $out/log/"
+    jobs_run train --max-jobs "$fold_jobs" --gpus "$ngpu" --jobs-per-gpu "$jobs_per_gpu" "JOB=$(echo $fold_ids | tr ' ' ,)" \
+      "$out/log/${name}.foldJOB.log" -- "$@"
+  else
+    for k in $fold_ids; do
+      log "$what on fold $k"
+      "${@//JOB/$k}"
+    done
+  fi
+}
+
 current_stage=3
 if run_stage 3; then
   fold_ids=$(fold_list)
   mkdir -p "$exp"
   # shellcheck disable=SC2206
-  train_fold=("${trainer[@]}" train --config "$model_conf" --fold-dir "$data/foldJOB" --feats "$dump"
-              --exp "$exp/foldJOB" --device "$device" $train_args)
-  if [ "$fold_jobs" -gt 1 ] || [ "$backend" != local ]; then
-    log "training $model on folds $(echo $fold_ids | tr ' ' ,), $fold_jobs at a time ($backend); logs: $exp/log/"
-    jobs_run train --max-jobs "$fold_jobs" --gpus "$ngpu" --jobs-per-gpu "$jobs_per_gpu" "JOB=$(echo $fold_ids | tr ' ' ,)" \
-      "$exp/log/train.foldJOB.log" -- "${train_fold[@]}"
-  else
-    for k in $fold_ids; do
-      log "training $model on fold $k"
-      "${train_fold[@]//JOB/$k}"
-    done
+  per_fold train "training $model" "$exp" "${trainer[@]}" train --config "$model_conf" --fold-dir "$data/foldJOB" \
+    --feats "$dump" --exp "$exp/foldJOB" --device "$device" $train_args
+  if [ "$refit" = true ]; then
+    mkdir -p "$final"
+    per_fold refit "refitting $model on train + dev" "$final" "${trainer[@]}" refit "$exp/foldJOB" \
+      --fold-dir "$data/foldJOB" --feats "$dump" --exp "$final/foldJOB" --device "$device"
   fi
 fi
 
@@ -297,14 +313,15 @@ if run_stage 4; then
   fold_ids=$(fold_list)
   for k in $fold_ids; do
     sets=(--data "$data/fold$k/dev" --out "$exp/fold$k/decode_dev")
-    test_set=(--data "$data/fold$k/test" --out "$exp/fold$k/decode_test")
-    # one call decodes both sets (one start-up) when they share a dump; cross-corpus tests read their own
-    if [ "$test_dump" = "$dump" ]; then sets+=("${test_set[@]}"); test_set=(); fi
+    test_set=(--data "$data/fold$k/test" --out "$final/fold$k/decode_test")
+    # one call decodes both sets (one start-up) when they share a dump and a model; cross-corpus tests read
+    # their own dump, a refit's test its own model (its dev set was training data: only the chosen run's is decoded)
+    if [ "$test_dump" = "$dump" ] && [ "$final" = "$exp" ]; then sets+=("${test_set[@]}"); test_set=(); fi
     # shellcheck disable=SC2086
     sertk decode --exp "$exp/fold$k" "${sets[@]}" --feats "$dump" --protocol-dir "$data" --device "$device" $decode_args
     if [ ${#test_set[@]} -gt 0 ]; then
       # shellcheck disable=SC2086
-      sertk decode --exp "$exp/fold$k" "${test_set[@]}" --feats "$test_dump" --protocol-dir "$data" \
+      sertk decode --exp "$final/fold$k" "${test_set[@]}" --feats "$test_dump" --protocol-dir "$data" \
         --device "$device" $decode_args
     fi
   done
@@ -314,14 +331,14 @@ current_stage=5
 if run_stage 5; then
   fold_ids=$(fold_list)
   for k in $fold_ids; do
-    if [ ! -d "$exp/fold$k/decode_test" ]; then  # e.g. still training: RESULTS.md lists it as missing
+    if [ ! -d "$final/fold$k/decode_test" ]; then  # e.g. still training: RESULTS.md lists it as missing
       log "fold $k has no decode_test/ yet (stage 4); scoring the others"
       continue
     fi
-    sertk -q score "$exp/fold$k/decode_test" --data "$data/fold$k/test" > "$exp/fold$k/decode_test/score.txt"
+    sertk -q score "$final/fold$k/decode_test" --data "$data/fold$k/test" > "$final/fold$k/decode_test/score.txt"
   done
-  sertk results collect "$exp"
-  log "wrote $exp/RESULTS.md"
+  sertk results collect "$final"
+  log "wrote $final/RESULTS.md"
 fi
 
 current_stage=6
@@ -329,7 +346,7 @@ if run_stage 6; then
   fold_ids=$(fold_list)
   fold_dirs=()
   for k in $fold_ids; do
-    if [ -f "$exp/fold$k/best.pt" ]; then fold_dirs+=("$exp/fold$k"); else log "fold $k has no best.pt yet (stage 3); not packed"; fi
+    if [ -f "$final/fold$k/best.pt" ]; then fold_dirs+=("$final/fold$k"); else log "fold $k has no best.pt yet (stage 3); not packed"; fi
   done
   # one command for all folds: each goes into its own fold<k>/model.sertk
   if [ ${#fold_dirs[@]} -gt 0 ]; then sertk pack "${fold_dirs[@]}" --feats "$dump"; fi

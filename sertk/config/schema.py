@@ -45,9 +45,11 @@ DEFAULTS: Dict[str, Any] = {
     # sync_batchnorm: under torchrun, BatchNorm statistics of the whole batch over all processes;
     # amp: auto (bfloat16 autocast of the training step where the hardware computes bf16 natively: a GPU, or a
     # CPU with AMX / AVX512-BF16) | true (bf16 anywhere) | false (float32); see sertk.train.precision
+    # refit_epochs: null (train on train, best.pt chosen on dev) | N: train on train + dev for N epochs of the
+    # schedule, nothing chosen, best.pt is the final model (`sertk refit` sets it: sertk.train.refit)
     "train": {"epochs": 40, "batch_size": 32, "seed": 0, "patience": 10, "min_epochs": 1,
               "class_weighted": True, "utterance_weighted": False, "grad_clip": 5.0, "amp": "auto", "select": "ua",
-              "bucket": False, "num_workers": None, "sync_batchnorm": True},
+              "bucket": False, "num_workers": None, "sync_batchnorm": True, "refit_epochs": None},
     # multi-task loss (each model's objective hook, SERModel.objective; SD-CAFF's in sertk/models/sd_caff.py):
     # (1 - gender_weight) (CE + center_weight center) on emotion
     # + gender_weight (CE + center_weight center) on utt2gen; center_lr: SD-CAFF's center gradient scale;
@@ -71,7 +73,8 @@ DEFAULTS: Dict[str, Any] = {
 GRID_FIXED = {"grid": "it is the grid, not a setting",
               "model.name": "each model has its own options; run one experiment per model",
               "features.tag": "all points read the one feature dump given with --feats; run one experiment per "
-                              "feature set"}
+                              "feature set",
+              "train.refit_epochs": "a refit trains one chosen point on train + dev: `sertk refit` after the grid"}
 
 
 # --- what every setting takes: one table, checked when a config is loaded -------------------------
@@ -157,6 +160,7 @@ CHECKS: Dict[str, Check] = {
     "train.bucket": FLAG,
     "train.num_workers": integer(0, null="auto"),
     "train.sync_batchnorm": FLAG,
+    "train.refit_epochs": integer(1, null="no refit: train on train, best.pt chosen on dev"),
     "loss.gender_weight": interval(0, 1),
     "loss.center_weight": number("a number >= 0", lambda v: v >= 0),
     "loss.center_lr": positive(null="the optimizer's rate"),
@@ -236,6 +240,17 @@ def _train_hop(c: Dict[str, Any]) -> Optional[str]:
     return None
 
 
+def _refit(c: Dict[str, Any]) -> Optional[str]:
+    t = c["train"]
+    if t["refit_epochs"] is None:
+        return None
+    if t["refit_epochs"] > t["epochs"]:
+        return f"train.refit_epochs {t['refit_epochs']} is more than the {t['epochs']} epochs of train.epochs"
+    if c["scheduler"]["name"] == "plateau":   # it steps on the dev score, and a refit has no dev
+        return "train.refit_epochs: scheduler plateau steps on dev UA, which a refit (trained on dev too) has not"
+    return None
+
+
 # rules over several keys: the keys each reads, and a function of the config giving the message of a broken rule
 COMBINATIONS: List[Tuple[Tuple[str, ...], Callable[[Dict[str, Any]], Optional[str]]]] = [
     (("scheduler.warmup_epochs", "scheduler.min_lr_ratio"), _warmup),
@@ -244,6 +259,7 @@ COMBINATIONS: List[Tuple[Tuple[str, ...], Callable[[Dict[str, Any]], Optional[st
     (("optim.name", "train.grad_clip", "train.amp"), _lbfgs),
     (("loss.center_lr", "loss.center_weight"), _center_lr),
     (("segments.length", "segments.train_hop"), _train_hop),
+    (("train.refit_epochs", "train.epochs", "scheduler.name"), _refit),
 ]
 
 # model options, checked by their declared types and what their names mean: integers are sizes, counts and

@@ -70,3 +70,36 @@ def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device:
     if ranks.main and isinstance(outcome, TrainSummary):
         click.echo(f"{exp_dir}: best dev {outcome.metric} {outcome.best_dev_score:.4f} at epoch {outcome.best_epoch} "
                    f"({outcome.epochs_run} epochs)")
+
+
+@click.command()
+@click.argument("source", type=existing_dir)
+@click.option("--fold-dir", required=True, type=existing_dir,
+              help="The fold SOURCE was trained on (its train/ and dev/ data dirs).")
+@click.option("--feats", required=True, type=existing_dir, help="Feature dump dir (dump/<tag>).")
+@click.option("--exp", "exp_dir", required=True, type=dir_path, help="Experiment dir of the refit (not SOURCE).")
+@click.option("--device", help="cpu, cuda or cuda:N [default: cuda if available].")
+def refit(source: Path, fold_dir: Path, feats: Path, exp_dir: Path, device: Optional[str]) -> None:
+    """Train the set-up dev chose in SOURCE again on train + dev; its final model is EXP's best.pt.
+
+    SOURCE is a finished `sertk train` run (a plain run or a grid's choice): its config.yaml is trained from
+    scratch on the fold's train and dev data together for SOURCE's best epoch count (train.refit_epochs:
+    the first N epochs of the same schedule), with no early stopping and no choice, and EXP/best.pt is the
+    model after the last epoch; decode the test set with `sertk decode --exp EXP`. EXP/refit.yaml records
+    SOURCE, its dev choice and the SHA-256 of its best.pt; EXP resumes from its last.pt like any run."""
+    from sertk.device import pick_device
+    from sertk.errors import SertkError
+    from sertk.train.distributed import ranks_from_environment
+    from sertk.train.refit import refit as refit_run
+    ranks = ranks_from_environment()
+    device = pick_device(device)
+    missing = [p for p in (exp_dir, *exp_dir.parents) if not p.exists()]
+    try:
+        summary = refit_run(source, fold_dir, feats, exp_dir, device, ranks)
+    except (SertkError, OSError):
+        if ranks.main:
+            _remove_new_exp_dir(exp_dir, missing)
+        raise
+    if ranks.main:
+        click.echo(f"{exp_dir}: refit of {source} on train + dev for the {summary.epochs_run} epoch(s) dev chose "
+                   "there; best.pt is the model after the last")

@@ -10,7 +10,7 @@ GRID_DIR = "grid"      # grid points train into EXP/grid/<k>_<values>/, each an 
 
 # what training, grid selection, `sertk pack` and the atomic writers' temp files leave in an exp dir
 _owns_run_files = owned_by(("train.log", "config.yaml", "environment.yaml", "last.pt", "best.pt", "grid.yaml",
-                            "model.sertk", "tensorboard/*", ".*.tmp"))
+                            "refit.yaml", "model.sertk", "tensorboard/*", ".*.tmp"))
 
 
 def owns_exp_dir(rel: PurePosixPath, is_empty_dir: bool = False) -> bool:

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import BatchSampler, RandomSampler
 
 from sertk.data.datadir import DataDir
+from sertk.data.ops import combine
 from sertk.features.dataset import SegmentDataset, check_model_length
 from sertk.features.reading import Normalization, StreamLayout, load_streams
 from sertk.features.segments import SegmentConfig
@@ -27,27 +28,32 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Fold:
-    train_dd: DataDir
-    dev_dd: DataDir
+    train_dd: DataDir            # a refit's: train and dev together
+    dev_dd: Optional[DataDir]    # None in a refit (train.refit_epochs): nothing is chosen on dev
     classes: List[str]
     model: SERModel              # as `make_model` built it: the caller puts it behind the layout's layer sums
     norm: Normalization          # the fold's statistics (from its training part)
     layout: StreamLayout         # what the dump says about the streams the model reads
     train_set: SegmentDataset
-    dev_set: SegmentDataset
+    dev_set: Optional[SegmentDataset]
 
 
 def load_fold(config: Dict[str, Any], fold_dir: Path, dump_dir: Path,
               make_model: Callable[[int], SERModel]) -> Fold:
     """The fold in `fold_dir` (train/, dev/) with its features from `dump_dir`, for the model that
-    `make_model(number of classes)` builds, segmented as config["segments"] says."""
+    `make_model(number of classes)` builds, segmented as config["segments"] says. A refit
+    (train.refit_epochs) trains on train and dev together and has no dev set."""
     train_dd, dev_dd = DataDir.load(fold_dir / "train"), DataDir.load(fold_dir / "dev")
     classes = list(train_dd.labels.classes)
     if list(dev_dd.labels.classes) != classes:
         raise ConfigError(f"{fold_dir}: train and dev have different class lists")
+    if config["train"]["refit_epochs"] is not None:
+        train_dd = combine([train_dd, dev_dd], [str(fold_dir / "train"), str(fold_dir / "dev")])
+        dev_dd = None
+    dev_dirs = [dev_dd] if dev_dd is not None else []
     model = make_model(len(classes))
-    feats = load_streams(dump_dir, list(model.streams), train_dd.utts + dev_dd.utts)
-    norm = Normalization.fit(config["features"]["cmvn"], feats, train_dd, [dev_dd], clip=config["features"]["clip"],
+    feats = load_streams(dump_dir, list(model.streams), train_dd.utts + sum((d.utts for d in dev_dirs), []))
+    norm = Normalization.fit(config["features"]["cmvn"], feats, train_dd, dev_dirs, clip=config["features"]["clip"],
                              speaker_min_rows=config["features"]["speaker_min_rows"])
     seg = SegmentConfig.from_config(config["segments"])
     layout = StreamLayout.for_model(dump_dir, model)
@@ -64,9 +70,11 @@ def load_fold(config: Dict[str, Any], fold_dir: Path, dump_dir: Path,
                                with_gender=with_gender, levels=layout.levels, windows=windows)
     if with_gender:
         check_genders(train_set, fold_dir / "train")
-    dev_set = SegmentDataset(dev_dd, feats, length, hop, norm.apply, classes, seg.tail, levels=layout.levels)
+    dev_set = (SegmentDataset(dev_dd, feats, length, hop, norm.apply, classes, seg.tail, levels=layout.levels)
+               if dev_dd is not None else None)
     for name, dataset in (("train", train_set), ("dev", dev_set)):
-        check_model_length(model, dataset, str(fold_dir / name))
+        if dataset is not None:
+            check_model_length(model, dataset, str(fold_dir / name))
     return Fold(train_dd, dev_dd, classes, model, norm, layout, train_set, dev_set)
 
 

@@ -65,7 +65,7 @@ class EpochSpeed:
 
 def epoch_line(epoch: int, stats: Dict[str, Any], best: bool = False) -> str:
     """The epoch's train.log line."""
-    parts = [text.format(**stats) for _, text in METRICS.values() if text is not None]
+    parts = [text.format(**stats) for key, (_, text) in METRICS.items() if text is not None and key in stats]
     return f"epoch {epoch}: " + ", ".join(parts) + (" *best*" if best else "")
 
 
@@ -89,12 +89,15 @@ class Reporter:
         self._stack.close()
 
     def epoch(self, epoch: int, stats: Dict[str, Any], best: bool = False) -> None:
-        """`stats`: a value for every key of `METRICS`, and the dev confusion matrix under `CONFUSION`."""
+        """`stats`: a value for keys of `METRICS` (a refit has no dev ones), and the dev confusion matrix
+        under `CONFUSION` where there is a dev set."""
         if self.writer is not None:
             for key, (tag, _) in METRICS.items():
-                self.writer.add_scalar(tag, stats[key], epoch)
-            self.writer.add_image("dev/confusion", confusion_image(np.asarray(stats[CONFUSION]), self.classes),
-                                  epoch, dataformats="HWC")
+                if key in stats:
+                    self.writer.add_scalar(tag, stats[key], epoch)
+            if CONFUSION in stats:
+                self.writer.add_image("dev/confusion", confusion_image(np.asarray(stats[CONFUSION]), self.classes),
+                                      epoch, dataformats="HWC")
         log.info("%s", epoch_line(epoch, stats, best))
 
 

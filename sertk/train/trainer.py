@@ -172,33 +172,37 @@ class _Run:
         elif self.ranks.main:
             atomic_write_text(self.exp_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
             atomic_write_text(self.exp_dir / "environment.yaml", yaml.safe_dump(self._environment(), sort_keys=False))
-            log.info("%s: %d train segments (%d utts), %d dev segments (%d utts), %d parameters, device %s%s",
-                     self.exp_dir, len(self.train_set), len(self.train_dd.utts), len(self.dev_set),
-                     len(self.dev_dd.utts), sum(p.numel() for p in self.model.parameters()), self.device,
+            dev = (f"{len(self.dev_set)} dev segments ({len(self.dev_dd.utts)} utts)" if self.dev_set is not None
+                   else f"no dev set (a refit on train + dev: {cfg['refit_epochs']} epochs, the last one's model kept)")
+            log.info("%s: %d train segments (%d utts), %s, %d parameters, device %s%s",
+                     self.exp_dir, len(self.train_set), len(self.train_dd.utts), dev,
+                     sum(p.numel() for p in self.model.parameters()), self.device,
                      f", {self.ranks.world} processes" if self.ranks.distributed else "")
+        refit = cfg["refit_epochs"] is not None
+        run_epochs = cfg["refit_epochs"] if refit else cfg["epochs"]   # a refit: the first N of the schedule's
         with Reporter(self.exp_dir / "tensorboard", self.ranks, self.classes) as reporter:
-            while state["epoch"] < cfg["epochs"]:
+            while state["epoch"] < run_epochs:
                 epoch = state["epoch"] + 1
                 seed_everything(cfg["seed"] * 1000 + epoch + RANK_SEED_STRIDE * self.ranks.rank)
                 speed = self._train_epoch(epoch)
-                dev = self._evaluate()
+                dev = self._evaluate() if not refit else None
                 lr = self.optimizer.param_groups[0]["lr"]   # the rate this epoch trained with
-                self.schedule.step(dev["ua"])
+                self.schedule.step(dev["ua"] if dev else None)   # plateau, the one on dev UA, refuses a refit
                 # state keeps the name best_ua for runs written before train.select; it holds the select score
-                improved = dev["score"] > state["best_ua"]
+                improved = dev["score"] > state["best_ua"] if dev else epoch == run_epochs
                 if improved:
-                    state.update(best_ua=dev["score"], best_epoch=epoch, bad_epochs=0)
+                    state.update(best_ua=dev["score"] if dev else state["best_ua"], best_epoch=epoch, bad_epochs=0)
                     self._save_best(epoch, dev)
                 else:
                     state["bad_epochs"] += 1
                 state["epoch"] = epoch
-                state["history"].append({"epoch": epoch, "train_loss": speed.loss, "dev_loss": dev["loss"],
-                                         "dev_wa": dev["wa"], "dev_ua": dev["ua"], "lr": lr,
+                scores = {"dev_loss": dev["loss"], "dev_wa": dev["wa"], "dev_ua": dev["ua"]} if dev else {}
+                state["history"].append({"epoch": epoch, "train_loss": speed.loss, **scores, "lr": lr,
                                          **speed.record()})
-                reporter.epoch(epoch, {**speed.stats(), "dev_loss": dev["loss"], "dev_wa": dev["wa"],
-                                       "dev_ua": dev["ua"], "lr": lr, "confusion": dev["confusion"]}, improved)
-                stop = state["bad_epochs"] >= cfg["patience"] and epoch >= cfg["min_epochs"]
-                finished = stop or epoch >= cfg["epochs"]
+                reporter.epoch(epoch, {**speed.stats(), **scores, "lr": lr,
+                                       **({"confusion": dev["confusion"]} if dev else {})}, improved and not refit)
+                stop = dev is not None and state["bad_epochs"] >= cfg["patience"] and epoch >= cfg["min_epochs"]
+                finished = stop or epoch >= run_epochs
                 if self.ranks.main:
                     save_checkpoint(self.exp_dir / "last.pt", self._full_state(state, finished))
                 if stop:
@@ -206,7 +210,11 @@ class _Run:
                              cfg["patience"])
                     break
         distributed.barrier(self.ranks)   # no process leaves before rank 0 has written last.pt
-        log.info("best dev %s %.4f at epoch %d", SELECT_METRICS[cfg["select"]], state["best_ua"], state["best_epoch"])
+        if refit:
+            log.info("refit: the model after epoch %d is best.pt", state["epoch"])
+        else:
+            log.info("best dev %s %.4f at epoch %d", SELECT_METRICS[cfg["select"]], state["best_ua"],
+                     state["best_epoch"])
         return TrainSummary(state["best_epoch"], state["best_ua"], state["epoch"], resumed,
                             SELECT_METRICS[cfg["select"]])
 
@@ -278,13 +286,15 @@ class _Run:
         score = m["ua"] if self.config["train"]["select"] == "ua" else (m["wa"] + m["ua"]) / 2
         return {"loss": loss, "wa": m["wa"], "ua": m["ua"], "score": score, "confusion": m["confusion"]}
 
-    def _save_best(self, epoch: int, dev: Dict[str, Any]) -> None:
+    def _save_best(self, epoch: int, dev: Optional[Dict[str, Any]]) -> None:
+        """best.pt: the model of `epoch`, with its dev scores (None: a refit's final model)."""
         if not self.ranks.main:
             return
         save_checkpoint(self.exp_dir / "best.pt", {
             "model": self.model.state_dict(), "config": self.config, "classes": self.classes,
             "normalization": self.norm.state_dict(), "epoch": epoch,
-            "dev": {"wa": dev["wa"], "ua": dev["ua"], "loss": dev["loss"]}, "sertk_version": __version__})
+            "dev": {"wa": dev["wa"], "ua": dev["ua"], "loss": dev["loss"]} if dev else None,
+            "sertk_version": __version__})
 
     def _full_state(self, state: Dict[str, Any], finished: bool) -> Dict[str, Any]:
         return {**state, "finished": finished, "config": self.config, "classes": self.classes,
