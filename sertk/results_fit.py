@@ -51,7 +51,8 @@ def _fold_cells(state: dict) -> List[str]:
     # epochs with both losses (a record from before sertk logged them has none: its loss cells are "-")
     history = {h["epoch"]: h for h in state.get("history", []) if "dev_loss" in h and "train_loss" in h}
     run = f"{state['epoch']} of {state['config']['train']['epochs']}" + ("" if state.get("finished") else ", running")
-    best_cell = f"{100 * state['best_ua']:.2f} ({state['best_epoch']})" if state["best_epoch"] else "-"
+    refit = state["config"]["train"].get("refit_epochs") is not None   # trained on dev: no dev figures
+    best_cell = f"{100 * state['best_ua']:.2f} ({state['best_epoch']})" if state["best_epoch"] and not refit else "-"
     if not history:
         return [run, best_cell, "-", "-", "-"]
     last, best = history[max(history)], history.get(state["best_epoch"])

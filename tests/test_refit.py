@@ -126,6 +126,12 @@ def test_dev_tables_and_results_show_the_choice_a_refit_retrained(setup, refitte
     text = (refitted.parent / "RESULTS.md").read_text()
     assert "- final model: a refit in 1 fold(s) (`sertk refit`)" in text and str(source.parent) in text
     assert result["per_fold"][0]["dev"]["point"].startswith("refit on train + dev")
+    packed = cli("pack", refitted, "--feats", base / "dump")
+    assert packed.exit_code == 0, packed.output
+    info = cli("pack", "--info", refitted / "model.sertk")
+    assert "refit: trained on train + dev for the" in info.output and "dev (checkpoint choice)" not in info.output
+    losses = cli("results", "dev", "--losses", refitted)
+    assert losses.exit_code == 0 and "-100" not in losses.output, losses.output
 
 
 def test_a_refit_resumes_and_refuses_what_it_cannot_refit(setup, tmp_path, monkeypatch, sertk_cli, user_error):
@@ -157,7 +163,34 @@ def test_a_refit_resumes_and_refuses_what_it_cannot_refit(setup, tmp_path, monke
     other = tmp_path / "other"
     train(load_config(base / "conf.yaml", ["train.seed=1"]), fold, dump, other)
     assert "holds the refit of another model" in check(*refit_args(base, other, exp))
-    assert not any((tmp_path / d).exists() for d in ("a", "b", "c"))
+    assert "holds another training run" in check(*refit_args(base, source, other))
+    assert not (other / "refit.yaml").exists()
+    # another fold than the source's: its choice may have been made on that fold's test speaker
+    assert "loso/fold2: not the fold" in check("refit", source, "--fold-dir", base / "loso" / "fold2", "--feats", dump,
+                                               "--exp", tmp_path / "d")
+    assert not any((tmp_path / d).exists() for d in ("a", "b", "c", "d"))
+    # train.refit_epochs is the refit's: sertk train refuses it, and a refit's dir
+    assert "train.refit_epochs is set by sertk refit" in check(
+        "train", "--config", base / "conf.yaml", "--fold-dir", fold, "--feats", dump, "--exp", tmp_path / "e",
+        "--set", "train.refit_epochs=1")
+    assert "holds a refit" in check("train", "--config", base / "conf.yaml", "--fold-dir", fold, "--feats", dump,
+                                    "--exp", exp)
+
+
+def test_a_grids_choice_is_refitted_with_the_chosen_point(setup, tmp_path, sertk_cli):
+    base, _ = setup
+    fold, dump = base / "loso" / "fold1", base / "dump"
+    grid = tmp_path / "grid"
+    result = sertk_cli("train", "--config", base / "conf.yaml", "--fold-dir", fold, "--feats", dump, "--exp", grid,
+                       "--set", "train.epochs=2", "--grid", "model.lstm_hidden=[4,6]")
+    assert result.exit_code == 0, result.output
+    chosen = yaml.safe_load((grid / "grid.yaml").read_text())["chosen"]
+    result = sertk_cli(*refit_args(base, grid, tmp_path / "refit"))
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load((tmp_path / "refit" / "config.yaml").read_text())
+    assert config["model"]["lstm_hidden"] == chosen["values"]["model.lstm_hidden"] and config["grid"] == {}
+    assert config["train"]["refit_epochs"] == chosen["best_epoch"]
+    assert yaml.safe_load((tmp_path / "refit" / "refit.yaml").read_text())["point"].startswith("grid point")
 
 
 @pytest.mark.parametrize("sets, message", [

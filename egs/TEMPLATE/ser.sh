@@ -298,7 +298,7 @@ current_stage=3
 if run_stage 3; then
   fold_ids=$(fold_list)
   mkdir -p "$exp"
-  # shellcheck disable=SC2206
+  # shellcheck disable=SC2086  # train_args is split into its words
   per_fold train "training $model" "$exp" "${trainer[@]}" train --config "$model_conf" --fold-dir "$data/foldJOB" \
     --feats "$dump" --exp "$exp/foldJOB" --device "$device" $train_args
   if [ "$refit" = true ]; then

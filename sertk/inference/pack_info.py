@@ -31,6 +31,10 @@ def info_text(meta: Dict[str, Any], path: Optional[Path] = None) -> str:
                      f"{'yes' if card.get('speaker_independent') else 'no'}")
     else:
         lines.append("protocol: unknown (no protocol card)")
+    refit_epochs = config["train"].get("refit_epochs")
+    if refit_epochs:   # the dev speakers above were trained on
+        lines.append(f"refit: trained on train + dev for the {refit_epochs} epoch(s) dev chose (sertk refit); "
+                     "no held-out dev score")
     dev, test = meta["metrics"].get("dev"), meta["metrics"].get("test")
     if dev:
         lines.append(f"dev (checkpoint choice): WA {100 * dev['wa']:.2f}, UA {100 * dev['ua']:.2f}")

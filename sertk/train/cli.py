@@ -11,6 +11,17 @@ from sertk.config.cli import grid_option, overrides
 # the trainer and the config loader import the model registry (torch): imported when the command runs
 
 
+def _ranks_with_rank_0_speaking():
+    """This process's place in a torchrun job (one process without torchrun); below rank 0, only warnings."""
+    import logging
+    from sertk.train.distributed import ranks_from_environment
+    ranks = ranks_from_environment()
+    if not ranks.main:
+        for handler in logging.getLogger("sertk").handlers:
+            handler.setLevel(max(handler.level, logging.WARNING))
+    return ranks
+
+
 def _remove_new_exp_dir(exp_dir: Path, missing: List[Path]) -> None:
     """After a failed `sertk train`: the exp dir, and the folders made for it, removed when they did not exist
     before the command (`missing`: those of exp_dir and its parents, innermost first) and no training made
@@ -46,17 +57,12 @@ def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device:
     Under `torchrun --nproc_per_node N -m sertk train ...` it trains in N processes (DistributedDataParallel;
     gloo on CPUs, NCCL on GPUs, each process on the GPU of its local rank); train.batch_size is then the
     batch of all processes together, and only rank 0 writes."""
-    import logging
     from sertk.device import pick_device
     from sertk.errors import SertkError
     from sertk.config.loading import load_config
-    from sertk.train.distributed import ranks_from_environment
     from sertk.train.grid import train_experiment
     from sertk.train.trainer import TrainSummary
-    ranks = ranks_from_environment()
-    if not ranks.main:   # rank 0 speaks for the run
-        for handler in logging.getLogger("sertk").handlers:
-            handler.setLevel(max(handler.level, logging.WARNING))
+    ranks = _ranks_with_rank_0_speaking()
     device = pick_device(device)
     config = load_config(config_file, sets, grids)   # every value checked: nothing is read or written before
     # a failure leaves no exp dir where there was none (unless training got as far as a checkpoint)
@@ -89,9 +95,8 @@ def refit(source: Path, fold_dir: Path, feats: Path, exp_dir: Path, device: Opti
     SOURCE, its dev choice and the SHA-256 of its best.pt; EXP resumes from its last.pt like any run."""
     from sertk.device import pick_device
     from sertk.errors import SertkError
-    from sertk.train.distributed import ranks_from_environment
     from sertk.train.refit import refit as refit_run
-    ranks = ranks_from_environment()
+    ranks = _ranks_with_rank_0_speaking()
     device = pick_device(device)
     missing = [p for p in (exp_dir, *exp_dir.parents) if not p.exists()]
     try:

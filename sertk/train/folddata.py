@@ -15,6 +15,7 @@ from torch.utils.data import BatchSampler, RandomSampler
 
 from sertk.data.datadir import DataDir
 from sertk.data.ops import combine
+from sertk.data.protocols import split_checksum
 from sertk.features.dataset import SegmentDataset, check_model_length
 from sertk.features.reading import Normalization, StreamLayout, load_streams
 from sertk.features.segments import SegmentConfig
@@ -36,6 +37,13 @@ class Fold:
     layout: StreamLayout         # what the dump says about the streams the model reads
     train_set: SegmentDataset
     dev_set: Optional[SegmentDataset]
+    checksums: Dict[str, str]    # the fold's train and dev lists as given (fold_checksums)
+
+
+def fold_checksums(train_dd: DataDir, dev_dd: DataDir) -> Dict[str, str]:
+    """A fold's train and dev lists digested as `sertk data check` digests them; checkpoints keep them, so a
+    refit can check that it is given the fold its source was trained on."""
+    return {"train": split_checksum(train_dd), "dev": split_checksum(dev_dd)}
 
 
 def load_fold(config: Dict[str, Any], fold_dir: Path, dump_dir: Path,
@@ -47,6 +55,7 @@ def load_fold(config: Dict[str, Any], fold_dir: Path, dump_dir: Path,
     classes = list(train_dd.labels.classes)
     if list(dev_dd.labels.classes) != classes:
         raise ConfigError(f"{fold_dir}: train and dev have different class lists")
+    checksums = fold_checksums(train_dd, dev_dd)
     if config["train"]["refit_epochs"] is not None:
         train_dd = combine([train_dd, dev_dd], [str(fold_dir / "train"), str(fold_dir / "dev")])
         dev_dd = None
@@ -75,7 +84,7 @@ def load_fold(config: Dict[str, Any], fold_dir: Path, dump_dir: Path,
     for name, dataset in (("train", train_set), ("dev", dev_set)):
         if dataset is not None:
             check_model_length(model, dataset, str(fold_dir / name))
-    return Fold(train_dd, dev_dd, classes, model, norm, layout, train_set, dev_set)
+    return Fold(train_dd, dev_dd, classes, model, norm, layout, train_set, dev_set, checksums)
 
 
 def train_windows(segments: Dict[str, Any], layout: StreamLayout) -> str:

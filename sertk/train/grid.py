@@ -30,6 +30,7 @@ import yaml
 from sertk.fsutil import atomic_write_text, atomic_write_with, sha256_file
 from sertk.config.loading import ConfigError, grid_points, point_config, point_text, with_new_defaults
 from sertk.gridrecord import GRID_FILE, best_point, read_grid_record
+from sertk.results_dev import REFIT_FILE
 from sertk.train.distributed import Ranks, keep_group, ranks_from_environment
 from sertk.train.expdir import GRID_DIR, check_exp_dir
 from sertk.train.trainer import TrainSummary, train
@@ -56,6 +57,11 @@ def train_experiment(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp
     ranks = ranks or ranks_from_environment()
     exp_dir = Path(exp_dir)
     check_exp_dir(exp_dir)
+    if config["train"]["refit_epochs"] is not None:   # it trains on dev: only a refit of a dev choice may
+        raise ConfigError("train.refit_epochs is set by sertk refit (it trains on dev, so nothing could be chosen "
+                          "there); run sertk refit on a finished run instead")
+    if (exp_dir / REFIT_FILE).is_file():
+        raise ConfigError(f"{exp_dir} holds a refit ({REFIT_FILE}); give sertk train a new exp dir")
     points = grid_points(config["grid"])
     if len(points) == 1:
         if (exp_dir / GRID_FILE).is_file():

@@ -6,8 +6,10 @@ train and dev data together for E's best epoch count: the first N epochs of the 
 (`train.refit_epochs: N`, so a cosine or step schedule is where it was at E's best epoch), with no early
 stopping and nothing chosen; O/best.pt is the model after epoch N. The dev speakers, whose data chose the
 set-up, now also train the final model (as scikit-learn's refit after a grid search); the test set, decoded
-once with O's model, still plays no part in any choice. O/refit.yaml records what was refitted: E, its dev
-choice, and E/best.pt's SHA-256, which a rerun must match (O resumes from its last.pt like any run).
+once with O's model, still plays no part in any choice. The fold must be E's (its train and dev lists are
+checked against those E/best.pt records): on another fold, E's choice would have been made on a speaker that
+fold may test. O/refit.yaml records what was refitted: E, its dev choice, E/best.pt's SHA-256 (which a rerun
+must match: O resumes from its last.pt like any run), the fold and the dump.
 """
 import logging
 from pathlib import Path
@@ -15,19 +17,25 @@ from typing import Any, Dict, Optional
 
 import yaml
 
+from sertk.checkpoint import load_checkpoint
 from sertk.config.loading import ConfigError, check_config, with_new_defaults
+from sertk.data.datadir import DataDir
 from sertk.fsutil import atomic_write_text, sha256_file
+from sertk.gridrecord import GRID_FILE
 from sertk.results_dev import REFIT_FILE, fold_dev_score, read_refit_record
 from sertk.train.distributed import Ranks, ranks_from_environment
 from sertk.train.expdir import check_exp_dir
+from sertk.train.folddata import fold_checksums
 from sertk.train.trainer import TrainSummary, train
+from sertk.yamlutil import read_yaml_file
 
 log = logging.getLogger(__name__)
 CHOSEN = "best.pt"
 
 
-def refit_record(source: Path) -> Dict[str, Any]:
-    """What O/refit.yaml says of the finished dev-selected run `source`: its dev choice and best.pt's digest."""
+def refit_record(source: Path, fold_dir: Path, dump_dir: Path) -> Dict[str, Any]:
+    """What O/refit.yaml says of the finished dev-selected run `source`: its dev choice and best.pt's digest,
+    and the fold and dump the refit trains on."""
     if read_refit_record(source, ConfigError) is not None:
         raise ConfigError(f"{source}: is itself a refit (nothing was chosen on dev there); give the run it refitted")
     score = fold_dev_score(source)
@@ -37,16 +45,30 @@ def refit_record(source: Path) -> Dict[str, Any]:
         raise ConfigError(f"{source}: its training has not finished (epoch {score.epochs_run} of at most "
                           f"{score.epochs}); a refit needs the epoch count dev chose, so finish it first")
     return {"source": str(source.resolve()), "best_epoch": score.best_epoch, "dev_score": score.score,
-            "metric": score.metric, "point": score.point, "source_best_sha256": sha256_file(source / CHOSEN)}
+            "metric": score.metric, "point": score.point, "source_best_sha256": sha256_file(source / CHOSEN),
+            "fold_dir": str(Path(fold_dir).resolve()), "feats": str(Path(dump_dir).resolve())}
+
+
+def check_same_fold(source: Path, fold_dir: Path) -> None:
+    """A refit on another fold than its source's would reuse a choice made on that fold's dev speaker (in
+    rotating protocols, another fold's test speaker): the fold lists must be those source's best.pt records."""
+    recorded = load_checkpoint(source / CHOSEN, mmap=True).get("fold_checksums")
+    given = fold_checksums(DataDir.load(fold_dir / "train"), DataDir.load(fold_dir / "dev"))
+    if recorded is None:
+        log.warning("%s records no fold lists (trained before sertk kept them): check that %s is the fold it was "
+                    "trained on", source / CHOSEN, fold_dir)
+    elif recorded != given:
+        changed = " and ".join(split for split in ("train", "dev") if recorded.get(split) != given[split])
+        raise ConfigError(f"{fold_dir}: not the fold {source} was trained on (its {changed} list differs from the "
+                          f"one in {source / CHOSEN}); give that run's --fold-dir")
 
 
 def refit_config(source: Path, best_epoch: int) -> Dict[str, Any]:
     """`source`'s config (the chosen point's, after a grid) set to train on train + dev for `best_epoch` epochs."""
-    try:
-        config = yaml.safe_load((source / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{source / 'config.yaml'}: cannot read the run's config ({e})") from None
-    config = with_new_defaults(config)
+    config = with_new_defaults(read_yaml_file(source / "config.yaml", ConfigError))
+    if config.get("train", {}).get("refit_epochs") is not None:
+        raise ConfigError(f"{source / 'config.yaml'}: sets train.refit_epochs, so it trained on dev; give a run "
+                          "chosen on dev")
     config["train"]["refit_epochs"] = best_epoch
     return check_config(config)
 
@@ -59,13 +81,16 @@ def refit(source: Path, fold_dir: Path, dump_dir: Path, exp_dir: Path, device: s
     if exp_dir.resolve() == source.resolve():
         raise ConfigError(f"{exp_dir}: that is the run to refit; give the refit its own --exp")
     check_exp_dir(exp_dir)
-    record = refit_record(source)
+    record = refit_record(source, fold_dir, dump_dir)
     config = refit_config(source, record["best_epoch"])
+    check_same_fold(source, Path(fold_dir))
     before = read_refit_record(exp_dir, ConfigError)
     if before is not None:
         if before["source_best_sha256"] != record["source_best_sha256"]:
             raise ConfigError(f"{exp_dir} holds the refit of another model ({before['source']}, best.pt "
                               f"{str(before['source_best_sha256'])[:12]}); give a new --exp or remove it")
+    elif any((exp_dir / name).exists() for name in ("last.pt", "best.pt", GRID_FILE)):
+        raise ConfigError(f"{exp_dir} holds another training run; give the refit a new --exp")
     elif ranks.main:   # before training, so that a run stopped half-way resumes only from the same source
         exp_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(exp_dir / REFIT_FILE, yaml.safe_dump(record, sort_keys=False))

@@ -124,7 +124,7 @@ class _Run:
             return build_model(config["model"]["name"], num_classes, **model_options(config)).to(device)
         fold = load_fold(config, fold_dir, dump_dir, make_model)
         self.train_dd, self.dev_dd, self.classes, self.norm = fold.train_dd, fold.dev_dd, fold.classes, fold.norm
-        self.train_set, self.dev_set = fold.train_set, fold.dev_set
+        self.train_set, self.dev_set, self.fold_checksums = fold.train_set, fold.dev_set, fold.checksums
         self.streams = list(fold.model.streams)
         self.model = with_layer_sums(fold.model, fold.layout.layers).to(device)
         if CHANNELS_LAST and fold.model.channels_last:   # 4-D weights (2-D convolutions) laid out as NHWC
@@ -161,8 +161,11 @@ class _Run:
         resumed = None
         if self.resume is not None:
             if self.resume["finished"]:
-                log.info("%s: training already finished (best dev %s %.4f at epoch %d); skipping",
-                         self.exp_dir, SELECT_METRICS[cfg["select"]], self.resume["best_ua"], self.resume["best_epoch"])
+                if cfg["refit_epochs"] is not None:
+                    log.info("%s: refit already finished (%d epochs); skipping", self.exp_dir, self.resume["epoch"])
+                else:
+                    log.info("%s: training already finished (best dev %s %.4f at epoch %d); skipping", self.exp_dir,
+                             SELECT_METRICS[cfg["select"]], self.resume["best_ua"], self.resume["best_epoch"])
                 return TrainSummary(self.resume["best_epoch"], self.resume["best_ua"], self.resume["epoch"], None,
                                     SELECT_METRICS[cfg["select"]])
             self._restore(self.resume)
@@ -294,14 +297,14 @@ class _Run:
             "model": self.model.state_dict(), "config": self.config, "classes": self.classes,
             "normalization": self.norm.state_dict(), "epoch": epoch,
             "dev": {"wa": dev["wa"], "ua": dev["ua"], "loss": dev["loss"]} if dev else None,
-            "sertk_version": __version__})
+            "fold_checksums": self.fold_checksums, "sertk_version": __version__})
 
     def _full_state(self, state: Dict[str, Any], finished: bool) -> Dict[str, Any]:
         return {**state, "finished": finished, "config": self.config, "classes": self.classes,
                 "model": self.model.state_dict(), "objective": self.objective.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
-                "normalization": self.norm.state_dict(), "sertk_version": __version__,
-                "autocast": str(self.autocast).replace("torch.", "") if self.autocast is not None else None}
+                "normalization": self.norm.state_dict(), "fold_checksums": self.fold_checksums,
+                "sertk_version": __version__, "autocast": str(self.autocast).replace("torch.", "") if self.autocast is not None else None}
 
     def _restore(self, ckpt: Dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
