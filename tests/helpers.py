@@ -1,4 +1,6 @@
 """Small helpers shared by several test files."""
+import contextlib
+import logging
 from pathlib import Path
 from typing import Dict, Sequence
 
@@ -66,3 +68,22 @@ def interrupt_training_after(epoch: int, monkeypatch) -> None:
         if path.name == "last.pt" and state["epoch"] == epoch:
             raise KeyboardInterrupt
     monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
+
+
+@contextlib.contextmanager
+def kept_logger():
+    """The CLI reconfigures the 'sertk' logger; a module fixture runs outside conftest's per-test restore."""
+    logger = logging.getLogger("sertk")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
+
+
+def module_cli(*args):
+    """`sertk ARGS` in-process (arguments may be paths) from a module-scoped fixture, the logger kept."""
+    from click.testing import CliRunner
+    from sertk.cli import main
+    with kept_logger():
+        return CliRunner().invoke(main, [str(a) for a in args])

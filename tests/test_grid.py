@@ -1,6 +1,4 @@
 """Hyper-parameters chosen on dev: the config's grid, `sertk train` over its points, the choice downstream."""
-import contextlib
-import logging
 import os
 import shutil
 import subprocess
@@ -9,10 +7,9 @@ import sys
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 
+from helpers import kept_logger, module_cli as cli
 from replicas import make_emodb
-from sertk.cli import main
 from sertk.data.corpora import prepare_corpus
 from sertk.data.protocols import make_folds
 from sertk.decode import read_decode_dir
@@ -38,20 +35,7 @@ def write(path, text):
     return path
 
 
-@contextlib.contextmanager
-def kept_logger():
-    """The CLI reconfigures the 'sertk' logger; a module fixture runs outside conftest's per-test restore."""
-    logger = logging.getLogger("sertk")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    try:
-        yield
-    finally:
-        logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
 
-
-def cli(*args):
-    with kept_logger():
-        return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,14 @@
 """`sertk refit` (sertk.train.refit, train.refit_epochs): a fold's dev choice trained again on train + dev, and
 the recipe's --refit true."""
-import contextlib
-import logging
 
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 
-from helpers import emodb_loso, interrupt_training_after
+from helpers import emodb_loso, interrupt_training_after, module_cli as cli
 from recipes import TINY, copy_recipe, run_recipe
 from replicas import make_emodb
 from sertk.checkpoint import load_checkpoint
-from sertk.cli import main
 from sertk.config.loading import ConfigError, load_config
 from sertk.data.datadir import DataDir
 from sertk.features.extract import extract_features
@@ -32,19 +28,7 @@ scheduler: {name: cosine}
 """
 
 
-@contextlib.contextmanager
-def kept_logger():
-    logger = logging.getLogger("sertk")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    try:
-        yield
-    finally:
-        logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
 
-
-def cli(*args):
-    with kept_logger():
-        return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
