@@ -61,7 +61,7 @@ def load_fold(config: Dict[str, Any], fold_dir: Path, dump_dir: Path,
         dev_dd = None
     dev_dirs = [dev_dd] if dev_dd is not None else []
     model = make_model(len(classes))
-    feats = load_streams(dump_dir, list(model.streams), train_dd.utts + sum((d.utts for d in dev_dirs), []))
+    feats = load_streams(dump_dir, list(model.streams), train_dd.utts + [u for d in dev_dirs for u in d.utts])
     norm = Normalization.fit(config["features"]["cmvn"], feats, train_dd, dev_dirs, clip=config["features"]["clip"],
                              speaker_min_rows=config["features"]["speaker_min_rows"])
     seg = SegmentConfig.from_config(config["segments"])
