@@ -168,9 +168,8 @@ def refit_source(fold_dir: Path) -> Optional[Path]:
 
 
 def dev_selection(number: int, fold_dir: Path) -> Optional[dict]:
-    """The hyper-parameters the fold's grid chose on dev (None: the fold had no grid); a refit's are those
-    of the run it retrained."""
-    fold_dir = refit_source(fold_dir) or fold_dir
+    """The hyper-parameters the fold's grid chose on dev (None: the fold had no grid); for a refit, give the
+    run it retrained."""
     path = fold_dir / GRID_FILE
     if not path.is_file():
         return None
@@ -226,10 +225,11 @@ def collect_scores(model_exp_dir) -> dict:
         "training_environment": _environment_of(folds[0]),
         "training_environment_file": str(folds[0].exp_dir / ENV_FILE),
     }
-    selection = [s for k, d in fold_dirs.items() if (s := dev_selection(k, d)) is not None]
+    sources = {k: refit_source(d) for k, d in fold_dirs.items()}   # a refit's dev choice is its source's
+    selection = [s for k, d in fold_dirs.items() if (s := dev_selection(k, sources[k] or d)) is not None]
     if selection:
         result["dev_selection"] = selection
-    refits = {f"fold{k}": str(source) for k, d in fold_dirs.items() if (source := refit_source(d)) is not None}
+    refits = {f"fold{k}": str(source) for k, source in sources.items() if source is not None}
     if refits:
         result["refit_sources"] = refits
     return result

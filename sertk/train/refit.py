@@ -20,6 +20,7 @@ import yaml
 from sertk.checkpoint import load_checkpoint
 from sertk.config.loading import ConfigError, check_config, with_new_defaults
 from sertk.data.datadir import DataDir
+from sertk.decode.decoder import DEV_SELECTED
 from sertk.fsutil import atomic_write_text, sha256_file
 from sertk.gridrecord import GRID_FILE
 from sertk.results_dev import REFIT_FILE, fold_dev_score, read_refit_record
@@ -30,7 +31,6 @@ from sertk.train.trainer import TrainSummary, train
 from sertk.yamlutil import read_yaml_file
 
 log = logging.getLogger(__name__)
-CHOSEN = "best.pt"
 
 
 def refit_record(source: Path, fold_dir: Path, dump_dir: Path) -> Dict[str, Any]:
@@ -39,28 +39,29 @@ def refit_record(source: Path, fold_dir: Path, dump_dir: Path) -> Dict[str, Any]
     if read_refit_record(source, ConfigError) is not None:
         raise ConfigError(f"{source}: is itself a refit (nothing was chosen on dev there); give the run it refitted")
     score = fold_dev_score(source)
-    if score is None or not (source / CHOSEN).is_file():
-        raise ConfigError(f"{source}: no finished training run here (no {CHOSEN}); train it with sertk train first")
+    if score is None or not (source / DEV_SELECTED).is_file():
+        raise ConfigError(f"{source}: no finished training run here (no {DEV_SELECTED}); train it with sertk train "
+                          "first")
     if not score.finished:
         raise ConfigError(f"{source}: its training has not finished (epoch {score.epochs_run} of at most "
                           f"{score.epochs}); a refit needs the epoch count dev chose, so finish it first")
     return {"source": str(source.resolve()), "best_epoch": score.best_epoch, "dev_score": score.score,
-            "metric": score.metric, "point": score.point, "source_best_sha256": sha256_file(source / CHOSEN),
+            "metric": score.metric, "point": score.point, "source_best_sha256": sha256_file(source / DEV_SELECTED),
             "fold_dir": str(Path(fold_dir).resolve()), "feats": str(Path(dump_dir).resolve())}
 
 
 def check_same_fold(source: Path, fold_dir: Path) -> None:
     """A refit on another fold than its source's would reuse a choice made on that fold's dev speaker (in
     rotating protocols, another fold's test speaker): the fold lists must be those source's best.pt records."""
-    recorded = load_checkpoint(source / CHOSEN, mmap=True).get("fold_checksums")
+    recorded = load_checkpoint(source / DEV_SELECTED, mmap=True).get("fold_checksums")
     given = fold_checksums(DataDir.load(fold_dir / "train"), DataDir.load(fold_dir / "dev"))
     if recorded is None:
         log.warning("%s records no fold lists (trained before sertk kept them): check that %s is the fold it was "
-                    "trained on", source / CHOSEN, fold_dir)
+                    "trained on", source / DEV_SELECTED, fold_dir)
     elif recorded != given:
         changed = " and ".join(split for split in ("train", "dev") if recorded.get(split) != given[split])
         raise ConfigError(f"{fold_dir}: not the fold {source} was trained on (its {changed} list differs from the "
-                          f"one in {source / CHOSEN}); give that run's --fold-dir")
+                          f"one in {source / DEV_SELECTED}); give that run's --fold-dir")
 
 
 def refit_config(source: Path, best_epoch: int) -> Dict[str, Any]:
