@@ -174,7 +174,7 @@ def test_only_rank_zero_writes(runs):
     assert log.count("epoch 1: train loss") == 1 and log.count("epoch 2: train loss") == 1 and "2 processes" in log
     assert len(list((ddp / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert yaml.safe_load((ddp / "environment.yaml").read_text())["distributed"] == {"processes": 2, "backend": "gloo"}
-    assert sorted(p.name for p in ddp.iterdir()) == ["best.pt", "config.yaml", "environment.yaml", "last.pt",
+    assert sorted(p.name for p in ddp.iterdir()) == [".lock", "best.pt", "config.yaml", "environment.yaml", "last.pt",
                                                       "tensorboard", "train.log"]
 
 

@@ -163,7 +163,7 @@ def test_a_2x2_grid_trains_every_point_and_keeps_the_best_on_dev(grid_run):
     for name in ("config.yaml", "environment.yaml", "train.log"):
         assert (exp / name).read_bytes() == (chosen_dir / name).read_bytes()
     assert not (exp / "last.pt").exists()
-    assert sorted(p.name for p in exp.iterdir()) == ["best.pt", "config.yaml", "environment.yaml", "grid",
+    assert sorted(p.name for p in exp.iterdir()) == [".lock", "best.pt", "config.yaml", "environment.yaml", "grid",
                                                      "grid.yaml", "train.log"]
     assert f"{exp}: chose point {chosen['point']} of 4" in result.stdout
     assert yaml.safe_load((exp / "grid.yaml").read_text())["config"] == load_config(exp.parents[3] / "conf.yaml")
@@ -194,16 +194,21 @@ def test_the_chosen_model_is_decoded_packed_and_its_choice_collected(setup, grid
     assert "- hyper-parameters: chosen on dev by a grid in 1 fold(s) (fold1)" in md
 
 
+def stamps_of_run_files(exp):
+    """Every file's mtime but the lock's (each command that trains in E records itself in E/.lock)."""
+    return {p: p.stat().st_mtime_ns for p in exp.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
 def test_a_rerun_skips_and_another_grid_or_run_in_that_dir_is_refused(setup, grid_run, user_error):
     exp, _ = grid_run
-    stamps = {p: p.stat().st_mtime_ns for p in exp.rglob("*") if p.is_file()}
+    stamps = stamps_of_run_files(exp)
     again = cli(*train_args(setup, exp))
     assert again.exit_code == 0 and "grid already finished; chose point" in again.stdout, again.output
-    assert {p: p.stat().st_mtime_ns for p in exp.rglob("*") if p.is_file()} == stamps
+    assert stamps_of_run_files(exp) == stamps
     saved = (exp / "best.pt").read_bytes()
     (exp / "best.pt").unlink()                               # E's copy lost: the same command puts it back
     assert cli(*train_args(setup, exp)).exit_code == 0 and (exp / "best.pt").read_bytes() == saved
-    stamps = {p: p.stat().st_mtime_ns for p in exp.rglob("*") if p.is_file()}
+    stamps = stamps_of_run_files(exp)
     message = user_error(cli(*train_args(setup, exp, "--grid", "optim.lr=[1.0e-3, 1.0e-1]")))
     assert message == f"{exp} was trained with another config or grid; give a new exp dir or remove it " \
                       f"(compare {exp / 'grid.yaml'})"
@@ -211,7 +216,7 @@ def test_a_rerun_skips_and_another_grid_or_run_in_that_dir_is_refused(setup, gri
     message = user_error(cli(*train_args(setup, exp, "--grid", "optim.lr=", "--grid", "model.lstm_hidden=")))
     assert message.endswith("holds a grid run (grid.yaml); a plain run needs its own exp dir: give a new one or "
                             "remove it")
-    assert {p: p.stat().st_mtime_ns for p in exp.rglob("*") if p.is_file()} == stamps
+    assert stamps_of_run_files(exp) == stamps
 
 
 def test_an_interrupted_grid_resumes_and_a_one_point_grid_is_a_plain_run(setup, grid_run, tmp_path, user_error):

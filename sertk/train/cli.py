@@ -1,7 +1,7 @@
 """`sertk train` (`sertk config` is sertk.config.cli's, `sertk decode` sertk.decode.cli's)."""
 import shutil
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import click
 
@@ -36,6 +36,24 @@ def _remove_new_exp_dir(exp_dir: Path, missing: List[Path]) -> None:
             return
 
 
+def _train_in(exp_dir: Path, ranks, run: Callable[[], Any]) -> Any:
+    """`run()` with exp_dir locked against a second training process (sertk.train.exp_lock); a failure leaves
+    no exp dir where there was none (unless training got as far as a checkpoint). A folder no sertk run made
+    is refused before anything (the lock file included) is written into it."""
+    from sertk.errors import SertkError
+    from sertk.train.exp_lock import exp_dir_lock
+    from sertk.train.expdir import check_exp_dir
+    missing = [p for p in (exp_dir, *exp_dir.parents) if not p.exists()]
+    check_exp_dir(exp_dir)
+    with exp_dir_lock(exp_dir, take=ranks.main):
+        try:
+            return run()
+        except (SertkError, OSError):
+            if ranks.main:
+                _remove_new_exp_dir(exp_dir, missing)
+            raise
+
+
 @click.command()
 @click.option("--config", "config_file", required=True, type=existing_file,
               help="Experiment YAML (conf/models/<model>.yaml).")
@@ -58,21 +76,14 @@ def train(config_file: Path, fold_dir: Path, feats: Path, exp_dir: Path, device:
     gloo on CPUs, NCCL on GPUs, each process on the GPU of its local rank); train.batch_size is then the
     batch of all processes together, and only rank 0 writes."""
     from sertk.device import pick_device
-    from sertk.errors import SertkError
     from sertk.config.loading import load_config
     from sertk.train.grid import train_experiment
     from sertk.train.trainer import TrainSummary
     ranks = _ranks_with_rank_0_speaking()
     device = pick_device(device)
     config = load_config(config_file, sets, grids)   # every value checked: nothing is read or written before
-    # a failure leaves no exp dir where there was none (unless training got as far as a checkpoint)
-    missing = [p for p in (exp_dir, *exp_dir.parents) if not p.exists()]
-    try:
-        outcome = train_experiment(config, fold_dir, feats, exp_dir, device, ranks, report=click.echo)
-    except (SertkError, OSError):
-        if ranks.main:
-            _remove_new_exp_dir(exp_dir, missing)
-        raise
+    outcome = _train_in(exp_dir, ranks, lambda: train_experiment(config, fold_dir, feats, exp_dir, device, ranks,
+                                                                 report=click.echo))
     if ranks.main and isinstance(outcome, TrainSummary):
         click.echo(f"{exp_dir}: best dev {outcome.metric} {outcome.best_dev_score:.4f} at epoch {outcome.best_epoch} "
                    f"({outcome.epochs_run} epochs)")
@@ -94,17 +105,10 @@ def refit(source: Path, fold_dir: Path, feats: Path, exp_dir: Path, device: Opti
     model after the last epoch; decode the test set with `sertk decode --exp EXP`. EXP/refit.yaml records
     SOURCE, its dev choice and the SHA-256 of its best.pt; EXP resumes from its last.pt like any run."""
     from sertk.device import pick_device
-    from sertk.errors import SertkError
     from sertk.train.refit import refit as refit_run
     ranks = _ranks_with_rank_0_speaking()
     device = pick_device(device)
-    missing = [p for p in (exp_dir, *exp_dir.parents) if not p.exists()]
-    try:
-        summary = refit_run(source, fold_dir, feats, exp_dir, device, ranks)
-    except (SertkError, OSError):
-        if ranks.main:
-            _remove_new_exp_dir(exp_dir, missing)
-        raise
+    summary = _train_in(exp_dir, ranks, lambda: refit_run(source, fold_dir, feats, exp_dir, device, ranks))
     if ranks.main:
         click.echo(f"{exp_dir}: refit of {source} on train + dev for the {summary.epochs_run} epoch(s) dev chose "
                    "there; best.pt is the model after the last")
