@@ -65,7 +65,7 @@ def test_a_second_training_in_a_busy_exp_dir_is_refused_and_runs_once_it_is_free
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     exp = tmp_path / "exp"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
-        import sys, time
+        import time
         from sertk.train.exp_lock import exp_dir_lock
         with exp_dir_lock({str(exp)!r}):
             print("held", flush=True)
