@@ -3,8 +3,9 @@
 A model's variants (a config option, a normalisation, a schedule) are compared on dev, never on test.
 This reads only what training wrote, each fold's `last.pt` (its epoch history and best dev score) or,
 for a fold trained with a grid, its `grid.yaml` (for a refit, `refit.yaml`: the choice it retrained); it
-never opens a decode dir, so comparing runs with it cannot look at test data. It works while the runs are still training: an unfinished fold shows its best
-so far and is left out of the mean, which is taken over the folds that every run has finished.
+never opens a decode dir, so comparing runs with it cannot look at test data. It works while the runs are
+still training: an unfinished fold shows its best so far and is left out of the mean, which is taken over the
+folds that every run has finished.
 """
 import re
 from dataclasses import asdict, dataclass
