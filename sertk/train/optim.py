@@ -65,6 +65,7 @@ class SchedulerKind:
     rate), and what steps it (`EPOCH` or `DEV_UA`)."""
     build: Callable[[Dict[str, Any], torch.optim.Optimizer, int], Optional[Any]]
     steps_on: str = EPOCH
+    shaped_by_epochs: bool = False   # its rate at epoch e depends on the run's train.epochs (cosine shapes)
 
 
 def warmup_cosine(warmup: int, min_ratio: float, epochs: int) -> Callable[[int], float]:
@@ -94,10 +95,11 @@ SCHEDULERS: Dict[str, SchedulerKind] = {
     "plateau": SchedulerKind(lambda cfg, optimizer, epochs: lr_scheduler.ReduceLROnPlateau(
         optimizer, "max", cfg["factor"], cfg["patience"]), DEV_UA),
     # to 0 over the epochs
-    "cosine": SchedulerKind(lambda cfg, optimizer, epochs: lr_scheduler.CosineAnnealingLR(optimizer, epochs)),
+    "cosine": SchedulerKind(lambda cfg, optimizer, epochs: lr_scheduler.CosineAnnealingLR(optimizer, epochs),
+                            shaped_by_epochs=True),
     # linear warm-up over warmup_epochs, then a cosine to lr x min_lr_ratio at the last epoch
     "warmup_cosine": SchedulerKind(lambda cfg, optimizer, epochs: lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(cfg["warmup_epochs"], cfg["min_lr_ratio"], epochs))),
+        optimizer, warmup_cosine(cfg["warmup_epochs"], cfg["min_lr_ratio"], epochs)), shaped_by_epochs=True),
 }
 
 

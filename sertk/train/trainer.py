@@ -41,6 +41,7 @@ from sertk.config.schema import SELECT_METRICS
 from sertk.train import distributed
 from sertk.train.data import spec_augment
 from sertk.train.distributed import PieceSampler, Ranks
+from sertk.train.extend import raised_values, stops_at
 from sertk.train.folddata import epoch_batches, load_fold, loader_options
 from sertk.train.loss import Objective, build_objective
 from sertk.train.optim import build_optimizer, build_schedule
@@ -115,9 +116,9 @@ class _Run:
             self.resume["config"] = {**self.resume["config"],
                                      "train": {**self.resume["config"]["train"], "amp": config["train"]["amp"]}}
             self.amp = legacy
-        if self.resume is not None and with_new_defaults(self.resume["config"]) != config:
-            raise ConfigError(f"{exp_dir} was trained with another config; give a new exp dir or remove it "
-                              f"(compare {exp_dir / 'config.yaml'})")
+        # the same config, or the same run with train.epochs / train.patience raised, to train on (sertk.train.extend)
+        self.raised = (raised_values(with_new_defaults(self.resume["config"]), config, exp_dir)
+                       if self.resume is not None else {})
 
         def make_model(num_classes: int) -> torch.nn.Module:
             seed_everything(config["train"]["seed"])
@@ -160,7 +161,10 @@ class _Run:
         state = {"epoch": 0, "best_ua": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
         resumed = None
         if self.resume is not None:
-            if self.resume["finished"]:
+            if self.resume["finished"] and not (self.raised and not stops_at(self.resume, cfg)):
+                if self.raised:   # e.g. a longer patience for a run that ran all its epochs
+                    log.info("%s: %s leaves the run finished, with nothing to train on", self.exp_dir,
+                             _change_text(self.raised))
                 if cfg["refit_epochs"] is not None:
                     log.info("%s: refit already finished (%d epochs); skipping", self.exp_dir, self.resume["epoch"])
                 else:
@@ -168,10 +172,13 @@ class _Run:
                              SELECT_METRICS[cfg["select"]], self.resume["best_ua"], self.resume["best_epoch"])
                 return TrainSummary(self.resume["best_epoch"], self.resume["best_ua"], self.resume["epoch"], None,
                                     SELECT_METRICS[cfg["select"]])
+            if self.raised:
+                self._record_raised()
             self._restore(self.resume)
             state = {k: self.resume[k] for k in state}
             resumed = state["epoch"]
-            log.info("%s: resuming after epoch %d", self.exp_dir, resumed)
+            log.info("%s: %s after epoch %d", self.exp_dir,
+                     "training on" if self.resume["finished"] else "resuming", resumed)
         elif self.ranks.main:
             atomic_write_text(self.exp_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
             atomic_write_text(self.exp_dir / "environment.yaml", yaml.safe_dump(self._environment(), sort_keys=False))
@@ -220,6 +227,12 @@ class _Run:
                      state["best_epoch"])
         return TrainSummary(state["best_epoch"], state["best_ua"], state["epoch"], resumed,
                             SELECT_METRICS[cfg["select"]])
+
+    def _record_raised(self) -> None:
+        """config.yaml says what the run trains with from now on; train.log says what changed."""
+        log.info("%s: %s (the same run, trained on from last.pt)", self.exp_dir, _change_text(self.raised))
+        if self.ranks.main:
+            atomic_write_text(self.exp_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
 
     def _environment(self) -> Dict[str, Any]:
         # "gpu" names the machine's GPUs; "device" the one this run trained on (cuda:N on a multi-GPU machine)
@@ -311,6 +324,10 @@ class _Run:
         self.objective.load_state_dict(ckpt.get("objective", {}))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.schedule.load_state_dict(ckpt["scheduler"])
+
+
+def _change_text(raised: Dict[str, Any]) -> str:
+    return ", ".join(f"train.{k} {before} -> {now}" for k, (before, now) in raised.items())
 
 
 def _legacy_amp(checkpoint: Dict[str, Any], config: Dict[str, Any]) -> Any:

@@ -1,0 +1,102 @@
+"""Training a run on in its exp dir with train.epochs / train.patience raised (sertk.train.extend)."""
+import pytest
+import torch
+import yaml
+
+from helpers import emodb_loso
+from sertk.config.loading import ConfigError, load_config
+from sertk.features.extract import extract_features
+from sertk.train.trainer import _Run, train
+
+FEATURES = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16}}}
+TINY = ["model.name=crnn", "model.n_mels=16", "model.channels=[4,8]", "model.lstm_hidden=8",
+        "model.attention_hidden=8", "train.batch_size=4", "segments.length=0.3", "segments.hop=0.1",
+        "scheduler.name=multistep", "scheduler.milestones=[2]", "scheduler.gamma=0.5"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = emodb_loso(tmp_path_factory.mktemp("train_on"))
+    extract_features(base / "all", FEATURES, base / "dump")
+    return base
+
+
+def run(setup, exp, *options):
+    return train(load_config(None, TINY + list(options)), setup / "loso" / "fold1", setup / "dump", exp)
+
+
+def assert_same_run(a, b):
+    first, second = (torch.load(exp / "last.pt", weights_only=True) for exp in (a, b))
+    for name in first["model"]:
+        torch.testing.assert_close(first["model"][name], second["model"][name], rtol=0, atol=0)
+    assert [h["train_loss"] for h in first["history"]] == [h["train_loss"] for h in second["history"]]
+    assert (first["epoch"], first["best_epoch"], first["finished"]) == (second["epoch"], second["best_epoch"], True)
+
+
+@pytest.fixture
+def flat_dev(monkeypatch):
+    """Dev never improves after epoch 1, so early stopping fires after exactly `patience` more epochs."""
+    evaluate = _Run._evaluate
+    monkeypatch.setattr(_Run, "_evaluate", lambda self: {**evaluate(self), "score": 0.5})
+
+
+def test_more_epochs_train_on_to_the_run_of_that_many(setup, tmp_path):
+    run(setup, tmp_path / "straight", "train.epochs=4")
+    short = run(setup, tmp_path / "on", "train.epochs=2")
+    assert short.epochs_run == 2
+    longer = run(setup, tmp_path / "on", "train.epochs=4")
+    assert (longer.resumed_from, longer.epochs_run) == (2, 4)
+    assert_same_run(tmp_path / "straight", tmp_path / "on")
+    assert yaml.safe_load((tmp_path / "on" / "config.yaml").read_text())["train"]["epochs"] == 4
+    log = (tmp_path / "on" / "train.log").read_text()
+    assert "train.epochs 2 -> 4 (the same run, trained on from last.pt)" in log and "training on after epoch 2" in log
+
+
+def test_a_longer_patience_trains_an_early_stopped_run_on(setup, tmp_path, flat_dev):
+    straight = run(setup, tmp_path / "straight", "train.epochs=10", "train.patience=3")
+    assert straight.epochs_run == 4   # best at epoch 1, then 3 epochs without a better dev score
+    assert run(setup, tmp_path / "on", "train.epochs=10", "train.patience=1").epochs_run == 2
+    on = run(setup, tmp_path / "on", "train.epochs=10", "train.patience=3")
+    assert (on.resumed_from, on.epochs_run, on.best_epoch) == (2, 4, 1)
+    assert_same_run(tmp_path / "straight", tmp_path / "on")
+
+
+def test_a_run_that_ran_all_its_epochs_stays_finished_under_a_longer_patience(setup, tmp_path):
+    exp = tmp_path / "exp"
+    run(setup, exp, "train.epochs=2", "train.patience=5")
+    before = {name: (exp / name).read_bytes() for name in ("last.pt", "best.pt", "config.yaml")}
+    again = run(setup, exp, "train.epochs=2", "train.patience=9")
+    assert again.epochs_run == 2 and again.resumed_from is None
+    assert before == {name: (exp / name).read_bytes() for name in before}
+    assert "train.patience 5 -> 9 leaves the run finished" in (exp / "train.log").read_text()
+
+
+@pytest.mark.parametrize("first, then, message", [
+    (["train.epochs=3"], ["train.epochs=2"], "trained with train.epochs 3: a run cannot be cut to 2"),
+    (["train.patience=4"], ["train.patience=2"], "trained with train.patience 4: a run cannot be cut to 2"),
+    (["train.epochs=2"], ["train.epochs=3", "optim.lr=0.01"], "was trained with another config"),
+    (["train.epochs=2", "scheduler.name=cosine"], ["train.epochs=3", "scheduler.name=cosine"],
+     "scheduler cosine is shaped by train.epochs, so a run of 3 epochs is not the 2-epoch run trained on"),
+], ids=["fewer-epochs", "shorter-patience", "other-change", "cosine"])
+def test_what_is_not_the_same_run_trained_on_is_refused_and_left_alone(setup, tmp_path, first, then, message):
+    exp = tmp_path / "exp"
+    run(setup, exp, *first)
+    before = {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match=message):
+        run(setup, exp, *then)
+    assert before == {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()}
+
+
+def test_a_decoded_run_is_not_trained_on_and_the_cli_says_so_in_one_line(setup, tmp_path, sertk_cli, user_error):
+    exp = tmp_path / "exp"
+    (setup / "conf.yaml").write_text(yaml.safe_dump({"features": {"tag": "x"}}))
+    args = ("train", "--config", setup / "conf.yaml", "--fold-dir", setup / "loso" / "fold1", "--feats",
+            setup / "dump", "--exp", exp, "--device", "cpu", *[a for o in TINY for a in ("--set", o)])
+    assert sertk_cli(*args, "--set", "train.epochs=2").exit_code == 0
+    result = sertk_cli("decode", "--exp", exp, "--data", setup / "loso" / "fold1" / "test", "--feats", setup / "dump",
+                       "--out", exp / "decode_test")
+    assert result.exit_code == 0, result.output
+    assert user_error(sertk_cli(*args, "--set", "train.epochs=3")) == (
+        f"{exp / 'decode_test'} was decoded with this run's best.pt; training on would change the model behind "
+        "it: train the longer run in a new exp dir")
+    assert torch.load(exp / "last.pt", weights_only=True)["epoch"] == 2
