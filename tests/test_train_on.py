@@ -5,7 +5,9 @@ import yaml
 
 from helpers import emodb_loso
 from sertk.config.loading import ConfigError, load_config
+from sertk.decode.decoder import decode_data_dir
 from sertk.features.extract import extract_features
+from sertk.train.refit import refit
 from sertk.train.trainer import _Run, train
 
 FEATURES = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16}}}
@@ -40,14 +42,22 @@ def flat_dev(monkeypatch):
     monkeypatch.setattr(_Run, "_evaluate", lambda self: {**evaluate(self), "score": 0.5})
 
 
-def test_more_epochs_train_on_to_the_run_of_that_many(setup, tmp_path):
-    run(setup, tmp_path / "straight", "train.epochs=4")
-    short = run(setup, tmp_path / "on", "train.epochs=2")
+SCHEDULES = {"multistep": [], "none": ["scheduler.name=none"], "step": ["scheduler.name=step", "scheduler.step_size=1"],
+             "exponential": ["scheduler.name=exponential", "scheduler.gamma=0.7"],
+             "plateau": ["scheduler.name=plateau", "scheduler.patience=0", "scheduler.factor=0.5"]}
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES.values(), ids=SCHEDULES.keys())
+def test_more_epochs_train_on_to_the_run_of_that_many(setup, tmp_path, schedule):
+    run(setup, tmp_path / "straight", "train.epochs=4", *schedule)
+    short = run(setup, tmp_path / "on", "train.epochs=2", *schedule)
     assert short.epochs_run == 2
-    longer = run(setup, tmp_path / "on", "train.epochs=4")
+    config_before = (tmp_path / "on" / "config.yaml").read_text()
+    longer = run(setup, tmp_path / "on", "train.epochs=4", *schedule)
     assert (longer.resumed_from, longer.epochs_run) == (2, 4)
     assert_same_run(tmp_path / "straight", tmp_path / "on")
-    assert yaml.safe_load((tmp_path / "on" / "config.yaml").read_text())["train"]["epochs"] == 4
+    assert yaml.safe_load(config_before)["train"]["epochs"] == 2
+    assert (tmp_path / "on" / "config.yaml").read_text() == (tmp_path / "straight" / "config.yaml").read_text()
     log = (tmp_path / "on" / "train.log").read_text()
     assert "train.epochs 2 -> 4 (the same run, trained on from last.pt)" in log and "training on after epoch 2" in log
 
@@ -77,7 +87,10 @@ def test_a_run_that_ran_all_its_epochs_stays_finished_under_a_longer_patience(se
     (["train.epochs=2"], ["train.epochs=3", "optim.lr=0.01"], "was trained with another config"),
     (["train.epochs=2", "scheduler.name=cosine"], ["train.epochs=3", "scheduler.name=cosine"],
      "scheduler cosine is shaped by train.epochs, so a run of 3 epochs is not the 2-epoch run trained on"),
-], ids=["fewer-epochs", "shorter-patience", "other-change", "cosine"])
+    (["train.epochs=2", "scheduler.name=warmup_cosine", "scheduler.warmup_epochs=1"],
+     ["train.epochs=3", "scheduler.name=warmup_cosine", "scheduler.warmup_epochs=1"],
+     "scheduler warmup_cosine is shaped by train.epochs"),
+], ids=["fewer-epochs", "shorter-patience", "other-change", "cosine", "warmup_cosine"])
 def test_what_is_not_the_same_run_trained_on_is_refused_and_left_alone(setup, tmp_path, first, then, message):
     exp = tmp_path / "exp"
     run(setup, exp, *first)
@@ -100,3 +113,33 @@ def test_a_decoded_run_is_not_trained_on_and_the_cli_says_so_in_one_line(setup, 
         f"{exp / 'decode_test'} was decoded with this run's best.pt; training on would change the model behind "
         "it: train the longer run in a new exp dir")
     assert torch.load(exp / "last.pt", weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.parametrize("made", ["decode", "pack", "grid point"])
+def test_a_run_something_was_made_from_is_not_trained_on(setup, tmp_path, made):
+    exp = tmp_path / "exp" / "grid" / "01_x" if made == "grid point" else tmp_path / "exp"
+    run(setup, exp, "train.epochs=2")
+    if made == "decode":   # any decode dir in E, whatever --out named it
+        decode_data_dir(exp, setup / "loso" / "fold1" / "dev", setup / "dump", exp / "decode")
+    elif made == "pack":
+        (exp / "model.sertk").write_bytes(b"as sertk pack leaves it")
+    else:
+        (tmp_path / "exp" / "grid.yaml").write_text("chosen: 01_x\n")
+    message = {"decode": "decode was decoded with this run's best.pt", "pack": "model.sertk was packed from",
+               "grid point": "is a point of the grid in"}[made]
+    with pytest.raises(ConfigError, match=message):
+        run(setup, exp, "train.epochs=3")
+    assert run(setup, exp, "train.epochs=2").epochs_run == 2   # the same config: skipped, as before
+    assert torch.load(exp / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_the_refit_of_a_run_trained_on_is_the_same_refit(setup, tmp_path, flat_dev):
+    source, refitted = tmp_path / "exp", tmp_path / "exp_refit"
+    run(setup, source, "train.epochs=10", "train.patience=1")
+    fold = setup / "loso" / "fold1"
+    first = refit(source, fold, setup / "dump", refitted)
+    stamp = (refitted / "last.pt").stat().st_mtime_ns
+    assert run(setup, source, "train.epochs=10", "train.patience=3").epochs_run == 4   # best.pt still epoch 1's
+    again = refit(source, fold, setup / "dump", refitted)
+    assert (again.epochs_run, again.resumed_from) == (first.epochs_run, None) == (1, None)
+    assert (refitted / "last.pt").stat().st_mtime_ns == stamp

@@ -5,30 +5,41 @@ state, so a run that stopped (early, or after its last epoch) is exactly the fir
 a longer patience, or with more epochs where the schedule does not depend on their number. `sertk train` on
 the exp dir with only those values raised therefore trains on from last.pt (as ESPnet resumes with a larger
 max_epoch), where any other change to the config is refused. Also refused: lowering a value (a shorter run
-cannot be cut out of a longer one), more epochs under a schedule shaped by the epoch count (cosine,
-warmup_cosine), a refit, and a run already decoded in its exp dir (decode_*/ came from the shorter run's
-best.pt: training on would change the model behind that result, and after a test decode that is tuning on test).
+cannot be cut out of a longer one) and more epochs under a schedule shaped by the epoch count (cosine,
+warmup_cosine); and, once it would train, a run something was made from (a decode or a pack of its best.pt,
+or a grid's choice among its points): training on would change the model behind that result, and after a
+test decode that is tuning on test. A refit has no early stopping and trains refit_epochs: train.patience and
+(where the schedule allows) train.epochs do not change it, so a refit of a run trained on is the same refit.
 """
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Iterable, Tuple
 
 from sertk.config.loading import ConfigError
+from sertk.decode.decodedir import is_decode_dir
+from sertk.gridrecord import GRID_FILE
+from sertk.train.expdir import GRID_DIR
 from sertk.train.optim import SCHEDULERS
 
 RAISABLE = ("epochs", "patience")   # train.* keys a run can be continued with, raised
+PACK_FILE = "model.sertk"           # what `sertk pack` writes into an exp dir
 
 
-def _without_raisable(config: Dict[str, Any]) -> Dict[str, Any]:
-    return {**config, "train": {k: v for k, v in config["train"].items() if k not in RAISABLE}}
+def _without(config: Dict[str, Any], keys: Iterable[str]) -> Dict[str, Any]:
+    return {**config, "train": {k: v for k, v in config["train"].items() if k not in keys}}
 
 
 def raised_values(previous: Dict[str, Any], config: Dict[str, Any], exp_dir: Path) -> Dict[str, Tuple[Any, Any]]:
     """{key: (before, now)} for the train.* values `config` raises over `previous` (the config the run in
-    exp_dir was trained with; both resolved); {} for the same config. ConfigError where `config` is not the
-    same run trained on for longer."""
+    exp_dir was trained with; both resolved); {} for the same run. ConfigError where `config` is not the
+    same run, or that run trained on for longer."""
+    shaped = SCHEDULERS[config["scheduler"]["name"]].shaped_by_epochs
+    if config["train"]["refit_epochs"] is not None:   # neither value reaches a refit's training
+        ignored = ("patience",) if shaped else RAISABLE
+        if _without(previous, ignored) == _without(config, ignored):
+            return {}
     if previous == config:
         return {}
-    if _without_raisable(previous) != _without_raisable(config):
+    if _without(previous, RAISABLE) != _without(config, RAISABLE) or config["train"]["refit_epochs"] is not None:
         raise ConfigError(f"{exp_dir} was trained with another config; give a new exp dir or remove it "
                           f"(compare {exp_dir / 'config.yaml'})")
     raised = {k: (previous["train"][k], config["train"][k]) for k in RAISABLE
@@ -37,19 +48,26 @@ def raised_values(previous: Dict[str, Any], config: Dict[str, Any], exp_dir: Pat
         if now < before:
             raise ConfigError(f"{exp_dir} was trained with train.{key} {before}: a run cannot be cut to {now} in "
                               f"its exp dir (only raised, to train on); give a new exp dir")
-    if config["train"]["refit_epochs"] is not None:
-        raise ConfigError(f"{exp_dir} is a refit of {config['train']['refit_epochs']} epochs; train.epochs and "
-                          "train.patience do not continue it: give a new exp dir")
-    scheduler = config["scheduler"]["name"]
-    if "epochs" in raised and SCHEDULERS[scheduler].shaped_by_epochs:
+    if "epochs" in raised and shaped:
         before, now = raised["epochs"]
-        raise ConfigError(f"{exp_dir}: scheduler {scheduler} is shaped by train.epochs, so a run of {now} epochs is "
-                          f"not the {before}-epoch run trained on; give a new exp dir")
-    decoded = sorted(p.name for p in exp_dir.glob("decode_*") if p.is_dir())
+        raise ConfigError(f"{exp_dir}: scheduler {config['scheduler']['name']} is shaped by train.epochs, so a run of "
+                          f"{now} epochs is not the {before}-epoch run trained on; give a new exp dir")
+    return raised
+
+
+def check_nothing_made_from(exp_dir: Path) -> None:
+    """ConfigError where a result was made from the run in exp_dir, which training it on would leave stale."""
+    decoded = sorted(p.name for p in exp_dir.glob("decode*") if is_decode_dir(p))
     if decoded:
         raise ConfigError(f"{exp_dir / decoded[0]} was decoded with this run's best.pt; training on would change "
                           "the model behind it: train the longer run in a new exp dir")
-    return raised
+    if (exp_dir / PACK_FILE).is_file():
+        raise ConfigError(f"{exp_dir / PACK_FILE} was packed from this run's best.pt; training on would change "
+                          "the model behind it: train the longer run in a new exp dir")
+    grid = exp_dir.parent.parent
+    if exp_dir.parent.name == GRID_DIR and (grid / GRID_FILE).is_file():
+        raise ConfigError(f"{exp_dir} is a point of the grid in {grid}, whose dev scores chose among its points; "
+                          "train the longer grid in a new exp dir")
 
 
 def stops_at(state: Dict[str, Any], train_cfg: Dict[str, Any]) -> bool:

@@ -41,7 +41,7 @@ from sertk.config.schema import SELECT_METRICS
 from sertk.train import distributed
 from sertk.train.data import spec_augment
 from sertk.train.distributed import PieceSampler, Ranks
-from sertk.train.extend import raised_values, stops_at
+from sertk.train.extend import check_nothing_made_from, raised_values, stops_at
 from sertk.train.folddata import epoch_batches, load_fold, loader_options
 from sertk.train.loss import Objective, build_objective
 from sertk.train.optim import build_optimizer, build_schedule
@@ -173,7 +173,8 @@ class _Run:
                 return TrainSummary(self.resume["best_epoch"], self.resume["best_ua"], self.resume["epoch"], None,
                                     SELECT_METRICS[cfg["select"]])
             if self.raised:
-                self._record_raised()
+                check_nothing_made_from(self.exp_dir)
+                log.info("%s: %s (the same run, trained on from last.pt)", self.exp_dir, _change_text(self.raised))
             self._restore(self.resume)
             state = {k: self.resume[k] for k in state}
             resumed = state["epoch"]
@@ -189,6 +190,7 @@ class _Run:
                      sum(p.numel() for p in self.model.parameters()), self.device,
                      f", {self.ranks.world} processes" if self.ranks.distributed else "")
         refit = cfg["refit_epochs"] is not None
+        config_pending = bool(self.raised)
         run_epochs = cfg["refit_epochs"] if refit else cfg["epochs"]   # a refit: the first N of the schedule's
         with Reporter(self.exp_dir / "tensorboard", self.ranks, self.classes) as reporter:
             while state["epoch"] < run_epochs:
@@ -215,6 +217,9 @@ class _Run:
                 finished = stop or epoch >= run_epochs
                 if self.ranks.main:
                     save_checkpoint(self.exp_dir / "last.pt", self._full_state(state, finished))
+                    if config_pending:   # config.yaml says the raised values once last.pt holds them too
+                        atomic_write_text(self.exp_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+                        config_pending = False
                 if stop:
                     log.info("early stop: dev %s has not improved for %d epochs", SELECT_METRICS[cfg["select"]],
                              cfg["patience"])
@@ -227,12 +232,6 @@ class _Run:
                      state["best_epoch"])
         return TrainSummary(state["best_epoch"], state["best_ua"], state["epoch"], resumed,
                             SELECT_METRICS[cfg["select"]])
-
-    def _record_raised(self) -> None:
-        """config.yaml says what the run trains with from now on; train.log says what changed."""
-        log.info("%s: %s (the same run, trained on from last.pt)", self.exp_dir, _change_text(self.raised))
-        if self.ranks.main:
-            atomic_write_text(self.exp_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
 
     def _environment(self) -> Dict[str, Any]:
         # "gpu" names the machine's GPUs; "device" the one this run trained on (cuda:N on a multi-GPU machine)
