@@ -87,3 +87,17 @@ def module_cli(*args):
     from sertk.cli import main
     with kept_logger():
         return CliRunner().invoke(main, [str(a) for a in args])
+
+
+# a 16-band log-mel stream and a crnn small enough to train in a second: the set-up of the trainer tests
+LOGMEL16 = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16}}}
+TINY_CRNN = ["model.name=crnn", "model.n_mels=16", "model.channels=[4,8]", "model.lstm_hidden=8",
+             "model.attention_hidden=8", "train.batch_size=4", "segments.length=0.3", "segments.hop=0.1"]
+
+
+def logmel_loso(base: Path) -> Path:
+    """emodb_loso(base) with LOGMEL16 features in `base`/dump."""
+    from sertk.features.extract import extract_features
+    emodb_loso(base)
+    extract_features(Path(base) / "all", LOGMEL16, Path(base) / "dump")
+    return Path(base)

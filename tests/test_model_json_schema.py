@@ -7,6 +7,7 @@ import zipfile
 
 import pytest
 
+from helpers import LOGMEL16, TINY_CRNN
 from replicas import make_emodb
 from sertk.data.corpora import prepare_corpus
 from sertk.data.protocols import make_folds
@@ -20,10 +21,7 @@ from sertk.inference.packed import META_MEMBER, WEIGHTS_MEMBER, PackError
 from sertk.config.loading import load_config
 from sertk.train.trainer import train
 
-FEATURES = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16}}}
-TINY = ["model.name=crnn", "model.n_mels=16", "model.channels=[4,8]", "model.lstm_hidden=8",
-        "model.attention_hidden=8", "train.epochs=1", "train.batch_size=4", "segments.length=0.3",
-        "segments.hop=0.1", "features.tag=tiny", "features.cmvn=speaker"]
+TINY = TINY_CRNN + ["train.epochs=1", "features.tag=tiny", "features.cmvn=speaker"]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +30,7 @@ def packed(tmp_path_factory):
     base = tmp_path_factory.mktemp("schema")
     root = make_emodb(base / "emodb", speakers=["03", "08", "09"], texts=["a01"], emotions="WA")
     make_folds(prepare_corpus("emodb", root, base / "all").datadir, "loso", base / "loso")
-    extract_features(base / "all", FEATURES, base / "dump")
+    extract_features(base / "all", LOGMEL16, base / "dump")
     exp = base / "exp" / "fold1"
     train(load_config(None, TINY), base / "loso" / "fold1", base / "dump", exp)
     for part in ("dev", "test"):

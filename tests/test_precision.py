@@ -4,17 +4,13 @@ import pytest
 import torch
 import yaml
 
-from helpers import emodb_loso, interrupt_training_after
-from sertk.features.extract import extract_features
+from helpers import TINY_CRNN, interrupt_training_after, logmel_loso
 from sertk.train import precision
 from sertk.config.loading import load_config
 from sertk.train.precision import LEGACY_TRUE, autocast_dtype, precision_record
 from sertk.train.trainer import train
 
-FEATURES = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16}}}
-TINY = ["model.name=crnn", "model.n_mels=16", "model.channels=[4,8]", "model.lstm_hidden=8",
-        "model.attention_hidden=8", "train.epochs=2", "train.batch_size=4", "segments.length=0.3",
-        "segments.hop=0.1", "train.patience=10"]
+TINY = TINY_CRNN + ["train.epochs=2", "train.patience=10"]
 
 
 @pytest.fixture
@@ -58,9 +54,7 @@ def test_amx_counts_as_native(monkeypatch):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    base = emodb_loso(tmp_path_factory.mktemp("precision"))
-    extract_features(base / "all", FEATURES, base / "dump")
-    return base
+    return logmel_loso(tmp_path_factory.mktemp("precision"))
 
 
 def run(setup, exp, *extra):

@@ -3,24 +3,18 @@ import pytest
 import torch
 import yaml
 
-from helpers import emodb_loso
+from helpers import TINY_CRNN, logmel_loso
 from sertk.config.loading import ConfigError, load_config
 from sertk.decode.decoder import decode_data_dir
-from sertk.features.extract import extract_features
 from sertk.train.refit import refit
 from sertk.train.trainer import _Run, train
 
-FEATURES = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16}}}
-TINY = ["model.name=crnn", "model.n_mels=16", "model.channels=[4,8]", "model.lstm_hidden=8",
-        "model.attention_hidden=8", "train.batch_size=4", "segments.length=0.3", "segments.hop=0.1",
-        "scheduler.name=multistep", "scheduler.milestones=[2]", "scheduler.gamma=0.5"]
+TINY = TINY_CRNN + ["scheduler.name=multistep", "scheduler.milestones=[2]", "scheduler.gamma=0.5"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    base = emodb_loso(tmp_path_factory.mktemp("train_on"))
-    extract_features(base / "all", FEATURES, base / "dump")
-    return base
+    return logmel_loso(tmp_path_factory.mktemp("train_on"))
 
 
 def run(setup, exp, *options):
