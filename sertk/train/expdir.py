@@ -7,11 +7,12 @@ from sertk.errors import OutputError
 from sertk.fsutil import foreign_entry, owned_by
 
 GRID_DIR = "grid"      # grid points train into EXP/grid/<k>_<values>/, each an exp dir of its own
+PACK_FILE = "model.sertk"   # what a recipe's stage 6 (`sertk pack`) writes into each fold's exp dir
 
 # what training (its lock included), grid selection, `sertk pack` and the atomic writers' temp files leave in
 # an exp dir
 _owns_run_files = owned_by(("train.log", "config.yaml", "environment.yaml", "last.pt", "best.pt", "grid.yaml",
-                            "refit.yaml", "model.sertk", "tensorboard/*", ".*.tmp", ".lock"))
+                            "refit.yaml", PACK_FILE, "tensorboard/*", ".*.tmp", ".lock"))
 
 
 def owns_exp_dir(rel: PurePosixPath, is_empty_dir: bool = False) -> bool:

@@ -17,11 +17,10 @@ from typing import Any, Dict, Iterable, Tuple
 from sertk.config.loading import ConfigError
 from sertk.decode.decodedir import is_decode_dir
 from sertk.gridrecord import GRID_FILE
-from sertk.train.expdir import GRID_DIR
+from sertk.train.expdir import GRID_DIR, PACK_FILE
 from sertk.train.optim import SCHEDULERS
 
 RAISABLE = ("epochs", "patience")   # train.* keys a run can be continued with, raised
-PACK_FILE = "model.sertk"           # what `sertk pack` writes into an exp dir
 
 
 def _without(config: Dict[str, Any], keys: Iterable[str]) -> Dict[str, Any]:
@@ -70,8 +69,12 @@ def check_nothing_made_from(exp_dir: Path) -> None:
                           "train the longer grid in a new exp dir")
 
 
+def early_stopped(state: Dict[str, Any], train_cfg: Dict[str, Any]) -> bool:
+    """The trainer's early-stopping rule for a run at `state` (epoch, bad_epochs): patience epochs without a
+    better dev score, once min_epochs have run."""
+    return state["bad_epochs"] >= train_cfg["patience"] and state["epoch"] >= train_cfg["min_epochs"]
+
+
 def stops_at(state: Dict[str, Any], train_cfg: Dict[str, Any]) -> bool:
-    """Whether a run at `state` (epoch, bad_epochs) is done under `train_cfg`: early stopped or at its last
-    epoch (the trainer's own rule)."""
-    early = state["bad_epochs"] >= train_cfg["patience"] and state["epoch"] >= train_cfg["min_epochs"]
-    return early or state["epoch"] >= train_cfg["epochs"]
+    """Whether a run at `state` is done under `train_cfg`: early stopped or at its last epoch."""
+    return early_stopped(state, train_cfg) or state["epoch"] >= train_cfg["epochs"]

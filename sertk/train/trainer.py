@@ -41,7 +41,7 @@ from sertk.config.schema import SELECT_METRICS
 from sertk.train import distributed
 from sertk.train.data import spec_augment
 from sertk.train.distributed import PieceSampler, Ranks
-from sertk.train.extend import check_nothing_made_from, raised_values, stops_at
+from sertk.train.extend import check_nothing_made_from, early_stopped, raised_values, stops_at
 from sertk.train.folddata import epoch_batches, load_fold, loader_options
 from sertk.train.loss import Objective, build_objective
 from sertk.train.optim import build_optimizer, build_schedule
@@ -161,7 +161,8 @@ class _Run:
         state = {"epoch": 0, "best_ua": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
         resumed = None
         if self.resume is not None:
-            if self.resume["finished"] and not (self.raised and not stops_at(self.resume, cfg)):
+            trains_on = bool(self.raised) and not stops_at(self.resume, cfg)   # a stopped run, values raised
+            if self.resume["finished"] and not trains_on:
                 if self.raised:   # e.g. a longer patience for a run that ran all its epochs
                     log.info("%s: %s leaves the run finished, with nothing to train on", self.exp_dir,
                              _change_text(self.raised))
@@ -213,7 +214,7 @@ class _Run:
                                          **speed.record()})
                 reporter.epoch(epoch, {**speed.stats(), **scores, "lr": lr,
                                        **({"confusion": dev["confusion"]} if dev else {})}, improved and not refit)
-                stop = dev is not None and state["bad_epochs"] >= cfg["patience"] and epoch >= cfg["min_epochs"]
+                stop = dev is not None and early_stopped(state, cfg)
                 finished = stop or epoch >= run_epochs
                 if self.ranks.main:
                     save_checkpoint(self.exp_dir / "last.pt", self._full_state(state, finished))
