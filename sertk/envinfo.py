@@ -2,8 +2,14 @@
 
 Versions are read from package metadata, so recording them never imports librosa; torch is
 imported only to ask for the GPU name.
+
+A training run writes its record to `environment.yaml` when it starts (`write_run_environment`), and adds
+one entry under `resumed` each time it is resumed from last.pt or trained on (`add_resume`): a run that
+spans sessions may continue under another commit or on another machine, and its RESULTS.md lists every
+commit each fold trained under (sertk.results_training).
 """
 import datetime
+import logging
 import platform
 import shlex
 import subprocess
@@ -12,8 +18,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Mapping, Optional
 
-import sertk
+import yaml
 
+import sertk
+from sertk.fsutil import atomic_write_text
+
+ENV_FILE = "environment.yaml"
+RESUMED = "resumed"   # environment.yaml's list of resumes: each one's epoch and RESUME_KEYS of its environment
+RESUME_KEYS = ("date", "cpu", "gpu", "device", "torch", "git_hash", "git_dirty", "command")
+logger = logging.getLogger(__name__)
 PACKAGES = ("torch", "numpy", "librosa")
 # how the keys of `environment()` read in markdown; other keys (e.g. of a training record) as they are
 _LABELS = {"date": "date", "python": "python version", "platform": "platform", "cpu": "CPU", "gpu": "GPU",
@@ -110,3 +123,24 @@ def environment_markdown(env: Mapping, title: str = "Environment") -> str:
     lines = [f"## {title}", ""]
     lines += [f"- {_LABELS.get(k, k)}: `{_show(v)}`" for k, v in env.items()]
     return "\n".join(lines) + "\n"
+
+
+def write_run_environment(exp_dir: Path, env: Mapping) -> None:
+    """A new run's environment.yaml."""
+    atomic_write_text(Path(exp_dir) / ENV_FILE, yaml.safe_dump(dict(env), sort_keys=False))
+
+
+def add_resume(exp_dir: Path, after_epoch: int, env: Mapping) -> None:
+    """Add to environment.yaml that the run went on after `after_epoch` in `env` (a run from before
+    environment.yaml existed gets one holding only this entry)."""
+    path = Path(exp_dir) / ENV_FILE
+    try:
+        record = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        record = e
+    if not isinstance(record, dict):   # not sertk's record: left as it is, and said
+        logger.warning(f"{path}: not an environment record ({record}); this resume is not recorded in it")
+        return
+    entry = {"after_epoch": int(after_epoch), **{k: env.get(k) for k in RESUME_KEYS}}
+    record[RESUMED] = [*(record.get(RESUMED) or []), entry]
+    atomic_write_text(path, yaml.safe_dump(record, sort_keys=False))

@@ -10,17 +10,17 @@ import numpy as np
 
 from sertk.data.protocols import CARD_FILE, load_card
 from sertk.decode import is_decode_dir
-from sertk.envinfo import environment
+from sertk.envinfo import ENV_FILE, environment
 from sertk.errors import ProtocolError, ScoreError, SertkError
 from sertk.gridrecord import GRID_FILE, read_grid_record
 from sertk.results_dev import dev_record, find_fold_dirs, read_refit_record
+from sertk.results_training import fold_training
 from sertk.score import SEGMENT, metrics_from_confusion, score_decode_dir
 from sertk.yamlutil import read_yaml_file
 
 logger = logging.getLogger(__name__)
 
 DECODE_SUBDIR = "decode_test"
-ENV_FILE = "environment.yaml"
 SUMMARY_KEYS = (("wa", "WA"), ("ua", "UA"), ("macro_f1", "macro-F1"))
 STD_RULE = "sample standard deviation over folds (ddof=1); null with a single fold"
 
@@ -220,6 +220,7 @@ def collect_scores(model_exp_dir) -> dict:
         "pooled": {level: _pool(ms, classes) for level, ms in levels.items()},
         "fold_mean_std": {level: _fold_stats(ms) for level, ms in levels.items()},
         "per_fold": [{"fold": f.name, "decode_dir": f.score["decode_dir"], "dev": _dev_of(f),
+                      "training": fold_training(f.exp_dir),
                       **{level: _short(ms[i]) for level, ms in levels.items()}} for i, f in enumerate(folds)],
         "environment": environment(),
         "training_environment": _environment_of(folds[0]),

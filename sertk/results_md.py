@@ -4,9 +4,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from sertk.data.cross import dropped_text
-from sertk.envinfo import environment_markdown
+from sertk.envinfo import RESUMED, environment_markdown
 from sertk.results_dev import markdown_table
 from sertk.results_folds import DECODE_SUBDIR, SUMMARY_KEYS
+from sertk.results_training import training_markdown
 from sertk.score import SEGMENT, confusion_text, pct, per_class_text
 
 
@@ -151,11 +152,14 @@ def results_markdown(result: dict) -> str:
     training_env = result["training_environment"]
     parts = [f"# RESULTS: {result['model']} on {result['protocol']}\n", card_markdown(result),
              environment_markdown(result["environment"], "Environment (scoring)")]
-    if training_env is not None:
+    if training_env is not None:   # where it started; its resumes are in the training table
         title = f"Environment (training: {result['training_environment_file']})"
-        parts.append(environment_markdown(training_env, title))
+        parts.append(environment_markdown({k: v for k, v in training_env.items() if k != RESUMED}, title))
     parts += ["## Summary\n", summary_markdown(result),
               "## Per fold\n", per_fold_markdown(result)]
+    training = training_markdown(result["per_fold"])
+    if training:
+        parts += ["## Training per fold\n", training]
     if result.get("dev_selection"):
         parts += ["## Dev-selected hyper-parameters\n", dev_selection_markdown(result)]
     parts += [f"## Pooled confusion matrix (utterance level, rule `{result['default_rule']}`)\n",

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from sertk import __version__
 from sertk.decode.forward import segment_posteriors, utterance_decisions
-from sertk.envinfo import environment
+from sertk.envinfo import add_resume, environment, write_run_environment
 from sertk.features.dataset import SegmentDataset, collate
 from sertk.fsutil import atomic_write_text
 from sertk.models import build_model
@@ -179,11 +179,13 @@ class _Run:
             self._restore(self.resume)
             state = {k: self.resume[k] for k in state}
             resumed = state["epoch"]
+            if self.ranks.main:   # the commit and machine it goes on under, beside the ones it started with
+                add_resume(self.exp_dir, resumed, self._environment())
             log.info("%s: %s after epoch %d", self.exp_dir,
                      "training on" if self.resume["finished"] else "resuming", resumed)
         elif self.ranks.main:
             atomic_write_text(self.exp_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
-            atomic_write_text(self.exp_dir / "environment.yaml", yaml.safe_dump(self._environment(), sort_keys=False))
+            write_run_environment(self.exp_dir, self._environment())
             dev = (f"{len(self.dev_set)} dev segments ({len(self.dev_dd.utts)} utts)" if self.dev_set is not None
                    else f"no dev set (a refit on train + dev: {cfg['refit_epochs']} epochs, the last one's model kept)")
             log.info("%s: %d train segments (%d utts), %s, %d parameters, device %s%s",
@@ -197,8 +199,10 @@ class _Run:
             while state["epoch"] < run_epochs:
                 epoch = state["epoch"] + 1
                 seed_everything(cfg["seed"] * 1000 + epoch + RANK_SEED_STRIDE * self.ranks.rank)
+                started = time.perf_counter()
                 speed = self._train_epoch(epoch)
                 dev = self._evaluate() if not refit else None
+                epoch_seconds = round(time.perf_counter() - started, 3)   # training pass and dev scoring
                 lr = self.optimizer.param_groups[0]["lr"]   # the rate this epoch trained with
                 self.schedule.step(dev["ua"] if dev else None)   # plateau, the one on dev UA, refuses a refit
                 # state keeps the name best_ua for runs written before train.select; it holds the select score
@@ -211,7 +215,7 @@ class _Run:
                 state["epoch"] = epoch
                 scores = {"dev_loss": dev["loss"], "dev_wa": dev["wa"], "dev_ua": dev["ua"]} if dev else {}
                 state["history"].append({"epoch": epoch, "train_loss": speed.loss, **scores, "lr": lr,
-                                         **speed.record()})
+                                         **speed.record(), "epoch_seconds": epoch_seconds})
                 reporter.epoch(epoch, {**speed.stats(), **scores, "lr": lr,
                                        **({"confusion": dev["confusion"]} if dev else {})}, improved and not refit)
                 stop = dev is not None and early_stopped(state, cfg)
