@@ -102,6 +102,26 @@ def test_pack_holds_what_the_model_was_trained_and_scored_with(trained, sertk_cl
     assert "already packed from this best.pt" in again.stdout
 
 
+def test_pack_info_names_every_commit_the_model_trained_under(trained, sertk_cli, tmp_path):
+    _, _, model = trained
+    with zipfile.ZipFile(model) as zf:
+        meta, weights = json.loads(zf.read(META_MEMBER)), zf.read(WEIGHTS_MEMBER)
+    start = meta["environment"]["git_hash"]
+
+    def info_with(resumed):
+        meta["environment"]["resumed"] = resumed
+        with zipfile.ZipFile(tmp_path / "m.sertk", "w") as zf:
+            zf.writestr(META_MEMBER, json.dumps(meta))
+            zf.writestr(WEIGHTS_MEMBER, weights)
+        out = sertk_cli("pack", "--info", tmp_path / "m.sertk")
+        assert out.exit_code == 0
+        return next(line for line in out.stdout.splitlines() if line.startswith("trained on:"))
+
+    line = info_with([{"after_epoch": 1, "git_hash": "b" * 40}, {"after_epoch": 2, "git_hash": start}])
+    assert line.endswith(f"git {start}, resumed under {'b' * 40}")
+    assert info_with(7).endswith(f"git {start}")   # a damaged record: the start commit alone, no traceback
+
+
 def test_pack_errors(trained, sertk_cli, user_error, tmp_path):
     base, exp, model = trained
     assert "holds 1 fold(s); pack one fold's model" in user_error(sertk_cli("pack", base / "exp", "-o", tmp_path / "m"))
