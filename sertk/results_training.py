@@ -31,9 +31,10 @@ def _run_dirs(fold_dir: Path) -> List[Path]:
 def _environments(run_dir: Path) -> List[dict]:
     """The run's start environment, then one per resume (each with its `after_epoch`)."""
     path = run_dir / ENV_FILE
-    env = read_yaml_file(path, ScoreError) if path.is_file() else {}
+    env = read_yaml_file(path, ScoreError) if path.is_file() else {}   # a mapping, or a one-line ScoreError
     start = {k: v for k, v in env.items() if k != RESUMED}
-    return ([start] if start else []) + list(env.get(RESUMED) or [])
+    resumes = env.get(RESUMED) if isinstance(env.get(RESUMED), list) else []
+    return ([start] if start else []) + [r for r in resumes if isinstance(r, dict)]
 
 
 def _sum_of(history: Sequence[dict], key: str) -> Optional[float]:

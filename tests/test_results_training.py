@@ -9,6 +9,7 @@ from helpers import TINY_CRNN, interrupt_training_after, logmel_loso
 from sertk.checkpoint import save_checkpoint
 from sertk.config.loading import load_config
 from sertk.envinfo import RESUMED, add_resume
+from sertk.errors import ScoreError
 from sertk.results_training import fold_training, training_markdown
 from sertk.train.trainer import train
 
@@ -88,6 +89,15 @@ def test_a_grid_fold_counts_every_point_it_trained(tmp_path):
     record = fold_training(fold)
     assert (record["runs"], record["epochs"], record["train_seconds"]) == (2, 5, 150.0)
     assert "| 5 (2 grid points) |" in training_markdown([{"fold": "fold1", "training": record}])
+
+
+def test_a_damaged_environment_is_a_one_line_error_and_damaged_resumes_are_left_out(tmp_path):
+    _fake_run(tmp_path / "fold1", _epochs(2, 60.0, 5.0, epoch_seconds=60.0), START,
+              resumes=["not an entry", {"after_epoch": 1, "git_hash": "c" * 40}])
+    assert fold_training(tmp_path / "fold1")["commits"] == ["aaaaaaa", "ccccccc"]
+    (tmp_path / "fold1" / "environment.yaml").write_text("- a list\n")
+    with pytest.raises(ScoreError, match="environment.yaml: expected a mapping"):
+        fold_training(tmp_path / "fold1")
 
 
 def test_a_fold_without_training_has_no_record_and_no_table(tmp_path):
