@@ -161,6 +161,15 @@ def _dev_of(fold: FoldScore) -> Optional[dict]:
         return None
 
 
+def _training_of(fold: FoldScore) -> Optional[dict]:
+    """The fold's training record (sertk.results_training); None, with a warning, if its files are unreadable."""
+    try:
+        return fold_training(fold.exp_dir)
+    except SertkError as e:
+        logger.warning(f"{e}; the fold's training record is left out")
+        return None
+
+
 def refit_source(fold_dir: Path) -> Optional[Path]:
     """The dev-selected run a refit fold retrained (its refit.yaml's source); None for any other fold."""
     record = read_refit_record(fold_dir, ScoreError)
@@ -220,7 +229,7 @@ def collect_scores(model_exp_dir) -> dict:
         "pooled": {level: _pool(ms, classes) for level, ms in levels.items()},
         "fold_mean_std": {level: _fold_stats(ms) for level, ms in levels.items()},
         "per_fold": [{"fold": f.name, "decode_dir": f.score["decode_dir"], "dev": _dev_of(f),
-                      "training": fold_training(f.exp_dir),
+                      "training": _training_of(f),
                       **{level: _short(ms[i]) for level, ms in levels.items()}} for i, f in enumerate(folds)],
         "environment": environment(),
         "training_environment": _environment_of(folds[0]),

@@ -105,6 +105,9 @@ def test_results_md_gives_each_folds_dev_score_beside_its_test_scores(tmp_path, 
     assert "| dev (WA + UA) / 2 / UA (best epoch of epochs run) |" in md
     assert md.count("| 90.00 (4 of 10) |") == 1 and "| 75.00 (2 of 3), unfinished |" in md
     assert next(line for line in md.splitlines() if line.startswith("| fold3")).endswith(" - |")
+    training = md[md.index("## Training per fold"):md.index("## Pooled confusion")]
+    assert "| fold1 |" in training and "| fold3 |" not in training   # its training record is left out too, and said
+    assert "the fold's training record is left out" in caplog.text
 
 
 def write_history(fold_dir: Path, losses, best_epoch: int, epochs: int = 10, finished: bool = True) -> None:
