@@ -4,7 +4,7 @@ sertk.results writes (RESULTS.md, metrics.json, confusion.png). See sertk.result
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -152,21 +152,14 @@ def _environment_of(fold: FoldScore) -> Optional[dict]:
     return _read_yaml(path) if path.is_file() else None
 
 
-def _dev_of(fold: FoldScore) -> Optional[dict]:
-    """The fold's dev selection (sertk.results_dev.dev_record); None, with a warning, if its record is unreadable."""
+def _record_of(fold: FoldScore, read: Callable[[Path], Optional[dict]], what: str) -> Optional[dict]:
+    """A record training wrote, read from the fold's exp dir (its dev selection: sertk.results_dev.dev_record;
+    how it trained: sertk.results_training.fold_training); None, with a warning, if it is unreadable, so one
+    damaged file does not stop the collect."""
     try:
-        return dev_record(fold.exp_dir)
+        return read(fold.exp_dir)
     except SertkError as e:
-        logger.warning(f"{e}; the fold's dev score is left out")
-        return None
-
-
-def _training_of(fold: FoldScore) -> Optional[dict]:
-    """The fold's training record (sertk.results_training); None, with a warning, if its files are unreadable."""
-    try:
-        return fold_training(fold.exp_dir)
-    except SertkError as e:
-        logger.warning(f"{e}; the fold's training record is left out")
+        logger.warning(f"{e}; the fold's {what} is left out")
         return None
 
 
@@ -228,8 +221,8 @@ def collect_scores(model_exp_dir) -> dict:
         "std": STD_RULE,
         "pooled": {level: _pool(ms, classes) for level, ms in levels.items()},
         "fold_mean_std": {level: _fold_stats(ms) for level, ms in levels.items()},
-        "per_fold": [{"fold": f.name, "decode_dir": f.score["decode_dir"], "dev": _dev_of(f),
-                      "training": _training_of(f),
+        "per_fold": [{"fold": f.name, "decode_dir": f.score["decode_dir"], "dev": _record_of(f, dev_record, "dev score"),
+                      "training": _record_of(f, fold_training, "training record"),
                       **{level: _short(ms[i]) for level, ms in levels.items()}} for i, f in enumerate(folds)],
         "environment": environment(),
         "training_environment": _environment_of(folds[0]),
