@@ -16,7 +16,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import List, Mapping, Optional
 
 import yaml
 
@@ -125,6 +125,13 @@ def environment_markdown(env: Mapping, title: str = "Environment") -> str:
     return "\n".join(lines) + "\n"
 
 
+def resume_entries(env: Mapping) -> List[dict]:
+    """An environment record's resumes (add_resume's entries), in order; anything there that is not one is
+    left out, so a damaged record never stops a reader."""
+    resumes = env.get(RESUMED)
+    return [r for r in resumes if isinstance(r, dict)] if isinstance(resumes, list) else []
+
+
 def write_run_environment(exp_dir: Path, env: Mapping) -> None:
     """A new run's environment.yaml."""
     atomic_write_text(Path(exp_dir) / ENV_FILE, yaml.safe_dump(dict(env), sort_keys=False))
@@ -142,5 +149,5 @@ def add_resume(exp_dir: Path, after_epoch: int, env: Mapping) -> None:
         logger.warning(f"{path}: not an environment record ({record}); this resume is not recorded in it")
         return
     entry = {"after_epoch": int(after_epoch), **{k: env.get(k) for k in RESUME_KEYS}}
-    record[RESUMED] = [*(record.get(RESUMED) or []), entry]
+    record[RESUMED] = resume_entries(record) + [entry]
     atomic_write_text(path, yaml.safe_dump(record, sort_keys=False))

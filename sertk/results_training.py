@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from sertk.envinfo import ENV_FILE, RESUMED
+from sertk.envinfo import ENV_FILE, RESUMED, resume_entries
 from sertk.errors import ScoreError
 from sertk.gridrecord import GRID_FILE, read_grid_record
 from sertk.results_dev import markdown_table, read_last
@@ -33,13 +33,11 @@ def _environments(run_dir: Path) -> List[dict]:
     path = run_dir / ENV_FILE
     env = read_yaml_file(path, ScoreError) if path.is_file() else {}   # a mapping, or a one-line ScoreError
     start = {k: v for k, v in env.items() if k != RESUMED}
-    resumes = env.get(RESUMED) if isinstance(env.get(RESUMED), list) else []
-    return ([start] if start else []) + [r for r in resumes if isinstance(r, dict)]
+    return ([start] if start else []) + resume_entries(env)
 
 
-def _sum_of(history: Sequence[dict], key: str) -> Optional[float]:
-    """The key summed over the epochs; None when an epoch lacks it (a run from before it was recorded)."""
-    values = [epoch.get(key) for epoch in history]
+def _complete_sum(values: Sequence[Optional[float]]) -> Optional[float]:
+    """The sum; None when a value is missing (an epoch or a fold from before it was recorded) or there is none."""
     return float(sum(values)) if values and all(v is not None for v in values) else None
 
 
@@ -65,8 +63,8 @@ def fold_training(fold_dir: Path) -> Optional[dict]:
         # code from before resumes were recorded wrote no epoch_seconds: a resume by it may be missing above
         "resumes_complete": bool(history) and all("epoch_seconds" in epoch for epoch in history),
         "epochs": len(history),
-        "train_seconds": _sum_of(history, "seconds"),
-        "epoch_seconds": _sum_of(history, "epoch_seconds"),
+        "train_seconds": _complete_sum([epoch.get("seconds") for epoch in history]),
+        "epoch_seconds": _complete_sum([epoch.get("epoch_seconds") for epoch in history]),
         "median_segments_per_second": statistics.median(rates) if rates else None,
     }
 
@@ -78,11 +76,6 @@ def _minutes(seconds: Optional[float]) -> str:
 def _device_text(t: dict) -> str:
     machine = t["gpu"] if str(t["device"] or "").startswith("cuda") else t["cpu"]
     return f"{t['device'] or '-'} ({machine})" if machine else str(t["device"] or "-")
-
-
-def _total(trainings: Sequence[dict], key: str) -> Optional[float]:
-    values = [t[key] for t in trainings]
-    return sum(values) if values and all(v is not None for v in values) else None
 
 
 def training_markdown(per_fold: Sequence[dict]) -> str:
@@ -100,8 +93,8 @@ def training_markdown(per_fold: Sequence[dict]) -> str:
              "-" if t["median_segments_per_second"] is None else f"{t['median_segments_per_second']:.1f}"]
             for name, t in folds]
     trainings = [t for _, t in folds]
-    total = _total(trainings, "train_seconds")
-    epoch_total = _total(trainings, "epoch_seconds")
+    total = _complete_sum([t["train_seconds"] for t in trainings])
+    epoch_total = _complete_sum([t["epoch_seconds"] for t in trainings])
     resumed = sum(t["resumes"] for t in trainings)
     note = ("Code: the commit each fold started under, then any other it was resumed under (environment.yaml; "
             f"{resumed} resume(s) recorded; *: trained at least partly by code that recorded neither resumes nor "

@@ -2,7 +2,7 @@
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from sertk.envinfo import RESUMED
+from sertk.envinfo import resume_entries
 from sertk.features.streams import DUMP_INFO_KEY
 
 
@@ -43,8 +43,7 @@ def info_text(meta: Dict[str, Any], path: Optional[Path] = None) -> str:
                  f"UA {100 * test['ua']:.2f}, macro-F1 {100 * test['macro_f1']:.2f}" if test else "test: not scored")
     env = meta.get("environment") or {}
     if env:
-        resumes = env.get(RESUMED) if isinstance(env.get(RESUMED), list) else []   # environment.yaml's, see envinfo
-        later = [h for h in dict.fromkeys(str(r.get("git_hash")) for r in resumes if isinstance(r, dict))
+        later = [h for h in dict.fromkeys(str(r.get("git_hash")) for r in resume_entries(env))
                  if h != str(env.get("git_hash"))]
         lines.append(f"trained on: {env.get('cpu') or ''} {env.get('gpu') or 'no GPU'}, torch {env.get('torch')}, "
                      f"git {env.get('git_hash')}".replace("  ", " ") + (f", resumed under {', '.join(later)}" if later else ""))
