@@ -18,6 +18,7 @@ from sertk.gridrecord import GRID_FILE, best_point, read_grid_record
 from sertk.yamlutil import read_yaml_file
 
 LAST = "last.pt"
+KEPT_LAST = "last.yaml"     # last.pt without its tensors, in a fold record kept without checkpoints (results_keep)
 REFIT_FILE = "refit.yaml"   # a refit's record of the dev-selected run it retrained (sertk.train.refit)
 REFIT_KEYS = ("source", "best_epoch", "dev_score", "metric", "point", "source_best_sha256")
 _FOLD_RE = re.compile(r"fold(\d+)$")
@@ -88,9 +89,17 @@ def _refit_dev_score(record: dict, state: Optional[dict]) -> DevScore:
                     bool(state and state.get("finished")), where)
 
 
+def has_training_state(run_dir: Path) -> bool:
+    """Does the dir hold a training run's state: its last.pt, or a kept record's last.yaml?"""
+    return (run_dir / LAST).is_file() or (run_dir / KEPT_LAST).is_file()
+
+
 def read_last(fold_dir: Path) -> Optional[dict]:
-    """The fold's last.pt, its tensors memory-mapped, not read; None when there is none."""
+    """The fold's last.pt, its tensors memory-mapped, not read; where only a kept record of the run is left
+    (sertk.results_keep), its last.yaml: the same without tensors. None when there is neither."""
     if not (fold_dir / LAST).is_file():
+        if (fold_dir / KEPT_LAST).is_file():
+            return read_yaml_file(fold_dir / KEPT_LAST, DevTableError)
         return None
     from sertk.checkpoint import load_checkpoint   # torch: not imported with the CLI (sertk config get must not)
     return load_checkpoint(fold_dir / LAST, mmap=True)
@@ -121,7 +130,7 @@ def run_folds(exp_dir: Path) -> Dict[int, Path]:
     folds = find_fold_dirs(exp_dir) if exp_dir.is_dir() else {}
     if folds:
         return folds
-    if any((exp_dir / name).is_file() for name in (LAST, GRID_FILE, REFIT_FILE)):
+    if any((exp_dir / name).is_file() for name in (LAST, KEPT_LAST, GRID_FILE, REFIT_FILE)):
         named = _FOLD_RE.fullmatch(exp_dir.name)
         return {int(named.group(1)) if named else 1: exp_dir}
     raise DevTableError(f"{exp_dir}: no fold<k> dirs and no {LAST}, {GRID_FILE} or {REFIT_FILE}: not a training "

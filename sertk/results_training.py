@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 from sertk.envinfo import ENV_FILE, RESUMED, resume_entries
 from sertk.errors import ScoreError
 from sertk.gridrecord import GRID_FILE, read_grid_record
-from sertk.results_dev import markdown_table, read_last
+from sertk.results_dev import has_training_state, markdown_table, read_last
 from sertk.yamlutil import read_yaml_file
 
 SHORT_HASH = 7
@@ -24,8 +24,8 @@ def _run_dirs(fold_dir: Path) -> List[Path]:
     """The exp dirs that trained the fold: itself, or each point of its grid."""
     if (fold_dir / GRID_FILE).is_file():
         points = read_grid_record(fold_dir / GRID_FILE, ScoreError)["points"]
-        return [fold_dir / str(p["dir"]) for p in points if (fold_dir / str(p["dir"]) / "last.pt").is_file()]
-    return [fold_dir] if (fold_dir / "last.pt").is_file() else []
+        return [fold_dir / str(p["dir"]) for p in points if has_training_state(fold_dir / str(p["dir"]))]
+    return [fold_dir] if has_training_state(fold_dir) else []
 
 
 def _environments(run_dir: Path) -> List[dict]:

@@ -1,4 +1,4 @@
-"""`sertk score` (one decode dir, or plain hyp/ref files) and `sertk results collect` (all folds)."""
+"""`sertk score` (one decode dir, or plain hyp/ref files) and `sertk results` (collect, keep, dev: all folds)."""
 from pathlib import Path
 from typing import Optional
 
@@ -74,6 +74,25 @@ def collect_cmd(model_exp_dir: Path) -> None:
     click.echo(summary_markdown(result))
     click.echo(f"wrote {model_exp_dir / RESULTS_FILE} ({len(result['folds'])} fold(s) of "
                f"{model_exp_dir}/fold*/{DECODE_SUBDIR})")
+
+
+@results.command("keep")
+@click.argument("model_exp_dir", type=existing_dir)
+@click.argument("dest", type=any_path)
+def keep_cmd(model_exp_dir: Path, dest: Path) -> None:
+    """Copy the record of every finished, decoded fold of MODEL_EXP_DIR to DEST, without checkpoints.
+
+    Each DEST/fold<k>/ gets the fold's config, environment, train.log, decode dirs, grid or refit record and,
+    for its last.pt, last.yaml (the bookkeeping without tensors). Folds still training or not yet decoded are
+    left out. Nothing is overwritten: a different file already in DEST stops the command before it writes.
+    Copy kept folds back beside the ones trained later (`sertk results keep DEST MODEL_EXP_DIR`), then
+    `sertk results collect MODEL_EXP_DIR` pools them all; a kept fold cannot be trained or decoded again.
+    """
+    from sertk.results_keep import keep_folds
+    outcome = keep_folds(model_exp_dir, dest)
+    for k, what in outcome.items():
+        click.echo(f"fold{k}: {what}")
+    click.echo(f"kept {sum(w == 'kept' for w in outcome.values())} of {len(outcome)} fold(s) in {dest}")
 
 
 @results.command("dev")

@@ -11,8 +11,9 @@ PACK_FILE = "model.sertk"   # what a recipe's stage 6 (`sertk pack`) writes into
 
 # what training (its lock included), grid selection, `sertk pack` and the atomic writers' temp files leave in
 # an exp dir
-_owns_run_files = owned_by(("train.log", "config.yaml", "environment.yaml", "last.pt", "best.pt", "grid.yaml",
-                            "refit.yaml", PACK_FILE, "tensorboard/*", ".*.tmp", ".lock"))
+# (last.yaml: last.pt without tensors, which `sertk results keep` writes into a kept copy)
+_owns_run_files = owned_by(("train.log", "config.yaml", "environment.yaml", "last.pt", "last.yaml", "best.pt",
+                            "grid.yaml", "refit.yaml", PACK_FILE, "tensorboard/*", ".*.tmp", ".lock"))
 
 
 def owns_exp_dir(rel: PurePosixPath, is_empty_dir: bool = False) -> bool:
@@ -32,6 +33,9 @@ def check_exp_dir(exp_dir: Path) -> None:
         return
     if not exp_dir.is_dir():
         raise OutputError(f"{exp_dir}: exists and is not an experiment dir; give another --exp")
+    if (exp_dir / "last.yaml").is_file() and not (exp_dir / "last.pt").is_file():
+        raise OutputError(f"{exp_dir}: holds the kept record of a finished run (last.yaml, no checkpoints: "
+                          "`sertk results keep`); nothing to train from: give a new --exp")
     found = foreign_entry(exp_dir, owns_exp_dir)
     if found:
         raise OutputError(f"{exp_dir}: holds '{found}', which no sertk run wrote; refusing to train into it "
