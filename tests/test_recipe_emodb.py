@@ -1,11 +1,12 @@
 """egs/emodb/run.sh end to end: on a generated EmoDB-like corpus (always), and one real fold."""
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from recipes import CORPORA, TINY, copy_recipe, run_real_fold1, run_recipe, run_sertk, tiny_args
+from recipes import CORPORA, ONE_EPOCH, TINY, copy_recipe, run_real_fold1, run_recipe, run_sertk, tiny_args
 from replicas import make_emodb
 from sertk.decode import read_decode_dir
 from sertk.inference.pack_file import read_meta
@@ -54,6 +55,30 @@ def test_scoring_while_folds_are_missing_lists_them(recipe, tmp_path):
     assert "fold 2 has no decode_test/ yet (stage 4); scoring the others" in result.stderr
     results = (recipe / "exp" / "loso" / "crnn" / "RESULTS.md").read_text()
     assert "scored 1; **missing: fold2, fold3**" in results
+
+
+def test_a_protocol_over_two_sessions_that_do_not_keep_exp(recipe, tmp_path):
+    """Fold 1 trained and kept (`sertk results keep`), exp/ lost; the next session restores it and runs the rest."""
+    corpus = make_emodb(tmp_path / "corpus", speakers=["03", "08", "09"], texts=["a01"])
+    run_recipe(recipe, "--emodb_root", corpus, "--nj", "1", "--train_args", ONE_EPOCH, "--folds", "1",
+               "--stop_stage", "4")
+    exp = recipe / "exp" / "loso" / "crnn"
+    run_sertk(recipe, "results", "keep", "exp/loso/crnn", "kept/loso/crnn")
+    decoded = (exp / "fold1" / "decode_test" / "post_seg").read_text()
+    shutil.rmtree(recipe / "exp")
+
+    run_sertk(recipe, "results", "keep", "kept/loso/crnn", "exp/loso/crnn")
+    result = run_recipe(recipe, "--emodb_root", corpus, "--nj", "1", "--train_args", ONE_EPOCH)
+    assert "fold 1 is a kept record without checkpoints (sertk results keep): no training" in result.stderr
+    assert "fold 1 is a kept record without checkpoints (sertk results keep): no decoding" in result.stderr
+    assert "fold 1 is a kept record without checkpoints (sertk results keep); not packed" in result.stderr
+    assert (exp / "fold1" / "decode_test" / "post_seg").read_text() == decoded
+    assert not (exp / "fold1" / "best.pt").exists()
+    assert (exp / "fold2" / "model.sertk").is_file() and (exp / "fold3" / "model.sertk").is_file()
+    results = (exp / "RESULTS.md").read_text()
+    assert "folds: 3; scored 3" in results
+    training = results.split("## Training per fold")[1].split("\n## ")[0]
+    assert all(f"| fold{k} |" in training for k in (1, 2, 3))
 
 
 def test_options_are_checked(recipe, tmp_path):

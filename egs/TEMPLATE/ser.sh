@@ -187,6 +187,18 @@ fold_list() {  # the folds to run, one per line; an unknown fold is an error
   for k in ${folds//,/ }; do echo "$k"; done
 }
 
+kept_fold() {  # K: is fold K only the kept record of a finished run (`sertk results keep`: last.yaml, no checkpoints)?
+  [ -f "$final/fold$1/last.yaml" ] && [ ! -f "$final/fold$1/last.pt" ]
+}
+
+folds_to_run() {  # WHAT: fold_list without the kept folds, which have nothing left to train or decode
+  local k
+  for k in $(fold_list); do
+    if kept_fold "$k"; then log "fold $k is a kept record without checkpoints (sertk results keep): no $1"
+    else echo "$k"; fi
+  done
+}
+
 # folds already made: a fold that is not one of them is an error now, not after stages 1-2 have run
 if [ "$folds" != all ] && [ -f "$data/protocol.yaml" ]; then fold_list >/dev/null; fi
 
@@ -296,12 +308,12 @@ per_fold() {  # NAME WHAT EXP COMMAND...: a training COMMAND (JOB: the fold) for
 
 current_stage=3
 if run_stage 3; then
-  fold_ids=$(fold_list)
+  fold_ids=$(folds_to_run training)
   mkdir -p "$exp"
   # shellcheck disable=SC2086  # train_args is split into its words
-  per_fold train "training $model" "$exp" "${trainer[@]}" train --config "$model_conf" --fold-dir "$data/foldJOB" \
-    --feats "$dump" --exp "$exp/foldJOB" --device "$device" $train_args
-  if [ "$refit" = true ]; then
+  [ -z "$fold_ids" ] || per_fold train "training $model" "$exp" "${trainer[@]}" train --config "$model_conf" \
+    --fold-dir "$data/foldJOB" --feats "$dump" --exp "$exp/foldJOB" --device "$device" $train_args
+  if [ "$refit" = true ] && [ -n "$fold_ids" ]; then
     mkdir -p "$final"
     per_fold refit "refitting $model on train + dev" "$final" "${trainer[@]}" refit "$exp/foldJOB" \
       --fold-dir "$data/foldJOB" --feats "$dump" --exp "$final/foldJOB" --device "$device"
@@ -310,7 +322,7 @@ fi
 
 current_stage=4
 if run_stage 4; then
-  fold_ids=$(fold_list)
+  fold_ids=$(folds_to_run decoding)
   for k in $fold_ids; do
     sets=(--data "$data/fold$k/dev" --out "$exp/fold$k/decode_dev")
     test_set=(--data "$data/fold$k/test" --out "$final/fold$k/decode_test")
@@ -346,7 +358,9 @@ if run_stage 6; then
   fold_ids=$(fold_list)
   fold_dirs=()
   for k in $fold_ids; do
-    if [ -f "$final/fold$k/best.pt" ]; then fold_dirs+=("$final/fold$k"); else log "fold $k has no best.pt yet (stage 3); not packed"; fi
+    if [ -f "$final/fold$k/best.pt" ]; then fold_dirs+=("$final/fold$k")
+    elif kept_fold "$k"; then log "fold $k is a kept record without checkpoints (sertk results keep); not packed"
+    else log "fold $k has no best.pt yet (stage 3); not packed"; fi
   done
   # one command for all folds: each goes into its own fold<k>/model.sertk
   if [ ${#fold_dirs[@]} -gt 0 ]; then sertk pack "${fold_dirs[@]}" --feats "$dump"; fi
