@@ -74,6 +74,8 @@ def _fold_files(fold_dir: Path) -> List[Tuple[PurePosixPath, Optional[Path], Opt
                 state = kept_state(read_last(Path(folder)))
                 text = yaml.safe_dump(state, sort_keys=False, allow_unicode=True)
                 out.append((rel_dir / KEPT_LAST, None, text))
+            elif name == KEPT_LAST and LAST in files:
+                continue   # a restored twin beside a live last.pt: the last.pt is the record
             elif not _left_out(PurePosixPath(name)):
                 out.append((rel_dir / name, Path(folder) / name, None))
     return out
