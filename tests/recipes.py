@@ -28,7 +28,8 @@ PROBE = ("--model", "ssl_probe", "--stage", "2", "--train_args",
 def copy_recipe(tmp_path: Path, corpus: str) -> Path:
     """A copy of egs/<corpus>, egs/TEMPLATE and tools, so runs never write into the repository."""
     for part in (f"egs/{corpus}", "egs/TEMPLATE", "tools"):
-        shutil.copytree(REPO / part, tmp_path / part, ignore=shutil.ignore_patterns("data", "dump", "exp", "downloads"))
+        shutil.copytree(REPO / part, tmp_path / part,
+                        ignore=shutil.ignore_patterns("data", "dump", "exp", "downloads", "kept"))
     return tmp_path / "egs" / corpus
 
 
