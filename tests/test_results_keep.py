@@ -6,10 +6,10 @@ import yaml
 
 from sertk.errors import OutputError
 from sertk.results import collect
-from sertk.results_keep import keep_folds
+from sertk.results_keep import KeepError, keep_folds
 from sertk.train.expdir import check_exp_dir
 from test_results import toy_exp_tree
-from test_results_dev import write_last
+from test_results_dev import write_grid, write_last
 
 
 @pytest.fixture
@@ -81,3 +81,24 @@ def test_a_kept_fold_is_not_trained_into(run, tmp_path):
     with pytest.raises(OutputError, match="kept record of a finished run"):
         check_exp_dir(tmp_path / "kept" / "fold1")
     check_exp_dir(run / "fold1")      # a run's own dir, last.pt beside its last.yaml twin or not: fine
+
+
+def test_a_grid_fold_keeps_every_point_s_bookkeeping(tmp_path):
+    model_dir = toy_exp_tree(tmp_path)
+    for k in (2, 3):
+        shutil.rmtree(model_dir / f"fold{k}")
+    fold = model_dir / "fold1"
+    write_grid(fold, [(1e-3, 0.5), (1e-4, 0.8)], chosen=True)
+    write_last(fold / "grid" / "01", 0.5, 2, 5, epochs=5)
+    write_last(fold / "grid" / "02", 0.8, 2, 5, epochs=5, finished=False)
+    with pytest.raises(KeepError, match=r"fold1: still training \(grid/02: epoch 5\)"):
+        keep_folds(model_dir, tmp_path / "kept")
+    write_last(fold / "grid" / "02", 0.8, 2, 5, epochs=5)
+    keep_folds(model_dir, tmp_path / "kept")
+    kept = tmp_path / "kept" / "fold1"
+    assert sorted(str(p.relative_to(kept)) for p in kept.rglob("last.*")) == ["grid/01/last.yaml", "grid/02/last.yaml"]
+    shutil.rmtree(fold)
+    keep_folds(tmp_path / "kept", model_dir)
+    res = collect(model_dir)
+    assert res["per_fold"][0]["dev"]["score"] == 0.8 and "grid point 2 of 2" in res["per_fold"][0]["dev"]["point"]
+    assert "| fold1 |" in (model_dir / "RESULTS.md").read_text().split("## Training per fold")[1]
