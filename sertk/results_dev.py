@@ -133,8 +133,8 @@ def run_folds(exp_dir: Path) -> Dict[int, Path]:
     if any((exp_dir / name).is_file() for name in (LAST, KEPT_LAST, GRID_FILE, REFIT_FILE)):
         named = _FOLD_RE.fullmatch(exp_dir.name)
         return {int(named.group(1)) if named else 1: exp_dir}
-    raise DevTableError(f"{exp_dir}: no fold<k> dirs and no {LAST}, {GRID_FILE} or {REFIT_FILE}: not a training "
-                        "run's exp dir")
+    raise DevTableError(f"{exp_dir}: no fold<k> dirs and no {LAST}, {KEPT_LAST}, {GRID_FILE} or {REFIT_FILE}: "
+                        "not a training run's exp dir")
 
 
 def dev_table(exp_dirs: List[Path]) -> str:

@@ -187,7 +187,7 @@ fold_list() {  # the folds to run, one per line; an unknown fold is an error
   for k in ${folds//,/ }; do echo "$k"; done
 }
 
-kept_fold() {  # K: is fold K only the kept record of a finished run (`sertk results keep`: last.yaml, no checkpoints)?
+kept_fold() {  # K: is fold K only a finished run's kept record (`sertk results keep`: last.yaml, no checkpoints)?
   [ -f "$final/fold$1/last.yaml" ] && [ ! -f "$final/fold$1/last.pt" ]
 }
 
