@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import yaml
 
 from sertk.errors import SertkError
-from sertk.fsutil import atomic_write_text, owned_by
+from sertk.fsutil import atomic_write_text, atomic_write_with, owned_by
 from sertk.results_dev import KEPT_LAST, LAST, find_fold_dirs, read_last
 
 DECODE_TEST = "decode_test"
@@ -49,9 +49,8 @@ def _run_states(fold_dir: Path) -> Dict[PurePosixPath, dict]:
     return runs
 
 
-def why_not_kept(fold_dir: Path) -> Optional[str]:
-    """None when the fold is finished and its test set decoded; else the reason, for the log."""
-    runs = _run_states(fold_dir)
+def why_not_kept(fold_dir: Path, runs: Dict[PurePosixPath, dict]) -> Optional[str]:
+    """None when the fold (its runs: _run_states) is finished and its test set decoded; else the reason."""
     if not runs:
         return "no training run"
     unfinished = [("" if str(rel) == "." else f"{rel}: ") + f"epoch {state.get('epoch')}"
@@ -63,16 +62,17 @@ def why_not_kept(fold_dir: Path) -> Optional[str]:
     return None
 
 
-def _fold_files(fold_dir: Path) -> List[Tuple[PurePosixPath, Optional[Path], Optional[str]]]:
-    """(path inside the fold, file to copy, or text to write) for every file of the fold's record."""
+def _fold_files(fold_dir: Path, states: Dict[PurePosixPath, dict]
+                ) -> List[Tuple[PurePosixPath, Optional[Path], Optional[str]]]:
+    """(path inside the fold, file to copy, or text to write) for every file of the fold's record; `states`:
+    its runs' last.pt states (_run_states), already read."""
     out = []
     for folder, dirs, files in os.walk(fold_dir):
         rel_dir = PurePosixPath(Path(folder).relative_to(fold_dir).as_posix())
         dirs[:] = sorted(d for d in dirs if not _left_out(PurePosixPath(d)))
         for name in sorted(files):
             if name == LAST:
-                state = kept_state(read_last(Path(folder)))
-                text = yaml.safe_dump(state, sort_keys=False, allow_unicode=True)
+                text = yaml.safe_dump(kept_state(states[rel_dir]), sort_keys=False, allow_unicode=True)
                 out.append((rel_dir / KEPT_LAST, None, text))
             elif name == KEPT_LAST and LAST in files:
                 continue   # a restored twin beside a live last.pt: the last.pt is the record
@@ -97,11 +97,12 @@ def keep_folds(src: Path, dest: Path) -> Dict[int, str]:
         raise KeepError(f"{dest}: is the exp dir itself; give another destination")
     plan, outcome = [], {}
     for k, fold_dir in folds.items():
-        reason = why_not_kept(fold_dir)
+        runs = _run_states(fold_dir)
+        reason = why_not_kept(fold_dir, runs)
         if reason is not None:
             outcome[k] = f"not kept: {reason}"
             continue
-        for rel, source, text in _fold_files(fold_dir):
+        for rel, source, text in _fold_files(fold_dir, runs):
             target = dest / fold_dir.name / rel
             if target.is_dir() or (target.exists() and _differs(target, source, text)):
                 raise KeepError(f"{target}: exists and differs from fold {k}'s record in {src}; nothing was "
@@ -111,9 +112,8 @@ def keep_folds(src: Path, dest: Path) -> Dict[int, str]:
     for target, source, text in plan:   # every conflict was found above: from here on nothing is overwritten
         if target.exists():
             continue
-        if source is not None:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+        if source is not None:   # through a temp file, so a cut copy leaves no half file to clash with later
+            atomic_write_with(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
         else:
             atomic_write_text(target, text)
     if not plan:
