@@ -62,6 +62,26 @@ def test_a_second_training_in_a_busy_exp_dir_is_refused_and_runs_once_it_is_free
         assert sorted(p.name for p in refit_exp.iterdir()) == [LOCK_FILE]
 
 
+def test_the_checkpoint_temp_files_a_killed_run_left_are_removed_once_the_lock_is_held(setup, tmp_path,
+                                                                                       user_error):
+    exp = tmp_path / "exp" / "fold1"
+    assert cli(*train_args(setup, exp)).exit_code == 0
+    stale = [exp / ".last.pt.k3j9x2.tmp", exp / "grid" / "1_lr=0.1" / ".best.pt.a8b7c6.tmp"]
+    for tmp in stale:   # as atomic_write_with leaves them when its process is killed mid-write
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(b"x" * 1_500_000)
+    other = exp / ".config.yaml.q1w2e3.tmp"   # not a checkpoint's: left as it is
+    other.write_text("model: {}")
+    with exp_dir_lock(exp):   # while another process trains there, nothing is touched
+        user_error(cli(*train_args(setup, exp)))
+        assert all(tmp.is_file() for tmp in stale)
+    again = cli(*train_args(setup, exp))
+    assert again.exit_code == 0, again.output
+    assert "removed 2 half-written checkpoint temp file(s) (3.0 MB) that a killed run left" in again.output
+    assert not any(tmp.exists() for tmp in stale) and other.is_file()
+    assert (exp / "best.pt").is_file() and (exp / "last.pt").is_file()
+
+
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     exp = tmp_path / "exp"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\

@@ -36,6 +36,17 @@ def _remove_new_exp_dir(exp_dir: Path, missing: List[Path]) -> None:
             return
 
 
+def _remove_stale_temps(exp_dir: Path) -> None:
+    """A run killed while writing last.pt left its temp file (up to the checkpoint's size); the lock is held, so
+    no other process is writing one: remove it, and say so."""
+    import logging
+    from sertk.checkpoint import remove_stale_checkpoint_temps
+    files, size = remove_stale_checkpoint_temps(exp_dir)
+    if files:
+        logging.getLogger("sertk").info("%s: removed %d half-written checkpoint temp file(s) (%.1f MB) that a "
+                                        "killed run left", exp_dir, files, size / 1e6)
+
+
 def _train_in(exp_dir: Path, ranks, run: Callable[[], Any]) -> Any:
     """`run()` with exp_dir locked against a second training process (sertk.train.exp_lock); a failure leaves
     no exp dir where there was none (unless training got as far as a checkpoint). A folder no sertk run made
@@ -46,6 +57,8 @@ def _train_in(exp_dir: Path, ranks, run: Callable[[], Any]) -> Any:
     missing = [p for p in (exp_dir, *exp_dir.parents) if not p.exists()]
     check_exp_dir(exp_dir)
     with exp_dir_lock(exp_dir, take=ranks.main):
+        if ranks.main:
+            _remove_stale_temps(exp_dir)
         try:
             return run()
         except (SertkError, OSError):
