@@ -437,6 +437,11 @@ def _conf_file(tmp_path, doc=CONFIG):
     return path
 
 
+def test_times_real_time_keeps_two_figures_below_ten():
+    from sertk.features.cli import _times_real_time
+    assert [_times_real_time(4.5, s) for s in (23.49, 4.0, 0.45, 0.01, 0.0)] == ["0.19x", "1.1x", "10x", "450x", "-"]
+
+
 def test_cli_extract_prints_per_stream_summary_then_skips(feat_data, tmp_path):
     args = ["extract", str(feat_data), str(tmp_path / "dump"), "--conf", str(_conf_file(tmp_path)),
             "--device", "cpu", "--batch-size", "8"]

@@ -115,4 +115,9 @@ def preprocess_lines(summary):
 
 
 def _times_real_time(audio_seconds: float, seconds: float) -> str:
-    return f"{audio_seconds / seconds:.0f}x" if seconds > 0 else "-"
+    """How many times real time, to two significant figures below 10 (a pretrained encoder on short
+    utterances runs below real time: 0.19x, not 0x)."""
+    if seconds <= 0:
+        return "-"
+    ratio = audio_seconds / seconds
+    return f"{ratio:.0f}x" if ratio >= 9.95 else f"{ratio:.1f}x" if ratio >= 0.995 else f"{ratio:.2f}x"
