@@ -33,9 +33,18 @@ def copy_recipe(tmp_path: Path, corpus: str) -> Path:
     return tmp_path / "egs" / corpus
 
 
+def private_tmp(folder: Path) -> Path:
+    """`folder/tmp`, made: TMPDIR for a test's subprocesses, so that what they leave in it (torchrun leaves a
+    `torchelastic_*` folder per run) goes with the test's tmp_path, not into the machine's /tmp."""
+    tmp = Path(folder) / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return tmp
+
+
 def run_recipe(recipe: Path, *args, check: bool = True) -> subprocess.CompletedProcess:
     """./run.sh ARGS in `recipe`, with this interpreter's `sertk` first on PATH."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "TMPDIR": str(private_tmp(recipe.parent.parent))}
     result = subprocess.run(["./run.sh", *map(str, args)], cwd=recipe, capture_output=True, text=True, env=env)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from recipes import private_tmp
 from replicas import make_emodb
 from sertk.data.corpora import prepare_corpus
 from sertk.data.datadir import DataDir
@@ -115,7 +116,8 @@ def _train(fold: Path, exp: Path, nproc: int = 0, entry=("-m", "sertk"), env=Non
     # and says where: SIGABRT makes each Python process print every thread's stack (faulthandler) before it dies
     with subprocess.Popen(launch + list(entry) + [str(a) for a in args], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})}) as process:
+                          env={**os.environ, "PYTHONFAULTHANDLER": "1", "TMPDIR": str(private_tmp(exp.parent)),
+                               **(env or {})}) as process:
         try:
             stdout, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
         except subprocess.TimeoutExpired:

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from helpers import kept_logger, module_cli as cli
+from recipes import private_tmp
 from replicas import make_emodb
 from sertk.data.corpora import prepare_corpus
 from sertk.data.protocols import make_folds
@@ -274,7 +275,7 @@ def test_a_grid_under_torchrun_shares_one_process_group(setup, tmp_path):
                       "optim.lr=[1.0e-3, 3.0e-2]")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "sertk", *map(str, args)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(private_tmp(tmp_path))})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("chose point") == 1 and done.stdout.count("[2/2]") == 1
     record = yaml.safe_load((exp / "grid.yaml").read_text())
