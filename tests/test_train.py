@@ -157,6 +157,29 @@ def test_the_gender_task_needs_utt2gen(setup, tmp_path):
         train(load_config(None, SD_TINY), fold, setup / "dump", tmp_path / "exp")
 
 
+def test_a_run_killed_before_its_first_last_pt_starts_again_and_says_so(setup, tmp_path, monkeypatch):
+    from sertk.train import trainer as trainer_module
+    fold, dump, exp = setup / "loso" / "fold1", setup / "dump", tmp_path / "exp"
+    real_save = trainer_module.save_checkpoint
+
+    def killed_writing_last_pt(path, state):   # best.pt of epoch 1 written, the process killed in last.pt's write
+        if path.name == "last.pt":
+            raise KeyboardInterrupt
+        real_save(path, state)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", killed_writing_last_pt)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(), fold, dump, exp)
+    monkeypatch.undo()
+    assert (exp / "best.pt").is_file() and not (exp / "last.pt").exists()
+    summary = train(config(), fold, dump, exp)
+    assert summary.resumed_from is None and summary.epochs_run == 3
+    log = (exp / "train.log").read_text()
+    assert log.count("epoch 1: train loss") == 2   # the stopped run's line, then the new run's
+    assert ("best.pt but no last.pt (a run stopped before its first epoch's checkpoint was written): training from "
+            "epoch 1, and best.pt will be replaced") in log.split("epoch 1: train loss")[1]
+    assert torch.load(exp / "best.pt", weights_only=True)["epoch"] == summary.best_epoch
+
+
 def test_a_finished_run_is_skipped_and_a_changed_config_refused(setup, tmp_path):
     fold, dump, exp = setup / "loso" / "fold1", setup / "dump", tmp_path / "exp"
     first = train(config(), fold, dump, exp)

@@ -184,6 +184,9 @@ class _Run:
             log.info("%s: %s after epoch %d", self.exp_dir,
                      "training on" if self.resume["finished"] else "resuming", resumed)
         elif self.ranks.main:
+            if (self.exp_dir / "best.pt").is_file():   # its train.log goes on below the stopped run's lines
+                log.info("%s: best.pt but no last.pt (a run stopped before its first epoch's checkpoint was "
+                         "written): training from epoch 1, and best.pt will be replaced", self.exp_dir)
             atomic_write_text(self.exp_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
             write_run_environment(self.exp_dir, self._environment())
             dev = (f"{len(self.dev_set)} dev segments ({len(self.dev_dd.utts)} utts)" if self.dev_set is not None
