@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 from sertk.errors import OutputError
 
@@ -139,6 +139,61 @@ def atomic_output_dir(path: Path, kind: str = "output dir", owns: Optional[Owns]
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_file_replaceable(path: Path, kind: str, owned: Callable[[Path], bool],
+                           hint: str = "move it away or choose another output") -> None:
+    """Raise `OutputError` unless `path` is absent or a file that `owned(path)` recognises as `kind` (an output
+    sertk wrote there before): a command replaces only what it made, never somebody's file that happens to
+    have the name it was given. `owned` reads the file; a file it cannot read is not ours."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        ours = path.is_file() and owned(path)
+    except (OSError, ValueError, RecursionError):    # unreadable, or not what it should hold
+        ours = False
+    if not ours:
+        raise OutputError(f"{path}: exists and is not {kind}; refusing to replace it ({hint})")
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SOFTWARE = "Software"    # the PNG text key that names the program which wrote a picture
+
+
+def png_chunks(path: Path) -> Optional[List[Tuple[bytes, bytes]]]:
+    """(type, data) of every chunk of the PNG file `path`, up to IEND; the data of text chunks (tEXt) only,
+    empty for the others. None when `path` is not a well-formed PNG."""
+    chunks = []
+    with open(path, "rb") as f:
+        if f.read(8) != PNG_SIGNATURE:
+            return None
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            size, kind = int.from_bytes(head[:4], "big"), head[4:]
+            if kind == b"tEXt":
+                data = f.read(size)
+                if len(data) < size:
+                    return None
+            else:
+                data = b""
+                f.seek(size, os.SEEK_CUR)
+            if len(f.read(4)) < 4:    # the CRC
+                return None
+            chunks.append((kind, data))
+            if kind == b"IEND":
+                return chunks
+
+
+def png_software(path: Path) -> Optional[str]:
+    """The Software text of the PNG file `path` (what wrote it, when it says), else None."""
+    for kind, data in png_chunks(path) or ():
+        key, _, value = data.partition(b"\0")
+        if kind == b"tEXt" and key.decode("latin-1") == PNG_SOFTWARE:
+            return value.decode("latin-1")
+    return None
 
 
 def sha256_file(path: Path) -> str:

@@ -21,11 +21,16 @@ Relative paths are tried from the current folder, then from each folder above th
 
 The folds are scored, pooled and averaged by sertk.results_folds; RESULTS.md is written by
 sertk.results_md; this module writes the outputs, the pooled confusion picture among them.
+
+Those three files are replaced only when an earlier collect wrote them: RESULTS.md by its heading and
+sections, metrics.json by its keys, confusion.png by its PNG Software text (or, as sertk wrote it before it
+had one, a bare Pillow PNG beside collect's metrics.json). Anything else under those names is somebody's
+file: the command stops before it writes anything.
 """
 import json
 from pathlib import Path
 
-from sertk.fsutil import atomic_write_text
+from sertk.fsutil import atomic_write_text, check_file_replaceable, png_chunks, png_software
 from sertk.results_folds import (
     DECODE_SUBDIR,
     ENV_FILE,
@@ -40,14 +45,23 @@ from sertk.score_picture import save_confusion_png
 
 # the public face of `sertk results`: sertk.score_cli, sertk.inference.pack and the tests import these from
 # here (listed, so that the re-exported ones count as used)
-__all__ = ["DECODE_SUBDIR", "ENV_FILE", "RESULTS_FILE", "SUMMARY_KEYS", "collect", "find_fold_dirs", "mean_std",
-           "resolve_path", "results_markdown", "summary_markdown", "write_results"]
+__all__ = ["DECODE_SUBDIR", "ENV_FILE", "RESULTS_FILE", "SUMMARY_KEYS", "check_results_outputs", "collect",
+           "find_fold_dirs", "mean_std", "resolve_path", "results_markdown", "summary_markdown", "write_results"]
 
 RESULTS_FILE = "RESULTS.md"
+METRICS_FILE = "metrics.json"
+CONFUSION_FILE = "confusion.png"
+SOFTWARE = "sertk results collect"     # confusion.png's PNG Software text
+# what every metrics.json collect wrote holds (sertk.results_folds.collect_scores)
+_METRICS_KEYS = ("model_exp_dir", "model", "protocol", "default_rule", "pooled", "fold_mean_std", "per_fold")
+_RESULTS_LINES = ("## Protocol card", "## Summary")   # below its first line, "# RESULTS: <model> on <protocol>"
+_LEGACY_PNG = (b"IHDR", b"IDAT", b"IEND")   # the chunks of Pillow's plain PNG, as collect wrote it before
 
 
 def collect(model_exp_dir, write: bool = True) -> dict:
     """Score every fold of `exp/<protocol>/<model>/`, pool and average; write RESULTS.md and metrics.json."""
+    if write:
+        check_results_outputs(Path(model_exp_dir))   # before the folds' scoring is written
     result = collect_scores(model_exp_dir)
     if write:
         write_results(Path(model_exp_dir), result)
@@ -55,8 +69,41 @@ def collect(model_exp_dir, write: bool = True) -> dict:
 
 
 def write_results(model_exp_dir: Path, result: dict) -> None:
+    check_results_outputs(model_exp_dir)
     default = result["pooled"][f"utterance/{result['default_rule']}"]
-    save_confusion_png(default["confusion"], default["classes"], model_exp_dir / "confusion.png",
-                       title=f"{result['model']} on {result['protocol']}: pooled, rule {result['default_rule']}")
-    atomic_write_text(model_exp_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+    save_confusion_png(default["confusion"], default["classes"], model_exp_dir / CONFUSION_FILE,
+                       title=f"{result['model']} on {result['protocol']}: pooled, rule {result['default_rule']}",
+                       software=SOFTWARE)
+    atomic_write_text(model_exp_dir / METRICS_FILE, json.dumps(result, indent=2) + "\n")
     atomic_write_text(model_exp_dir / RESULTS_FILE, results_markdown(result))
+
+
+def check_results_outputs(model_exp_dir: Path) -> None:
+    """Raise `OutputError` when RESULTS.md, metrics.json or confusion.png in `model_exp_dir` exists and is not
+    what an earlier collect wrote (one line naming it)."""
+    hint = "move it away, then collect again"
+    check_file_replaceable(model_exp_dir / RESULTS_FILE, f"a {RESULTS_FILE} written by sertk results collect",
+                           _is_results_md, hint)
+    check_file_replaceable(model_exp_dir / METRICS_FILE, f"a {METRICS_FILE} written by sertk results collect",
+                           _is_metrics_json, hint)
+    check_file_replaceable(model_exp_dir / CONFUSION_FILE, f"a {CONFUSION_FILE} drawn by sertk results collect",
+                           _is_confusion_png, hint)
+
+
+def _is_results_md(path: Path) -> bool:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return bool(lines) and lines[0].startswith("# RESULTS: ") and all(line in lines for line in _RESULTS_LINES)
+
+
+def _is_metrics_json(path: Path) -> bool:
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return isinstance(doc, dict) and all(key in doc for key in _METRICS_KEYS)
+
+
+def _is_confusion_png(path: Path) -> bool:
+    if png_software(path) == SOFTWARE:
+        return True
+    chunks = png_chunks(path)
+    metrics = path.parent / METRICS_FILE
+    return chunks is not None and {kind for kind, _ in chunks} == set(_LEGACY_PNG) and \
+        chunks[0][0] == b"IHDR" and metrics.is_file() and _is_metrics_json(metrics)

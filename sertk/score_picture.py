@@ -2,11 +2,11 @@
 shows each epoch. Pillow only; sertk.score keeps the numbers and knows nothing of drawing."""
 import io
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from sertk.fsutil import atomic_write_bytes
+from sertk.fsutil import PNG_SOFTWARE, atomic_write_bytes
 
 _CELL_MIN = 34
 _PAD = 8
@@ -85,8 +85,13 @@ def confusion_image(cm, classes: Sequence[str], title: str = "") -> np.ndarray:
     return np.asarray(_render(cm, classes, title), dtype=np.uint8)
 
 
-def save_confusion_png(cm, classes: Sequence[str], path, title: str = "") -> None:
-    """Write the confusion picture to `path` as PNG, atomically."""
+def save_confusion_png(cm, classes: Sequence[str], path, title: str = "", software: Optional[str] = None) -> None:
+    """Write the confusion picture to `path` as PNG, atomically; `software`: its PNG Software text (what wrote
+    it, so that a later run can tell its own picture from somebody's: sertk.fsutil.png_software)."""
+    from PIL.PngImagePlugin import PngInfo
+    info = PngInfo()
+    if software is not None:
+        info.add_text(PNG_SOFTWARE, software)
     buf = io.BytesIO()
-    _render(cm, classes, title).save(buf, format="PNG")
+    _render(cm, classes, title).save(buf, format="PNG", pnginfo=info)
     atomic_write_bytes(Path(path), buf.getvalue())

@@ -165,6 +165,36 @@ def test_damaged_and_foreign_packs_are_refused_without_unpickling(trained, tmp_p
         sertk_cli("pack", "--info", repack("new.sertk", {META_MEMBER: json.dumps(newer), WEIGHTS_MEMBER: weights})))
 
 
+def test_pack_refuses_to_replace_a_file_that_is_not_a_pack(trained, sertk_cli, user_error, tmp_path):
+    base, exp, model = trained
+    thesis = tmp_path / "thesis.txt"
+    thesis.write_text("draft\n")
+    other_zip = tmp_path / "photos.zip"
+    with zipfile.ZipFile(other_zip, "w") as zf:
+        zf.writestr("holiday.jpg", b"jpeg")
+    for path in (thesis, other_zip, exp / "best.pt", exp / "config.yaml"):
+        before = path.read_bytes()
+        message = user_error(sertk_cli("pack", exp, "-o", path))
+        assert message == (f"{path}: exists and is not a packed sertk model; refusing to replace it "
+                           "(move it away or give another -o, e.g. model.sertk)")
+        assert path.read_bytes() == before
+
+
+def test_pack_replaces_its_own_older_or_damaged_pack(trained, sertk_cli, tmp_path):
+    base, exp, model = trained
+    with zipfile.ZipFile(model) as zf:
+        meta, weights = json.loads(zf.read(META_MEMBER)), zf.read(WEIGHTS_MEMBER)
+    meta["source"]["checkpoint_sha256"] = "0" * 64      # packed from an earlier best.pt
+    for name, text in (("older.sertk", json.dumps(meta)), ("damaged.sertk", "{not json")):
+        with zipfile.ZipFile(tmp_path / name, "w") as zf:
+            zf.writestr(META_MEMBER, text)
+            zf.writestr(WEIGHTS_MEMBER, weights)
+        result = sertk_cli("pack", exp, "-o", tmp_path / name)
+        assert result.exit_code == 0, result.output
+        assert read_pack(tmp_path / name).meta["source"] == read_pack(model).meta["source"]
+    assert "already packed" in sertk_cli("pack", exp, "-o", tmp_path / "older.sertk").stdout
+
+
 # --- inputs and outputs -------------------------------------------------------------------------
 
 def test_infer_on_files_a_directory_and_formats(trained, sertk_cli, tmp_path):
@@ -352,6 +382,41 @@ def test_vad_chunks_and_timeline_from_the_command_line(trained, sertk_cli, tmp_p
     assert result.exit_code == 3 and "skipped" in result.stderr and "no speech found" in result.stderr
     assert "--timeline draws one recording" in user_error(
         sertk_cli("infer", model, silent, tmp_path / "rec.wav", "--timeline", tmp_path / "x.png"))
+
+
+def test_infer_refuses_to_replace_files_it_did_not_write(trained, sertk_cli, user_error, tmp_path):
+    _, _, model = trained
+    write_wav(tmp_path / "a.wav", seconds=1.0)
+    theirs = {"r.csv": b"name,grade\nana,1\n", "r.json": b'{"rows": []}\n',
+              "t.png": b"\x89PNG\r\n\x1a\n\0\0\0\0IEND\xaeB`\x82"}   # a PNG that does not say sertk drew it
+    for name, data in theirs.items():
+        (tmp_path / name).write_bytes(data)
+        option = "--timeline" if name.endswith(".png") else "--out"
+        message = user_error(sertk_cli("infer", model, tmp_path / "a.wav", option, tmp_path / name))
+        kind = "a timeline drawn by sertk infer" if option == "--timeline" else "a table written by sertk infer"
+        assert message == (f"{tmp_path / name}: exists and is not {kind}; refusing to replace it "
+                           f"(move it away or give another {option})")
+        assert (tmp_path / name).read_bytes() == data
+    assert "must end in .png" in user_error(
+        sertk_cli("infer", model, tmp_path / "a.wav", "--timeline", tmp_path / "t.txt"))
+    assert not (tmp_path / "t.txt").exists()
+
+
+def test_infer_replaces_its_own_earlier_outputs(trained, sertk_cli, tmp_path):
+    from sertk.fsutil import png_software
+    _, _, model = trained
+    write_wav(tmp_path / "a.wav", seconds=1.0)
+    # as sertk wrote its CSV before the note column
+    (tmp_path / "old.csv").write_text("id,path,chunk,start,end,label,p_anger,p_sadness\n"
+                                      "x,x.wav,,0.000,1.000,anger,1,0\n")
+    for _ in range(2):
+        for out in ("r.csv", "r.json", "old.csv"):
+            result = sertk_cli("infer", model, tmp_path / "a.wav", "--out", tmp_path / out,
+                               "--timeline", tmp_path / "T.PNG")
+            assert result.exit_code == 0, result.output
+    assert read_csv((tmp_path / "old.csv").read_text())[0]["note"] == ""
+    assert json.loads((tmp_path / "r.json").read_text())["rows"][0]["id"] == str(tmp_path / "a.wav")
+    assert png_software(tmp_path / "T.PNG") == "sertk infer --timeline"
 
 
 @pytest.mark.skipif(not silero_available(), reason="silero-vad is not installed (pip install 'sertk[infer]')")

@@ -9,7 +9,8 @@ import yaml
 
 from sertk.features.storage import load_feats
 from sertk.jobs.slurm import read_slurm_config, sbatch_options
-from sertk.jobs.spec import JobError, job_values, make_jobs
+from sertk.errors import OutputError
+from sertk.jobs.spec import JobError, header, is_job_log, job_values, make_jobs
 
 FEATURES = {"sample_rate": 16000, "streams": {
     "logmel": {"type": "logmel", "n_mels": 16},
@@ -44,6 +45,51 @@ def test_local_jobs_write_their_logs_and_failures_name_them(sertk_cli, tmp_path)
     missing = sertk_cli("jobs", "run", tmp_path / "one.log", "--", str(tmp_path / "no-such-program"))
     assert missing.exit_code == 1 and "did not run: could not start" in missing.output
     assert sertk_cli("jobs", "run", "JOB=1:2").exit_code == 2   # no log, no command
+
+
+
+
+def test_a_log_sertk_did_not_write_is_refused_and_left_as_it_was(sertk_cli, user_error, tmp_path):
+    log = tmp_path / "log" / "j.JOB.log"
+    first = sertk_cli("jobs", "run", "JOB=1:2", log, "--", PY, "-c", "print('run', JOB)")
+    assert first.exit_code == 0, first.output
+    mine = (tmp_path / "log" / "j.1.log").read_bytes()
+    (tmp_path / "log" / "j.2.log").write_text("")     # empty: nothing to lose
+    again = sertk_cli("jobs", "run", "JOB=1:2", log, "--", PY, "-c", "print('again', JOB)")
+    assert again.exit_code == 0, again.output         # a recipe reruns its jobs under the same log names
+    assert "again 1\n" in (tmp_path / "log" / "j.1.log").read_text()
+    assert "again 2\n" in (tmp_path / "log" / "j.2.log").read_text()
+    mine = (tmp_path / "log" / "j.1.log").read_bytes()
+    notes = tmp_path / "log" / "j.2.log"
+    for text in (b"my notes on the run\n", b"# a heading\nno start line\n", b"\x00\xff binary"):
+        notes.write_bytes(text)
+        message = user_error(sertk_cli("jobs", "run", "JOB=1:2", log, "--", PY, "-c", "print('third', JOB)"))
+        assert message == (f"{notes}: exists and is not a job log written by sertk jobs run; refusing to replace "
+                           "it (move it away or give another log path)")
+        assert notes.read_bytes() == text
+        assert (tmp_path / "log" / "j.1.log").read_bytes() == mine    # no job ran at all
+    (tmp_path / "folder.log").mkdir()
+    assert "folder.log: exists and is not a job log" in user_error(
+        sertk_cli("jobs", "run", tmp_path / "folder.log", "--", PY, "-c", "pass"))
+
+
+def test_a_log_header_is_recognised_whatever_the_command_holds(tmp_path):
+    job = make_jobs(None, str(tmp_path / "x.log"), [PY, "-c", "print(1)\nprint(2)"])[0]
+    job.log.write_text(header(job, "host") + "1\n2\n")
+    assert is_job_log(job.log)
+    job.log.write_text("# started at 2026-12-02 10:00:00 on host\n")   # no command line before it
+    assert not is_job_log(job.log)
+
+
+def test_the_slurm_backend_refuses_somebodys_log_before_submitting(tmp_path, monkeypatch):
+    import sertk.jobs.slurm as slurm
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(slurm.subprocess, "run", lambda *a, **k: pytest.fail("submitted"))
+    notes = tmp_path / "s.1.log"
+    notes.write_text("my notes\n")
+    with pytest.raises(OutputError, match="s.1.log: exists and is not a job log"):
+        slurm.run_slurm(make_jobs(["1"], str(tmp_path / "s.JOB.log"), ["true"]), {}, "sertk")
+    assert notes.read_text() == "my notes\n"
 
 
 def test_gpus_are_shared_out_among_running_jobs(sertk_cli, tmp_path, monkeypatch):

@@ -155,6 +155,56 @@ def test_cli_collect_prints_the_summary(exp_tree):
     assert "| utterance | mean (default) | 78.57 |" in result.output and "RESULTS.md" in result.output
 
 
+def _png(path: Path, **save) -> bytes:
+    """A small PNG drawn by Pillow (`save`: its PNG options, e.g. dpi), as a user's picture or an older
+    collect's confusion.png (Pillow's plain PNG, no text)."""
+    from PIL import Image
+    Image.new("RGB", (8, 8), "red").save(path, format="PNG", **save)
+    return path.read_bytes()
+
+
+def test_collect_refuses_a_file_it_did_not_write_and_writes_nothing(exp_tree, sertk_cli, user_error):
+    collect(exp_tree)
+    ours = {name: (exp_tree / name).read_bytes() for name in ("RESULTS.md", "metrics.json", "confusion.png")}
+    theirs = {"RESULTS.md": b"# My results\n\nnotes from the lab meeting\n",
+              "metrics.json": b'{"ua": 0.61, "note": "by hand"}\n',
+              "confusion.png": _png(exp_tree / "photo.png", dpi=(72, 72))}
+    for name, text in theirs.items():
+        shutil.rmtree(exp_tree / "fold1" / "decode_test" / "scoring", ignore_errors=True)
+        for own, data in ours.items():
+            (exp_tree / own).write_bytes(data)
+        (exp_tree / name).write_bytes(text)
+        message = user_error(sertk_cli("results", "collect", exp_tree))
+        verb = "drawn" if name.endswith(".png") else "written"
+        assert message == (f"{exp_tree / name}: exists and is not a {name} {verb} by sertk results collect; "
+                           "refusing to replace it (move it away, then collect again)")
+        assert (exp_tree / name).read_bytes() == text
+        assert all((exp_tree / own).read_bytes() == data for own, data in ours.items() if own != name)
+        assert not (exp_tree / "fold1" / "decode_test" / "scoring").exists()   # refused before any scoring
+    # a plain Pillow PNG is an older collect's picture only beside collect's own metrics.json
+    plain = _png(exp_tree / "confusion.png")
+    (exp_tree / "RESULTS.md").unlink()
+    (exp_tree / "metrics.json").unlink()
+    assert "confusion.png: exists and is not a confusion.png" in user_error(sertk_cli("results", "collect", exp_tree))
+    assert (exp_tree / "confusion.png").read_bytes() == plain
+
+
+def test_collect_replaces_what_it_wrote_before_and_what_older_sertk_wrote(exp_tree, sertk_cli):
+    from sertk.fsutil import png_software
+    assert sertk_cli("results", "collect", exp_tree).exit_code == 0
+    assert png_software(exp_tree / "confusion.png") == "sertk results collect"
+    again = sertk_cli("results", "collect", exp_tree)     # recipes run stage 5 again and again
+    assert again.exit_code == 0, again.output
+    # as sertk wrote them before confusion.png said what drew it: a plain Pillow PNG
+    _png(exp_tree / "confusion.png")
+    assert png_software(exp_tree / "confusion.png") is None
+    (exp_tree / "RESULTS.md").write_text("# RESULTS: toy on loso\n\n## Protocol card\n\n## Summary\n")
+    legacy = sertk_cli("results", "collect", exp_tree)
+    assert legacy.exit_code == 0, legacy.output
+    assert png_software(exp_tree / "confusion.png") == "sertk results collect"
+    assert "## Per fold" in (exp_tree / "RESULTS.md").read_text()
+
+
 def test_environment_record():
     env = environment()
     assert env["python"].count(".") == 2 and env["sertk"] and env["numpy"] == np.__version__

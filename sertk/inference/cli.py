@@ -59,7 +59,7 @@ def pack(paths: Tuple[Path], out: Optional[Path], feats: Optional[Path], info: b
               help="Pauses shorter than this (s) do not end a chunk.")
 @click.option("--vad-threshold", type=float, default=0.5, show_default=True, help="Speech probability threshold.")
 @click.option("--timeline", type=file_path,
-              help="Draw the emotion timeline of the (one) input recording to this PNG.")
+              help="Draw the emotion timeline of the (one) input recording to this .png file.")
 @click.option("--utt2spk", type=existing_file,
               help="Speakers by input id (Kaldi utt2spk), for models with speaker normalisation.")
 @click.option("--speaker-pattern", metavar="REGEX",
@@ -83,11 +83,15 @@ def infer(ctx, model: Path, inputs: Tuple[str], out: Optional[Path], vote: Optio
     from sertk.errors import SertkError
     from sertk.inference.inferencer import Inferencer
     from sertk.inference.inputs import assign_speakers, expand_inputs
-    from sertk.inference.output import output_format, write_output
+    from sertk.inference.output import check_output, output_format, write_output
     from sertk.inference.run import infer_recordings
+    from sertk.inference.timeline import check_timeline
     from sertk.inference.vad import VadConfig
 
-    output_format(out)   # a bad --out fails before any work
+    output_format(out)   # a bad --out or --timeline (or somebody's file there) fails before any work
+    check_output(out)
+    if timeline is not None:
+        check_timeline(timeline)
     vad = VadConfig(vad_backend, vad_threshold, min_chunk, max_chunk, min_silence)
     from sertk.device import check_device
     device = check_device(device) if device else None   # 'gpu', or cuda on a CPU-only torch: one line

@@ -6,6 +6,9 @@ for has a row too, after the decided ones: its label, times and posteriors empty
 (unreadable, too short, silent, no speech). A decided row's note is empty, or says what is wrong with its
 file short of a skip ("truncated: ..."). JSON holds the decided rows (posteriors as a class -> probability
 mapping, "note" where there is one) plus the model, the settings and the skipped inputs with their reasons.
+
+An existing --out is replaced only when it is such a table (its CSV header, or its JSON layout): anything else
+there is somebody's file, and is refused before any work.
 """
 import csv
 import io
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from sertk.errors import SertkError
-from sertk.fsutil import atomic_write_text
+from sertk.fsutil import atomic_write_text, check_file_replaceable
 from sertk.inference.inputs import Skip
 from sertk.inference.run import InferResult, Row
 
@@ -29,6 +32,31 @@ def output_format(path: Optional[Path]) -> str:
     if fmt is None:
         raise SertkError(f"--out {path}: the file name must end in {' or '.join(FORMATS)} (that picks the format)")
     return fmt
+
+
+def check_output(path: Optional[Path]) -> None:
+    """Raise `OutputError` (sertk.fsutil) when `path` exists and is not a table `sertk infer` wrote."""
+    if path is not None:
+        check_file_replaceable(path, "a table written by sertk infer", _is_infer_table,
+                               "move it away or give another --out")
+
+
+def _is_infer_table(path: Path) -> bool:
+    """Whether `path` holds infer's CSV (its header line, a note column or, as older sertk wrote it, none)
+    or its JSON (an object with the model, classes, rows and skipped inputs)."""
+    if output_format(path) == "json":
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+        return isinstance(doc, dict) and "model" in doc and \
+            all(isinstance(doc.get(key), list) for key in ("classes", "rows", "skipped"))
+    with open(path, "rb") as f:
+        line = f.read(1 << 16).split(b"\n", 1)[0].decode("utf-8")
+    names = next(csv.reader([line]), [])
+    fixed = columns(())[:-1]     # id ... label
+    probs = names[len(fixed):]
+    if probs and probs[-1] == "note":
+        probs = probs[:-1]
+    return names[:len(fixed)] == fixed and bool(probs) and all(p.startswith("p_") for p in probs)
 
 
 def columns(classes: Sequence[str]) -> List[str]:
@@ -63,5 +91,6 @@ def write_output(path: Optional[Path], result: InferResult, classes: Sequence[st
     fmt = output_format(path)
     text = csv_text(result.rows, classes, result.skips) if fmt == "csv" else json_text(result, classes, header)
     if path is not None:
+        check_output(Path(path))
         atomic_write_text(Path(path), text)
     return text

@@ -15,9 +15,9 @@ from sertk.features.encoder_cache import encoder_identity
 from sertk.features.extract import stream_layout
 from sertk.features.storage import CONFIG_FILE, is_feature_dump, read_dump_config
 from sertk.features.streams import DUMP_INFO_KEY, build_frontends, parse_config
-from sertk.fsutil import sha256_file
+from sertk.fsutil import check_file_replaceable, sha256_file
 from sertk.inference.pack_check import check_meta
-from sertk.inference.pack_file import read_meta, write_pack
+from sertk.inference.pack_file import is_pack_file, read_meta, write_pack
 from sertk.inference.packed import FORMAT, FORMAT_VERSION, LAYOUT_KEYS, PackError
 from sertk.results import ENV_FILE, SUMMARY_KEYS, find_fold_dirs, resolve_path
 from sertk.score import score_decode_dir
@@ -37,7 +37,8 @@ def pack_experiment(exp_dir: Path, out: Path, feats_dir: Optional[Path] = None) 
     """Pack the dev-selected model of one fold's exp dir into `out`; a one-line summary.
 
     The feature dump (for its config and frame layout) is `feats_dir`, else the one the fold's decode
-    dirs name. An `out` already packed from the same checkpoint is left alone.
+    dirs name. An `out` already packed from the same checkpoint is left alone; any other pack there is
+    replaced, and an existing `out` that is not a pack is refused (it is somebody's file).
     """
     exp_dir, out = Path(exp_dir), Path(out)
     ckpt_path = exp_dir / CHECKPOINT
@@ -53,7 +54,9 @@ def pack_experiment(exp_dir: Path, out: Path, feats_dir: Optional[Path] = None) 
             if read_meta(out)["source"]["checkpoint_sha256"] == digest:
                 return f"{out}: already packed from this {CHECKPOINT}; skipping"
         except (PackError, KeyError, TypeError):
-            pass   # not a pack of ours, or damaged: replaced below
+            pass   # a damaged or older pack: replaced below (anything else is refused)
+    check_file_replaceable(out, "a packed sertk model", is_pack_file,
+                           "move it away or give another -o, e.g. model.sertk")
     ckpt = load_checkpoint(ckpt_path)
     decodes = _decode_infos(exp_dir)
     dump_dir = _dump_dir(exp_dir, feats_dir, decodes)

@@ -43,6 +43,16 @@ def _open(path: Path) -> zipfile.ZipFile:
     return zf
 
 
+def is_pack_file(path: Path) -> bool:
+    """Whether `path` is a packed sertk model (a zip holding its two members), readable or damaged inside:
+    what `sertk pack -o` may replace."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return {META_MEMBER, WEIGHTS_MEMBER} <= set(zf.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False
+
+
 def _read_meta(zf: zipfile.ZipFile, path: Path) -> Dict[str, Any]:
     try:
         meta = json.loads(zf.read(META_MEMBER).decode("utf-8"), parse_constant=_no_constant)

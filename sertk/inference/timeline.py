@@ -4,6 +4,9 @@ Top: the class posteriors stacked (they sum to 1) over every chunk the recording
 window: each model window owns the stretch of the chunk nearest its centre, so a chunk's colours change
 where its windows disagree. Gaps are the non-speech the chunks leave out. Bottom: each chunk as a bar in
 the colour of its decided class. Needs matplotlib (pip install 'sertk[infer]').
+
+The file name must end in .png. The picture says in its PNG text that sertk infer drew it (Software), and an
+existing file is replaced only when it says so: anything else there is somebody's file, refused before any work.
 """
 import io
 from pathlib import Path
@@ -12,8 +15,20 @@ from typing import Sequence
 import numpy as np
 
 from sertk.errors import SertkError
-from sertk.fsutil import atomic_write_bytes
+from sertk.fsutil import atomic_write_bytes, check_file_replaceable, png_software
 from sertk.inference.run import Row
+
+
+SOFTWARE = "sertk infer --timeline"   # the picture's PNG Software text: what check_timeline recognises
+
+
+def check_timeline(path: Path) -> None:
+    """Raise unless `path` names a PNG file that is absent or a timeline sertk drew before."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise SertkError(f"--timeline {path}: the file name must end in .png (the timeline is a PNG picture)")
+    check_file_replaceable(path, "a timeline drawn by sertk infer", lambda p: png_software(p) == SOFTWARE,
+                           "move it away or give another --timeline")
 
 
 def _pyplot():
@@ -34,6 +49,7 @@ def _clock(seconds: float, _pos=None) -> str:
 
 def draw_timeline(rows: Sequence[Row], classes: Sequence[str], duration: float, path: Path, title: str = "") -> None:
     """Write the timeline of `rows` (the chunks of one recording, in time order) to `path` as PNG."""
+    check_timeline(path)
     plt = _pyplot()
     from matplotlib.ticker import FuncFormatter
     colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(classes))]
@@ -65,6 +81,6 @@ def draw_timeline(rows: Sequence[Row], classes: Sequence[str], duration: float, 
     bars.set_xlabel("time (top: posteriors per model window; bottom: each chunk's decided class)")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": SOFTWARE})
     plt.close(fig)
     atomic_write_bytes(Path(path), buf.getvalue())

@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
-from sertk.jobs.spec import Job, JobError, Outcome, footer, header
+from sertk.jobs.spec import Job, JobError, Outcome, check_logs, footer, header
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -17,6 +17,7 @@ def run_local(jobs: Sequence[Job], max_jobs: int, gpus: int = 0, jobs_per_gpu: i
     """Run every job; each one's output goes to its log. With `gpus`, each running job gets its own GPUs
     (CUDA_VISIBLE_DEVICES), shared by `jobs_per_gpu` running jobs; without, the machine's cores are shared
     out (OMP_NUM_THREADS) unless set."""
+    check_logs(jobs)
     parallel = max(1, min(max_jobs, len(jobs)))
     slots = _gpu_slots(parallel, gpus, jobs_per_gpu) if gpus else [None] * parallel
     free, lock = list(range(parallel)), threading.Lock()

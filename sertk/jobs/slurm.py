@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from sertk.jobs.spec import Job, JobError, Outcome
+from sertk.jobs.spec import Job, JobError, Outcome, check_logs
 from sertk.yamlutil import read_yaml_file
 
 SECTIONS = ("sbatch", "gpu", "kinds")
@@ -79,6 +79,7 @@ def run_slurm(jobs: Sequence[Job], config: Dict[str, Any], name: str, kind: Opti
         raise JobError("the slurm backend needs sbatch, which is not on PATH here; use the local backend "
                        "(backend=local in cmd.sh) or run on a Slurm login node")
     options = sbatch_options(config, kind, gpus)
+    check_logs(jobs)   # sbatch --output truncates the log
     for job in jobs:
         job.log.parent.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max(1, min(max_jobs or len(jobs), len(jobs)))) as pool:

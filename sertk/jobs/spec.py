@@ -1,4 +1,8 @@
-"""A batch of jobs: one command line and one log path with JOB in them, one job per JOB value."""
+"""A batch of jobs: one command line and one log path with JOB in them, one job per JOB value.
+
+A job's log is written from its start, as Kaldi's run.pl does, so that a recipe runs the same jobs again
+under the same log names; an existing log is replaced only when it is empty or a log a sertk job wrote (its
+header: `check_logs`), and anything else there stops the batch before any job runs."""
 import re
 import shlex
 import time
@@ -7,9 +11,11 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from sertk.errors import SertkError
+from sertk.fsutil import check_file_replaceable
 
 JOB_RANGE = re.compile(r"^JOB=(.+)$")
 TAIL_LINES = 10
+STARTED = re.compile(r"# started at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d on ")   # `header`'s second line
 
 
 class JobError(SertkError):
@@ -58,6 +64,23 @@ def make_jobs(values: Optional[Sequence[str]], log: str, argv: Sequence[str]) ->
     if "JOB" not in log:
         raise JobError(f"the log path {log} has no JOB in it: every job needs its own log")
     return [Job(v, [a.replace("JOB", v) for a in argv], Path(log.replace("JOB", v))) for v in values]
+
+
+def check_logs(jobs: Sequence[Job]) -> None:
+    """Raise `OutputError` (sertk.fsutil) when a job's log exists and is not a log a sertk job wrote, before any
+    job runs: a log is rewritten from its start (as Kaldi's run.pl does), so only our own may be there."""
+    for job in jobs:
+        check_file_replaceable(job.log, "a job log written by sertk jobs run", is_job_log,
+                               "move it away or give another log path")
+
+
+def is_job_log(path: Path) -> bool:
+    """Whether `path` is empty or begins with the header both backends write (`header`, slurm.wrapped): the
+    command on a '# ' line, then '# started at <date> <time> on <host>' (after the command's own lines, when
+    an argument holds a newline)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16).decode("utf-8", errors="replace")
+    return not head or (head.startswith("# ") and any(STARTED.match(line) for line in head.splitlines()[1:]))
 
 
 def header(job: Job, where: str) -> str:
