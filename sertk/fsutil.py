@@ -196,6 +196,24 @@ def png_software(path: Path) -> Optional[str]:
     return None
 
 
+@contextlib.contextmanager
+def removing_new_folders(path: Path) -> Iterator[None]:
+    """On any exception in the block, `path` and the parents of it that did not exist before the block are
+    removed again where they are empty, innermost first: a failed command leaves no empty folder it made
+    behind, and never removes a folder that existed before it, nor one holding anything."""
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists() and not p.is_symlink()]
+    try:
+        yield
+    except BaseException:
+        for folder in missing:
+            try:
+                folder.rmdir()
+            except OSError:     # not empty (or not ours to remove): it and its parents stay
+                break
+        raise
+
+
 def sha256_file(path: Path) -> str:
     return file_digest(path, "sha256")
 

@@ -6,6 +6,7 @@ percentages in the text a person reads.
 
     score_decode_dir(decode_dir, data_dir)  -> <decode_dir>/scoring/{metrics.json,confusion.txt,confusion.png}
     score_files(hyp, ref)                   -> the same numbers for plain Kaldi-style `<utt> <class>` files
+    score_hyp_against_data(hyp, data_dir)   -> a plain hyp file against a data dir's utt2emo and labels.yaml
 """
 import json
 from pathlib import Path
@@ -152,20 +153,24 @@ def check_same_items(have, want, have_name: str, want_name: str) -> None:
         raise ScoreError(f"{have_name}: {len(extra)} utterance(s) are not in {want_name}, e.g. '{extra[0]}'")
 
 
-def class_indices(labels: Mapping[str, str], classes: Sequence[str], where: str) -> Dict[str, int]:
-    """id -> class index; a class name not in `classes` is an error naming `where`."""
+def class_indices(labels: Mapping[str, str], classes: Sequence[str], where: str,
+                  classes_from: str = "") -> Dict[str, int]:
+    """id -> class index; a class name not in `classes` is an error naming `where` (and, in words,
+    `classes_from`: where the known classes come from)."""
     index = {c: i for i, c in enumerate(classes)}
     for key, name in labels.items():
         if name not in index:
-            raise ScoreError(f"{where}: '{key}' has class '{name}', which is not one of {list(classes)}")
+            raise ScoreError(f"{where}: '{key}' has class '{name}', which is not one of {list(classes)}"
+                             + (f" ({classes_from})" if classes_from else ""))
     return {key: index[name] for key, name in labels.items()}
 
 
 def score_labels(hyp: Mapping[str, str], ref: Mapping[str, str], classes: Sequence[str],
-                 hyp_name: str, ref_name: str) -> dict:
+                 hyp_name: str, ref_name: str, classes_from: str = "") -> dict:
     """Metrics of hypothesis class names against reference class names, matched by id."""
     check_same_items(hyp, ref, hyp_name, ref_name)
-    h, r = class_indices(hyp, classes, hyp_name), class_indices(ref, classes, ref_name)
+    h = class_indices(hyp, classes, hyp_name, classes_from)
+    r = class_indices(ref, classes, ref_name, classes_from)
     keys = sorted(ref)
     return metrics([r[k] for k in keys], [h[k] for k in keys], classes)
 
@@ -183,7 +188,7 @@ def score_decode_dir(decode_dir, data_dir, write: bool = True) -> dict:
     Writes `<decode_dir>/scoring/metrics.json`, `confusion.txt` and `confusion.png` (default rule).
     """
     dec = read_decode_dir(decode_dir)
-    dd = DataDir.load(data_dir, audio="none")  # scoring needs the labels, not the audio
+    dd = reference_dir(data_dir)
     left_out = None
     if dec.info.get("class_map"):  # decoded through a cross-corpus mapping: score on the shared classes
         mapping = class_mapping_from_dict(dec.info["class_map"], f"{dec.path / 'decode.yaml'}: class_map")
@@ -216,12 +221,18 @@ def write_scoring(out_dir: Path, result: dict) -> None:
                        title=f"{result['decode_dir']} ({result['default_rule']})")
 
 
+def reference_dir(data_dir) -> DataDir:
+    """The data dir a system's output is scored against: its utt2emo are the references and its labels.yaml
+    the known classes, in their order (a hypothesis outside them is an error)."""
+    return DataDir.load(data_dir, audio="none")  # scoring needs the labels, not the audio
+
+
 def read_label_file(path) -> Dict[str, str]:
-    """A Kaldi-style `<utt> <class>` file."""
+    """A Kaldi-style `<utt> <class>` file: exactly two fields a line."""
     path = Path(path)
     if not path.is_file():
         raise ScoreError(f"{path}: no such file")
-    table = read_table(path)
+    table = read_table(path, one_word=True)
     if not table:
         raise ScoreError(f"{path}: empty")
     return table
@@ -230,10 +241,24 @@ def read_label_file(path) -> Dict[str, str]:
 def score_files(hyp_path, ref_path, labels_path=None) -> dict:
     """Score plain `<utt> <class>` files from any system.
 
-    The classes (and their order) come from `labels_path` (a labels.yaml) when given, and a class
-    outside it is an error; otherwise they are every class seen in ref or hyp, sorted.
+    The classes (and their order) come from `labels_path` (a labels.yaml) when given, otherwise they are
+    the classes of the reference, sorted; a hypothesis class outside them is an error (a typo or a stray
+    column must not be scored as a class of its own), so a system that may predict a class the
+    reference lacks is scored with `labels_path`.
     """
     hyp, ref = read_label_file(hyp_path), read_label_file(ref_path)
-    classes: List[str] = (list(load_label_map(labels_path).classes) if labels_path
-                          else sorted(set(ref.values()) | set(hyp.values())))
-    return score_labels(hyp, ref, classes, str(hyp_path), str(ref_path))
+    if labels_path:
+        classes, classes_from = list(load_label_map(labels_path).classes), f"the classes of {labels_path}"
+    else:
+        classes = sorted(set(ref.values()))
+        classes_from = (f"the classes of {ref_path}; give --labels LABELS.yaml to score a class the reference "
+                        "lacks")
+    return score_labels(hyp, ref, classes, str(hyp_path), str(ref_path), classes_from)
+
+
+def score_hyp_against_data(hyp_path, data_dir) -> dict:
+    """Score a plain `<utt> <class>` file against a data dir: its utt2emo, and the classes of its labels.yaml
+    (as a decode dir is scored)."""
+    hyp, dd = read_label_file(hyp_path), reference_dir(data_dir)
+    return score_labels(hyp, dd.utt2emo, list(dd.labels.classes), str(hyp_path), str(Path(data_dir) / "utt2emo"),
+                        f"the classes of {dd.labels.source}")

@@ -12,6 +12,7 @@ from sertk.score import (
     per_class_text,
     score_decode_dir,
     score_files,
+    score_hyp_against_data,
     summary_text,
 )
 
@@ -26,20 +27,24 @@ def _echo_metrics(m: dict) -> None:
 
 @click.command("score")
 @click.argument("decode_dir", required=False, type=any_path)
-@click.option("--data", "data_dir", type=any_path, help="The data dir that was decoded (references in utt2emo).")
-@click.option("--hyp", type=any_path, help="Plain hypothesis file, `<utt> <class>` per line (any system).")
-@click.option("--ref", type=any_path, help="Plain reference file, `<utt> <class>` per line.")
+@click.option("--data", "data_dir", type=any_path,
+              help="The data dir that was decoded (references in utt2emo, classes in labels.yaml).")
+@click.option("--hyp", type=any_path, help="Plain hypothesis file, exactly `<utt> <class>` per line (any system).")
+@click.option("--ref", type=any_path, help="Plain reference file, exactly `<utt> <class>` per line.")
 @click.option("--labels", type=any_path,
-              help="labels.yaml giving the classes and their order for --hyp/--ref [default: classes seen].")
+              help="labels.yaml giving the classes and their order for --hyp/--ref [default: the classes of --ref].")
 def score(decode_dir: Optional[Path], data_dir: Optional[Path], hyp: Optional[Path], ref: Optional[Path],
           labels: Optional[Path]) -> None:
-    """Score DECODE_DIR against --data (every voting rule and the segments), or --hyp against --ref.
+    """Score DECODE_DIR against --data (every voting rule and the segments), or --hyp against --data or --ref.
 
     \b
     sertk score exp/loso/crnn/fold1/decode_test --data data/loso/fold1/test
+    sertk score --hyp hyp --data data/loso/fold1/test
     sertk score --hyp hyp --ref ref [--labels labels.yaml]
 
-    Decode dir scoring writes DECODE_DIR/scoring/{metrics.json,confusion.txt,confusion.png}.
+    Decode dir scoring writes DECODE_DIR/scoring/{metrics.json,confusion.txt,confusion.png}. A hypothesis
+    class outside the known classes is an error: those of the data dir's labels.yaml, of --labels, or else
+    of --ref.
     """
     if decode_dir is not None:
         if data_dir is None or hyp or ref or labels:
@@ -49,13 +54,14 @@ def score(decode_dir: Optional[Path], data_dir: Optional[Path], hyp: Optional[Pa
         click.echo(f"utterance level, rule {result['default_rule']}:")
         _echo_metrics(result["utterance"][result["default_rule"]])
         click.echo(f"wrote {Path(result['decode_dir']) / SCORING_DIR}/")
-    elif hyp is not None and ref is not None and data_dir is None:
-        m = score_files(hyp, ref, labels)
+    elif hyp is not None and (ref is None) != (data_dir is None) and (labels is None or ref is not None):
+        m = score_files(hyp, ref, labels) if ref is not None else score_hyp_against_data(hyp, data_dir)
         click.echo(f"WA {100 * m['wa']:.2f}  UA {100 * m['ua']:.2f}  macro-F1 {100 * m['macro_f1']:.2f}  "
                    f"N {m['num_utts']}")
         _echo_metrics(m)
     else:
-        raise click.UsageError("give DECODE_DIR --data DATA_DIR, or --hyp FILE --ref FILE")
+        raise click.UsageError("give DECODE_DIR --data DATA_DIR, --hyp FILE --data DATA_DIR, or --hyp FILE --ref FILE "
+                               "[--labels LABELS.yaml]")
 
 
 @click.group()

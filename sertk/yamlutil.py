@@ -1,4 +1,5 @@
-"""YAML loading that reads `1e-4` as a number (PyYAML's YAML 1.1 rules read it as a string)."""
+"""YAML loading that reads `1e-4` as a number (PyYAML's YAML 1.1 rules read it as a string) and refuses a
+key given twice in one mapping (PyYAML keeps the last and silently drops the other)."""
 import re
 from pathlib import Path
 from typing import Type
@@ -6,8 +7,30 @@ from typing import Type
 import yaml
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping that gives one key twice; `key` and `line` (1-based) of the second."""
+
+    def __init__(self, key, line: int, first_line: int, mark):
+        super().__init__(None, None, f"duplicate key {key!r} (first at line {first_line})", mark)
+        self.key, self.line, self.first_line = key, line, first_line
+
+
 class _Loader(yaml.SafeLoader):
-    pass
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":   # `<<: *base`: its keys may be overridden
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:     # an unhashable key: the base class says so
+                    continue
+                if first is not None:
+                    raise DuplicateKeyError(key, line, first, key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -30,6 +53,9 @@ def read_yaml_file(path, error: Type[Exception], mapping: bool = True):
     path = Path(path)
     try:
         doc = load_yaml(path.read_text(encoding="utf-8"))
+    except DuplicateKeyError as e:
+        raise error(f"{path}:{e.line}: duplicate key {e.key!r} (first at line {e.first_line}); "
+                    "give each key once") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise error(f"{path}: not a valid YAML text file ({e.__class__.__name__})") from None
     if mapping and not isinstance(doc, dict):

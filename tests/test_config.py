@@ -109,3 +109,48 @@ def test_config_get_without_the_model_still_checks_the_rest(tmp_path):
         load_config(conf, ["features.cmvn=bogus"], models=False)
     with pytest.raises(ConfigError, match="train.epochs must be an integer >= 1"):
         load_config(conf, ["train.epochs=0"], models=False)
+
+
+@pytest.mark.parametrize("text, where, key", [
+    ("model: {name: crnn}\ntrain:\n  epochs: 3\noptim: {lr: 1e-3}\ntrain:\n  epochs: 5\n", "c.yaml:5", "'train'"),
+    ("model: {name: crnn}\ntrain:\n  epochs: 3\n  batch_size: 4\n  epochs: 5\n", "c.yaml:5", "'epochs'"),
+    ("model: {name: crnn, name: crnn}\n", "c.yaml:1", "'name'"),
+])
+def test_a_key_given_twice_is_one_line_naming_file_line_and_key(tmp_path, text, where, key, sertk_cli, user_error):
+    """PyYAML keeps the last of two equal keys and drops the other silently; sertk refuses, at any level."""
+    path = write(tmp_path, text)
+    message = user_error(sertk_cli("config", "get", path, "train.epochs"))
+    assert message.startswith(f"{tmp_path / where}: duplicate key {key}"), message
+    with pytest.raises(ConfigError, match="duplicate key"):
+        load_config(path)
+
+
+def test_a_key_given_twice_in_a_base_file_or_an_override_is_refused(tmp_path, sertk_cli, user_error):
+    (tmp_path / "base.yaml").write_text("model: {name: crnn}\noptim: {lr: 1e-3}\noptim: {lr: 1e-4}\n")
+    path = write(tmp_path, "base: base.yaml\ntrain: {epochs: 2}\n")
+    message = user_error(sertk_cli("config", "show", path))
+    assert message.startswith(f"{tmp_path / 'base.yaml'}:3: duplicate key 'optim' (first at line 2)"), message
+    path = write(tmp_path, "model: {name: crnn}\n")
+    message = user_error(sertk_cli("config", "show", path, "--set", "model.channels={a: 1, a: 2}"))
+    assert message.endswith("the value gives key 'a' twice"), message
+    # a merge key (<<) is not a repeated key: the mapping's own keys override the merged ones
+    merged = write(tmp_path, "model: &m {name: crnn, dropout: 0.1}\nanchors: {<<: *m, dropout: 0.3}\n")
+    from sertk.yamlutil import read_yaml_file
+    assert read_yaml_file(merged, ConfigError)["anchors"] == {"name": "crnn", "dropout": 0.3}
+
+
+def test_every_yaml_file_and_docs_example_of_the_repo_loads():
+    """Refusing repeated keys must not refuse any YAML sertk ships, keeps or shows in its docs."""
+    import re
+    from recipes import REPO
+    from sertk.yamlutil import load_yaml, read_yaml_file
+    paths = [p for pattern in ("egs/*/conf/**/*.yaml", "egs/*/kept/**/*.yaml", "sertk/**/*.yaml")
+             for p in sorted(REPO.glob(pattern))]
+    assert len(paths) > 40
+    for path in paths:
+        read_yaml_file(path, ConfigError, mapping=False)
+    blocks = [m.group(1) for md in sorted(REPO.glob("**/*.md")) if "exp" not in md.relative_to(REPO).parts
+              for m in re.finditer(r"```ya?ml\n(.*?)```", md.read_text(encoding="utf-8"), re.S)]
+    assert blocks
+    for block in blocks:
+        load_yaml(block)

@@ -157,3 +157,38 @@ def test_cli_writes_the_protocol_and_reports_drops(corpora, tmp_path, sertk_cli)
     assert "dev: 2 held-out ravdess speaker(s): ravdess_01, ravdess_02" in result.output
     result = sertk_cli("data", "check", tmp_path / "cross")
     assert "every test utterance is tested exactly once" in result.output
+
+
+@pytest.mark.parametrize("field, text, message", [
+    ("source", "{ravdess: 1}", "'source' must be the name of the source corpus (as in its labels.yaml), not a mapping"),
+    ("target", "[emodb]", "'target' must be the name of the target corpus (as in its labels.yaml), not a list"),
+    ("target", "2005", "'target' must be the name of the target corpus (as in its labels.yaml), not 2005"),
+    ("source", "", "'source' must be the name of the source corpus (as in its labels.yaml), not empty"),
+    ("classes", "anger", "'classes' must be a non-empty list of class names, not 'anger'"),
+    ("classes", "[]", "'classes' must be a non-empty list of class names, not an empty list"),
+    ("classes", "[anger, yes]", "'classes' must list class names, but item 2 is True (quote a name"),
+    ("source_map", "[calm, surprise]", "'source_map' must map source classes to shared classes or 'drop', not a list"),
+    ("target_map", "drop", "'target_map' must map target classes to shared classes or 'drop', not 'drop'"),
+    ("source_maps", "{calm: drop}", "unknown key 'source_maps' (a class mapping has source, target, classes, "
+                                    "source_map, target_map)"),
+])
+def test_map_file_fields_of_the_wrong_type_are_one_line(tmp_path, sertk_cli, user_error, field, text, message):
+    """`source: {a: b}` once gave "{'a': 'b'} (...) holds corpus ..., but ... expects source corpus '{'a': 'b'}'"."""
+    doc = {**RAV_TO_EMO, "source_map": {"calm": "drop"}}
+    doc.pop(field, None)
+    path = tmp_path / "map.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False) + f"{field}: {text}\n")
+    with pytest.raises(LabelError) as e:
+        load_class_mapping(path)
+    assert str(e.value).startswith(f"{path}: {message}"), str(e.value)
+    # the command stops at the map, before reading the data dirs or writing anything
+    (tmp_path / "src").mkdir()
+    assert user_error(sertk_cli("data", "cross", tmp_path / "src", tmp_path / "src", "--map", path,
+                                "--out", tmp_path / "cross")).startswith(f"{path}: {message}")
+    assert not (tmp_path / "cross").exists()
+
+
+def test_a_decode_record_with_a_mapping_of_the_wrong_shape_is_named():
+    with pytest.raises(LabelError, match=r"^decode.yaml: class_map: a class mapping must be a mapping of source, "
+                                         r"target, classes, source_map, target_map, not a list$"):
+        class_mapping_from_dict(["ravdess", "emodb"], "decode.yaml: class_map")

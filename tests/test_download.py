@@ -69,6 +69,45 @@ def test_unreachable_url_is_a_clear_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("url", ["emodb.bilderbar.info/download/download.zip", "gopher://x/y.zip", "http://"])
+def test_a_url_without_a_known_scheme_is_one_line_and_leaves_nothing(tmp_path, sertk_cli, user_error, url):
+    dest = tmp_path / "new" / "downloads"
+    msg = user_error(sertk_cli("data", "download", "emodb", "--dest", dest, "--url", url))
+    assert msg.startswith(f"--url '{url}' is not an address sertk can download from: it must begin with http://")
+    assert list(tmp_path.iterdir()) == []       # no temp file, and no --dest (nor parent) that it made
+    with pytest.raises(DownloadError, match="is not an address"):
+        download(url, tmp_path / "x.zip")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_download_removes_its_temp_and_the_empty_dest_it_made(tmp_path, sertk_cli, user_error):
+    made = tmp_path / "made" / "downloads"
+    msg = user_error(sertk_cli("data", "download", "emodb", "--dest", made, "--url", "file:///no/such/zip"))
+    assert msg.startswith("cannot download file:///no/such/zip")
+    assert list(tmp_path.iterdir()) == []
+    # a --dest that existed before stays, empty or not; only the temp file goes
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    user_error(sertk_cli("data", "download", "emodb", "--dest", kept, "--url", "file:///no/such/zip"))
+    assert kept.is_dir() and list(kept.iterdir()) == []
+    (kept / "notes.txt").write_text("mine")
+    user_error(sertk_cli("data", "download", "emodb", "--dest", kept / "sub", "--url", "file:///no/such/zip"))
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
+    # a failure after the download keeps the zip (and so the folder holding it)
+    (tmp_path / "page.html").write_text("<html>moved</html>")
+    msg = user_error(sertk_cli("data", "download", "emodb", "--dest", made, "--url", (tmp_path / "page.html").as_uri()))
+    assert "not a readable zip archive" in msg
+    assert sorted(p.name for p in made.iterdir()) == ["emodb.zip"]
+
+
+def test_a_bad_zip_given_with_zip_leaves_no_empty_dest(tmp_path, sertk_cli, user_error):
+    (tmp_path / "x.zip").write_text("html error page")
+    msg = user_error(sertk_cli("data", "download", "emodb", "--dest", tmp_path / "d" / "e",
+                               "--zip", tmp_path / "x.zip"))
+    assert "not a readable zip archive" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.zip"]
+
+
 def emodb_wav():
     wav = CORPORA / "emodb" / "wav"
     if not wav.is_dir():

@@ -267,6 +267,25 @@ def test_refuses_a_dir_without_wav_scp_or_utt2spk(emodb_dir, sertk_cli, user_err
     assert snapshot(emodb_dir) == before and not (emodb_dir / ".backup").exists()
 
 
+@pytest.mark.parametrize("damage, why", [
+    ({"utt2spk": ""}, f"{N_UTTS} missing from utt2spk"),
+    ({"utt2emo": "no_such_utt anger\n"}, f"{N_UTTS} missing from utt2emo; 1 missing from wav.scp"),
+    ({name: "" for name in ("wav.scp", "utt2spk", "utt2emo", "utt2gen", "utt2dur", "utt2lab_raw")},
+     "no file lists an utterance"),
+])
+def test_refuses_to_drop_every_utterance(emodb_dir, sertk_cli, user_error, damage, why):
+    """A fix that would leave a 0-utterance data dir is refused, and the dir is left as it was."""
+    for name, text in damage.items():
+        if (emodb_dir / name).is_file():
+            (emodb_dir / name).write_text(text, encoding="utf-8")
+    before = snapshot(emodb_dir)
+    with pytest.raises(DataDirError, match="would drop every utterance"):
+        fix_dir(emodb_dir)
+    assert user_error(sertk_cli("data", "fix", emodb_dir)) == \
+        f"{emodb_dir}: fixing would drop every utterance ({why}); nothing changed"
+    assert snapshot(emodb_dir) == before and not (emodb_dir / ".backup").exists()
+
+
 def test_cli_fix_of_a_missing_dir_is_a_usage_error(tmp_path, sertk_cli):
     result = sertk_cli("data", "fix", tmp_path / "nope")
     assert result.exit_code == 2 and "does not exist" in result.output

@@ -193,6 +193,8 @@ def test_read_id_list(tmp_path):
     path.write_bytes(b"a\n\xff\xfe\n")
     with pytest.raises(DataDirError, match="not valid UTF-8"):
         read_id_list(path)
+    path.write_bytes(b"\xef\xbb\xbfa\r\nb\r\n")     # saved by a Windows editor: a byte-order mark is not an id
+    assert read_id_list(path) == ["a", "b"]
 
 
 # --- combine ------------------------------------------------------------------------------------

@@ -215,3 +215,48 @@ def test_score_plain_files_with_a_label_map(emodb_dir, tmp_path, user_error):
     (tmp_path / "short").write_text("".join(ref.read_text().splitlines(keepends=True)[1:]))
     msg = user_error(run("score", "--hyp", tmp_path / "short", "--ref", ref))
     assert "1 utterance(s) of" in msg and "are missing" in msg
+
+
+@pytest.mark.parametrize("ref_args", [("--ref", "ref"), ("--data", "data")])
+def test_a_hyp_line_with_a_third_field_is_an_error_not_a_class(emodb_dir, tmp_path, user_error, ref_args):
+    """`u1 anger 0.91` (a score column) must not become the class 'anger 0.91' and score WA 0."""
+    (tmp_path / "ref").write_bytes((emodb_dir / "utt2emo").read_bytes())
+    lines = (emodb_dir / "utt2emo").read_text().splitlines(keepends=True)
+    (tmp_path / "hyp").write_text(lines[0] + lines[1].rstrip("\n") + " 0.91\n" + "".join(lines[2:]))
+    option, name = ref_args
+    msg = user_error(run("score", "--hyp", tmp_path / "hyp", option, tmp_path / name if name == "ref" else emodb_dir))
+    assert msg.startswith(f"{tmp_path / 'hyp'}:2: expected two fields"), msg
+    assert msg.endswith(f"got 3: '{lines[1].strip()} 0.91'"), msg
+
+
+def test_a_hyp_class_outside_the_known_classes_is_an_error(emodb_dir, tmp_path, user_error):
+    (tmp_path / "ref").write_text("u1 anger\nu2 sadness\nu3 anger\n")
+    (tmp_path / "hyp").write_text("u1 anger\nu2 banana\nu3 anger\n")
+    # without --labels the known classes are the reference's
+    msg = user_error(run("score", "--hyp", tmp_path / "hyp", "--ref", tmp_path / "ref"))
+    assert msg.startswith(f"{tmp_path / 'hyp'}: 'u2' has class 'banana', which is not one of ['anger', 'sadness']")
+    assert f"the classes of {tmp_path / 'ref'}; give --labels" in msg
+    # a class the reference lacks but the label map has is scored with --labels
+    (tmp_path / "hyp").write_text("u1 anger\nu2 fear\nu3 anger\n")
+    assert "'fear'" in user_error(run("score", "--hyp", tmp_path / "hyp", "--ref", tmp_path / "ref"))
+    m = score_files(tmp_path / "hyp", tmp_path / "ref", emodb_dir / "labels.yaml")
+    assert m["classes"] == EMO and m["per_class"]["fear"]["predicted"] == 1 and m["wa"] == pytest.approx(2 / 3)
+    # against a data dir: the classes of its labels.yaml, as a decode dir is scored
+    hyp = tmp_path / "hyp_dd"
+    hyp.write_text((emodb_dir / "utt2emo").read_text().replace("anger", "banana", 1))
+    msg = user_error(run("score", "--hyp", hyp, "--data", emodb_dir))
+    assert msg.startswith(f"{hyp}: ") and "has class 'banana'" in msg
+    assert msg.endswith(f"(the classes of {emodb_dir / 'labels.yaml'})"), msg
+
+
+def test_score_a_hyp_file_against_a_data_dir(emodb_dir, tmp_path):
+    utt2emo = (emodb_dir / "utt2emo").read_text()
+    (tmp_path / "hyp").write_bytes(b"\xef\xbb\xbf" + utt2emo.replace("\n", "\r\n").encode())   # BOM, CRLF: fine
+    result = run("score", "--hyp", tmp_path / "hyp", "--data", emodb_dir)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("WA 100.00  UA 100.00")
+    assert result.output.splitlines()[1].split()[0] == "class" and result.output.splitlines()[2].split()[0] == EMO[0]
+    # --labels belongs to --ref: the data dir has its own
+    assert run("score", "--hyp", tmp_path / "hyp", "--data", emodb_dir, "--labels", emodb_dir / "labels.yaml"
+               ).exit_code == 2
+    assert run("score", "--hyp", tmp_path / "hyp", "--data", emodb_dir, "--ref", emodb_dir / "utt2emo").exit_code == 2

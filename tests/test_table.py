@@ -43,6 +43,33 @@ def test_parse_keeps_non_ascii_utf8(tmp_path):
     assert parse_table(path)[0] == [Entry("u1", "Grüße aus Köln", 1)]
 
 
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_key(tmp_path):
+    path = write(tmp_path / "utt2spk", b"\xef\xbb\xbfu1 s1\r\nu2 s2\r\n")
+    assert parse_table(path) == ([Entry("u1", "s1", 1), Entry("u2", "s2", 2)], [])
+    assert read_table(path) == {"u1": "s1", "u2": "s2"}
+
+
+def test_a_data_dir_whose_tables_start_with_a_byte_order_mark_loads(emodb_dir, sertk_cli):
+    """Every Kaldi-style table (wav.scp, utt2spk, utt2emo, ...) is read through parse_table."""
+    from sertk.data.datadir import DataDir
+    from sertk.data.validate import per_utt_files
+    want = DataDir.load(emodb_dir, audio="none")
+    for name in [*per_utt_files(emodb_dir), "spk2utt"]:
+        (emodb_dir / name).write_bytes(b"\xef\xbb\xbf" + (emodb_dir / name).read_bytes())
+    result = sertk_cli("data", "validate", emodb_dir)
+    assert result.exit_code == 0, result.output
+    got = DataDir.load(emodb_dir, audio="none")
+    assert got.tables == want.tables and got.utts == want.utts
+
+
+def test_a_value_of_one_word_is_enforced_when_asked(tmp_path):
+    path = write(tmp_path / "hyp", "u1 anger\nu2 anger 0.91\n")
+    assert read_table(path) == {"u1": "anger", "u2": "anger 0.91"}
+    with pytest.raises(DataDirError) as e:
+        read_table(path, one_word=True)
+    assert str(e.value) == f"{path}:2: expected two fields '<id> <value>', got 3: 'u2 anger 0.91'"
+
+
 def test_read_table_returns_a_dict(tmp_path):
     path = write(tmp_path / "utt2spk", "u1 s1\nu2 s2\n")
     assert read_table(path) == {"u1": "s1", "u2": "s2"}

@@ -27,7 +27,7 @@ from sertk.errors import SertkError
 # ConfigError and DEFAULTS are used here and imported from here by the rest of sertk (trainer, grid, pack)
 from sertk.config.schema import (CHECKS, COMBINATIONS, DEFAULTS, GRID_FIXED, SEVERAL_TYPES, Check,
                                        ConfigError, check_value, model_option_check, shown)
-from sertk.yamlutil import load_yaml, read_yaml_file
+from sertk.yamlutil import DuplicateKeyError, load_yaml, read_yaml_file
 
 
 # the model section's defaults and checks come from the model's own Config, so they live here with the lazy
@@ -283,6 +283,8 @@ def _parse_override(text: str, what: str = "override", form: str = "key.sub=valu
         return key.strip(), _REMOVE
     try:
         return key.strip(), load_yaml(value)
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{what} '{text}': the value gives key {e.key!r} twice") from None
     except yaml.YAMLError:
         raise ConfigError(f"{what} '{text}': the value is not valid YAML") from None
 

@@ -70,29 +70,64 @@ def load_class_mapping(path) -> ClassMapping:
     path = Path(path)
     if not path.is_file():
         raise LabelError(f"{path}: no such class mapping")
-    return class_mapping_from_dict(read_yaml_file(path, LabelError), str(path))
+    doc = read_yaml_file(path, LabelError)
+    # a typo in a key (source_maps) would otherwise drop that map silently; decode.yaml's record of a mapping
+    # holds more (model_classes, dropped) and is read by class_mapping_from_dict without this check
+    unknown = [k for k in doc if k not in MAPPING_KEYS]
+    if unknown:
+        raise LabelError(f"{path}: unknown key {unknown[0]!r} (a class mapping has {', '.join(MAPPING_KEYS[:5])})")
+    return class_mapping_from_dict(doc, str(path))
+
+
+MAPPING_KEYS = ("source", "target", "classes", "source_map", "target_map", "file")   # file: as to_dict records it
+
+
+def _kind(value) -> str:
+    """What a wrong value is, for a message: its YAML kind, or the value itself when it is short."""
+    if value is None:
+        return "empty"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value) if len(repr(value)) <= 40 else f"a {type(value).__name__}"
 
 
 def class_mapping_from_dict(doc: dict, where: str) -> ClassMapping:
+    """A class mapping from its YAML document; every field of the wrong type is a `LabelError` naming it."""
+    if not isinstance(doc, dict):
+        raise LabelError(f"{where}: a class mapping must be a mapping of {', '.join(MAPPING_KEYS[:5])}, "
+                         f"not {_kind(doc)}")
     for key in ("source", "target", "classes"):
         if key not in doc:
             raise LabelError(f"{where}: a class mapping needs '{key}'")
+    for side in SIDES:
+        if not isinstance(doc[side], str) or not doc[side].strip():
+            raise LabelError(f"{where}: '{side}' must be the name of the {side} corpus (as in its labels.yaml), "
+                             f"not {_kind(doc[side])}")
     classes = doc["classes"]
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise LabelError(f"{where}: 'classes' must be a non-empty list of class names")
+    if not isinstance(classes, list) or not classes:
+        raise LabelError(f"{where}: 'classes' must be a non-empty list of class names, not "
+                         f"{_kind(classes) if classes != [] else 'an empty list'}")
+    for i, cls in enumerate(classes, start=1):
+        if not isinstance(cls, str):
+            raise LabelError(f"{where}: 'classes' must list class names, but item {i} is {_kind(cls)} "
+                             "(quote a name YAML reads as a number or a boolean)")
     if len(set(classes)) != len(classes) or DROP in classes:
         raise LabelError(f"{where}: 'classes' must not repeat a class or name '{DROP}'")
     maps = {}
     for side in SIDES:
-        side_map = doc.get(f"{side}_map") or {}
+        side_map = doc.get(f"{side}_map")
+        side_map = {} if side_map is None else side_map
         if not isinstance(side_map, dict):
-            raise LabelError(f"{where}: '{side}_map' must map {side} classes to shared classes or '{DROP}'")
+            raise LabelError(f"{where}: '{side}_map' must map {side} classes to shared classes or '{DROP}', "
+                             f"not {_kind(side_map)}")
         for cls, shared in side_map.items():
             if not isinstance(cls, str) or not isinstance(shared, str) or (shared != DROP and shared not in classes):
                 raise LabelError(f"{where}: {side}_map maps {cls!r} to {shared!r}, which is neither a shared "
                                  f"class {classes} nor '{DROP}'")
         maps[side] = dict(side_map)
-    return ClassMapping(str(doc["source"]), str(doc["target"]), tuple(classes), maps, where)
+    return ClassMapping(doc["source"], doc["target"], tuple(classes), maps, where)
 
 
 def relabel(dd: DataDir, mapping: ClassMapping, side: str, where: str) -> Tuple[DataDir, Counter]:

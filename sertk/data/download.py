@@ -7,11 +7,10 @@ archive itself is checked against the MD5 its publisher lists, and the manifest 
 so a truncated or wrong archive is still refused. Extraction refuses absolute paths, `..`, links
 and implausibly large archives.
 """
+import http.client
 import logging
 import shutil
 import stat
-import tempfile
-import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Tuple
 
 from sertk.errors import SertkError
-from sertk.fsutil import atomic_output_dir, file_digest, glob_escape, owned_by, sha256_file
+from sertk.fsutil import (atomic_output_dir, atomic_write_with, file_digest, glob_escape, owned_by,
+                          removing_new_folders, sha256_file)
 
 log = logging.getLogger(__name__)
 
@@ -54,40 +54,56 @@ def fetch_corpus(corpus: str, dest: Path, url: Optional[str] = None, zip_path: O
     if corpus not in SOURCES:
         raise DownloadError(f"no download for '{corpus}'; downloadable: {', '.join(SOURCES)}")
     source, dest = SOURCES[corpus], Path(dest)
+    if url is not None:
+        check_url(url)
     root = dest / corpus
     if root.is_dir() and not verify_manifest(root, MANIFESTS / source.manifest):
         log.info("%s: already downloaded and verified", root)
         return root
-    if zip_path is None:
-        zip_path = dest / f"{corpus}.zip"
-        if not zip_path.is_file():
-            download(url or source.url, zip_path)
-    if source.archive_md5 and file_digest(Path(zip_path), "md5") != source.archive_md5:
-        raise DownloadError(f"{zip_path}: MD5 differs from the official release's ({source.archive_md5}); "
-                            "remove it and download again")
-    log.info("extracting %s (licence: %s)", zip_path, source.licence)
-    release = owned_by(manifest_paths(MANIFESTS / source.manifest) + zip_member_paths(Path(zip_path)))
-    with atomic_output_dir(root, f"{corpus} release", release) as tmp:
-        safe_extract(Path(zip_path), tmp)
-        problems = verify_manifest(tmp, MANIFESTS / source.manifest)
-        if problems:
-            raise DownloadError(f"{zip_path}: {len(problems)} file(s) differ from the official release, "
-                                f"e.g. {problems[0]}; remove the zip and download again")
+    with removing_new_folders(dest):   # a failure leaves no empty --dest behind that it made
+        if zip_path is None:
+            zip_path = dest / f"{corpus}.zip"
+            if not zip_path.is_file():
+                download(url or source.url, zip_path)
+        if source.archive_md5 and file_digest(Path(zip_path), "md5") != source.archive_md5:
+            raise DownloadError(f"{zip_path}: MD5 differs from the official release's ({source.archive_md5}); "
+                                "remove it and download again")
+        log.info("extracting %s (licence: %s)", zip_path, source.licence)
+        release = owned_by(manifest_paths(MANIFESTS / source.manifest) + zip_member_paths(Path(zip_path)))
+        with atomic_output_dir(root, f"{corpus} release", release) as tmp:
+            safe_extract(Path(zip_path), tmp)
+            problems = verify_manifest(tmp, MANIFESTS / source.manifest)
+            if problems:
+                raise DownloadError(f"{zip_path}: {len(problems)} file(s) differ from the official release, "
+                                    f"e.g. {problems[0]}; remove the zip and download again")
     return root
 
 
+URL_SCHEMES = ("http", "https", "ftp", "file")
+
+
+def check_url(url: str) -> None:
+    """`url` must be an address urllib can open: a scheme it knows, then the rest."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in URL_SCHEMES or not rest:
+        hint = f" (e.g. http://{url})" if not sep else ""
+        raise DownloadError(f"--url '{url}' is not an address sertk can download from: it must begin with "
+                            f"{', '.join(s + '://' for s in URL_SCHEMES)}{hint}")
+
+
 def download(url: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """`url` saved as `path`, through a temp file beside it that no failure leaves behind."""
+    check_url(url)
     log.info("downloading %s", url)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+
+    def fetch(tmp: str) -> None:
         try:
-            with urllib.request.urlopen(url, timeout=60) as response:
-                shutil.copyfileobj(response, tmp)
-        except (urllib.error.URLError, OSError) as e:
-            Path(tmp.name).unlink(missing_ok=True)
-            raise DownloadError(f"cannot download {url} ({getattr(e, 'reason', e)}); download it yourself "
-                                f"and pass its zip or extracted folder") from None
-    Path(tmp.name).replace(path)
+            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except (OSError, ValueError, http.client.HTTPException) as e:   # URLError is an OSError
+            raise DownloadError(f"cannot download {url} ({getattr(e, 'reason', None) or e}); download it "
+                                "yourself and pass its zip or extracted folder") from None
+    atomic_write_with(path, fetch)
 
 
 def safe_extract(zip_path: Path, out: Path) -> None:

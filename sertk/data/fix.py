@@ -50,6 +50,9 @@ def fix_dir(path) -> FixReport:
         if missing:
             report.dropped[f"missing from {name}"] += len(missing)
             keep -= missing
+    if not keep:   # an empty data dir is no repair: say why, change nothing
+        why = "; ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items())) or "no file lists an utterance"
+        raise DataDirError(f"{path}: fixing would drop every utterance ({why}); nothing changed")
     new_text = {name: format_table((u, v) for u, v in t.items() if u in keep) for name, t in tables.items()}
     utt2spk = {u: v for u, v in tables.get("utt2spk", {}).items() if u in keep}
     new_text["spk2utt"] = "".join(f"{s} {' '.join(us)}\n" for s, us in invert_utt2spk(utt2spk).items())

@@ -5,6 +5,7 @@ from typing import Dict, List, Optional, Sequence
 
 from sertk.data.datadir import DataDir
 from sertk.data.labels import LabelMap
+from sertk.data.table import TABLE_ENCODING
 from sertk.errors import DataDirError
 
 log = logging.getLogger(__name__)
@@ -16,7 +17,7 @@ def read_id_list(path) -> List[str]:
     if not path.is_file():
         raise DataDirError(f"{path}: no such id list")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding=TABLE_ENCODING)
     except UnicodeDecodeError:
         raise DataDirError(f"{path}: not a text file of ids (not valid UTF-8)") from None
     return [line.split()[0] for line in text.splitlines() if line.strip()]

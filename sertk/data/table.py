@@ -6,6 +6,8 @@ from typing import Dict, Iterable, List, Mapping, Tuple
 from sertk.errors import DataDirError
 from sertk.fsutil import atomic_write_text
 
+TABLE_ENCODING = "utf-8-sig"   # how Kaldi-style text files are read: UTF-8, with or without a byte-order mark
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -22,8 +24,8 @@ def parse_table(path: Path) -> Tuple[List[Entry], List[Tuple[int, str]]]:
     """
     entries, bad = [], []
     # undecodable bytes become lone surrogates, so one bad line is reported instead of the whole
-    # read failing with a UnicodeDecodeError
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+    # read failing with a UnicodeDecodeError; a UTF-8 byte-order mark (Windows editors) is not part of the first key
+    with open(path, encoding=TABLE_ENCODING, errors="surrogateescape") as f:
         for lineno, raw in enumerate(f, start=1):
             line = raw.strip()
             if not _is_utf8(line):
@@ -48,8 +50,9 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def read_table(path: Path) -> Dict[str, str]:
-    """Read a table strictly: any malformed line or duplicate key raises `DataDirError`."""
+def read_table(path: Path, one_word: bool = False) -> Dict[str, str]:
+    """Read a table strictly: any malformed line or duplicate key raises `DataDirError`. `one_word`: each
+    value must be a single word (`<utt> <class>`), so a line with a third field is an error, not a value."""
     entries, bad = parse_table(path)
     if bad:
         lineno, msg = bad[0]
@@ -58,6 +61,9 @@ def read_table(path: Path) -> Dict[str, str]:
     for e in entries:
         if e.key in table:
             raise DataDirError(f"{path}:{e.line}: duplicate id '{e.key}'")
+        if one_word and len(e.value.split()) > 1:
+            raise DataDirError(f"{path}:{e.line}: expected two fields '<id> <value>', got "
+                               f"{1 + len(e.value.split())}: '{e.key} {e.value}'")
         table[e.key] = e.value
     return table
 
