@@ -96,6 +96,20 @@ def test_bad_inputs():
         make_cmvn("utterance", {}, {})
 
 
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_features_of_another_width_than_the_statistics_are_refused(as_tensor):
+    """Not numpy's broadcast error (or, for one column, a silent broadcast): e.g. a 20-band dump decoded with the
+    16-band statistics of a model's checkpoint."""
+    feats, utt2spk = _feats(dim=16)
+    wide = np.zeros((81, 20), dtype=np.float32)
+    for cmvn in (GlobalCMVN().fit(feats.values()), make_cmvn("speaker", feats, utt2spk)):
+        x = torch.from_numpy(wide) if as_tensor else wide
+        with pytest.raises(FeatureError, match="CMVN: features with 20 values per row, statistics of 16"):
+            cmvn.normalize(x, "spk0-u00")
+        with pytest.raises(FeatureError, match="features with 1 values per row, statistics of 16"):
+            cmvn.normalize(wide[:, :1], "spk0-u00")
+
+
 def test_speaker_mode_normalises_each_speaker_with_its_own_frames():
     feats, utt2spk = _feats()
     cmvn = make_cmvn("speaker", feats, utt2spk)

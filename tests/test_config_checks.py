@@ -1,19 +1,25 @@
 """Every config value checked when the config is loaded (sertk.config.schema: CHECKS, the model options
-by type and meaning, COMBINATIONS), `--device` checked against the machine, and a failed `sertk train` that
-leaves no exp dir behind where there was none."""
+by type and meaning, COMBINATIONS), `--device` checked against the machine, a failed `sertk train` that
+leaves no exp dir behind where there was none, and dumps that do not fit the model or are damaged (train and
+decode: one line)."""
 import dataclasses
 import logging
 import logging.handlers
+import shutil
 import typing
 
+import numpy as np
 import pytest
 import torch
+import yaml
 
 from helpers import emodb_loso
 from recipes import REPO
+from sertk.data.datadir import DataDir
 from sertk.device import check_device
 from sertk.errors import DeviceError
 from sertk.features.extract import extract_features
+from sertk.features.storage import ArkWriter, load_feats, write_stream_index
 from sertk.models import available_models, model_class
 from sertk.train import optim
 from sertk.train import trainer as trainer_module
@@ -308,6 +314,96 @@ def test_a_run_that_fails_while_setting_up_leaves_no_exp_dir(fold_and_dump, tmp_
     assert result.exit_code == 0, result.output
     assert (fresh / "best.pt").is_file() and (fresh / "config.yaml").is_file()
     assert "train segments" in (fresh / "train.log").read_text()
+
+
+# --- dumps that do not fit the model, or are damaged: one line, and no exp dir or decode dir left -----
+
+def test_a_model_wider_than_the_dump_is_one_line_before_anything_is_written(fold_and_dump, tmp_path, sertk_cli,
+                                                                            user_error):
+    fold, dump = fold_and_dump
+    conf = tmp_path / "c.yaml"
+    conf.write_text("model: {name: crnn}\n")
+    sets = [a for s in TINY for a in ("--set", s)]
+    exp = tmp_path / "exp" / "crnn" / "fold1"
+    message = user_error(sertk_cli(*_train_args(conf, fold, dump, exp, *sets, "--set", "model.n_mels=64")))
+    assert message.startswith(f"{dump}: stream 'logmel' has 16 values per frame, but model crnn reads 64; ")
+    assert "set to 16" in message and not (tmp_path / "exp").exists()
+    # a dump that does not record its widths (brought from Kaldi, or older): the model finds it in its first
+    # batch, with the exp dir made by then, and the run still leaves none
+    bare = tmp_path / "bare"
+    shutil.copytree(dump, bare)
+    doc = yaml.safe_load((bare / "features.yaml").read_text())
+    del doc["dump"]["dims"]
+    (bare / "features.yaml").write_text(yaml.safe_dump(doc))
+    message = user_error(sertk_cli(*_train_args(conf, fold, bare, exp, *sets, "--set", "model.n_mels=64")))
+    assert message == "crnn expects 64 mel bands, got 16; set model.n_mels to the width of the features"
+    assert not (tmp_path / "exp").exists()
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(fold_and_dump, tmp_path_factory):
+    """A crnn trained for one epoch on fold_and_dump's 16-band dump."""
+    fold, dump = fold_and_dump
+    exp = tmp_path_factory.mktemp("trained") / "fold1"
+    trainer_module.train(load_config(None, TINY), fold, dump, exp)
+    return exp
+
+
+def test_decoding_a_dump_of_another_width_is_one_line(fold_and_dump, trained_tiny, tmp_path, sertk_cli, user_error):
+    fold, dump = fold_and_dump
+    wide = tmp_path / "dump20"
+    extract_features(dump.parent / "all", {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel",
+                                                                                          "n_mels": 20}}}, wide)
+    out = tmp_path / "decode_test"
+    message = user_error(sertk_cli("decode", "--exp", trained_tiny, "--data", fold / "test", "--feats", wide,
+                                   "--out", out, "--device", "cpu"))
+    assert message.startswith(f"{wide}: stream 'logmel' has 20 values per frame, but model crnn reads 16; ")
+    assert not out.exists()
+
+
+def _damaged_copy(dump, dest, utt: str, damage: str):
+    """A copy of the 16-band `dump` at `dest` with `utt`'s features damaged: its matrix cut in the middle (and all
+    after it gone), its scp offset past the end of the ark, or a NaN among its values."""
+    feats = {u: np.array(x) for u, x in load_feats(dump, "logmel").items()}
+    shutil.copytree(dump, dest)
+    if damage == "nan":
+        feats[utt][1, 3] = np.nan
+    for old in (dest / "logmel").glob("feats.*.ark"):
+        old.unlink()
+    with ArkWriter(dest / "logmel" / "feats.1.ark") as ark:
+        for u in sorted(feats):
+            ark.write(u, feats[u])
+    entries = [(u, name, offset + (10 ** 8 if damage == "offset" and u == utt else 0), n)
+               for u, name, offset, n in ark.entries]
+    write_stream_index(dest / "logmel", dest / "logmel", entries)
+    if damage == "cut":
+        offset = next(offset for u, _, offset, _ in entries if u == utt)
+        path = dest / "logmel" / "feats.1.ark"
+        path.write_bytes(path.read_bytes()[:offset + 40])
+    return dest
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("cut", "no whole Kaldi matrix at offset"), ("offset", "is past the end of the ark"),
+    ("nan", "has 1 non-finite value(s) (NaN or Inf)")])
+def test_a_damaged_dump_is_one_line_naming_the_utterance(damage, says, fold_and_dump, trained_tiny, tmp_path,
+                                                         sertk_cli, user_error):
+    """Train and decode used to end in kaldiio's AssertionError, or in NaN losses and posteriors."""
+    fold, dump = fold_and_dump
+    conf = tmp_path / "c.yaml"
+    conf.write_text("model: {name: crnn}\n")
+    sets = [a for s in TINY for a in ("--set", s)]
+    for part, command in (("train", "train"), ("test", "decode")):
+        utt = DataDir.load(fold / part).utts[0]   # one the command reads
+        damaged = _damaged_copy(dump, tmp_path / f"dump_{part}", utt, damage)
+        out = tmp_path / "exp" / f"{part}_out"
+        args = (_train_args(conf, fold, damaged, out, *sets) if command == "train" else
+                ("decode", "--exp", trained_tiny, "--data", fold / part, "--feats", damaged, "--out", out,
+                 "--device", "cpu"))
+        message = user_error(sertk_cli(*args))
+        assert message.startswith(f"{damaged / 'logmel' / 'feats.scp'}: utterance '{utt}' "), message
+        assert says in message and "extract the features again" in message, message
+        assert not (tmp_path / "exp").exists()
 
 
 def test_what_is_logged_while_setting_up_goes_into_train_log(monkeypatch, tmp_path):

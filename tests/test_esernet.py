@@ -71,7 +71,7 @@ def test_logits_for_any_length_up_to_max_frames(frames):
 
 def test_longer_than_max_frames_is_refused():
     model = _model(max_frames=100)
-    with pytest.raises(ValueError, match="at most model.max_frames = 100 frames, got 120"):
+    with pytest.raises(ModelConfigError, match="at most model.max_frames = 100 frames, got 120"):
         model(_batch(model, frames=120))
 
 

@@ -274,11 +274,24 @@ def test_resolved_config_round_trips():
     ({"streams": {}}, r"'streams' must be a non-empty mapping"),
     ({"sample_rate": 16000, "stream": {}}, r"unknown key\(s\) stream"),
     ({"sample_rate": "16k", "streams": {"a": {"type": "zcr"}}}, r"sample_rate must be a positive integer"),
+    ({"sample_rate": 100, "streams": {"a": {"type": "zcr"}}}, r"sample_rate 100 Hz is below 8000 Hz"),
+    ({"streams": {"a": {"type": "logmel", "n_mels": 2000}}},
+     r"n_mels \(2000\) must be <= the 257 FFT bins of n_fft 512; lower n_mels or raise n_fft"),
+    ({"streams": {"a": {"type": "mfcc", "n_mels": 200}}},   # fewer than the bins, but the lowest filters fall between two
+     r"n_mels \(200\) is too many for n_fft 512 between fmin and fmax \(0-8000 Hz\): 2 mel filter\(s\) would cover"),
+    ({"sample_rate": 8000, "streams": {"a": {"type": "logmel", "fmax": 6000.0}}}, r"fmax <= sample_rate / 2 \(4000\)"),
     ({"streams": {"a/b": {"type": "zcr"}}}, r"stream name 'a/b'"),
 ])
 def test_bad_configs_are_clear_errors(doc, message):
     with pytest.raises(FeatureError, match=message):
         parse_config(doc)
+
+
+def test_the_most_mel_bands_without_an_empty_filter_pass():
+    from sertk.features.streams.melscale import empty_filters
+    assert parse_config({"streams": {"a": {"type": "logmel", "n_mels": 195}}}).streams["a"].n_mels == 195
+    assert empty_filters(SR, 512, 195) == 0 and empty_filters(SR, 512, 196) == 1   # where librosa starts to warn
+    assert parse_config({"sample_rate": 8000, "streams": {"a": {"type": "logmel", "n_mels": 64}}}).sample_rate == 8000
 
 
 def test_parse_stream_accepts_parsed_config():
@@ -429,6 +442,78 @@ def test_unknown_stream_in_dump(feat_data, tmp_path):
         load_feats(tmp_path / "dump", "mfcc")
 
 
+# --- damaged dumps: one FeatureError naming the utterance, never kaldiio's AssertionError ---------
+
+def _small_dump(folder: Path, arrays) -> Path:
+    """A dump of one stream 's' holding `arrays` (utt -> [frames, dim]) in one ark, written as extract writes it."""
+    from sertk.features.storage import ArkWriter, write_dump_config, write_stream_index
+    (folder / "s").mkdir(parents=True)
+    with ArkWriter(folder / "s" / "feats.1.ark") as ark:
+        for utt in sorted(arrays):
+            ark.write(utt, arrays[utt])
+    write_stream_index(folder / "s", folder / "s", ark.entries)
+    write_dump_config(folder, {"sample_rate": SR, "streams": {}, "dump": {"dims": {"s": 4}}})
+    return folder
+
+
+def _damage_scp(dump: Path, utt: str, entry: str) -> None:
+    scp = dump / "s" / "feats.scp"
+    scp.write_text("".join(f"{u} {entry if u == utt else e}\n" for u, e in
+                           (line.split() for line in scp.read_text().splitlines())))
+
+
+@pytest.fixture
+def small_dump(tmp_path):
+    rng = np.random.default_rng(0)
+    return _small_dump(tmp_path / "dump", {u: rng.standard_normal((30, 4)).astype(np.float32) for u in "abc"})
+
+
+def test_a_good_dump_reads_in_the_callers_order(small_dump):
+    from sertk.features.storage import read_feats
+    read = read_feats(small_dump, "s", ["c", "a"])
+    assert list(read) == ["c", "a"]
+    np.testing.assert_array_equal(read["a"], kaldiio.load_scp(str(small_dump / "s" / "feats.scp"))["a"])
+
+
+def test_an_ark_cut_short_or_an_offset_past_its_end_names_the_utterance(small_dump):
+    from sertk.features.storage import feats_index, read_feats
+    ark = small_dump / "s" / "feats.1.ark"
+    scp = small_dump / "s" / "feats.scp"
+    index = feats_index(small_dump, "s")
+    size = ark.stat().st_size
+    _damage_scp(small_dump, "a", f"{ark}:{size + 1000}")
+    with pytest.raises(FeatureError, match=rf"^{scp}: utterance 'a' cannot be read from {ark}:{size + 1000} \(offset "
+                                           rf"{size + 1000} is past the end of the ark, {size} bytes long\); the dump "
+                                           r"is damaged: extract the features again \(sertk features extract\)$"):
+        read_feats(small_dump, "s", ["a", "b"])
+    _damage_scp(small_dump, "a", index["a"])
+    b_offset = int(index["b"].rpartition(":")[2])
+    ark.write_bytes(ark.read_bytes()[:b_offset + 40])   # b's matrix cut in the middle, c's gone
+    with pytest.raises(FeatureError, match=rf"utterance 'b' cannot be read from {ark}:{b_offset} \(no whole Kaldi "
+                                           rf"matrix at offset {b_offset}: the ark is cut short or the offset is wrong\)"):
+        read_feats(small_dump, "s", ["a", "b"])
+    assert list(read_feats(small_dump, "s", ["a"])) == ["a"]   # what is whole still reads
+    _damage_scp(small_dump, "a", f"{ark}:0")   # the utterance id, not a matrix
+    with pytest.raises(FeatureError, match=r"utterance 'a' cannot be read .* \(no whole Kaldi matrix at offset 0:"):
+        read_feats(small_dump, "s", ["a"])
+    ark.unlink()
+    with pytest.raises(FeatureError, match=rf"utterance 'a' cannot be read from {ark}:0 \(no ark file {ark}\)"):
+        read_feats(small_dump, "s", ["a"])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_features_that_are_not_finite_name_the_utterance_and_the_dump(bad, tmp_path):
+    from sertk.features.storage import read_feats
+    good = np.zeros((5, 4), dtype=np.float32)
+    broken = good.copy()
+    broken[2, 1:3] = bad
+    dump = _small_dump(tmp_path / "dump", {"a": good, "b": broken})
+    with pytest.raises(FeatureError, match=rf"^{dump / 's' / 'feats.scp'}: utterance 'b' has 2 non-finite value\(s\) "
+                                           r"\(NaN or Inf\) among its 20 features; the dump is damaged"):
+        read_feats(dump, "s", ["a", "b"])
+    assert list(read_feats(dump, "s", ["a"])) == ["a"]
+
+
 # --- CLI ----------------------------------------------------------------------------------------
 
 def _conf_file(tmp_path, doc=CONFIG):
@@ -467,6 +552,20 @@ def test_cli_bad_config_is_one_line(feat_data, tmp_path, user_error):
     message = user_error(_sertk("extract", feat_data, tmp_path / "dump", "--conf", conf))
     assert message == f"{conf}: streams.x: unknown stream type 'fbank'; known: logmel, mfcc, energy, " \
                       "log_energy, zcr, concat, opensmile_lld, opensmile_functionals, ssl, ssl_stats"
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"sample_rate": 100, "streams": {"a": {"type": "logmel"}}}, "sample_rate 100 Hz is below 8000 Hz"),
+    ({"streams": {"a": {"type": "logmel", "n_mels": 2000}}}, "n_mels (2000) must be <= the 257 FFT bins"),
+    ({"streams": {"a": {"type": "logmel", "n_mels": 220}}}, "n_mels (220) is too many for n_fft 512"),
+])
+def test_cli_feature_config_out_of_range_is_one_line_without_a_warning(doc, message, feat_data, tmp_path, user_error):
+    """They used to be accepted silently (sample_rate) or print librosa's multi-line empty-filter warning."""
+    conf = _conf_file(tmp_path, doc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # a warning would be an exception here, not the user error below
+        assert message in user_error(_sertk("extract", feat_data, tmp_path / "dump", "--conf", conf))
+    assert not (tmp_path / "dump").exists()
 
 
 def test_cli_audio_error_is_one_line(feat_data, tmp_path, user_error):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from helpers import batch_for
-from sertk.models import available_models, build_model, model_class
+from sertk.models import ModelConfigError, available_models, build_model, model_class
 
 
 # models too heavy for CPU tests at their defaults, built small (their defaults are tested in their own files)
@@ -52,6 +52,17 @@ def test_padding_content_is_ignored(model):
         if s not in getattr(model, "vector_streams", ()):   # a vector stream has no padded frames
             noisy[s][0, 120:] = 99.0
     torch.testing.assert_close(model(batch)["logits"], model(noisy)["logits"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_features_of_another_width_are_a_model_config_error(name):
+    """Not a ValueError or a torch shape error: the CLI turns a ModelConfigError into one line."""
+    model = build_for_frames(name, 50)
+    batch = batch_for(model, frames=50)
+    for s in model.streams:   # one value too many per row
+        batch[s] = torch.cat([batch[s], batch[s][..., :1]], dim=-1)
+    with pytest.raises(ModelConfigError, match=str(model.stream_dims[model.streams[0]] + 1)):
+        model(batch)
 
 
 # post-LN Transformers diverge at 3e-3 without warm-up; they learn at their config's step size

@@ -144,7 +144,7 @@ def test_probe_options_are_checked():
         probe(layer="mean")
     with pytest.raises(ModelConfigError, match="head must be one of linear, mlp"):
         probe(head="svm")
-    with pytest.raises(ValueError, match=r"expects vectors of 96 = 3 states x 2 x 16, got shape \(2, 64\)"):
+    with pytest.raises(ModelConfigError, match=r"expects vectors of 96 = 3 states x 2 x 16, got shape \(2, 64\)"):
         probe()({"st": torch.randn(2, 64), "mask": torch.ones(2, 1, dtype=torch.bool)})
 
 

@@ -70,6 +70,9 @@ class GlobalCMVN:
         """(x - mean) / sqrt(max(var, var_floor) + eps), in x's dtype (numpy array or torch tensor)."""
         if self.mean is None:
             raise FeatureError("CMVN: apply() before fit()")
+        if x.shape[-1] != len(self.mean):   # numpy would broadcast, or fail with a shape error
+            raise FeatureError(f"CMVN: features with {x.shape[-1]} values per row, statistics of {len(self.mean)}: "
+                               "these are not the features the statistics (and the model) were made from")
         shift = -self.mean
         scale = 1.0 / np.sqrt(np.maximum(self.var, self.var_floor) + self.eps) if self.norm_vars else None
         if isinstance(x, torch.Tensor):

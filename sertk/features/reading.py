@@ -26,6 +26,7 @@ class StreamLayout:
     levels: Dict[str, str]             # stream -> frame | segment (a row per window) | utterance (one row)
     windows: Dict[str, Dict]           # segment-level stream -> {grid, length, hop, tail}, in frames
     layers: Dict[str, int] = field(default_factory=dict)   # stream -> encoder layers stored side by side
+    dims: Dict[str, int] = field(default_factory=dict)     # stream -> values per row (dumps that record them)
 
     @classmethod
     def read(cls, dump_dir: Path, streams: Sequence[str]) -> "StreamLayout":
@@ -48,23 +49,34 @@ class StreamLayout:
         # utterance-level vectors only (a probe on pooled statistics): no frames, one segment per utterance
         shift, window = next(iter(framing.values())) if framing else (None, None)
         layers = {s: int(n) for s, n in (info.get("layers") or {}).items() if s in streams}
-        return cls(Path(dump_dir), shift, window, levels, windows, layers)
+        dims = {s: int(n) for s, n in (info.get("dims") or {}).items() if s in streams}
+        return cls(Path(dump_dir), shift, window, levels, windows, layers, dims)
 
     @classmethod
     def for_model(cls, dump_dir: Path, model) -> "StreamLayout":
-        """The layout of the streams `model` reads, checked against the levels it reads them at."""
+        """The layout of the streams `model` reads, checked against the levels and widths it reads them at."""
         layout = cls.read(dump_dir, list(model.streams))
         layout.check_model(model)
         return layout
 
     def check_model(self, model) -> None:
-        """The model reads its vector streams from segment- or utterance-level rows, the others per frame."""
+        """The model reads its vector streams from segment- or utterance-level rows, the others per frame, each
+        as wide as the dump's rows (its `stream_dims`; times the layers stored side by side, which a LayerSum
+        in front of it sums): found here, before any features are read or anything is written."""
         vectors = set(model.vector_streams)   # a SERModel's, () by default
         for stream, level in self.levels.items():
             if (stream in vectors) != (level != "frame"):
                 wanted = "one vector per segment" if stream in vectors else "frames"
                 raise FeatureError(f"{self.dump_dir}: model {model.name} reads '{stream}' as {wanted}, but this "
                                    f"dump holds it as {level}-level rows; extract the features its config names")
+            reads, have, n = model.stream_dims.get(stream), self.dims.get(stream), self.layers.get(stream, 1)
+            if reads is not None and have is not None and have != reads * n:
+                row = "frame" if level == "frame" else "row"
+                stacked = f" ({n} layers of {have // n})" if n > 1 else ""
+                raise FeatureError(f"{self.dump_dir}: stream '{stream}' has {have} values per {row}{stacked}, but "
+                                   f"model {model.name} reads {reads}; give the dump of the features the model was "
+                                   f"trained (or is configured) for, or train it with its input width (model.n_mels, "
+                                   f"model.input_dim, ...) set to {have // n}")
 
     @property
     def vectors_only(self) -> bool:

@@ -12,6 +12,7 @@
 Readers use `load_feats` (lazy), `read_feats` (many utterances, each ark opened once) and `num_frames`; `extract` writes through `ArkWriter` and
 `write_stream_index`.
 """
+import struct
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
@@ -107,16 +108,58 @@ def load_feats(dump_dir, stream: str) -> Mapping[str, np.ndarray]:
 def read_feats(dump_dir, stream: str, utts: Sequence[str]) -> Dict[str, np.ndarray]:
     """utt -> float32 [num_frames, dim] for every one of `utts` (all present: see `feats_index`), read in
     (ark, offset) order with each ark opened once: front to back through the disk, not one open and seek
-    per utterance."""
+    per utterance. A matrix that cannot be read whole, or holds NaN or Inf, is a `FeatureError` naming the
+    utterance (see `_read_matrix`)."""
     index = feats_index(dump_dir, stream)
+    scp = stream_dir(dump_dir, stream) / SCP_FILE
     files: Dict[str, Any] = {}   # kaldiio's cache of open arks
     try:
-        read = {utt: np.asarray(kaldiio.load_mat(index[utt], fd_dict=files), dtype=np.float32)
+        read = {utt: _read_matrix(scp, utt, index[utt], files)
                 for utt in sorted(utts, key=lambda u: _ark_position(index[u]))}
     finally:
         for f in files.values():
             f.close()
     return {utt: read[utt] for utt in utts}   # in the caller's order: statistics sum in a fixed order
+
+
+# what kaldiio raises on bytes that are not a whole Kaldi matrix (an `assert` on a short read, a header it cannot
+# parse, an ark that is not there): a damaged dump, not a bug
+_UNREADABLE = (AssertionError, EOFError, OSError, ValueError, IndexError, struct.error, NotImplementedError)
+_REEXTRACT = "extract the features again (sertk features extract)"
+
+
+def _read_matrix(scp: Path, utt: str, entry: str, files: Dict[str, Any]) -> np.ndarray:
+    """The float32 [frames, dim] matrix `entry` (`<ark>:<offset>`) of `utt` in `scp`, checked: an ark cut short,
+    an offset past its end, bytes that are no Kaldi matrix, or a value that is NaN or Inf (they would reach the
+    loss and the posteriors) is a `FeatureError` naming the utterance, the scp and what to do."""
+    try:
+        x = np.asarray(kaldiio.load_mat(entry, fd_dict=files), dtype=np.float32)
+    except _UNREADABLE as e:
+        raise FeatureError(f"{scp}: utterance '{utt}' cannot be read from {entry.strip()} "
+                           f"({_unreadable_why(entry, e)}); the dump is damaged: {_REEXTRACT}") from None
+    if x.ndim != 2:
+        raise FeatureError(f"{scp}: utterance '{utt}' at {entry.strip()} is an array of shape {x.shape}, not a "
+                           f"[frames, dim] matrix; {_REEXTRACT}")
+    if not np.isfinite(x).all():   # a pass over memory just read: small next to reading it
+        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        raise FeatureError(f"{scp}: utterance '{utt}' has {bad} non-finite value(s) (NaN or Inf) among its "
+                           f"{x.size} features; the dump is damaged: {_REEXTRACT}, or fix the features you brought")
+    return x
+
+
+def _unreadable_why(entry: str, error: BaseException) -> str:
+    path, offset = _ark_position(entry)
+    if isinstance(error, FileNotFoundError):
+        return f"no ark file {path}"
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        size = None
+    if size is not None and offset >= size:
+        return f"offset {offset} is past the end of the ark, {size} bytes long"
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    return f"no whole Kaldi matrix at offset {offset}: the ark is cut short or the offset is wrong"
 
 
 def feats_index(dump_dir, stream: str) -> Dict[str, str]:

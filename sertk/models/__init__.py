@@ -19,7 +19,8 @@ _REGISTRY: Dict[str, Type[SERModel]] = {}
 
 
 class ModelConfigError(SertkError):
-    """A model name or option that does not exist."""
+    """A model name or option that does not exist, or a model given features its options do not fit (another
+    width per frame than its input width, more frames than it takes)."""
 
 
 def check_choices(model: str, cfg, choices: Dict[str, tuple]) -> None:

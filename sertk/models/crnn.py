@@ -11,7 +11,7 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from sertk.models import SERModel, register
+from sertk.models import ModelConfigError, SERModel, register
 from sertk.models.pooling import AttentionPooling, downsample_mask
 from sertk.models.sequence import run_lstm
 
@@ -62,7 +62,8 @@ class CRNN(SERModel):
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, mask = batch[self.cfg.stream], batch["mask"]
         if x.shape[-1] != self.cfg.n_mels:
-            raise ValueError(f"crnn expects {self.cfg.n_mels} mel bands, got {x.shape[-1]}")
+            raise ModelConfigError(f"crnn expects {self.cfg.n_mels} mel bands, got {x.shape[-1]}; set model.n_mels "
+                                   "to the width of the features")
         if self.projection is not None:
             x = self.projection(x)
         h = x.unsqueeze(1)                                    # [B, 1, T, F]

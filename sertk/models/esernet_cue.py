@@ -154,9 +154,11 @@ class ESERNetBase(SERModel):
         cfg = self.cfg
         x, valid = batch[cfg.stream], batch["mask"]
         if x.shape[-1] != cfg.n_mels:
-            raise ValueError(f"{self.name} expects {cfg.n_mels} mel bands, got {x.shape[-1]}")
+            raise ModelConfigError(f"{self.name} expects {cfg.n_mels} mel bands, got {x.shape[-1]}; set model.n_mels "
+                                   "to the width of the features")
         if x.shape[1] > cfg.max_frames:
-            raise ValueError(f"{self.name} takes at most model.max_frames = {cfg.max_frames} frames, got {x.shape[1]}")
+            raise ModelConfigError(f"{self.name} takes at most model.max_frames = {cfg.max_frames} frames, "
+                                   f"got {x.shape[1]}")
         keep = max(1, int(valid.sum(1).max()))      # every position is fixed on the max_frames grid, so
         x, valid = x[:, :keep] * valid[:, :keep, None], valid[:, :keep]   # the padded tail can go
         out: Dict[str, torch.Tensor] = {}

@@ -68,9 +68,9 @@ class SslProbe(SERModel):
         x = batch[self.cfg.stream]
         expected = self.stream_dims[self.cfg.stream]
         if x.dim() != 2 or x.shape[-1] != expected:
-            raise ValueError(f"ssl_probe expects vectors of {expected} = {self.cfg.states} states x {STATISTICS} x "
-                             f"{self.cfg.input_dim}, got shape {tuple(x.shape)}; the stream must be an ssl_stats "
-                             "stream of an encoder of that width and depth")
+            raise ModelConfigError(f"ssl_probe expects vectors of {expected} = {self.cfg.states} states x "
+                                   f"{STATISTICS} x {self.cfg.input_dim}, got shape {tuple(x.shape)}; the stream must "
+                                   "be an ssl_stats stream of an encoder of that width and depth")
         stacked = x.view(x.shape[0], self.cfg.states, STATISTICS * self.cfg.input_dim)
         if self.pooled == "all":
             h = x

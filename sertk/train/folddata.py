@@ -61,11 +61,11 @@ def load_fold(config: Dict[str, Any], fold_dir: Path, dump_dir: Path,
         dev_dd = None
     dev_dirs = [dev_dd] if dev_dd is not None else []
     model = make_model(len(classes))
+    layout = StreamLayout.for_model(dump_dir, model)   # the streams' levels and widths, before reading them
     feats = load_streams(dump_dir, list(model.streams), train_dd.utts + [u for d in dev_dirs for u in d.utts])
     norm = Normalization.fit(config["features"]["cmvn"], feats, train_dd, dev_dirs, clip=config["features"]["clip"],
                              speaker_min_rows=config["features"]["speaker_min_rows"])
     seg = SegmentConfig.from_config(config["segments"])
-    layout = StreamLayout.for_model(dump_dir, model)
     length, hop = layout.frames(seg)
     fixed = model.fixed_frames
     if fixed is not None and fixed != length:

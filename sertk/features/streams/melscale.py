@@ -36,6 +36,26 @@ def mel_to_hz(mels, htk: bool = False) -> np.ndarray:
 def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: Optional[float] = None,
                    htk: bool = False, norm: Optional[str] = "slaney") -> np.ndarray:
     """[n_mels, 1 + n_fft // 2] float32 triangular filters, as librosa.filters.mel(...) returns them."""
+    weights, mel_f = _triangles(sr, n_fft, n_mels, fmin, fmax, htk)
+    if norm == "slaney":   # constant energy per channel
+        weights *= (2.0 / (mel_f[2:n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]
+    elif norm is not None:
+        raise ValueError(f"norm must be 'slaney' or None, not {norm!r}")
+    if _empty(weights, mel_f):
+        warnings.warn("Empty filters detected in mel frequency basis. Some channels will produce empty responses. "
+                      "Try increasing your sampling rate (and fmax) or reducing n_mels.", stacklevel=2)
+    return weights
+
+
+def empty_filters(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: Optional[float] = None,
+                  htk: bool = False) -> int:
+    """How many of the filters cover no FFT bin (those `mel_filterbank` warns of, as librosa does): too many
+    mel bands for the FFT's resolution between fmin and fmax. Their channels would be constant."""
+    return _empty(*_triangles(sr, n_fft, n_mels, fmin, fmax, htk))
+
+
+def _triangles(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: Optional[float], htk: bool):
+    """The filters before area normalisation, and the n_mels + 2 edge frequencies they are made from."""
     if fmax is None:
         fmax = sr / 2.0
     weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
@@ -46,11 +66,9 @@ def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: Op
     for i in range(n_mels):
         # each filter rises from its lower neighbour's centre and falls to its upper neighbour's
         weights[i] = np.maximum(0, np.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]))
-    if norm == "slaney":   # constant energy per channel
-        weights *= (2.0 / (mel_f[2:n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]
-    elif norm is not None:
-        raise ValueError(f"norm must be 'slaney' or None, not {norm!r}")
-    if not np.all((mel_f[:-2] == 0) | (weights.max(axis=1) > 0)):
-        warnings.warn("Empty filters detected in mel frequency basis. Some channels will produce empty responses. "
-                      "Try increasing your sampling rate (and fmax) or reducing n_mels.", stacklevel=2)
-    return weights
+    return weights, mel_f
+
+
+def _empty(weights: np.ndarray, mel_f: np.ndarray) -> int:
+    """librosa's test: a filter that starts above 0 Hz and is zero everywhere."""
+    return int(np.count_nonzero(~((mel_f[:-2] == 0) | (weights.max(axis=1) > 0))))

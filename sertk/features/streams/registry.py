@@ -47,6 +47,7 @@ class FeatureConfig:
 
 # keys that `extract` writes into features.yaml beside the config; ignored when it is read back
 DUMP_INFO_KEY = "dump"
+MIN_SAMPLE_RATE = 8000   # Hz: telephone speech; below it there is no speech band left to compute features on
 STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -61,6 +62,9 @@ def parse_config(doc: Any, source: str = "feature config") -> FeatureConfig:
     sr = doc.get("sample_rate", FeatureConfig.sample_rate)
     if not isinstance(sr, int) or isinstance(sr, bool) or sr <= 0:
         raise FeatureError(f"{source}: sample_rate must be a positive integer, not {sr!r}")
+    if sr < MIN_SAMPLE_RATE:
+        raise FeatureError(f"{source}: sample_rate {sr} Hz is below {MIN_SAMPLE_RATE} Hz (telephone speech), the "
+                           "lowest rate speech features are computed at; give the rate in Hz, e.g. 16000")
     streams = doc.get("streams")
     if not isinstance(streams, dict) or not streams:
         raise FeatureError(f"{source}: 'streams' must be a non-empty mapping of name -> stream")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from sertk.features.streams.base import FramedConfig, Stream, check_option, frame_mask
-from sertk.features.streams.melscale import mel_filterbank
+from sertk.features.streams.melscale import empty_filters, mel_filterbank
 from sertk.features.streams.registry import register_stream
 
 if TYPE_CHECKING:
@@ -40,6 +40,13 @@ class MelConfig(FramedConfig):
         check_option(self.n_mels >= 1, where, "n_mels must be >= 1")
         check_option(0 <= self.fmin < fmax <= sample_rate / 2, where,
                  f"need 0 <= fmin < fmax <= sample_rate / 2 ({sample_rate / 2:g}); got {self.fmin:g}, {fmax:g}")
+        bins = self.n_fft // 2 + 1
+        check_option(self.n_mels <= bins, where, f"n_mels ({self.n_mels}) must be <= the {bins} FFT bins of n_fft "
+                                                 f"{self.n_fft}; lower n_mels or raise n_fft")
+        empty = empty_filters(sample_rate, self.n_fft, self.n_mels, self.fmin, fmax, self.htk)
+        check_option(not empty, where, f"n_mels ({self.n_mels}) is too many for n_fft {self.n_fft} between fmin and "
+                                       f"fmax ({self.fmin:g}-{fmax:g} Hz): {empty} mel filter(s) would cover no FFT "
+                                       "bin and give a constant channel; lower n_mels or raise n_fft")
         check_option(self.norm in (None, "slaney"), where, f"norm must be slaney or null, not '{self.norm}'")
         check_option(self.pad_mode in PAD_MODES, where,
                  f"pad_mode must be one of {', '.join(PAD_MODES)}, not '{self.pad_mode}'")
