@@ -95,6 +95,8 @@ def keep_folds(src: Path, dest: Path) -> Dict[int, str]:
         raise KeepError(f"{src}: no fold<k> dirs: give a model's exp dir (exp/<protocol>/<model>)")
     if dest.resolve() == src.resolve():
         raise KeepError(f"{dest}: is the exp dir itself; give another destination")
+    if src.resolve() in dest.resolve().parents:   # the records would land among the folds they are copied from
+        raise KeepError(f"{dest}: is inside the exp dir {src}; give a destination outside it")
     plan, outcome = [], {}
     for k, fold_dir in folds.items():
         runs = _run_states(fold_dir)

@@ -48,6 +48,13 @@ def test_local_jobs_write_their_logs_and_failures_name_them(sertk_cli, tmp_path)
 
 
 
+def test_a_range_of_another_name_or_a_second_range_is_not_taken_for_the_log(sertk_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)   # where the stray log `FOO=1:2` used to be written
+    for args in (["FOO=1:2", "f.FOO.log"], ["JOB=1:2", "JOB=1:3", "f.JOB.log"], ["SPLIT=a,b", "f.log"]):
+        result = sertk_cli("jobs", "run", *args, "--", PY, "-c", "print(1)")
+        assert result.exit_code == 2 and "only one range, named JOB, is taken" in result.output, result.output
+    assert list(tmp_path.iterdir()) == []
+
 
 def test_a_log_sertk_did_not_write_is_refused_and_left_as_it_was(sertk_cli, user_error, tmp_path):
     log = tmp_path / "log" / "j.JOB.log"

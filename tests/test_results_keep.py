@@ -102,3 +102,9 @@ def test_a_grid_fold_keeps_every_point_s_bookkeeping(tmp_path):
     res = collect(model_dir)
     assert res["per_fold"][0]["dev"]["score"] == 0.8 and "grid point 2 of 2" in res["per_fold"][0]["dev"]["point"]
     assert "| fold1 |" in (model_dir / "RESULTS.md").read_text().split("## Training per fold")[1]
+
+
+def test_a_destination_inside_the_exp_dir_is_refused(run, sertk_cli, user_error):
+    message = user_error(sertk_cli("results", "keep", run, run / "fold1"))
+    assert message == f"{run / 'fold1'}: is inside the exp dir {run}; give a destination outside it"
+    assert not (run / "fold1" / "fold1").exists()

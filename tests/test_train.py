@@ -286,6 +286,77 @@ def test_test_set_is_decoded_once_with_the_dev_selected_checkpoint(setup, traine
     decode_data_dir(trained, setup / "loso" / "fold1" / "dev", dump, dev_out, checkpoint="last.pt")
 
 
+def test_a_dump_computed_otherwise_is_refused_by_decode_and_pack(setup, trained, tmp_path):
+    """Same stream name and width, another hop: decode and pack say so, where they used to go on silently."""
+    from sertk.inference.pack import pack_experiment
+    recorded = torch.load(trained / "best.pt", weights_only=True)["features"]
+    assert recorded["sample_rate"] == 16000 and list(recorded["streams"]) == ["logmel"]   # the model's stream only
+    other = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16, "hop_length": 0.02}}}
+    extract_features(setup / "all", other, tmp_path / "dump_hop20")
+    out = tmp_path / "decode_dev"
+    with pytest.raises(FeatureError, match=r"dump_hop20: its features differ from those the model in .* was "
+                                           r"trained on \(streams.logmel.hop_length: 0.01 -> 0.02\)"):
+        decode_data_dir(trained, setup / "loso" / "fold1" / "dev", tmp_path / "dump_hop20", out)
+    assert not out.exists()
+    with pytest.raises(FeatureError, match="streams.logmel.hop_length: 0.01 -> 0.02"):
+        pack_experiment(trained, tmp_path / "m.sertk", feats_dir=tmp_path / "dump_hop20")
+    assert not (tmp_path / "m.sertk").exists()
+    # a checkpoint from before sertk recorded its features is not checked
+    old = torch.load(trained / "best.pt", weights_only=True)
+    del old["features"]
+    old_exp = tmp_path / "old_exp"
+    old_exp.mkdir()
+    torch.save(old, old_exp / "best.pt")
+    decode_data_dir(old_exp, setup / "loso" / "fold1" / "dev", tmp_path / "dump_hop20", out)
+    # a run resumed (here: extended) on such a dump stops before training
+    import shutil
+    shutil.copytree(trained, tmp_path / "resumed")
+    with pytest.raises(FeatureError, match=r"differ from those the run in .*resumed was trained on"):
+        train(config("train.epochs=4"), setup / "loso" / "fold1", tmp_path / "dump_hop20", tmp_path / "resumed")
+
+
+def test_a_decode_is_redone_with_another_dump_and_skipped_with_a_moved_one(setup, trained, tmp_path):
+    import shutil
+    from pathlib import Path
+    dev, test, dump = setup / "loso" / "fold1" / "dev", setup / "loso" / "fold1" / "test", setup / "dump"
+    decode_data_dir(trained, dev, dump, tmp_path / "dev")
+    decode_data_dir(trained, test, dump, tmp_path / "test")
+    shutil.copytree(dump, tmp_path / "moved")   # the same features, another folder: nothing to redo
+    assert "already decoded" in decode_data_dir(trained, dev, tmp_path / "moved", tmp_path / "dev")
+    # the same config extracted again from other audio files (copies, here): decoded again, test with --retest
+    shutil.copytree(setup / "all", tmp_path / "all2")
+    (tmp_path / "wav").mkdir()
+    lines = []
+    for line in (tmp_path / "all2" / "wav.scp").read_text().splitlines():
+        utt, path = line.split(maxsplit=1)
+        lines.append(f"{utt} {shutil.copy(path, tmp_path / 'wav' / Path(path).name)}")
+    (tmp_path / "all2" / "wav.scp").write_text("\n".join(lines) + "\n")
+    extract_features(tmp_path / "all2", FEATURES, tmp_path / "other")
+    assert "already decoded" not in decode_data_dir(trained, dev, tmp_path / "other", tmp_path / "dev")
+    assert "already decoded" in decode_data_dir(trained, dev, tmp_path / "other", tmp_path / "dev")
+    with pytest.raises(DecodeError, match="already decoded with other features; decoding it again needs --retest"):
+        decode_data_dir(trained, test, tmp_path / "other", tmp_path / "test")
+    decode_data_dir(trained, test, tmp_path / "other", tmp_path / "test", retest=True)
+    # a decode dir from before sertk recorded a fingerprint: compared by its dump folder
+    info_path = tmp_path / "dev" / "decode.yaml"
+    info = yaml.safe_load(info_path.read_text())
+    del info["features"]["fingerprint"]
+    info_path.write_text(yaml.safe_dump(info))
+    assert "already decoded" in decode_data_dir(trained, dev, tmp_path / "other", tmp_path / "dev")
+    assert "already decoded" not in decode_data_dir(trained, dev, dump, tmp_path / "dev")
+
+
+def test_the_same_out_twice_in_one_decode_call_is_refused(setup, trained, tmp_path):
+    from click.testing import CliRunner
+    from sertk.cli import main
+    fold = setup / "loso" / "fold1"
+    result = CliRunner().invoke(main, ["decode", "--exp", str(trained), "--feats", str(setup / "dump"),
+                                       "--data", str(fold / "test"), "--out", str(tmp_path / "o"),
+                                       "--data", str(fold / "dev"), "--out", str(tmp_path / "x" / ".." / "o")])
+    assert result.exit_code == 2 and "each --data needs its own --out" in result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_posteriors_do_not_depend_on_batch_size(setup, trained, tmp_path):
     data, dump = setup / "loso" / "fold1" / "dev", setup / "dump"
     decode_data_dir(trained, data, dump, tmp_path / "b1", batch_size=1)

@@ -32,6 +32,9 @@ def decode(exp_dir, data_dirs, feats, out_dirs, checkpoint, retest, protocol_dir
     from sertk.device import pick_device
     if len(data_dirs) != len(out_dirs):
         raise click.UsageError(f"give one --out per --data ({len(data_dirs)} --data, {len(out_dirs)} --out)")
+    repeated = sorted({str(o) for o in out_dirs if sum(p.resolve() == o.resolve() for p in out_dirs) > 1})
+    if repeated:   # the second set's decode would replace the first's
+        raise click.UsageError(f"each --data needs its own --out; {', '.join(repeated)} is given more than once")
     device = pick_device(device)
     for data_dir, out in zip(data_dirs, out_dirs):
         result = decode_data_dir(exp_dir, data_dir, feats, out, checkpoint=checkpoint, retest=retest,

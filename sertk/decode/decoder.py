@@ -18,8 +18,10 @@ from sertk.data.datadir import DataDir
 from sertk.decode.decodedir import read_decode_dir, write_decode_dir
 from sertk.decode.forward import as_seg_posteriors, seg2utt, segment_dataset, segment_posteriors
 from sertk.decode.restore import restore_model
-from sertk.errors import SertkError
+from sertk.errors import FeatureError, SertkError
+from sertk.features.model_features import check_model_features, dump_fingerprint
 from sertk.features.reading import Normalization, StreamLayout, load_streams
+from sertk.features.storage import read_dump_config
 from sertk.features.segments import SegmentConfig
 from sertk.fsutil import sha256_file
 from sertk.experiment import load_checkpoint
@@ -49,11 +51,15 @@ def decode_data_dir(exp_dir: Path, data_dir: Path, feats_dir: Path, out_dir: Pat
         same_map = (previous_map is None and mapping is None) or (
             previous_map is not None and mapping is not None
             and all(previous_map.get(k) == v for k, v in mapping.to_dict().items() if k != "file"))
-        if (previous.get("checkpoint_sha256") == digest and previous.get("data_dir") == str(data_dir.resolve())
-                and same_map):
+        changed = [what for what, same in (
+            ("another checkpoint", previous.get("checkpoint_sha256") == digest),
+            ("another data dir", previous.get("data_dir") == str(data_dir.resolve())),
+            ("another class mapping", same_map),
+            ("other features", _same_features(previous.get("features") or {}, Path(feats_dir)))) if not same]
+        if not changed:
             return "already decoded with this checkpoint; skipping"
         if is_test and not retest:
-            raise DecodeError(f"{out_dir}: this test set was already decoded with another checkpoint; "
+            raise DecodeError(f"{out_dir}: this test set was already decoded with {' and '.join(changed)}; "
                               "decoding it again needs --retest")
     # on the CPU whatever `device` is: the normalization state is read with numpy (a CUDA tensor cannot be),
     # and restore_model puts the weights on `device`
@@ -74,6 +80,8 @@ def decode_data_dir(exp_dir: Path, data_dir: Path, feats_dir: Path, out_dir: Pat
     model, layout = restore_model(config, len(model_classes), ckpt["model"],
                                   lambda streams: StreamLayout.read(feats_dir, streams), device)
     streams = list(model.streams)
+    check_model_features(ckpt.get("features"), read_dump_config(feats_dir), streams, feats_dir,
+                         f"the model in {exp_dir}")
     feats = load_streams(feats_dir, streams, dd.utts)
     norm = Normalization.from_state_dict(ckpt["normalization"], feats, dd)
     dataset = segment_dataset(dd, feats, layout, SegmentConfig.from_config(config["segments"]), norm, classes)
@@ -84,10 +92,22 @@ def decode_data_dir(exp_dir: Path, data_dir: Path, feats_dir: Path, out_dir: Pat
             "checkpoint_epoch": ckpt.get("epoch"), "data_dir": str(data_dir.resolve()),
             "protocol_dir": str(Path(protocol_dir).resolve()) if protocol_dir else None,
             "features": {"tag": config["features"]["tag"], "dump": str(Path(feats_dir).resolve()),
-                         "streams": streams, "cmvn": config["features"]["cmvn"]},
+                         "streams": streams, "cmvn": config["features"]["cmvn"],
+                         "fingerprint": dump_fingerprint(feats_dir, streams)},
             "segments": dict(config["segments"]), "rule": config["decode"]["rule"], "model": config["model"]["name"]}
     if mapping is not None:
         info["class_map"] = {**mapping.to_dict(), "model_classes": model_classes, "dropped": dict(dropped)}
     write_decode_dir(out_dir, as_seg_posteriors(dataset, post), seg2utt(dataset), classes, info,
                      default_rule=config["decode"]["rule"])
     return f"{len(dd.utts)} utterances, {len(dataset)} segments (checkpoint {checkpoint}, epoch {ckpt.get('epoch')})"
+
+
+def _same_features(previous: dict, feats_dir: Path) -> bool:
+    """Whether a decode dir's features (its decode.yaml's `features`) are `feats_dir`'s as they are now: the
+    same dump fingerprint; a decode dir from before sertk recorded one, the same dump folder."""
+    if previous.get("fingerprint") is None:
+        return previous.get("dump") == str(feats_dir.resolve())
+    try:
+        return dump_fingerprint(feats_dir, previous.get("streams") or []) == previous["fingerprint"]
+    except (FeatureError, OSError):   # not the dump it was decoded from; what is wrong with it is said below
+        return False

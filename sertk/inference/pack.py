@@ -13,6 +13,7 @@ from sertk.errors import ProtocolError, SertkError
 from sertk.features.cmvn import plain_state
 from sertk.features.encoder_cache import encoder_identity
 from sertk.features.extract import stream_layout
+from sertk.features.model_features import check_model_features, model_feature_config, streams_with_grids
 from sertk.features.storage import CONFIG_FILE, is_feature_dump, read_dump_config
 from sertk.features.streams import DUMP_INFO_KEY, build_frontends, parse_config
 from sertk.fsutil import check_file_replaceable, sha256_file
@@ -62,7 +63,8 @@ def pack_experiment(exp_dir: Path, out: Path, feats_dir: Optional[Path] = None) 
     dump_dir = _dump_dir(exp_dir, feats_dir, decodes)
     model_streams = _model_streams(ckpt)
     meta = make_meta(
-        ckpt["config"], list(ckpt["classes"]), _feature_doc(dump_dir, model_streams), ckpt["normalization"],
+        ckpt["config"], list(ckpt["classes"]), _feature_doc(dump_dir, model_streams, ckpt.get("features")),
+        ckpt["normalization"],
         source={"exp_dir": str(exp_dir.resolve()), "checkpoint": CHECKPOINT, "checkpoint_sha256": digest,
                 "epoch": ckpt.get("epoch"), "feature_dump": str(dump_dir.resolve()),
                 "trained_with_sertk": ckpt.get("sertk_version")},
@@ -135,23 +137,24 @@ def _model_streams(ckpt: Dict[str, Any]) -> List[str]:
     return list(build_configured_model(ckpt["config"], len(ckpt["classes"])).streams)
 
 
-def _feature_doc(dump_dir: Path, streams: List[str]) -> Dict[str, Any]:
+def _feature_doc(dump_dir: Path, streams: List[str], recorded: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """The dump's feature config cut down to the streams the model reads (and the LLD grids their
-    windows follow), with the frame layout they were stored with."""
+    windows follow), with the frame layout they were stored with; checked against the features the
+    checkpoint `recorded` (sertk.features.model_features)."""
     doc = read_dump_config(dump_dir)
     info = doc.get(DUMP_INFO_KEY) or {}
     missing = [s for s in streams if s not in doc.get("streams", {})]
     if missing:
         raise PackError(f"{dump_dir}: the model reads stream(s) {missing}, which this dump does not hold; "
                         "give the model's dump with --feats")
-    keep = set(streams) | {w["grid"] for s, w in (info.get("windows") or {}).items() if s in streams}
+    check_model_features(recorded, doc, streams, dump_dir, "the model")
+    keep = streams_with_grids(doc, streams)
     layout = {}
     for key in LAYOUT_KEYS:
         value = {s: v for s, v in (info.get(key) or {}).items() if s in keep}
         if value:
             layout[key] = value
-    features = {k: v for k, v in doc.items() if k not in ("streams", DUMP_INFO_KEY)}
-    features["streams"] = {s: spec for s, spec in doc["streams"].items() if s in keep}
+    features = model_feature_config(doc, streams)
     features[DUMP_INFO_KEY] = layout
     encoders = encoder_identities(features["streams"])
     if encoders:

@@ -35,7 +35,7 @@ def run(backend: str, max_jobs: Optional[int], gpus: int, jobs_per_gpu: int, kin
       sertk jobs run JOB=1:4 dump/log/extract.JOB.log -- sertk features extract data/all dump/x --conf c.yaml --nj 4 --job JOB
       sertk jobs run --backend slurm --slurm-conf conf/slurm.yaml --gpus 1 JOB=1,3 exp/log/train.JOB.log -- sertk train ...
     """
-    from sertk.jobs.spec import JOB_RANGE, JobError, check_outcomes, job_values, make_jobs
+    from sertk.jobs.spec import JOB_LIKE, JOB_RANGE, JobError, check_outcomes, job_values, make_jobs
     rest = list(args)
     values = None
     if rest and JOB_RANGE.match(rest[0]):
@@ -43,6 +43,8 @@ def run(backend: str, max_jobs: Optional[int], gpus: int, jobs_per_gpu: int, kin
     if not rest:
         raise click.UsageError("give a log path and a command: [JOB=1:N] LOG -- COMMAND...")
     log = rest.pop(0)
+    if JOB_LIKE.match(log):   # FOO=1:4, or a second JOB=...: not a log path (it would be written as one)
+        raise click.UsageError(f"{log}: only one range, named JOB, is taken (JOB=1:N or JOB=a,b), then the log path")
     if rest and rest[0] == "--":
         rest.pop(0)
     batch = make_jobs(values, log, rest)

@@ -14,6 +14,8 @@ from sertk.errors import SertkError
 from sertk.fsutil import check_file_replaceable
 
 JOB_RANGE = re.compile(r"^JOB=(.+)$")
+# what run.pl would read as a range of another variable (FOO=1:4, FOO=a,b): never a log path here
+JOB_LIKE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=[^/]*[:,][^/]*$")
 TAIL_LINES = 10
 STARTED = re.compile(r"# started at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d on ")   # `header`'s second line
 

@@ -31,6 +31,8 @@ from sertk import __version__
 from sertk.decode.forward import segment_posteriors, utterance_decisions
 from sertk.envinfo import add_resume, environment, write_run_environment
 from sertk.features.dataset import SegmentDataset, collate
+from sertk.features.model_features import check_model_features, model_feature_config
+from sertk.features.storage import read_dump_config
 from sertk.fsutil import atomic_write_text
 from sertk.models import build_model
 from sertk.models.layer_sum import with_layer_sums
@@ -127,6 +129,13 @@ class _Run:
         self.train_dd, self.dev_dd, self.classes, self.norm = fold.train_dd, fold.dev_dd, fold.classes, fold.norm
         self.train_set, self.dev_set, self.fold_checksums = fold.train_set, fold.dev_set, fold.checksums
         self.streams = list(fold.model.streams)
+        # what the model's streams hold, kept in its checkpoints for decode and pack to check dumps against;
+        # a resumed run goes on only with features computed as those it began with
+        dump_config = read_dump_config(dump_dir)
+        if self.resume is not None:
+            check_model_features(self.resume.get("features"), dump_config, self.streams, dump_dir,
+                                 f"the run in {exp_dir}")
+        self.features = model_feature_config(dump_config, self.streams)
         self.model = with_layer_sums(fold.model, fold.layout.layers).to(device)
         if CHANNELS_LAST and fold.model.channels_last:   # 4-D weights (2-D convolutions) laid out as NHWC
             self.model.to(memory_format=torch.channels_last)
@@ -317,13 +326,14 @@ class _Run:
             "model": self.model.state_dict(), "config": self.config, "classes": self.classes,
             "normalization": self.norm.state_dict(), "epoch": epoch,
             "dev": {"wa": dev["wa"], "ua": dev["ua"], "loss": dev["loss"]} if dev else None,
-            "fold_checksums": self.fold_checksums, "sertk_version": __version__})
+            "fold_checksums": self.fold_checksums, "features": self.features, "sertk_version": __version__})
 
     def _full_state(self, state: Dict[str, Any], finished: bool) -> Dict[str, Any]:
         return {**state, "finished": finished, "config": self.config, "classes": self.classes,
                 "model": self.model.state_dict(), "objective": self.objective.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
                 "normalization": self.norm.state_dict(), "fold_checksums": self.fold_checksums,
+                "features": self.features,
                 "sertk_version": __version__, "autocast": str(self.autocast).replace("torch.", "") if self.autocast is not None else None}
 
     def _restore(self, ckpt: Dict[str, Any]) -> None:
