@@ -35,12 +35,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write_with(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
+@contextlib.contextmanager
+def naming_the_output(path: Path) -> Iterator[None]:
+    """An OSError in the block (making a temp file beside `path`: a read-only or special folder such as /proc)
+    names `path`, the output the user gave, not the temp file's name they never chose."""
+    try:
+        yield
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, str(path)) from None
+
+
 def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
     """`write(temp_path)` fills a temp file in `path`'s folder, which then replaces `path` (mode as open()
     would give it); on any failure the temp file is removed and `path` left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with naming_the_output(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
@@ -123,7 +134,8 @@ def atomic_output_dir(path: Path, kind: str = "output dir", owns: Optional[Owns]
     path = Path(path).resolve()
     check_replaceable(path, kind, owns)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    with naming_the_output(path):
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     os.chmod(tmp, new_dir_mode())
     try:
         yield tmp

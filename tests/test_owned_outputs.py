@@ -156,3 +156,15 @@ def test_an_exp_dir_owns_its_runs_grid_points_decodes_and_pack():
         assert owns_exp_dir(PurePosixPath(rel), False), rel
     for rel in ("notes.txt", "grid/notes.txt", "decode_test/notes.txt", "tensorboard/sub/x"):
         assert not owns_exp_dir(PurePosixPath(rel), False), rel
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be made")
+def test_an_output_that_cannot_be_made_is_named_not_its_temp_file():
+    from sertk.fsutil import atomic_output_dir, atomic_write_text
+    with pytest.raises(OSError) as raised:
+        atomic_write_text(Path("/proc/sertk-results.csv"), "x")
+    assert raised.value.filename == "/proc/sertk-results.csv"
+    with pytest.raises(OSError) as raised:
+        with atomic_output_dir(Path("/proc/sertk-out")):
+            pass
+    assert raised.value.filename == "/proc/sertk-out"
