@@ -66,9 +66,9 @@ def test_a_bad_option_is_one_line_before_anything_runs(tmp_path, corpus, args, m
 def test_recipe_options_are_the_documented_ones(tmp_path):
     # iemocap's own options are those its recipe_help documents; its settings are not options
     recipe = copy_recipe(tmp_path, "iemocap")
-    result = run_recipe(recipe, "--stage", "7", "--improvised-only", "true", "--excited_only", "false",
-                        "--iemocap_root", tmp_path / "nowhere")
-    assert result.stderr == ""
+    result = run_recipe(recipe, "--stage", "0", "--stop_stage", "0", "--improvised-only", "true", "--excited_only",
+                        "false", "--iemocap_root", tmp_path / "nowhere")
+    assert result.stderr.endswith("[stage 0] using --iemocap_root " + str(tmp_path / "nowhere") + "\n")
     # the option took effect: configure_recipe named the impro variant
     assert "--improvised-only true" in (recipe / "exp" / "loso_session_impro" / "crnn" / "run.sh").read_text()
     result = run_recipe(recipe, "--corpus_source", "x", check=False)
@@ -117,3 +117,47 @@ def test_a_failing_run_keeps_the_record_of_the_last_good_one(tmp_path, corpus):
     # the next good run is the new record
     run_recipe(recipe, "--stage", "1", "--stop_stage", "1")
     assert (exp / "run.sh").read_text().endswith("./run.sh --stage 1 --stop_stage 1 \n")
+
+
+def test_only_a_run_of_stages_writes_the_record_and_never_over_somebody_s_file(tmp_path, corpus):
+    recipe = copy_recipe(tmp_path, "emodb")
+    exp = recipe / "exp" / "loso" / "crnn"
+    run_recipe(recipe, "--emodb_root", corpus, "--stage", "7", "--model", "esernet")
+    assert not (recipe / "exp").exists()          # checking the options makes no exp dir
+    exp.mkdir(parents=True)
+    (exp / "run.sh").write_text("echo my own notes\n")
+    result = run_recipe(recipe, "--emodb_root", corpus, "--stop_stage", "1")
+    assert "exp/loso/crnn/run.sh is not a record this recipe wrote; left as it is" in result.stderr
+    assert (exp / "run.sh").read_text() == "echo my own notes\n"
+
+
+def test_a_fold_check_inside_a_stage_stops_the_run(tmp_path, corpus):
+    recipe = copy_recipe(tmp_path, "emodb")
+    # no data yet, so the folds are checked at stage 3: the error used to be printed and the run went on (exit 0)
+    result = run_recipe(recipe, "--stage", "3", "--stop_stage", "4", "--folds", "2", check=False)
+    assert result.returncode == 1 and result.stderr.splitlines() == [
+        "./run.sh: error: no folds in data/loso; run stage 1 first"], result.stderr
+    assert not (recipe / "exp").exists()
+    run_recipe(recipe, "--emodb_root", corpus, "--stop_stage", "1")
+    result = run_recipe(recipe, "--stage", "4", "--stop_stage", "4", check=False)
+    assert result.returncode == 1 and result.stderr.splitlines()[-1] == (
+        "./run.sh: error: fold 1 has not been trained (exp/loso/crnn/fold1 is missing): run stage 3 first")
+
+
+def test_a_train_args_typo_is_one_line_before_any_stage_runs(tmp_path, corpus):
+    recipe = copy_recipe(tmp_path, "emodb")
+    result = run_recipe(recipe, "--emodb_root", corpus, "--train_args", "--set train.epochz=1", check=False)
+    assert result.returncode == 1 and result.stderr.startswith("sertk: error: unknown config key 'train.epochz'")
+    assert len(result.stderr.splitlines()) == 1 and not (recipe / "data").exists()
+
+
+def test_another_corpus_folder_than_the_prepared_data_s_is_refused(tmp_path, corpus):
+    other = make_emodb(tmp_path / "other", speakers=["03", "08", "09"], texts=["a01"])
+    recipe = copy_recipe(tmp_path, "emodb")
+    run_recipe(recipe, "--emodb_root", corpus, "--stop_stage", "1")
+    before = (recipe / "data" / "all" / "wav.scp").read_text()
+    result = run_recipe(recipe, "--emodb_root", other, "--stop_stage", "1", check=False)
+    assert result.returncode == 1 and result.stderr.splitlines()[-1].startswith(
+        f"./run.sh: error: data/all was prepared from another folder than --emodb_root {other} ("), result.stderr
+    assert (recipe / "data" / "all" / "wav.scp").read_text() == before
+    run_recipe(recipe, "--emodb_root", corpus, "--stop_stage", "1")   # the same folder: skipped as before

@@ -357,6 +357,27 @@ def test_the_same_out_twice_in_one_decode_call_is_refused(setup, trained, tmp_pa
     assert not (tmp_path / "o").exists()
 
 
+def test_the_test_set_of_a_model_still_training_waits(setup, trained, tmp_path):
+    import shutil
+    from click.testing import CliRunner
+    from sertk.cli import main
+    exp = tmp_path / "exp"
+    shutil.copytree(trained, exp)
+    last = torch.load(exp / "last.pt", weights_only=True)
+    last["finished"] = False   # as at the end of any epoch before the last: training goes on (or resumes)
+    torch.save(last, exp / "last.pt")
+    fold = setup / "loso" / "fold1"
+    with pytest.raises(DecodeError, match=rf"{exp} is still training \(epoch {last['epoch']}\): decode its test set "
+                                          "once training has finished"):
+        decode_data_dir(exp, fold / "test", setup / "dump", tmp_path / "test")
+    decode_data_dir(exp, fold / "dev", setup / "dump", tmp_path / "dev")   # dev: a look at the model so far
+    result = CliRunner().invoke(main, ["decode", "--skip-unfinished", "--exp", str(exp), "--feats", str(setup / "dump"),
+                                       "--data", str(fold / "test"), "--out", str(tmp_path / "test")])
+    assert result.exit_code == 0 and f"{exp}: still training (epoch {last['epoch']}); not decoded" in result.output
+    assert not (tmp_path / "test").exists()
+    decode_data_dir(exp, fold / "test", setup / "dump", tmp_path / "test", retest=True)
+
+
 def test_posteriors_do_not_depend_on_batch_size(setup, trained, tmp_path):
     data, dump = setup / "loso" / "fold1" / "dev", setup / "dump"
     decode_data_dir(trained, data, dump, tmp_path / "b1", batch_size=1)

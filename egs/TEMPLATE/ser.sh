@@ -152,7 +152,10 @@ jobs_run() {  # KIND [JOB=...] LOG -- COMMAND...: a batch of jobs on the backend
   if [ "$backend" = slurm ] && [ -n "$slurm_conf" ]; then options=(--slurm-conf "$slurm_conf"); fi
   sertk jobs run --backend "$backend" --kind "$kind" --name "${corpus}_${kind}" "${options[@]}" "$@"
 }
-feat_tag=$(sertk -q config get "$model_conf" features.tag)
+# with --train_args: a features.tag set there is the dump that training reads, and a typo in a key outside
+# model.* is one line now, before stages 1-2 run (model.* keys are checked when training starts)
+# shellcheck disable=SC2086
+feat_tag=$(sertk -q config get "$model_conf" features.tag $train_args)
 feat_conf=$(conf_file "features/${feat_tag}.yaml")
 [ -n "$feat_conf" ] || die "$model_conf asks for features '$feat_tag' but there is no conf/features/${feat_tag}.yaml"
 corpus_root=${!root_var:-}
@@ -178,6 +181,7 @@ if [ "$refit" = true ]; then final=${exp}_refit; fi
 
 fold_list() {  # the folds to run, one per line; an unknown fold is an error
   local n k
+  [ -d "$data" ] || die "no folds in $data; run stage 1 first"
   n=$(find "$data" -maxdepth 1 -name 'fold*' -type d | wc -l)
   [ "$n" -gt 0 ] || die "no folds in $data; run stage 1 first"
   if [ "$folds" = all ]; then seq 1 "$n"; return; fi
@@ -192,8 +196,9 @@ kept_fold() {  # K: is fold K only a finished run's kept record (`sertk results 
 }
 
 folds_to_run() {  # WHAT: fold_list without the kept folds, which have nothing left to train or decode
-  local k
-  for k in $(fold_list); do
+  local k list
+  list=$(fold_list) || exit 1   # its error inside $(...) would not stop the run by itself
+  for k in $list; do
     if kept_fold "$k"; then log "fold $k is a kept record without checkpoints (sertk results keep): no $1"
     else echo "$k"; fi
   done
@@ -226,10 +231,21 @@ if [ -n "$cross_corpus" ] && [ -z "$cross_root" ] && [ -d "downloads/${cross_cor
   cross_root=downloads/${cross_corpus}
 fi
 
+check_prepared_from() {  # ROOT OUT OPTION: OUT's audio is under the corpus folder ROOT given now (else that
+  local root=$1 out=$2 option=$3 first   # ROOT would be ignored: the data of another folder trained on)
+  [ -n "$root" ] && [ -d "$root" ] && [ -f "$out/wav.scp" ] || return 0   # a CSV import's root is a file
+  first=$(head -n 1 "$out/wav.scp" | cut -d ' ' -f 2-)
+  [[ $first == "$(cd "$root" && pwd)"/* || $first == "$(cd "$root" && pwd -P)"/* ]] \
+    || die "$out was prepared from another folder than $option $root ($first); remove $out and $data to prepare from it"
+}
+
 prepare_data() {  # CORPUS ROOT OUT ROOT_OPTION [prepare args]: prepare and validate OUT unless it exists
   local name=$1 root=$2 out=$3 option=$4
   shift 4
-  if [ -f "$out/utt2emo" ]; then log "$out already prepared; skipping (remove it to prepare again)"; return; fi
+  if [ -f "$out/utt2emo" ]; then
+    check_prepared_from "$root" "$out" "$option"
+    log "$out already prepared; skipping (remove it to prepare again)"; return
+  fi
   if [ -z "$root" ]; then
     if [ "$name" = "$corpus" ] && [ "${downloadable:-false}" != true ]; then
       die "$option PATH is required: ${corpus_source:-give the ${name} release folder}"
@@ -248,6 +264,7 @@ prepare_data() {  # CORPUS ROOT OUT ROOT_OPTION [prepare args]: prepare and vali
 current_stage=1
 if run_stage 1; then
   if [ -f "$data/protocol.yaml" ]; then
+    check_prepared_from "$corpus_root" "$data_all" "--${root_var}"
     log "$data already made; skipping (remove it and ${data_all} to prepare again)"
   else
     # shellcheck disable=SC2086
@@ -324,16 +341,17 @@ current_stage=4
 if run_stage 4; then
   fold_ids=$(folds_to_run decoding)
   for k in $fold_ids; do
+    [ -d "$exp/fold$k" ] || die "fold $k has not been trained ($exp/fold$k is missing): run stage 3 first"
     sets=(--data "$data/fold$k/dev" --out "$exp/fold$k/decode_dev")
     test_set=(--data "$data/fold$k/test" --out "$final/fold$k/decode_test")
     # one call decodes both sets (one start-up) when they share a dump and a model; cross-corpus tests read
     # their own dump, a refit's test its own model (its dev set was training data: only the chosen run's is decoded)
     if [ "$test_dump" = "$dump" ] && [ "$final" = "$exp" ]; then sets+=("${test_set[@]}"); test_set=(); fi
     # shellcheck disable=SC2086
-    sertk decode --exp "$exp/fold$k" "${sets[@]}" --feats "$dump" --protocol-dir "$data" --device "$device" $decode_args
+    sertk decode --skip-unfinished --exp "$exp/fold$k" "${sets[@]}" --feats "$dump" --protocol-dir "$data" --device "$device" $decode_args
     if [ ${#test_set[@]} -gt 0 ]; then
       # shellcheck disable=SC2086
-      sertk decode --exp "$final/fold$k" "${test_set[@]}" --feats "$test_dump" --protocol-dir "$data" \
+      sertk decode --skip-unfinished --exp "$final/fold$k" "${test_set[@]}" --feats "$test_dump" --protocol-dir "$data" \
         --device "$device" $decode_args
     fi
   done
@@ -367,10 +385,21 @@ if run_stage 6; then
 fi
 
 # a run.sh in the exp dir repeats this command: the record of the last good one, so it is written only
-# now that every stage asked for has succeeded (a failed or interrupted run leaves the previous record),
-# and through a temporary file so that it is never half-written
-mkdir -p "$exp"
-{ echo "#!/usr/bin/env bash"; echo "cd $(printf '%q' "$recipe_dir") && ./run.sh $(printf '%q ' "${run_args[@]}")"; } \
-  > "$exp/.run.sh.tmp"
-chmod +x "$exp/.run.sh.tmp"
-mv -f "$exp/.run.sh.tmp" "$exp/run.sh"
+# now that every stage asked for has succeeded (a failed or interrupted run leaves the previous record) and
+# a stage was asked for (--stage 7 checks the options only: no exp dir for it), through a temporary file so
+# that it is never half-written, and never over a run.sh the recipe did not write
+record_is_ours() {  # FILE: absent, or the two lines written below
+  [ ! -e "$1" ] || { [ "$(sed -n 1p "$1")" = "#!/usr/bin/env bash" ] && [ "$(wc -l < "$1")" -eq 2 ] \
+    && [[ $(sed -n 2p "$1") == "cd "*" && ./run.sh "* ]]; }
+}
+if [ "$stage" -le "$last_stage" ]; then
+  mkdir -p "$exp"
+  if record_is_ours "$exp/run.sh"; then
+    { echo "#!/usr/bin/env bash"; echo "cd $(printf '%q' "$recipe_dir") && ./run.sh $(printf '%q ' "${run_args[@]}")"; } \
+      > "$exp/.run.sh.tmp"
+    chmod +x "$exp/.run.sh.tmp"
+    mv -f "$exp/.run.sh.tmp" "$exp/run.sh"
+  else
+    log "$exp/run.sh is not a record this recipe wrote; left as it is (this command not recorded)"
+  fi
+fi

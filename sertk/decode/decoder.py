@@ -11,7 +11,7 @@ so every voting rule decides among the shared classes only.
 """
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from sertk.data.cross import collapse, dropped_text, load_class_mapping, relabel
 from sertk.data.datadir import DataDir
@@ -28,10 +28,24 @@ from sertk.experiment import load_checkpoint
 
 log = logging.getLogger(__name__)
 DEV_SELECTED = "best.pt"
+LAST_CHECKPOINT = "last.pt"
 
 
 class DecodeError(SertkError):
     """A decode request that would break test hygiene or cannot be served."""
+
+
+def still_training(exp_dir: Path) -> List[str]:
+    """'<run>: epoch N' for every training run in `exp_dir` (the run, a grid's points) whose last.pt says it
+    has not finished: it is training now, or was stopped and resumes when started again; either way its
+    best.pt is not yet the one dev will choose."""
+    runs = []
+    for last in sorted(Path(exp_dir).rglob(LAST_CHECKPOINT)):
+        state = load_checkpoint(last, mmap=True)   # the small fields only: the tensors stay on disk
+        if not state.get("finished", True):        # (checkpoints from before the flag: finished)
+            where = last.parent.relative_to(exp_dir).as_posix()
+            runs.append(("" if where == "." else f"{where}: ") + f"epoch {state.get('epoch')}")
+    return runs
 
 
 def decode_data_dir(exp_dir: Path, data_dir: Path, feats_dir: Path, out_dir: Path, checkpoint: str = DEV_SELECTED,
@@ -44,6 +58,11 @@ def decode_data_dir(exp_dir: Path, data_dir: Path, feats_dir: Path, out_dir: Pat
     if is_test and checkpoint != DEV_SELECTED and not retest:
         raise DecodeError(f"{data_dir} is a test set: decode it with the dev-selected {DEV_SELECTED}, "
                           f"not {checkpoint} (pass --retest if you really mean it)")
+    if is_test and not retest:
+        training = still_training(exp_dir)
+        if training:   # decoded now, test would be final for a best.pt that later epochs may replace
+            raise DecodeError(f"{exp_dir} is still training ({', '.join(training)}): decode its test set once "
+                              "training has finished (or pass --retest to decode the best.pt of now)")
     mapping = load_class_mapping(class_map) if class_map is not None else None
     if (out_dir / "decode.yaml").is_file():
         previous = read_decode_dir(out_dir).info
