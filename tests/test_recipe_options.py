@@ -139,7 +139,10 @@ def test_a_fold_check_inside_a_stage_stops_the_run(tmp_path, corpus):
         "./run.sh: error: no folds in data/loso; run stage 1 first"], result.stderr
     assert not (recipe / "exp").exists()
     run_recipe(recipe, "--emodb_root", corpus, "--stop_stage", "1")
-    result = run_recipe(recipe, "--stage", "4", "--stop_stage", "4", check=False)
+    result = run_recipe(recipe, "--stage", "3", "--stop_stage", "3", "--folds", "01", check=False)
+    assert result.returncode == 1 and result.stderr.splitlines()[-1] == (
+        "./run.sh: error: no features in dump/logmel64: run stage 2 first")
+    result = run_recipe(recipe, "--stage", "4", "--stop_stage", "4", "--folds", "01", check=False)
     assert result.returncode == 1 and result.stderr.splitlines()[-1] == (
         "./run.sh: error: fold 1 has not been trained (exp/loso/crnn/fold1 is missing): run stage 3 first")
 

@@ -188,7 +188,7 @@ fold_list() {  # the folds to run, one per line; an unknown fold is an error
   for k in ${folds//,/ }; do
     { [[ $k =~ ^[0-9]+$ ]] && [ "$k" -ge 1 ] && [ "$k" -le "$n" ]; } || die "--folds: '$k' is not a fold of $data (1..$n)"
   done
-  for k in ${folds//,/ }; do echo "$k"; done
+  for k in ${folds//,/ }; do echo "$((10#$k))"; done   # 01 is fold1
 }
 
 kept_fold() {  # K: is fold K only a finished run's kept record (`sertk results keep`: last.yaml, no checkpoints)?
@@ -326,6 +326,7 @@ per_fold() {  # NAME WHAT EXP COMMAND...: a training COMMAND (JOB: the fold) for
 current_stage=3
 if run_stage 3; then
   fold_ids=$(folds_to_run training)
+  [ -z "$fold_ids" ] || [ -f "$dump/features.yaml" ] || die "no features in $dump: run stage 2 first"
   mkdir -p "$exp"
   # shellcheck disable=SC2086  # train_args is split into its words
   [ -z "$fold_ids" ] || per_fold train "training $model" "$exp" "${trainer[@]}" train --config "$model_conf" \
