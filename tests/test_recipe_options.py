@@ -164,3 +164,12 @@ def test_another_corpus_folder_than_the_prepared_data_s_is_refused(tmp_path, cor
         f"./run.sh: error: data/all was prepared from another folder than --emodb_root {other} ("), result.stderr
     assert (recipe / "data" / "all" / "wav.scp").read_text() == before
     run_recipe(recipe, "--emodb_root", corpus, "--stop_stage", "1")   # the same folder: skipped as before
+
+
+def test_a_model_key_typo_under_torchrun_is_one_line_not_a_traceback_per_process(tmp_path, corpus):
+    recipe = copy_recipe(tmp_path, "emodb")
+    result = run_recipe(recipe, "--emodb_root", corpus, "--nproc", "2", "--train_args", "--set model.n_melz=3",
+                        check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [line for line in result.stderr.splitlines() if "n_melz" in line]
+    assert len(result.stderr.splitlines()) == 1 and not (recipe / "data").exists()

@@ -156,6 +156,10 @@ jobs_run() {  # KIND [JOB=...] LOG -- COMMAND...: a batch of jobs on the backend
 # model.* is one line now, before stages 1-2 run (model.* keys are checked when training starts)
 # shellcheck disable=SC2086
 feat_tag=$(sertk -q config get "$model_conf" features.tag $train_args)
+if [ "$nproc" -gt 1 ] && run_stage 3; then   # under torchrun a config error is a page of tracebacks per process:
+  # shellcheck disable=SC2086                # the whole config (model.* too) is checked here first, once
+  sertk -q config show "$model_conf" $train_args >/dev/null
+fi
 feat_conf=$(conf_file "features/${feat_tag}.yaml")
 [ -n "$feat_conf" ] || die "$model_conf asks for features '$feat_tag' but there is no conf/features/${feat_tag}.yaml"
 corpus_root=${!root_var:-}
