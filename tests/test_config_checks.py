@@ -286,16 +286,20 @@ def fold_and_dump(tmp_path_factory):
     return base / "loso" / "fold1", base / "dump"
 
 
+def _tiny_crnn(tmp_path):
+    """A crnn config, the --set options that make it tiny, and an exp dir not made yet."""
+    conf = tmp_path / "c.yaml"
+    conf.write_text("model: {name: crnn}\n")
+    return conf, [a for s in TINY for a in ("--set", s)], tmp_path / "exp" / "crnn" / "fold1"
+
+
 def _train_args(conf, fold, dump, exp, *extra):
     return ("train", "--config", conf, "--fold-dir", fold, "--feats", dump, "--exp", exp, *extra)
 
 
 def test_a_run_that_fails_while_setting_up_leaves_no_exp_dir(fold_and_dump, tmp_path, sertk_cli, user_error):
     fold, dump = fold_and_dump
-    conf = tmp_path / "c.yaml"
-    conf.write_text("model: {name: crnn}\n")
-    sets = [a for s in TINY for a in ("--set", s)]
-    exp = tmp_path / "exp" / "crnn" / "fold1"
+    conf, sets, exp = _tiny_crnn(tmp_path)
     # the model reads a stream the dump does not hold: found once the features are read
     message = user_error(sertk_cli(*_train_args(conf, fold, dump, exp, *sets, "--set", "model.stream=nope")))
     assert "nope" in message and not (tmp_path / "exp").exists()
@@ -321,10 +325,7 @@ def test_a_run_that_fails_while_setting_up_leaves_no_exp_dir(fold_and_dump, tmp_
 def test_a_model_wider_than_the_dump_is_one_line_before_anything_is_written(fold_and_dump, tmp_path, sertk_cli,
                                                                             user_error):
     fold, dump = fold_and_dump
-    conf = tmp_path / "c.yaml"
-    conf.write_text("model: {name: crnn}\n")
-    sets = [a for s in TINY for a in ("--set", s)]
-    exp = tmp_path / "exp" / "crnn" / "fold1"
+    conf, sets, exp = _tiny_crnn(tmp_path)
     message = user_error(sertk_cli(*_train_args(conf, fold, dump, exp, *sets, "--set", "model.n_mels=64")))
     assert message.startswith(f"{dump}: stream 'logmel' has 16 values per frame, but model crnn reads 64; ")
     assert "set to 16" in message and not (tmp_path / "exp").exists()
