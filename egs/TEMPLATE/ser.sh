@@ -280,7 +280,9 @@ if run_stage 1; then
       sertk data folds "$data_all" --protocol "$protocol" --out "$data"
     fi
     # not `check && log`: a failed check inside an && list would not stop the run (set -e)
-    sertk data check "$data" > "$data/check.txt"
+    # through a temporary file: a second run at the same time never reads a half-written check.txt
+    sertk data check "$data" > "$data/.check.txt.tmp" || { rm -f "$data/.check.txt.tmp"; exit 1; }
+    mv -f "$data/.check.txt.tmp" "$data/check.txt"
     log "$(tail -n 1 "$data/check.txt")"
   fi
 fi
