@@ -441,6 +441,24 @@ def test_length_batches_shuffle_similar_lengths_and_drop_only_the_last_short_one
     assert sorted(i for b in kept for i in b) == list(range(len(lengths)))
 
 
+def test_length_batches_leave_out_random_utterances_not_the_longest():
+    """EmoDB fold 1's 428 training utterances fit one pool: the short batch cut after sorting held the
+    12 longest, so those were never trained on. The ones left out now are random, others each epoch."""
+    from sertk.train.data import length_batches
+    lengths = list(np.random.default_rng(0).integers(50, 450, size=428))
+    generator = torch.Generator().manual_seed(0)
+    seen, left_out = set(), []
+    for _ in range(30):
+        batches = length_batches(lengths, 32, generator, drop_last=True)
+        assert len(batches) == 13 and all(len(b) == 32 for b in batches)
+        epoch = {i for b in batches for i in b}
+        seen |= epoch
+        left_out.append(set(range(428)) - epoch)
+    assert seen == set(range(428))                                      # every utterance trained on
+    longest = set(np.argsort(lengths)[-12:].tolist())
+    assert sum(out == longest for out in left_out) == 0 and len({frozenset(o) for o in left_out}) == 30
+
+
 def test_whole_utterances_are_padded_to_the_batch_not_the_data_set(setup):
     from sertk.features.dataset import SegmentDataset, collate
     dd = DataDir.load(setup / "loso" / "fold1" / "train")

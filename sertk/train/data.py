@@ -13,15 +13,17 @@ BUCKET_POOL = 20   # length_batches sorts within pools of this many batches: sim
 def length_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator,
                    drop_last: bool) -> List[List[int]]:
     """Shuffled batches of similar lengths (little padding): the indices in random order, sorted by length
-    within pools of BUCKET_POOL batches, cut into batches, the batches shuffled. Only the very last batch
-    can be short, and it is dropped with `drop_last`."""
+    within pools of BUCKET_POOL batches, cut into batches, the batches shuffled. With `drop_last` the
+    N mod batch_size indices left over are left out before sorting, so they are random ones, others each
+    epoch (after the sort, the short last batch held the longest items: on a set that fits one pool, the
+    same longest utterances were never trained on); without it the last batch is the short one."""
     order = torch.randperm(len(lengths), generator=generator).tolist()
+    if drop_last:
+        order = order[:len(order) - len(order) % batch_size]
     pool = batch_size * BUCKET_POOL
     ranked = [i for start in range(0, len(order), pool)
               for i in sorted(order[start:start + pool], key=lambda i: lengths[i])]
     batches = [ranked[s:s + batch_size] for s in range(0, len(ranked), batch_size)]
-    if drop_last and len(batches[-1]) < batch_size:
-        batches.pop()
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
