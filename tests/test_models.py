@@ -44,6 +44,21 @@ def test_posteriors_do_not_depend_on_the_batch(model):
         torch.testing.assert_close(alone[0], together[i], atol=1e-5, rtol=1e-5)
 
 
+def test_posteriors_do_not_depend_on_how_far_a_segment_is_padded(model):
+    """An utterance cut to its own frames decides as it does padded to a batch's longest (whole-utterance
+    batches, segments.length null). Lengths that are not multiples of the models' pooling strides."""
+    if model.fixed_frames:
+        pytest.skip("the model takes fixed-length segments only")
+    model.eval()
+    valid = [200, 121, 37, 83]
+    batch = batch_for(model, batch=4, valid=valid)
+    together = model(batch)["logits"]
+    vectors = getattr(model, "vector_streams", ())
+    for i, n in enumerate(valid):
+        alone = {k: v[i:i + 1] if k in vectors else v[i:i + 1, :n] for k, v in batch.items()}
+        torch.testing.assert_close(model(alone)["logits"][0], together[i], atol=1e-5, rtol=1e-5)
+
+
 def test_padding_content_is_ignored(model):
     model.eval()
     batch = batch_for(model, batch=2, valid=[120, 200])

@@ -2,6 +2,7 @@
 (sertk.train.reporter), the objective built from config (sertk.train.loss.build_objective) and how an epoch
 draws its batches (sertk.train.folddata)."""
 import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -158,11 +159,13 @@ def test_epoch_speed_record_and_stats():
 # --- the objective ---------------------------------------------------------------------------------
 
 class TrainSet:
+    """Utterance u1 of class 0 in one segment; u2 and u3 of class 1 in two segments each."""
     labels = {"u1": 0, "u2": 1, "u3": 1}
+    segments = [SimpleNamespace(utt=u) for u in ("u1", "u2", "u2", "u3", "u3")]
 
     @staticmethod
     def utterance_shares():
-        return np.array([1.0, 0.5, 0.5], dtype=np.float32)
+        return np.array([1.0, 0.5, 0.5, 0.5, 0.5], dtype=np.float32)
 
 
 def crnn_and_config(*extra):
@@ -175,9 +178,21 @@ def test_the_objective_follows_the_config():
     objective = build_objective(config, model, TrainSet(), 2)
     assert isinstance(objective, Objective) and not list(objective.parameters())
     torch.testing.assert_close(objective.emotion.class_weights, torch.tensor([1.5, 0.75]))
-    torch.testing.assert_close(objective.emotion.segment_weights, torch.tensor([1.0, 0.5, 0.5]))
+    torch.testing.assert_close(objective.emotion.segment_weights, torch.tensor([1.0, 0.5, 0.5, 0.5, 0.5]))
     model, config = crnn_and_config("train.class_weighted=false")
     assert build_objective(config, model, TrainSet(), 2).emotion.class_weights is None
+
+
+@pytest.mark.parametrize("utterance_weighted", [False, True])
+def test_class_weights_give_every_class_the_same_share_of_the_loss(utterance_weighted):
+    """The weights count what the loss weighs: segments, or utterances when each utterance's segments share
+    one weight. (Counted over utterances for a per-segment loss, a class of longer utterances weighed more.)"""
+    model, config = crnn_and_config(f"train.utterance_weighted={str(utterance_weighted).lower()}")
+    loss = build_objective(config, model, TrainSet(), 2).emotion
+    labels = torch.tensor([TrainSet.labels[s.utt] for s in TrainSet.segments])
+    per_segment = loss.class_weights[labels] * (loss.segment_weights if utterance_weighted else 1.0)
+    shares = torch.stack([per_segment[labels == c].sum() for c in (0, 1)])
+    torch.testing.assert_close(shares[0], shares[1])
 
 
 @pytest.mark.parametrize("setting, message", [

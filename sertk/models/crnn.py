@@ -2,8 +2,10 @@
 
 Not a published model: a small, honest reference point for the recipes. Each conv block is
 conv 3x3 -> batch norm -> ReLU -> 2x2 max pool (time and frequency); padded frames are zeroed
-after every block and skipped by the LSTM (sertk.models.sequence.run_lstm) and by the pooling, so
-a segment's posterior depends on its own frames only.
+before every convolution and before every max pool (ReLU outputs are >= 0, so a zeroed frame never
+wins over a real one: a pool window at the end of an odd-length segment sees what it would see
+without the padding), and skipped by the LSTM (sertk.models.sequence.run_lstm) and by the pooling, so
+a segment's posterior depends on its own frames only, not on how far it is padded.
 """
 from dataclasses import dataclass, field
 from typing import Dict, List
@@ -67,8 +69,9 @@ class CRNN(SERModel):
         if self.projection is not None:
             x = self.projection(x)
         h = x.unsqueeze(1)                                    # [B, 1, T, F]
-        for block in self.blocks:
-            h = block(h * mask[:, None, :h.shape[2], None])
+        for block in self.blocks:   # conv, BN, ReLU, max pool (one Sequential: the checkpoints' keys)
+            h = block[:3](h * mask[:, None, :, None]) * mask[:, None, :, None]
+            h = block[3](h)
             mask = downsample_mask(mask, 2, h.shape[2])
         h = h * mask[:, None, :, None]
         h = h.permute(0, 2, 1, 3).flatten(2)                  # [B, T', C * F']

@@ -28,7 +28,8 @@ def length_batches(lengths: Sequence[int], batch_size: int, generator: torch.Gen
 
 
 def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights, N / (C * n_c), over utterances; a class with no example gets 0."""
+    """Inverse-frequency weights, N / (C * n_c), over `labels` (one per example counted); a class with no
+    example gets 0."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
     weights = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weights, dtype=torch.float32)

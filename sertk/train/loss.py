@@ -58,7 +58,12 @@ def build_objective(config: Dict[str, Any], model: SERModel, train_set: SegmentD
         raise ConfigError(f"model {name} gives no center-loss embedding; set loss.center_weight=0")
     if cfg["reconstruction_weight"] > 0 and "reconstruction" not in model.tasks:
         raise ConfigError(f"model {name} rebuilds no masked frames; set loss.reconstruction_weight=0")
-    weights = class_weights(list(train_set.labels.values()), num_classes) \
-        if config["train"]["class_weighted"] else None
-    shares = torch.from_numpy(train_set.utterance_shares()) if config["train"]["utterance_weighted"] else None
+    by_utterance = config["train"]["utterance_weighted"]
+    # counted over what the loss weighs, so that every class carries the same share of it: utterances when
+    # each utterance's segments share one weight, else segments (counted over utterances, a class of longer
+    # utterances, cut into more windows, weighed more)
+    counted = (list(train_set.labels.values()) if by_utterance
+               else [train_set.labels[s.utt] for s in train_set.segments if s.utt in train_set.labels])
+    weights = class_weights(counted, num_classes) if config["train"]["class_weighted"] else None
+    shares = torch.from_numpy(train_set.utterance_shares()) if by_utterance else None
     return model.objective(SegmentLoss(weights, shares), cfg)
