@@ -315,6 +315,25 @@ def test_a_dump_computed_otherwise_is_refused_by_decode_and_pack(setup, trained,
         train(config("train.epochs=4"), setup / "loso" / "fold1", tmp_path / "dump_hop20", tmp_path / "resumed")
 
 
+def test_a_run_resumes_only_on_the_fold_it_began_on(setup, trained, tmp_path):
+    """A fold dir made again with other lists (or another fold's) would train the rest of the run on other
+    speakers: refused before any feature is read, last.pt untouched."""
+    import shutil
+    shutil.copytree(trained, tmp_path / "resumed")
+    before = (tmp_path / "resumed" / "last.pt").read_bytes()
+    with pytest.raises(ConfigError, match=r"loso/fold2: not the fold the run in .*resumed began on \(its train and "
+                                          r"dev list differs from the one in .*last.pt\); give that fold"):
+        train(config("train.epochs=4"), setup / "loso" / "fold2", setup / "dump", tmp_path / "resumed")
+    from sertk.data.ops import subset
+    remade = tmp_path / "fold1_remade"                     # fold 1 with one dev utterance fewer
+    shutil.copytree(setup / "loso" / "fold1" / "train", remade / "train")
+    dev = DataDir.load(setup / "loso" / "fold1" / "dev")
+    subset(dev, utt_list=dev.utts[1:]).save(remade / "dev")
+    with pytest.raises(ConfigError, match=r"\(its dev list differs"):
+        train(config("train.epochs=4"), remade, setup / "dump", tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "last.pt").read_bytes() == before
+
+
 def test_a_decode_is_redone_with_another_dump_and_skipped_with_a_moved_one(setup, trained, tmp_path):
     import shutil
     from pathlib import Path

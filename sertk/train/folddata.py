@@ -46,6 +46,11 @@ def fold_checksums(train_dd: DataDir, dev_dd: DataDir) -> Dict[str, str]:
     return {"train": split_checksum(train_dd), "dev": split_checksum(dev_dd)}
 
 
+def differing_lists(recorded: Dict[str, str], given: Dict[str, str]) -> str:
+    """Which of a fold's lists ("train", "dev", "train and dev") differ between two fold_checksums; "" if none."""
+    return " and ".join(split for split in ("train", "dev") if recorded.get(split) != given[split])
+
+
 def load_fold(config: Dict[str, Any], fold_dir: Path, dump_dir: Path,
               make_model: Callable[[int], SERModel]) -> Fold:
     """The fold in `fold_dir` (train/, dev/) with its features from `dump_dir`, for the model that

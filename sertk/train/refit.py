@@ -26,7 +26,7 @@ from sertk.gridrecord import GRID_FILE
 from sertk.results_dev import REFIT_FILE, fold_dev_score, read_refit_record
 from sertk.train.distributed import Ranks, ranks_from_environment
 from sertk.train.expdir import check_exp_dir
-from sertk.train.folddata import fold_checksums
+from sertk.train.folddata import differing_lists, fold_checksums
 from sertk.train.trainer import TrainSummary, train
 from sertk.yamlutil import read_yaml_file
 
@@ -58,8 +58,8 @@ def check_same_fold(source: Path, fold_dir: Path) -> None:
     if recorded is None:
         log.warning("%s records no fold lists (trained before sertk kept them): check that %s is the fold it was "
                     "trained on", source / DEV_SELECTED, fold_dir)
-    elif recorded != given:
-        changed = " and ".join(split for split in ("train", "dev") if recorded.get(split) != given[split])
+    elif differing_lists(recorded, given):
+        changed = differing_lists(recorded, given)
         raise ConfigError(f"{fold_dir}: not the fold {source} was trained on (its {changed} list differs from the "
                           f"one in {source / DEV_SELECTED}); give that run's --fold-dir")
 
