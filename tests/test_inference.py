@@ -87,8 +87,15 @@ def test_pack_holds_what_the_model_was_trained_and_scored_with(trained, sertk_cl
     assert packed.layout_info == {"dims": {"logmel": 16}, "frame_shift": {"logmel": 0.01}}
     if packed.normalization["mode"] == "global":
         assert packed.normalization == plain_state(ckpt["normalization"])   # tensors as JSON lists
-    else:   # training speakers' statistics stay behind
+    else:   # training speakers' statistics stay behind; one file (one utterance) gets the training data's
         assert "speakers" not in json.dumps(packed.normalization)
+        assert packed.normalization["streams"]["logmel"]["min_utts"] == 3   # features.speaker_min_utts
+        from sertk.data.datadir import DataDir
+        from sertk.features.reading import Normalization
+        lone = DataDir({"wav.scp": {"x": "x.wav"}, "utt2spk": {"x": "x"}})
+        frames = np.random.default_rng(0).normal(size=(500, 16)).astype(np.float32)
+        cmvn = Normalization.from_state_dict(packed.normalization, {"logmel": {"x": frames}}, lone).per_stream["logmel"]
+        assert cmvn.statistics_of("x") is cmvn.fallback
     assert packed.meta["protocol"]["protocol"] == "loso" and packed.meta["protocol"]["fold"]["fold"] == 1
     test = packed.meta["metrics"]["test"]
     assert test["num_utts"] == len(read_decode_dir(exp / "decode_test").utts) and 0 <= test["ua"] <= 1

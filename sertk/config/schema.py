@@ -31,9 +31,10 @@ DEFAULTS: Dict[str, Any] = {
     "model": {"name": None},
     # tag: the feature config conf/features/<tag>.yaml and dump/<tag>/ the recipe uses;
     # cmvn: global | speaker | none, global statistics from the fold's train part only;
-    # clip: normalised values are cut to +-clip (null: not cut); speaker_min_rows: cmvn speaker gives a speaker
-    # with fewer rows (frames; vectors of pooled streams) the training data's statistics (sertk.features.cmvn)
-    "features": {"tag": "logmel64", "cmvn": "global", "clip": None, "speaker_min_rows": 10},
+    # clip: normalised values are cut to +-clip (null: not cut); speaker_min_rows / speaker_min_utts: cmvn
+    # speaker gives a speaker with fewer rows (frames; vectors of pooled streams) or fewer utterances the
+    # training data's statistics (sertk.features.cmvn)
+    "features": {"tag": "logmel64", "cmvn": "global", "clip": None, "speaker_min_rows": 10, "speaker_min_utts": 3},
     # seconds; length null: no windows, one segment per utterance; train_hop defaults to hop;
     # tail: end (a last window aligned to the end) | drop; train_windows: all | center (training reads only
     # the centre window of a longer utterance; dev and decoding read all)
@@ -142,6 +143,7 @@ CHECKS: Dict[str, Check] = {
     "features.cmvn": one_of(CMVN_MODES),
     "features.clip": positive("a positive number of standard deviations", null="not cut"),
     "features.speaker_min_rows": integer(1),
+    "features.speaker_min_utts": integer(1),
     "segments.length": positive("a number of seconds > 0", null="no windows, one segment per utterance"),
     "segments.hop": positive("a number of seconds > 0"),
     "segments.train_hop": positive("a number of seconds > 0", null="segments.hop"),

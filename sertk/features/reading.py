@@ -127,13 +127,14 @@ class Normalization:
 
     @classmethod
     def fit(cls, mode: str, feats: Feats, train: DataDir, others: Sequence[DataDir] = (),
-            clip: Optional[float] = None, speaker_min_rows: int = 1) -> "Normalization":
+            clip: Optional[float] = None, speaker_min_rows: int = 1, speaker_min_utts: int = 1) -> "Normalization":
         """Fit on `train`; in speaker mode also give the speakers of `others` (e.g. dev) their statistics, and
-        speakers with fewer than `speaker_min_rows` rows the training data's (sertk.features.cmvn)."""
+        speakers with fewer than `speaker_min_rows` rows or `speaker_min_utts` utterances the training data's
+        (sertk.features.cmvn)."""
         if clip is not None and not clip > 0:
             raise FeatureError(f"features.clip must be a positive number of standard deviations or null, not {clip!r}")
         utt2spk = {u: s for d in (train, *others) for u, s in d.utt2spk.items()}
-        options = {"min_rows": speaker_min_rows} if mode == "speaker" else {}
+        options = {"min_rows": speaker_min_rows, "min_utts": speaker_min_utts} if mode == "speaker" else {}
         return cls(mode, {s: make_cmvn(mode, feats[s], utt2spk=utt2spk, train_utts=train.utts, **options)
                           for s in feats}, clip)
 
@@ -147,6 +148,7 @@ class Normalization:
                 saved = state.get("streams", {}).get(s, {})
                 fallback = saved.get("fallback")
                 per_stream[s] = make_cmvn("speaker", feats[s], utt2spk=utt2spk, min_rows=saved.get("min_rows", 1),
+                                          min_utts=saved.get("min_utts", 1),
                                           fallback=None if fallback is None else GlobalCMVN.from_state_dict(fallback))
             return cls("speaker", per_stream, clip)
         return cls(state["mode"], {s: cmvn_from_state_dict(st) for s, st in state["streams"].items()}, clip)

@@ -103,9 +103,9 @@ def infer(ctx, model: Path, inputs: Tuple[str], out: Optional[Path], vote: Optio
     if inf.normalization_mode == "speaker":
         known = sum(r.speaker is not None for r in recordings)
         log.info("the model normalises per speaker: %d of %d recording(s) have a speaker%s", known, len(recordings),
-                 "" if known == len(recordings) else "; the others are normalised on their own, or with the "
-                 "training data's statistics where they have too few rows for their own "
-                 "(--utt2spk / --speaker-pattern, or a utt2spk beside the wav.scp)")
+                 "" if known == len(recordings) else "; each of the others is its own speaker, normalised with "
+                 "the training data's statistics where it has too few utterances or rows for statistics of its own "
+                 "(the model's rule; --utt2spk / --speaker-pattern, or a utt2spk beside the wav.scp, give speakers)")
     elif unmatched or utt2spk or speaker_pattern:
         log.info("speakers are not used: the model's normalisation is '%s'", inf.normalization_mode)
     result = infer_recordings(inf, recordings, segment, vad, progress=not ctx.find_root().params.get("quiet"))

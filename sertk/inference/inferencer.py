@@ -11,7 +11,8 @@ rule. So a packed model gives the recipe's decisions on the recipe's utterances.
 
 Speaker normalisation (`cmvn: speaker`) needs several utterances of a speaker: `decide` normalises each
 speaker's utterances with statistics over all of them (pass the same speaker for all chunks of a
-recording); `predict` on one waveform normalises it with its own statistics.
+recording); a speaker with fewer utterances than the pack's `min_utts` (features.speaker_min_utts, 3 since
+2026-12-06; older packs: 1), such as one waveform given to `predict`, gets the training data's statistics.
 """
 import logging
 from dataclasses import dataclass

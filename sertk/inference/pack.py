@@ -176,7 +176,7 @@ def _portable_normalization(state: Dict[str, Any]) -> Dict[str, Any]:
     state = plain_state(state)
     if state["mode"] != "speaker":
         return state
-    kept = ("mode", "min_rows", "fallback")
+    kept = ("mode", "min_rows", "min_utts", "fallback")
     return {"mode": "speaker", "clip": state.get("clip"),
             "streams": {s: {k: v for k, v in st.items() if k in kept} for s, st in state["streams"].items()}}
 

@@ -167,7 +167,7 @@ _GLOBAL_STATS = _Keys({"mode": _Value("global", lambda v: v == "global"), "norm_
                        "var": _Null(_List(NON_NEGATIVE, "a non-empty list of numbers >= 0", least=1))})
 STREAM_STATS = {
     "global": _GLOBAL_STATS,
-    "speaker": _Keys({"mode": _Value("speaker", lambda v: v == "speaker"), "min_rows": SIZE,
-                      "fallback": _Null(_GLOBAL_STATS)}, optional=("min_rows", "fallback")),
+    "speaker": _Keys({"mode": _Value("speaker", lambda v: v == "speaker"), "min_rows": SIZE, "min_utts": SIZE,
+                      "fallback": _Null(_GLOBAL_STATS)}, optional=("min_rows", "min_utts", "fallback")),
     "none": _Keys({"mode": _Value("none", lambda v: v == "none")}),
 }

@@ -69,7 +69,8 @@ def load_fold(config: Dict[str, Any], fold_dir: Path, dump_dir: Path,
     layout = StreamLayout.for_model(dump_dir, model)   # the streams' levels and widths, before reading them
     feats = load_streams(dump_dir, list(model.streams), train_dd.utts + [u for d in dev_dirs for u in d.utts])
     norm = Normalization.fit(config["features"]["cmvn"], feats, train_dd, dev_dirs, clip=config["features"]["clip"],
-                             speaker_min_rows=config["features"]["speaker_min_rows"])
+                             speaker_min_rows=config["features"]["speaker_min_rows"],
+                             speaker_min_utts=config["features"]["speaker_min_utts"])
     seg = SegmentConfig.from_config(config["segments"])
     length, hop = layout.frames(seg)
     fixed = model.fixed_frames
