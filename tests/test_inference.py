@@ -469,3 +469,28 @@ def test_batch_size_below_one_is_a_usage_error(trained, sertk_cli, tmp_path):
     clip = write_wav(tmp_path / "clip.wav", seconds=1.0)
     result = sertk_cli("infer", model, clip, "--batch-size", "0")
     assert result.exit_code == 2 and "--batch-size" in result.output and "Traceback" not in result.output
+
+
+def test_a_majority_tie_is_broken_as_the_recipes_decode_breaks_it(trained, monkeypatch):
+    """Every window votes another class: decode gives the tie to the highest mean posterior (the last window's
+    class here), not to the earliest class."""
+    import sertk.inference.inferencer as inferencer_module
+    from sertk.decode import decide
+    from sertk.inference.inferencer import Inferencer
+    _, _, model = trained
+    drawn = []
+
+    def tied(model, dataset, *args):
+        n = len(dataset)
+        post = np.full((n, len(CLASSES)), 0.01, dtype=np.float32)
+        for i in range(n):
+            post[i, i], post[i, n - 1] = (0.4, 0.35) if i < n - 1 else (0.9, 0.9)
+        drawn.append(post / post.sum(1, keepdims=True))
+        return drawn[-1]
+    monkeypatch.setattr(inferencer_module, "segment_posteriors", tied)
+    inf = Inferencer(read_pack(model), device="cpu", rule="majority")
+    wave = np.random.default_rng(0).normal(0, 0.1, int(0.5 * inf.sample_rate)).astype(np.float32)
+    decision = inf.predict(wave, inf.sample_rate)
+    n = len(drawn[0])
+    assert 2 <= n <= len(CLASSES) and np.allclose(decision.posteriors[:n], 1 / n)   # every window another class
+    assert decision.label == CLASSES[decide(drawn[0], "majority")] == CLASSES[n - 1]

@@ -25,7 +25,7 @@ import torch
 
 from sertk.audio import read_audio, unusable_reason
 from sertk.data.datadir import DataDir
-from sertk.decode import DEFAULT_RULE, VOTING_RULES, vote
+from sertk.decode import DEFAULT_RULE, VOTING_RULES, decide, vote
 from sertk.decode.forward import by_utterance, segment_dataset, segment_posteriors
 from sertk.decode.restore import restore_model
 from sertk.errors import SertkError
@@ -191,7 +191,8 @@ class Inferencer:
             voted = vote(seg_post, self.rule)
             u = by_key[key]
             end = u.end if u.end is not None else u.start + len(u.audio) / self.sample_rate
-            out[key] = Decision(self.classes[int(np.argmax(voted))], voted, seg_post,
+            # decide: ties (majority over an even number of windows) broken as the recipe's decode breaks them
+            out[key] = Decision(self.classes[decide(seg_post, self.rule)], voted, seg_post,
                                 np.asarray(spans[key], dtype=np.float64), u.start, end)
         return out, too_short
 
