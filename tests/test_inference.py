@@ -318,6 +318,27 @@ def test_python_api(trained, monkeypatch):
     np.testing.assert_allclose(mono.posteriors, mono.segment_posteriors.mean(axis=0), atol=1e-6)   # mean rule
     with pytest.raises(InferenceError, match="non-finite"):
         inf.predict(np.full(100, np.nan, np.float32), 16000)
+    # what soundfile would give, not a guess: [channels, samples] is refused, integer PCM scaled to +-1
+    with pytest.raises(InferenceError, match=r"looks like \[channels, samples\]; give \[samples\] or"):
+        inf.predict(np.stack([wave, wave]), 16000)
+    pcm = np.round(wave / np.abs(wave).max() * 20000).astype(np.int16)
+    np.testing.assert_allclose(inf.predict(pcm, 16000).posteriors,
+                               inf.predict(pcm.astype(np.float32) / 32768, 16000).posteriors, atol=1e-6)
+    with pytest.raises(InferenceError, match="integer samples of type int8"):
+        inf.predict(pcm.astype(np.int8), 16000)
+    with pytest.raises(InferenceError, match="sample_rate must be a positive"):
+        inf.predict(wave, 0)
+    # a silent waveform is decided, with the warning predict_file and sertk infer give
+    import logging
+    warned = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warned.append(record.getMessage())
+    logging.getLogger("sertk").addHandler(handler)
+    try:
+        inf.predict(np.zeros(16000, np.float32), 16000)
+    finally:
+        logging.getLogger("sertk").removeHandler(handler)
+    assert any(m.startswith("waveform: ") and "silent" in m for m in warned), warned
     # a stream that gives no frame for a short utterance (none of the spectral ones: their frames are
     # centred) leaves that utterance without a decision, and the others with theirs
     from sertk.inference import inferencer as module

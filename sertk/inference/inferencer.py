@@ -23,7 +23,7 @@ import numpy as np
 import soxr
 import torch
 
-from sertk.audio import read_audio, unusable_reason
+from sertk.audio import Audio, read_audio, unusable_reason
 from sertk.data.datadir import DataDir
 from sertk.decode import DEFAULT_RULE, VOTING_RULES, decide, vote
 from sertk.decode.forward import by_utterance, segment_dataset, segment_posteriors
@@ -111,7 +111,19 @@ class Inferencer:
     # --- the API on waveforms ---
 
     def resample(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
-        """Mono float32 at the model's rate (channels averaged: [samples, channels] as soundfile gives)."""
+        """Mono float32 at the model's rate (channels averaged: [samples, channels] as soundfile gives;
+        integer PCM scaled to +-1 as soundfile scales it). Too short or silent audio is decided all the same,
+        with a warning, as predict_file does."""
+        wave = np.asarray(wave)
+        if wave.ndim == 2 and wave.shape[0] < wave.shape[1]:   # [channels, samples] (torch's layout) read as
+            # thousands of channels of a few samples would give a confident label on nothing
+            raise InferenceError(f"a waveform of shape {wave.shape} looks like [channels, samples]; give "
+                                 "[samples] or [samples, channels] (wave.T)")
+        if np.issubdtype(wave.dtype, np.integer):
+            if wave.dtype not in (np.int16, np.int32):
+                raise InferenceError(f"integer samples of type {wave.dtype}: give float samples in [-1, 1], or "
+                                     "int16 / int32 PCM")
+            wave = wave.astype(np.float32) / np.float32(-float(np.iinfo(wave.dtype).min))
         wave = np.asarray(wave, dtype=np.float32)
         if wave.ndim == 2:
             wave = wave.mean(axis=1, dtype=np.float32)
@@ -119,6 +131,11 @@ class Inferencer:
             raise InferenceError(f"expected a non-empty waveform [samples] or [samples, channels], got {wave.shape}")
         if not np.isfinite(wave).all():
             raise InferenceError("the waveform holds non-finite samples (NaN or Inf)")
+        if not sample_rate > 0:
+            raise InferenceError(f"sample_rate must be a positive number of samples per second, not {sample_rate!r}")
+        why = unusable_reason(Audio(wave, sample_rate, float(np.abs(wave).max())), min_audio_seconds(self.features))
+        if why:
+            log.warning("waveform: %s", why)
         if sample_rate != self.sample_rate:
             wave = soxr.resample(wave, sample_rate, self.sample_rate, quality="HQ").astype(np.float32, copy=False)
         return wave
