@@ -69,6 +69,7 @@ class Audio:
     sample_rate: int
     peak: float                       # the largest |sample| of the mono mix (before resampling)
     truncated: Optional[str] = None   # why the file holds less than its header says; None: it does not
+    source_rate: Optional[int] = None  # the file's own sample rate, before resampling
 
     @property
     def duration(self) -> float:
@@ -98,7 +99,16 @@ def read_audio(path, target_sr: Optional[int] = 16000) -> Audio:
     truncated = truncation(path, samples.shape[0] / sr)
     if target_sr is not None and sr != target_sr:
         mono = soxr.resample(mono, sr, target_sr, quality="HQ").astype(np.float32, copy=False)
-    return Audio(mono, target_sr or sr, peak, truncated)
+    return Audio(mono, target_sr or sr, peak, truncated, int(sr))
+
+
+def band_limit_reason(source_rate: Optional[int], model_rate: int) -> Optional[str]:
+    """For audio recorded below the model's rate: what its upsampled copy lacks (a model decides on it all the
+    same, but it never saw audio without that band); None otherwise."""
+    if source_rate is None or source_rate >= model_rate:
+        return None
+    return (f"recorded at {source_rate} Hz, below the model's {model_rate} Hz: nothing above {source_rate // 2} Hz, "
+            f"where the model was trained on audio up to {model_rate // 2} Hz")
 
 
 def load_audio(path, target_sr: int = 16000) -> np.ndarray:

@@ -219,6 +219,22 @@ def test_infer_skips_short_and_silent_inputs_and_notes_truncated_ones(model, ser
     assert [s["reason"].split(":")[0] for s in doc["skipped"]] == ["too short", "silent", "silent"]
 
 
+def test_infer_notes_audio_recorded_below_the_models_rate(model, sertk_cli, tmp_path):
+    """8 kHz audio is decided upsampled, but the model never saw audio without its 4-8 kHz band: a note on its
+    rows, a warning and a count, exit 0 (it is not skipped)."""
+    wide = write_wav(tmp_path / "wide.wav", seconds=1.0)
+    samples, rate = sf.read(str(wide), dtype="float32")
+    sf.write(str(tmp_path / "narrow.wav"), samples[::2], rate // 2)
+    result = sertk_cli("infer", model, wide, tmp_path / "narrow.wav", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    band = ("recorded at 8000 Hz, below the model's 16000 Hz: nothing above 4000 Hz, where the model was trained "
+            "on audio up to 8000 Hz")
+    assert rows[0]["note"] == "" and rows[1]["label"] and rows[1]["note"] == band
+    assert f"sertk: warning: {tmp_path / 'narrow.wav'}: {band}" in result.stderr
+    assert "1 file(s) recorded below the model's 16000 Hz, decided upsampled" in result.stderr
+
+
 def test_infer_with_nothing_usable_is_one_error(model, sertk_cli, user_error, tmp_path):
     sf.write(str(tmp_path / "zeros.wav"), np.zeros(16000), 16000)
     assert user_error(sertk_cli("infer", model, tmp_path / "zeros.wav", "--device", "cpu")) == \

@@ -336,9 +336,11 @@ def test_python_api(trained, monkeypatch):
     logging.getLogger("sertk").addHandler(handler)
     try:
         inf.predict(np.zeros(16000, np.float32), 16000)
+        inf.predict(wave[::2], 8000)
     finally:
         logging.getLogger("sertk").removeHandler(handler)
     assert any(m.startswith("waveform: ") and "silent" in m for m in warned), warned
+    assert "waveform: recorded at 8000 Hz, below the model's 16000 Hz: nothing above 4000 Hz" in "".join(warned)
     # a stream that gives no frame for a short utterance (none of the spectral ones: their frames are
     # centred) leaves that utterance without a decision, and the others with theirs
     from sertk.inference import inferencer as module

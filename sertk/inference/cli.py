@@ -112,7 +112,7 @@ def infer(ctx, model: Path, inputs: Tuple[str], out: Optional[Path], vote: Optio
     result.skips = skips + result.skips
     for s in result.skips:
         log.warning("skipped %s: %s", s.id, s.reason)
-    for s in result.truncated:
+    for s in result.truncated + result.band_limited:
         log.warning("%s: %s", s.id, s.reason)
     if not result.rows:
         raise SertkError(f"no results: all {len(recordings) + len(skips)} input(s) were skipped")
@@ -130,11 +130,13 @@ def infer(ctx, model: Path, inputs: Tuple[str], out: Optional[Path], vote: Optio
         from sertk.inference.timeline import draw_timeline
         draw_timeline(result.rows, inf.classes, result.audio_seconds, timeline, title=recordings[0].id)
     files = len({r.id for r in result.rows})
-    log.info("%d row(s) for %d recording(s), %.1f s of audio%s%s; %d input(s) skipped%s%s", len(result.rows), files,
+    log.info("%d row(s) for %d recording(s), %.1f s of audio%s%s; %d input(s) skipped%s%s%s", len(result.rows), files,
              result.audio_seconds, f" -> {out}" if out else "",
              f" ({result.dropped_chunks} chunk(s) shorter than {min_chunk} s dropped)" if result.dropped_chunks else "",
              len(result.skips), _skip_counts(result.skips),
-             f"; {len(result.truncated)} truncated file(s) decided on what they hold" if result.truncated else "")
+             f"; {len(result.truncated)} truncated file(s) decided on what they hold" if result.truncated else "",
+             f"; {len(result.band_limited)} file(s) recorded below the model's {inf.sample_rate} Hz, decided upsampled"
+             if result.band_limited else "")
     if result.skips:
         ctx.exit(EXIT_SKIPPED)
 

@@ -23,7 +23,7 @@ import numpy as np
 import soxr
 import torch
 
-from sertk.audio import Audio, read_audio, unusable_reason
+from sertk.audio import Audio, band_limit_reason, read_audio, unusable_reason
 from sertk.data.datadir import DataDir
 from sertk.decode import DEFAULT_RULE, VOTING_RULES, decide, vote
 from sertk.decode.forward import by_utterance, segment_dataset, segment_posteriors
@@ -133,9 +133,11 @@ class Inferencer:
             raise InferenceError("the waveform holds non-finite samples (NaN or Inf)")
         if not sample_rate > 0:
             raise InferenceError(f"sample_rate must be a positive number of samples per second, not {sample_rate!r}")
-        why = unusable_reason(Audio(wave, sample_rate, float(np.abs(wave).max())), min_audio_seconds(self.features))
-        if why:
-            log.warning("waveform: %s", why)
+        audio = Audio(wave, sample_rate, float(np.abs(wave).max()))
+        for why in (unusable_reason(audio, min_audio_seconds(self.features)),
+                    band_limit_reason(sample_rate, self.sample_rate)):
+            if why:
+                log.warning("waveform: %s", why)
         if sample_rate != self.sample_rate:
             wave = soxr.resample(wave, sample_rate, self.sample_rate, quality="HQ").astype(np.float32, copy=False)
         return wave
@@ -148,7 +150,8 @@ class Inferencer:
         """One decision for the file. A truncated, too short or silent file is decided on all the same, with
         a warning (`sertk infer` skips the too short and silent ones)."""
         audio = read_audio(path, self.sample_rate)
-        for why in (audio.truncated, unusable_reason(audio, min_audio_seconds(self.features))):
+        for why in (audio.truncated, unusable_reason(audio, min_audio_seconds(self.features)),
+                    band_limit_reason(audio.source_rate, self.sample_rate)):
             if why:
                 log.warning("%s: %s", path, why)
         return self._one(Utterance("utt", audio.samples))

@@ -17,7 +17,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from sertk.audio import audio_info, read_audio, unusable_reason
+from sertk.audio import audio_info, band_limit_reason, read_audio, unusable_reason
 from sertk.errors import AudioError
 from sertk.features.extract import min_audio_seconds
 from sertk.inference.inferencer import Decision, Inferencer, Utterance
@@ -55,6 +55,7 @@ class InferResult:
     dropped_chunks: int = 0       # speech chunks shorter than the minimum chunk length
     audio_seconds: float = 0.0
     truncated: List[Skip] = field(default_factory=list)   # decided on what they hold; the reason says how much
+    band_limited: List[Skip] = field(default_factory=list)   # recorded below the model's rate, decided upsampled
 
 
 def infer_recordings(inf: Inferencer, recordings: List[Recording], segment: str = "none",
@@ -105,7 +106,7 @@ def _speaker(rec: Recording) -> str:
 def _infer_group(inf: Inferencer, group: List[Recording], segment: str, vad: VadConfig, result: InferResult) -> None:
     utts: List[Utterance] = []
     pieces: Dict[str, Tuple[Recording, Optional[int]]] = {}   # utterance key -> its recording and chunk number
-    notes: Dict[str, str] = {}                                 # recording id -> its truncation
+    notes: Dict[str, str] = {}                                 # recording id -> its truncation, its band limit
     for rec in group:
         try:
             audio = read_audio(rec.path, inf.sample_rate)
@@ -120,6 +121,10 @@ def _infer_group(inf: Inferencer, group: List[Recording], segment: str, vad: Vad
         if audio.truncated:
             result.truncated.append(Skip(rec.id, str(rec.path), audio.truncated))
             notes[rec.id] = audio.truncated
+        band = band_limit_reason(audio.source_rate, inf.sample_rate)
+        if band:
+            result.band_limited.append(Skip(rec.id, str(rec.path), band))
+            notes[rec.id] = "; ".join(filter(None, (notes.get(rec.id), band)))
         wave = audio.samples
         duration = len(wave) / inf.sample_rate
         result.audio_seconds += duration
