@@ -517,3 +517,10 @@ def test_a_majority_tie_is_broken_as_the_recipes_decode_breaks_it(trained, monke
     n = len(drawn[0])
     assert 2 <= n <= len(CLASSES) and np.allclose(decision.posteriors[:n], 1 / n)   # every window another class
     assert decision.label == CLASSES[decide(drawn[0], "majority")] == CLASSES[n - 1]
+
+
+def test_a_speaker_pattern_that_misses_keeps_the_wav_scps_speaker():
+    from sertk.inference.inputs import Recording, assign_speakers
+    recordings = [Recording("03a01Wa", "a.wav", "03"), Recording("x_take2", "b.wav", "08"), Recording("y", "c.wav", None)]
+    out, unmatched = assign_speakers(recordings, pattern=r"^(\d\d)[a-z]")
+    assert [r.speaker for r in out] == ["03", "08", None] and unmatched == 1

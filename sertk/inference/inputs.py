@@ -90,7 +90,8 @@ def _unique(found: List[Recording], skips: List[Skip]) -> Tuple[List[Recording],
 def assign_speakers(recordings: List[Recording], utt2spk: Optional[Dict[str, str]] = None,
                     pattern: Optional[str] = None) -> Tuple[List[Recording], int]:
     """Speakers from an utt2spk table (by id), else from `pattern` (a regex searched in the id: its first
-    group, or the whole match); (recordings, how many found no speaker and stay their own)."""
+    group, or the whole match), else the one a recording came with (a wav.scp's utt2spk); (recordings, how
+    many found no speaker and stay their own)."""
     regex = None
     if pattern is not None:
         try:
@@ -104,7 +105,8 @@ def assign_speakers(recordings: List[Recording], utt2spk: Optional[Dict[str, str
             speaker = utt2spk[rec.id]
         elif regex is not None:
             m = regex.search(rec.id)
-            speaker = (m.group(1) if m.groups() else m.group(0)) if m else None
+            # no match: the speaker it had (a utt2spk beside its wav.scp) stays
+            speaker = (m.group(1) if m.groups() else m.group(0)) if m else rec.speaker
         if speaker is None and (utt2spk is not None or regex is not None):
             unmatched += 1
         out.append(Recording(rec.id, rec.path, speaker))
