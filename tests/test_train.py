@@ -209,8 +209,11 @@ def test_utterance_weighted_training_changes_the_loss_it_follows(tmp_path):
     make_folds(dd, "loso", tmp_path / "loso")
     extract_features(tmp_path / "all", FEATURES, tmp_path / "dump")
     fold, dump = tmp_path / "loso" / "fold1", tmp_path / "dump"
-    train(config("train.epochs=1"), fold, dump, tmp_path / "plain")
-    train(config("train.epochs=1", "train.utterance_weighted=true"), fold, dump, tmp_path / "weighted")
+    # without class weights: with them, one utterance per class, both weightings give each class (= each
+    # utterance) a third of the loss (class weights count what the loss weighs, segments or utterances)
+    train(config("train.epochs=1", "train.class_weighted=false"), fold, dump, tmp_path / "plain")
+    train(config("train.epochs=1", "train.class_weighted=false", "train.utterance_weighted=true"), fold, dump,
+          tmp_path / "weighted")
     history = [torch.load(tmp_path / name / "last.pt", weights_only=True)["history"][0]["train_loss"]
                for name in ("plain", "weighted")]
     assert history[0] != pytest.approx(history[1])
