@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recipes import CORPORA, ONE_EPOCH, TINY, copy_recipe, run_real_fold1, run_recipe, run_sertk, tiny_args
+from recipes import CORPORA, ONE_EPOCH, REPO, TINY, copy_recipe, run_real_fold1, run_recipe, run_sertk, tiny_args
 from replicas import make_emodb
 from sertk.decode import read_decode_dir
 from sertk.inference.pack_file import read_meta
@@ -90,6 +90,16 @@ def test_options_are_checked(recipe, tmp_path):
     run_recipe(recipe, "--emodb_root", corpus, "--stop_stage", "1")
     result = run_recipe(recipe, "--stage", "3", "--folds", "1,7", check=False)
     assert result.returncode == 1 and "--folds: '7' is not a fold of data/loso (1..3)" in result.stderr
+    # a label map added after stage 1 ran would be ignored by the data it made: refused, nothing changed
+    assert (recipe / "data" / "all" / "prepared_with").read_text() == ""
+    run_sertk(recipe, "data", "validate", "data/all")                          # the record is the data dir's own
+    before = (recipe / "data" / "all" / "utt2emo").read_text()
+    (recipe / "conf" / "labels.yaml").write_text((REPO / "sertk/data/corpora/labels/emodb.yaml").read_text())
+    result = run_recipe(recipe, "--emodb_root", corpus, "--stop_stage", "1", check=False)
+    assert result.returncode == 1 and ("data/all was prepared with other label settings (then: no options; now: "
+                                       "--labels conf/labels.yaml(sha256 ") in result.stderr
+    assert "remove data/all and data/loso to prepare again" in result.stderr
+    assert (recipe / "data" / "all" / "utt2emo").read_text() == before
 
 
 def test_one_real_fold_for_a_few_epochs_then_packed_and_run_on_every_file(recipe):

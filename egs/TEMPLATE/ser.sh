@@ -243,11 +243,29 @@ check_prepared_from() {  # ROOT OUT OPTION: OUT's audio is under the corpus fold
     || die "$out was prepared from another folder than $option $root ($first); remove $out and $data to prepare from it"
 }
 
+preparation_record() {  # [prepare args]: one line saying how a data dir is prepared: the arguments, and the
+  local arg previous=""    # content of the label map given with --labels (editing conf/labels.yaml changes it)
+  for arg in "$@"; do
+    if [ "$previous" = --labels ] && [ -f "$arg" ]; then printf '%s(sha256 %s) ' "$arg" "$(sha256sum < "$arg" | cut -c1-16)"
+    else printf '%s ' "$arg"; fi
+    previous=$arg
+  done
+}
+
+check_preparation() {  # OUT RECORD: OUT was prepared as RECORD says (other labels or --prepare_args would be
+  local out=$1 record=$2 made   # ignored; data dirs from before the record have none: not checked)
+  [ -f "$out/prepared_with" ] || return 0
+  made=$(cat "$out/prepared_with")
+  [ "$made" = "$record" ] || die "$out was prepared with other label settings (then: ${made:-no options}; now: ${record:-no options}); remove $out and $data to prepare again"
+}
+
 prepare_data() {  # CORPUS ROOT OUT ROOT_OPTION [prepare args]: prepare and validate OUT unless it exists
-  local name=$1 root=$2 out=$3 option=$4
+  local name=$1 root=$2 out=$3 option=$4 record
   shift 4
+  record=$(preparation_record "$@")
   if [ -f "$out/utt2emo" ]; then
     check_prepared_from "$root" "$out" "$option"
+    check_preparation "$out" "$record"
     log "$out already prepared; skipping (remove it to prepare again)"; return
   fi
   if [ -z "$root" ]; then
@@ -263,12 +281,15 @@ prepare_data() {  # CORPUS ROOT OUT ROOT_OPTION [prepare args]: prepare and vali
     sertk data prepare "$name" --root "$root" --out "$out" "$@"
   fi
   sertk data validate "$out"
+  printf '%s' "$record" > "$out/prepared_with"
 }
 
 current_stage=1
 if run_stage 1; then
   if [ -f "$data/protocol.yaml" ]; then
     check_prepared_from "$corpus_root" "$data_all" "--${root_var}"
+    # shellcheck disable=SC2086
+    check_preparation "$data_all" "$(preparation_record "${labels_arg[@]}" $prepare_args)"
     log "$data already made; skipping (remove it and ${data_all} to prepare again)"
   else
     # shellcheck disable=SC2086
