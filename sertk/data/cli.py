@@ -237,7 +237,9 @@ def folds(datadir: Path, protocol: str, out: Path, corpus, num_folds, seed, dev_
                             "loso_dev_share; --dev-share: loso_dev_share)")
     _check_output(out, [datadir], "protocol dir", owns_protocol_dir)
     card = make_folds(DataDir.load(datadir), protocol, out, corpus=corpus, source=str(datadir.resolve()), **options)
-    kind = "speaker-independent" if card["speaker_independent"] else "speaker-DEPENDENT"
+    kind = ("speaker-DEPENDENT" if not card["speaker_independent"] else
+            "test speakers unseen, dev from the training speakers" if card.get("dev_from_training_speakers")
+            else "speaker-independent")
     click.echo(f"{out}: {protocol}, {card['num_folds']} folds, {kind}; dev: {card['dev_policy']}")
 
 
@@ -293,6 +295,10 @@ def check(protocol_dir: Path, audio: str) -> None:
     if not card.get("tests_every_utterance", True):
         click.echo("OK: train, dev and test share no speaker and no utterance; every test utterance is "
                    "tested exactly once")
+    elif card["speaker_independent"] and card.get("dev_from_training_speakers"):
+        click.echo("OK: in every fold, the test speaker is in neither train nor dev, dev is a share of the training "
+                   "speakers' utterances (by design), no utterance is in two splits; every utterance is tested "
+                   "exactly once")
     elif card["speaker_independent"]:
         click.echo("OK: in every fold, train, dev and test share no speaker and no utterance; "
                    "every utterance is tested exactly once")
