@@ -143,6 +143,13 @@ def test_default_dev_speakers():
     assert default_dev_speakers(["a", "b"]) == ["b"]
     with pytest.raises(ProtocolError, match="at least 2 speakers"):
         default_dev_speakers(["a"])
+    # with genders, the end of each gender's list in turn: MSP-IMPROV's F06 and M06, not the men M05 and M06
+    msp = [f"msp_improv_{g}{i:02d}" for g in "FM" for i in range(1, 7)]
+    genders = {s: s[-3].lower() for s in msp}
+    assert default_dev_speakers(msp) == ["msp_improv_M05", "msp_improv_M06"]
+    assert default_dev_speakers(msp, genders) == ["msp_improv_F06", "msp_improv_M06"]
+    ravdess = [f"ravdess_{i:02d}" for i in range(1, 25)]   # odd actors male: the same four as without genders
+    assert default_dev_speakers(ravdess, {s: "mf"[int(s[-2:]) % 2 == 0] for s in ravdess}) == ravdess[-4:]
 
 
 def test_cli_writes_the_protocol_and_reports_drops(corpora, tmp_path, sertk_cli):

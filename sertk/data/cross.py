@@ -163,13 +163,34 @@ def collapse(posteriors: np.ndarray, model_classes: Sequence[str], mapping: Clas
     return out.astype(posteriors.dtype)
 
 
-def default_dev_speakers(speakers: Sequence[str]) -> List[str]:
-    """About a sixth of the training corpus's speakers (at least one), the last in sorted order:
-    RAVDESS actors 21-24, EmoDB 15 and 16, IEMOCAP session 5."""
+def speaker_genders(dd: DataDir) -> Optional[Dict[str, str]]:
+    """Each speaker's gender from utt2gen, when every utterance has one and a speaker has only one; else None."""
+    utt2gen = dd.tables.get("utt2gen")
+    if not utt2gen or any(u not in utt2gen for u in dd.utts):
+        return None
+    genders: Dict[str, set] = {}
+    for utt, spk in dd.utt2spk.items():
+        genders.setdefault(spk, set()).add(utt2gen[utt])
+    return {s: g.pop() for s, g in genders.items()} if all(len(g) == 1 for g in genders.values()) else None
+
+
+def default_dev_speakers(speakers: Sequence[str], genders: Optional[Dict[str, str]] = None) -> List[str]:
+    """About a sixth of the training corpus's speakers (at least one), the last in sorted order; with the
+    speakers' `genders`, taken from the end of each gender's sorted list in turn, so that dev holds both
+    where it can: RAVDESS actors 21-24, EmoDB 15 and 16, IEMOCAP session 5, MSP-IMPROV F06 and M06 (the last
+    two in sorted order would be M05 and M06, two men)."""
     n = max(1, round(len(speakers) / 6))
     if n >= len(speakers):
         raise ProtocolError(f"the training corpus needs at least 2 speakers (train and dev), has {len(speakers)}")
-    return sorted(speakers)[-n:]
+    if not genders or any(s not in genders for s in speakers):
+        return sorted(speakers)[-n:]
+    by_gender = {g: sorted(s for s in speakers if genders[s] == g) for g in sorted(set(genders[s] for s in speakers))}
+    chosen: List[str] = []
+    while len(chosen) < n:
+        for group in by_gender.values():
+            if group and len(chosen) < n:
+                chosen.append(group.pop())
+    return sorted(chosen)
 
 
 def make_cross_protocol(source: DataDir, target: DataDir, mapping: ClassMapping, out,
@@ -185,7 +206,7 @@ def make_cross_protocol(source: DataDir, target: DataDir, mapping: ClassMapping,
     shared_utt = set(src.utts) & set(tgt.utts)
     if shared_utt:
         raise ProtocolError(f"source and target share utterance id(s), e.g. '{sorted(shared_utt)[0]}'")
-    dev_spk = list(dev_speakers) if dev_speakers else default_dev_speakers(src.speakers)
+    dev_spk = list(dev_speakers) if dev_speakers else default_dev_speakers(src.speakers, speaker_genders(src))
     unknown = sorted(set(dev_spk) - set(src.speakers))
     if unknown:
         raise ProtocolError(f"dev speaker(s) {unknown} are not speakers of the source data dir "
