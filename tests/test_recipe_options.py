@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from recipes import copy_recipe, run_recipe
-from replicas import make_emodb
+from replicas import make_emodb, make_ravdess
 
 
 @pytest.fixture
@@ -164,6 +164,18 @@ def test_another_corpus_folder_than_the_prepared_data_s_is_refused(tmp_path, cor
         f"./run.sh: error: data/all was prepared from another folder than --emodb_root {other} ("), result.stderr
     assert (recipe / "data" / "all" / "wav.scp").read_text() == before
     run_recipe(recipe, "--emodb_root", corpus, "--stop_stage", "1")   # the same folder: skipped as before
+
+
+def test_another_cross_corpus_folder_than_the_prepared_one_is_refused(tmp_path, corpus):
+    first, second = (make_ravdess(tmp_path / name, actors=range(1, 5), emotions=[1, 3, 4, 5, 6, 7], with_song=False)
+                     for name in ("rav1", "rav2"))
+    recipe = copy_recipe(tmp_path, "emodb")
+    cross = ["--emodb_root", corpus, "--cross_corpus", "ravdess", "--stop_stage", "1"]
+    run_recipe(recipe, *cross, "--cross_root", first)
+    result = run_recipe(recipe, *cross, "--cross_root", second, check=False)
+    assert result.returncode == 1 and result.stderr.splitlines()[-1].startswith(
+        f"./run.sh: error: data/ravdess_all was prepared from another folder than --cross_root {second} ("), result.stderr
+    run_recipe(recipe, *cross, "--cross_root", first)                    # the same folder: skipped as before
 
 
 def test_a_model_key_typo_under_torchrun_is_one_line_not_a_traceback_per_process(tmp_path, corpus):
