@@ -46,8 +46,10 @@ def fold_checksums(train_dd: DataDir, dev_dd: DataDir) -> Dict[str, str]:
     return {"train": split_checksum(train_dd), "dev": split_checksum(dev_dd)}
 
 
-def differing_lists(recorded: Dict[str, str], given: Dict[str, str]) -> str:
-    """Which of a fold's lists ("train", "dev", "train and dev") differ between two fold_checksums; "" if none."""
+def differing_lists(recorded: Dict[str, str], fold_dir: Path) -> str:
+    """Which of the lists of the fold in `fold_dir` ("train", "dev", "train and dev") differ from those a
+    checkpoint `recorded` (its fold_checksums); "" if none. Reads the lists only, no features."""
+    given = fold_checksums(DataDir.load(fold_dir / "train"), DataDir.load(fold_dir / "dev"))
     return " and ".join(split for split in ("train", "dev") if recorded.get(split) != given[split])
 
 

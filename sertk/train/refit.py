@@ -19,14 +19,13 @@ import yaml
 
 from sertk.checkpoint import load_checkpoint
 from sertk.config.loading import ConfigError, check_config, with_new_defaults
-from sertk.data.datadir import DataDir
 from sertk.decode.decoder import DEV_SELECTED
 from sertk.fsutil import atomic_write_text, sha256_file
 from sertk.gridrecord import GRID_FILE
 from sertk.results_dev import REFIT_FILE, fold_dev_score, read_refit_record
 from sertk.train.distributed import Ranks, ranks_from_environment
 from sertk.train.expdir import check_exp_dir
-from sertk.train.folddata import differing_lists, fold_checksums
+from sertk.train.folddata import differing_lists
 from sertk.train.trainer import TrainSummary, train
 from sertk.yamlutil import read_yaml_file
 
@@ -54,12 +53,12 @@ def check_same_fold(source: Path, fold_dir: Path) -> None:
     """A refit on another fold than its source's would reuse a choice made on that fold's dev speaker (in
     rotating protocols, another fold's test speaker): the fold lists must be those source's best.pt records."""
     recorded = load_checkpoint(source / DEV_SELECTED, mmap=True).get("fold_checksums")
-    given = fold_checksums(DataDir.load(fold_dir / "train"), DataDir.load(fold_dir / "dev"))
     if recorded is None:
         log.warning("%s records no fold lists (trained before sertk kept them): check that %s is the fold it was "
                     "trained on", source / DEV_SELECTED, fold_dir)
-    elif differing_lists(recorded, given):
-        changed = differing_lists(recorded, given)
+        return
+    changed = differing_lists(recorded, fold_dir)
+    if changed:
         raise ConfigError(f"{fold_dir}: not the fold {source} was trained on (its {changed} list differs from the "
                           f"one in {source / DEV_SELECTED}); give that run's --fold-dir")
 

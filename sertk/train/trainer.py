@@ -28,7 +28,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from sertk import __version__
-from sertk.data.datadir import DataDir
 from sertk.decode.forward import segment_posteriors, utterance_decisions
 from sertk.envinfo import add_resume, environment, write_run_environment
 from sertk.features.dataset import SegmentDataset, collate
@@ -45,7 +44,7 @@ from sertk.train import distributed
 from sertk.train.data import spec_augment
 from sertk.train.distributed import PieceSampler, Ranks
 from sertk.train.extend import check_nothing_made_from, early_stopped, raised_values, stops_at
-from sertk.train.folddata import differing_lists, epoch_batches, fold_checksums, load_fold, loader_options
+from sertk.train.folddata import differing_lists, epoch_batches, load_fold, loader_options
 from sertk.train.loss import Objective, build_objective
 from sertk.train.optim import build_optimizer, build_schedule
 from sertk.train.precision import LEGACY_TRUE, autocast_dtype, precision_record
@@ -129,8 +128,7 @@ class _Run:
         if self.resume is not None and self.resume.get("fold_checksums"):   # before reading any features
             # another fold's lists (a fold dir made again with other options, or another fold's) would train
             # the rest of the run on other speakers than it began with
-            changed = differing_lists(self.resume["fold_checksums"],
-                                      fold_checksums(DataDir.load(fold_dir / "train"), DataDir.load(fold_dir / "dev")))
+            changed = differing_lists(self.resume["fold_checksums"], fold_dir)
             if changed:
                 raise ConfigError(f"{fold_dir}: not the fold the run in {exp_dir} began on (its {changed} list "
                                   f"differs from the one in {exp_dir / 'last.pt'}); give that fold, or a new exp dir")
