@@ -299,6 +299,17 @@ def test_vote_window_and_hop_options(trained, sertk_cli, tmp_path, user_error):
     voted = json.loads(sertk_cli("-q", "infer", model, clip, "--vote", "max", "--out", tmp_path / "b.json").exit_code
                        == 0 and (tmp_path / "b.json").read_text())
     assert voted["rule"] == "max"
+    # the JSON says what decided its rows beyond the model: the windows actually used, the chunking
+    assert default["settings"] == {"window": 0.3, "hop": 0.1, "tail": "end",
+                                   "normalization": read_pack(model).normalization["mode"],
+                                   **({"speaker_min_utts": 3} if read_pack(model).normalization["mode"] == "speaker"
+                                      else {})}
+    chunked = json.loads(sertk_cli("-q", "infer", model, clip, "--window", "1", "--segment", "vad", "--vad", "energy",
+                                   "--min-silence", "0.2", "--out", tmp_path / "c.json").exit_code == 0
+                         and (tmp_path / "c.json").read_text())
+    assert chunked["settings"]["window"] == 1.0 and chunked["settings"]["hop"] == 0.5
+    assert chunked["settings"]["chunks"] == {"threshold": 0.5, "min_chunk": 0.5, "max_chunk": 10.0,
+                                             "min_silence": 0.2, "pad": 0.1}
     assert "--window and --hop must be positive" in user_error(sertk_cli("infer", model, clip, "--window", "0"))
     assert "must end in .csv or .json" in user_error(sertk_cli("infer", model, clip, "--out", tmp_path / "r.txt"))
     assert "not a regular expression" in user_error(sertk_cli("infer", model, clip, "--speaker-pattern", "(x"))

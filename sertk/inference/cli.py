@@ -117,7 +117,7 @@ def infer(ctx, model: Path, inputs: Tuple[str], out: Optional[Path], vote: Optio
     if not result.rows:
         raise SertkError(f"no results: all {len(recordings) + len(skips)} input(s) were skipped")
     header = {"model": str(model), "source": inf.packed.meta["source"]["exp_dir"], "rule": inf.rule,
-              "segment": segment, "vad": result.vad_backend}
+              "segment": segment, "vad": result.vad_backend, "settings": _settings(inf, segment, vad)}
     if inf.features.preprocess.active:   # the model's own preprocessing (e.g. a fixed length) cuts by design: say so
         from sertk.features.cli import preprocess_lines
         header["preprocess"] = inf.preprocess_stats.summary(inf.sample_rate)
@@ -139,6 +139,24 @@ def infer(ctx, model: Path, inputs: Tuple[str], out: Optional[Path], vote: Optio
              if result.band_limited else "")
     if result.skips:
         ctx.exit(EXIT_SKIPPED)
+
+
+def _settings(inf, segment: str, vad) -> dict:
+    """What decided the rows beyond the model itself, so that a JSON table can be reproduced: the model
+    windows (after --window / --hop), the chunking options of --segment, the speaker normalisation rule."""
+    windows = inf.segments
+    settings = {"window": windows.length, "hop": windows.hop if windows.length is not None else None,
+                "tail": windows.tail, "normalization": inf.normalization_mode}
+    if inf.normalization_mode == "speaker":
+        # one value (features.speaker_min_utts) recorded per stream; None: packs from before the rule
+        values = {st.get("min_utts") for st in inf.packed.normalization.get("streams", {}).values()}
+        settings["speaker_min_utts"] = values.pop() if len(values) == 1 else sorted(values, key=str)
+    if segment == "vad":
+        settings["chunks"] = {"threshold": vad.threshold, "min_chunk": vad.min_chunk, "max_chunk": vad.max_chunk,
+                              "min_silence": vad.min_silence, "pad": vad.pad}
+    elif segment == "fixed":
+        settings["chunks"] = {"max_chunk": vad.max_chunk}
+    return settings
 
 
 def _skip_counts(skips) -> str:
