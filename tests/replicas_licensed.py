@@ -60,21 +60,26 @@ def iemocap_utt(name: str) -> str:
     return f"iemocap_{name[:5]}{name.rsplit('_', 1)[1][0]}-{name}"
 
 
-# (sentence with elicitation target, recording type, clip index, consensus label) per speaker;
-# targets and labels disagree on purpose, since only the label is the label
-MSP_CLIPS = (("S01A", "P", "FM01", "A"), ("S01A", "R", "FM01", "N"), ("S02H", "S", "FM01", "H"),
-             ("S03S", "T", "FM01", "S"), ("S04N", "P", "FM01", "O"), ("S05H", "R", "FM02", "X"))
+# (sentence with elicitation target, recording type, turn, consensus label) of the female actor's scenarios,
+# turns as the release names them (sertk.data.corpora.msp_improv): read FF, target FM, and in improvisations
+# and between takes both actors' turns, MF the male partner talking; the male actor's scenarios mirror them.
+# Targets and labels disagree on purpose, since only the label is the label.
+MSP_CLIPS = (("S01A", "P", "MF01", "A"), ("S01A", "R", "FF01", "N"), ("S02H", "S", "FM01", "H"),
+             ("S03S", "T", "FM01", "S"), ("S04N", "P", "FM02", "O"), ("S05H", "R", "FF02", "X"))
 MSP_EVALUATORS = ("ea1;  Angry; Frustrated;  A:3.0; V:2.0; D:2.5;  N:4.0;\n",
                   "ea2;  Neutral;  A:2.0; V:3.0; D:3.0;  N:4.0;\n")
 
 
 def msp_clips(sessions: Iterable[int]) -> List[Tuple[str, str, str, str, str]]:
-    """(session folder, sentence, rectype, clip base name without prefix, label)."""
+    """(session folder, sentence, rectype, clip base name without prefix, label): per session, each
+    actor's scenarios, so that each speaker talks in four labelled clips (one in the partner's scenario)."""
     clips = []
+    mirror = str.maketrans("FM", "MF")
     for n in sessions:
-        for spk in (f"F{n:02d}", f"M{n:02d}"):
-            for sentence, rectype, index, label in MSP_CLIPS:
-                clips.append((f"session{n}", sentence, rectype, f"{sentence}-{spk}-{rectype}-{index}", label))
+        for actor in (f"F{n:02d}", f"M{n:02d}"):
+            for sentence, rectype, turn, label in MSP_CLIPS:
+                turn = turn if actor[0] == "F" else turn.translate(mirror)
+                clips.append((f"session{n}", sentence, rectype, f"{sentence}-{actor}-{rectype}-{turn}", label))
     return clips
 
 
@@ -83,7 +88,8 @@ def make_msp_improv(root: Path, sessions: Iterable[int] = (1, 2), audio_subdir: 
     """`<root>/Evaluation.txt` and `<root>/Audio/session1/S01A/P/MSP-IMPROV-S01A-F01-P-FM01.wav`
     (without `Audio/` if `audio_subdir` is false), 44.1 kHz audio; returns root.
 
-    Per speaker (two per session): six clips, four with a 4-class label, one O and one X.
+    Per actor (two per session): six clips of their scenarios, four with a 4-class label, one O and one X;
+    each actor talks in four labelled clips (msp_clips).
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,24 @@ used once (counted as skipped); with different labels it is an error.
 Audio: `<root>/Audio/session1/S01A/P/MSP-IMPROV-S01A-F01-P-FM01.wav`, or the same without
 `Audio/` (the session folders directly in the root); `UTD-IMPROV-X` in Evaluation.txt names the
 clip `MSP-IMPROV-X`. Name fields: `S01A` sentence 01 elicited with target emotion A (the
-target, not the label), `F01` the speaker (session 1's female actor), `P` the recording type
-(P, R, S or T), `FM01` the clip index.
+target, not the label); `F01` the actor the scenario was written for (session 1's female actor);
+`P` the recording type (R read, T target sentence, S improvisation, P natural interaction between
+takes); `FM01` the turn: the talker's gender (F), the other actor's (M; read clips FF or MM), an index.
 
-Ids: speaker `msp_improv_F01`, utterance `msp_improv_F01-MSP-IMPROV-S01A-F01-P-FM01`; session
-`session1` (utt2sess). Raw label: the consensus letter. Extra files: utt2rectype (P/R/S/T) and
-utt2target (the elicitation target letter). The release's 44.1 kHz audio is resampled on loading.
+The speaker is the one who talks: the turn's first letter with the session number (`MF03` in session
+1 is M01), not the scenario's actor. Both actors talk in improvisations and between takes, and the
+names say so: in the full list of the release's 8,166 clip names (a public copy: ihp-lab's
+Speaker-Invariant-Domain-Adversarial-Neural-Networks, dataset/MSP-Improv/all.csv) read clips are only
+`F0n-R-FF` / `M0n-R-MM` and target-sentence clips only `F0n-T-FM` / `M0n-T-MF`, where one actor alone
+speaks, while `S` and `P` clips of either actor hold both `FM` and `MF` turns (3,283 clips, 40 %, are
+`F0n-..-MF` or `M0n-..-FM`). Taking the actor field as the speaker (as some toolkits do) puts the
+partner's turns under the actor: a dev speaker would share a voice with training, and
+speaker-level folds would leak. No official description of the fields was available to check.
+
+Ids: speaker `msp_improv_F01`, utterance `msp_improv_M01-MSP-IMPROV-S01A-F01-P-MF01`; session
+`session1` (utt2sess). Raw label: the consensus letter. Extra files: utt2rectype (P/R/S/T),
+utt2target (the elicitation target letter) and utt2actor (the scenario's actor, e.g. F01). The
+release's 44.1 kHz audio is resampled on loading.
 """
 import re
 from collections import Counter
@@ -26,8 +38,8 @@ from sertk.errors import CorpusError
 
 EVALUATION_FILES = ("Evaluation.txt", "Evalution.txt")
 CLIP_PREFIX = "UTD-IMPROV-"
-CLIP = re.compile(r"^(?P<name>UTD-IMPROV-(?P<sentence>S\d\d(?P<target>[A-Z]))-(?P<spk>(?P<gen>[FM])(?P<sess>\d\d))"
-                  r"-(?P<rectype>[PRST])-(?P<index>[A-Za-z0-9]+))(?:\.avi)?$")
+CLIP = re.compile(r"^(?P<name>UTD-IMPROV-(?P<sentence>S\d\d(?P<target>[A-Z]))-(?P<actor>[FM](?P<sess>\d\d))"
+                  r"-(?P<rectype>[PRST])-(?P<turn>(?P<talker>[FM])[FM]\d+))(?:\.avi)?$")
 LABEL = re.compile(r"^[A-Za-z]+$")
 SESSION_DIR = re.compile(r"^session\d+$")
 
@@ -87,22 +99,23 @@ def _clip_lines(path: Path) -> List[Tuple[int, re.Match, str]]:
         m = CLIP.match(fields[0])
         if not m or len(fields) < 2 or not LABEL.match(fields[1]):
             raise CorpusError(f"{path}:{lineno}: clip line does not parse (expected "
-                              "'UTD-IMPROV-S01A-F01-P-FM01.avi; <label>; A:..; V:..; D:..; N:..;')")
+                              "'UTD-IMPROV-S01A-F01-P-FM01.avi; <label>; A:..; V:..; D:..; N:..;', the last name "
+                              "field a turn such as FM01)")
         lines.append((lineno, m, fields[1]))
     return lines
 
 
 def clip_name(m: re.Match) -> str:
     """The audio's name for a clip: Evaluation.txt's UTD-IMPROV-X is MSP-IMPROV-X."""
-    return f"MSP-IMPROV-{m['sentence']}-{m['spk']}-{m['rectype']}-{m['index']}"
+    return f"MSP-IMPROV-{m['sentence']}-{m['actor']}-{m['rectype']}-{m['turn']}"
 
 
 def _utterance(audio: Path, m: re.Match, label: str) -> Utterance:
     clip = clip_name(m)
-    speaker = f"msp_improv_{m['spk']}"
+    speaker = f"msp_improv_{m['talker']}{m['sess']}"   # who talks, not whose scenario (module docstring)
     session = f"session{int(m['sess'])}"
     # a missing wav is left to build_datadir, which raises or skips it with a count
     path = audio / session / m["sentence"] / m["rectype"] / f"{clip}.wav"
     return Utterance(utt=f"{speaker}-{clip}", speaker=speaker, path=path, raw_label=label,
-                     gender=m["gen"].lower(), session=session,
-                     extra={"utt2rectype": m["rectype"], "utt2target": m["target"]})
+                     gender=m["talker"].lower(), session=session,
+                     extra={"utt2rectype": m["rectype"], "utt2target": m["target"], "utt2actor": m["actor"]})
