@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from recipes import private_tmp
-from replicas import make_emodb
+from replicas import make_emodb, write_wav
 from sertk.data.corpora import prepare_corpus
 from sertk.data.datadir import DataDir
 from sertk.data.protocols import make_folds
@@ -95,6 +95,8 @@ def test_ranks_come_from_torchrun_environment(monkeypatch):
 def fold(tmp_path_factory):
     base = tmp_path_factory.mktemp("ddp")
     root = make_emodb(base / "emodb", speakers=["03", "08", "09"], texts=["a01", "b02"], emotions="WLA")
+    for i, wav in enumerate(sorted((root / "wav").glob("*.wav"))):   # lengths differ: pieces pad differently
+        write_wav(wav, seconds=0.3 + 0.04 * (i % 6))
     make_folds(prepare_corpus("emodb", root, base / "all").datadir, "loso", base / "loso")
     # fewer anger utterances in training: unequal class weights, which one process applies over the batch
     train_dir = base / "loso" / "fold1" / "train"
@@ -103,14 +105,17 @@ def fold(tmp_path_factory):
     train.select([u for u in train.utts if u not in dropped]).save(train_dir)
     extract_features(base / "all", FEATURES, base / "dump")
     (base / "conf.yaml").write_text(yaml.safe_dump(CONFIG))
+    # whole utterances of different lengths: each process's piece must be padded as the whole batch is
+    (base / "conf_whole.yaml").write_text(yaml.safe_dump({**CONFIG, "train": {**CONFIG["train"], "epochs": 1},
+                                                          "segments": {"length": None}}))
     return base
 
 
-def _train(fold: Path, exp: Path, nproc: int = 0, entry=("-m", "sertk"), env=None):
+def _train(fold: Path, exp: Path, nproc: int = 0, entry=("-m", "sertk"), env=None, config="conf.yaml"):
     """`sertk train` on fold 1: in one plain process (nproc 0) or under torchrun with nproc gloo processes."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] \
         if nproc else [sys.executable]
-    args = ["train", "--config", fold / "conf.yaml", "--fold-dir", fold / "loso" / "fold1", "--feats", fold / "dump",
+    args = ["train", "--config", fold / config, "--fold-dir", fold / "loso" / "fold1", "--feats", fold / "dump",
             "--exp", exp, "--device", "cpu"]
     # a run that hangs is ended whole (torchrun and every rank: torchrun puts its ranks in sessions of their own)
     # and says where: SIGABRT makes each Python process print every thread's stack (faulthandler) before it dies
@@ -169,6 +174,19 @@ def test_two_gloo_processes_match_one_process(runs):
         assert b["segments_per_second"] > 0 and 0 <= b["data_wait_share"] < 1
 
 
+def test_whole_utterances_in_two_processes_match_one_process(fold):
+    """Each piece is padded to the whole batch's longest utterance: BatchNorm statistics and SpecAugment's
+    bands (drawn over the padded length) then match one process's (before: 4e-3 apart after one epoch)."""
+    one, two = fold / "exp_whole_single", fold / "exp_whole_ddp"
+    for exp, nproc in ((one, 0), (two, 2)):
+        done = _train(fold, exp, nproc, config="conf_whole.yaml")
+        assert done.returncode == 0, done.stderr[-3000:]
+    (a,), (b,) = _history(one), _history(two)
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=TRAIN_LOSS_TOLERANCE)
+    assert b["dev_loss"] == pytest.approx(a["dev_loss"], rel=DEV_LOSS_TOLERANCE)
+    assert a["train_segments"] == b["train_segments"] == 4   # 5 training utterances, one batch of 4 (the last dropped)
+
+
 def test_only_rank_zero_writes(runs):
     _, ddp, done = runs
     assert done.stdout.count("best dev UA") == 1
@@ -210,3 +228,24 @@ def test_a_global_batch_smaller_than_the_processes_is_refused(fold):
     config = load_config(fold / "conf.yaml", ["train.batch_size=1"])
     with pytest.raises(ConfigError, match="train.batch_size 1 is the global batch"):
         _Run(config, fold / "loso" / "fold1", fold / "dump", fold / "exp_small", "cpu", Ranks(0, 2))
+
+
+def test_global_batchnorm_computes_its_statistics_in_float32(tmp_path):
+    """Under bf16 autocast a layer's input is bf16: sums and the frame count kept in bf16 would round (a count of
+    3003 is 3008 in bf16), so the normalised output would drift from one process's BatchNorm."""
+    import torch.distributed as dist
+    from sertk.train.distributed import GlobalBatchNorm
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        x = (torch.randn(7, 4, 429) + 20.0).bfloat16()     # 3003 frames per channel, far from zero mean
+        layer = GlobalBatchNorm(4).train()
+        y = layer(x)
+        exact = x.double()
+        exact = (exact - exact.mean((0, 2), keepdim=True)) / torch.sqrt(exact.var((0, 2), unbiased=False,
+                                                                                  keepdim=True) + layer.eps)
+        assert y.dtype == torch.bfloat16
+        assert (y.double() - exact).abs().mean() < 4e-3                     # bf16 output rounding only
+        torch.testing.assert_close(layer.running_mean.double(), 0.1 * exact.new_tensor(x.double().mean((0, 2))))
+    finally:
+        dist.destroy_process_group()

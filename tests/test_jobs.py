@@ -121,6 +121,28 @@ def test_gpus_are_shared_out_among_running_jobs(sertk_cli, tmp_path, monkeypatch
     assert slurm.exit_code == 1 and "--jobs-per-gpu is for the local backend" in slurm.output
 
 
+def test_cores_are_shared_out_over_jobs_and_their_processes(sertk_cli, tmp_path, monkeypatch):
+    """torchrun keeps a set OMP_NUM_THREADS for every rank: a job of 2 ranks gets half a job's share each."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    log = tmp_path / "log" / "t.JOB.log"
+    show = ["--", PY, "-c", "import os; print('threads=' + os.environ['OMP_NUM_THREADS'])"]
+    threads = lambda: {line for k in (1, 2) for line in (tmp_path / "log" / f"t.{k}.log")  # noqa: E731
+                       .read_text().splitlines() if line.startswith("threads=")}
+    assert sertk_cli("jobs", "run", "--max-jobs", "2", "JOB=1:2", log, *show).exit_code == 0
+    assert threads() == {"threads=4"}
+    assert sertk_cli("jobs", "run", "--max-jobs", "2", "--procs-per-job", "2", "JOB=1:2", log, *show).exit_code == 0
+    assert threads() == {"threads=2"}
+
+
+def test_slurm_log_names_keep_a_percent_sign(tmp_path):
+    """sbatch expands %j, %x ... in --output; a folder named run%j must stay itself."""
+    from sertk.jobs.slurm import sbatch_argv
+    job = make_jobs(["1"], str(tmp_path / "run%j" / "s.JOB.log"), ["true"])[0]
+    assert f"--output={tmp_path}/run%%j/s.1.log" in sbatch_argv(job, "sertk", [])
+
+
 def test_slot_gpus_follow_the_sharing(monkeypatch):
     from sertk.jobs.local import _gpu_slots
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")

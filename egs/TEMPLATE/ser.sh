@@ -138,7 +138,12 @@ if [ "$protocol" != "$recipe_protocol" ]; then
 fi
 if [ "$ngpu" -ge 1 ]; then device=cuda; else device=cpu; fi
 if [ "$nproc" -eq 0 ]; then nproc=$(( ngpu > 1 ? ngpu : 1 )); fi
-[ "$ngpu" -le 1 ] || [ "$nproc" -eq "$ngpu" ] || die "--nproc $nproc with --ngpu $ngpu: a process per GPU"
+[ "$ngpu" -eq 0 ] || [ "$nproc" -eq "$ngpu" ] || die "--nproc $nproc with --ngpu $ngpu: a process per GPU"
+# folds trained at once must not meet at one rendezvous: they would form one training (gradients averaged
+# across folds, a fold's test speaker in another's batches) or hang
+if [ "$nproc" -gt 1 ] && [ "$fold_jobs" -gt 1 ] && [[ " $torchrun_args " != *" --standalone "* ]]; then
+  die "--fold_jobs $fold_jobs with --torchrun_args '$torchrun_args': folds at once need their own rendezvous; use --fold_jobs 1 (one fold at a time over the nodes), or --standalone"
+fi
 trainer=(sertk)   # the training command; several processes per fold go through torchrun
 if [ "$nproc" -gt 1 ]; then
   command -v torchrun >/dev/null || die "--nproc/--ngpu $nproc needs torchrun (it comes with torch)"
@@ -341,7 +346,8 @@ per_fold() {  # NAME WHAT EXP COMMAND...: a training COMMAND (JOB: the fold) for
   shift 3
   if [ "$fold_jobs" -gt 1 ] || [ "$backend" != local ]; then
     log "$what on folds $(echo $fold_ids | tr ' ' ,), $fold_jobs at a time ($backend); logs: $out/log/"
-    jobs_run train --max-jobs "$fold_jobs" --gpus "$ngpu" --jobs-per-gpu "$jobs_per_gpu" "JOB=$(echo $fold_ids | tr ' ' ,)" \
+    jobs_run train --max-jobs "$fold_jobs" --gpus "$ngpu" --jobs-per-gpu "$jobs_per_gpu" --procs-per-job "$nproc" \
+      "JOB=$(echo $fold_ids | tr ' ' ,)" \
       "$out/log/${name}.foldJOB.log" -- "$@"
   else
     for k in $fold_ids; do

@@ -20,13 +20,15 @@ def jobs() -> None:
 @click.option("--gpus", default=0, show_default=True, type=click.IntRange(min=0), help="GPUs each job needs.")
 @click.option("--jobs-per-gpu", default=1, show_default=True, type=click.IntRange(min=1),
               help="Local backend: running jobs that share the same GPUs (small models leave a GPU mostly idle).")
+@click.option("--procs-per-job", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Local backend: processes each job runs (torchrun ranks), which share the job's cores.")
 @click.option("--kind", help="Kind of job (e.g. extract, train): picks its section of the Slurm options file.")
 @click.option("--name", default="sertk", show_default=True, help="Slurm job name.")
 @click.option("--slurm-conf", type=existing_file,
               help="Slurm options (YAML: sbatch, gpu, kinds; see sertk/jobs/slurm.py).")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, required=True)
-def run(backend: str, max_jobs: Optional[int], gpus: int, jobs_per_gpu: int, kind: Optional[str], name: str,
-        slurm_conf: Optional[Path], args: Tuple[str, ...]) -> None:
+def run(backend: str, max_jobs: Optional[int], gpus: int, jobs_per_gpu: int, procs_per_job: int,
+        kind: Optional[str], name: str, slurm_conf: Optional[Path], args: Tuple[str, ...]) -> None:
     """Run ARGS = [JOB=1:N | JOB=a,b,c] LOG [--] COMMAND..., one job per JOB value, JOB replaced in LOG and
     COMMAND (Kaldi's run.pl syntax). Every job's output goes to its own LOG. The exit status is 0 when every
     job succeeded; otherwise each failed job is named with its log and the log's last lines.
@@ -52,7 +54,7 @@ def run(backend: str, max_jobs: Optional[int], gpus: int, jobs_per_gpu: int, kin
         if slurm_conf is not None:
             raise JobError("--slurm-conf is for the slurm backend")
         from sertk.jobs.local import run_local
-        outcomes = run_local(batch, max_jobs or len(batch), gpus, jobs_per_gpu)
+        outcomes = run_local(batch, max_jobs or len(batch), gpus, jobs_per_gpu, procs_per_job)
     else:
         if jobs_per_gpu != 1:
             raise JobError("--jobs-per-gpu is for the local backend (Slurm gives each job its own GPUs)")

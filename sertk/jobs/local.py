@@ -13,15 +13,17 @@ from sertk.jobs.spec import Job, JobError, Outcome, check_logs, footer, header
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def run_local(jobs: Sequence[Job], max_jobs: int, gpus: int = 0, jobs_per_gpu: int = 1) -> List[Outcome]:
+def run_local(jobs: Sequence[Job], max_jobs: int, gpus: int = 0, jobs_per_gpu: int = 1,
+              procs_per_job: int = 1) -> List[Outcome]:
     """Run every job; each one's output goes to its log. With `gpus`, each running job gets its own GPUs
     (CUDA_VISIBLE_DEVICES), shared by `jobs_per_gpu` running jobs; without, the machine's cores are shared
-    out (OMP_NUM_THREADS) unless set."""
+    out (OMP_NUM_THREADS) unless set, over the running jobs and each job's `procs_per_job` processes
+    (torchrun keeps a set OMP_NUM_THREADS for every rank it starts)."""
     check_logs(jobs)
     parallel = max(1, min(max_jobs, len(jobs)))
     slots = _gpu_slots(parallel, gpus, jobs_per_gpu) if gpus else [None] * parallel
     free, lock = list(range(parallel)), threading.Lock()
-    threads = str(max(1, (os.cpu_count() or 1) // parallel))
+    threads = str(max(1, (os.cpu_count() or 1) // (parallel * procs_per_job)))
     running: Dict[int, subprocess.Popen] = {}
 
     def run(job: Job) -> Outcome:

@@ -68,7 +68,8 @@ def wrapped(job: Job) -> str:
 
 
 def sbatch_argv(job: Job, name: str, options: Sequence[str]) -> List[str]:
-    return ["sbatch", "--parsable", "--wait", f"--job-name={name}", f"--output={job.log.resolve()}",
+    log = str(job.log.resolve()).replace("%", "%%")   # Slurm expands %j, %x ... in the name; %% is a %
+    return ["sbatch", "--parsable", "--wait", f"--job-name={name}", f"--output={log}",
             *options, f"--wrap={wrapped(job)}"]
 
 

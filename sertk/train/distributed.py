@@ -7,6 +7,8 @@ process and nothing here does anything. Under torchrun:
   process would (same seeds), and each batch is cut into one piece per process. Every segment of
   an epoch's batches is seen by exactly one process, none twice (torch's DistributedSampler pads
   with repeats), and the set is that of a one-process run, so results stay comparable.
+- a piece of whole utterances is padded to the whole batch's longest (`pad_to_batch_longest`), not only
+  to its own, so what sees the padding (BatchNorm, SpecAugment) sees what it would in one process;
 - SpecAugment bands are drawn for the whole batch on every process (same generator) and each piece
   takes its rows', so a segment is masked as a single process would mask it;
 - BatchNorm layers normalise with the statistics of the whole batch, over all processes
@@ -24,7 +26,7 @@ import gc
 import os
 import traceback
 from dataclasses import dataclass
-from typing import Iterable, Iterator, List, Sequence
+from typing import Dict, Iterable, Iterator, List, Sequence
 
 import numpy as np
 import torch
@@ -171,6 +173,33 @@ class PieceSampler:
         return len(self.batches)
 
 
+def pad_to_batch_longest(batch: Dict[str, torch.Tensor], keys: Sequence[str], ranks: Ranks) -> Dict[str, torch.Tensor]:
+    """A piece of whole utterances (each padded by `collate` to the piece's longest) padded on to the whole
+    batch's longest, with zeros (the mask with False), as one process pads the batch: what sees the padding
+    (BatchNorm statistics, SpecAugment's band positions, drawn over the batch's length) then sees what it
+    would in one process. `keys`: the tensors with a time axis (dim 1)."""
+    length = batch["mask"].shape[1]
+    longest = int(all_max(length, ranks))
+    if longest == length:
+        return batch
+    out = dict(batch)
+    for key in keys:
+        x = batch[key]
+        out[key] = torch.cat([x, x.new_zeros((x.shape[0], longest - length) + tuple(x.shape[2:]))], dim=1)
+    return out
+
+
+def all_max(value: float, ranks: Ranks) -> float:
+    """The largest `value` over processes."""
+    if not ranks.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
 def all_sum(values: Sequence[float], ranks: Ranks) -> List[float]:
     """The sum over processes of each value (float64 on the CPU: gloo and NCCL both take it)."""
     if not ranks.distributed:
@@ -230,6 +259,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         dims = [0] + list(range(2, x.dim()))
         shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+        dtype, x = x.dtype, x.float()   # bf16 under autocast: its sums and counts would round (3003 -> 3008)
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype)
         total, n = dist_autograd.all_reduce(torch.cat([x.sum(dims), count])).split([x.shape[1], 1])
         mean = total / n
@@ -242,7 +272,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
                 self.running_mean.mul_(1 - momentum).add_(momentum * mean)
                 self.running_var.mul_(1 - momentum).add_(momentum * var * n / (n - 1).clamp(min=1))
         y = centred / torch.sqrt(var.view(shape) + self.eps)
-        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+        return (y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y).to(dtype)
 
 
 def sync_batchnorm(module: nn.Module, device: str) -> nn.Module:

@@ -136,6 +136,8 @@ class _Run:
         self.train_dd, self.dev_dd, self.classes, self.norm = fold.train_dd, fold.dev_dd, fold.classes, fold.norm
         self.train_set, self.dev_set, self.fold_checksums = fold.train_set, fold.dev_set, fold.checksums
         self.streams = list(fold.model.streams)
+        # what has a time axis in a batch: the mask and the frame-level streams (whole utterances vary in it)
+        self._time_keys = ["mask"] + [s for s in self.streams if fold.train_set.levels[s] == "frame"]
         # what the model's streams hold, kept in its checkpoints for decode and pack to check dumps against;
         # a resumed run goes on only with features computed as those it began with
         dump_config = read_dump_config(dump_dir)
@@ -278,6 +280,8 @@ class _Run:
         for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if self.ranks.main else True):
             speed.wait += time.perf_counter() - waited
             piece = len(batch["label"])
+            if self.ranks.distributed and self.train_set.whole:
+                batch = distributed.pad_to_batch_longest(batch, self._time_keys, self.ranks)
             if self.config["augment"]["specaugment"]:   # every process draws the whole batch's bands
                 spec_augment(batch, self.streams, self.config["augment"], generator,
                              *((self.ranks.rows(self.global_batch), self.global_batch) if self.ranks.distributed
