@@ -70,8 +70,9 @@ def test_first_resolve_joins_and_stamps(whisper_base_folder):
 
 @needs_packages
 def test_second_resolve_is_cheap(whisper_base_folder, monkeypatch):
-    """An existing folder is used as it is: no join, no hashing (unless verify=True)."""
+    """An existing folder is used as it is: no join, and hashed once per process (again with verify=True)."""
     root = whisper_base_folder.parent.parent
+    assert ec.resolve_named_encoder("whisper-base", root=root) == whisper_base_folder   # hashed, if not yet
 
     def boom(*a, **k):
         raise AssertionError("must not join or hash again")
@@ -81,6 +82,21 @@ def test_second_resolve_is_cheap(whisper_base_folder, monkeypatch):
     assert ec.resolve_named_encoder("whisper-base") == whisper_base_folder
     monkeypatch.undo()
     assert ec.resolve_named_encoder("whisper-base", root=root, verify=True) == whisper_base_folder
+
+
+@needs_packages
+def test_a_cached_model_damaged_in_place_is_refused(whisper_base_folder, tmp_path):
+    """Same size, stamp intact, some weights overwritten: finite but wrong features unless it is hashed."""
+    folder = tmp_path / "cache" / "encoders" / "whisper-base"
+    shutil.copytree(whisper_base_folder, folder)
+    with open(folder / "model.bin", "r+b") as f:
+        f.seek(SPEC.size // 2)
+        f.write(bytes(4096))
+    with pytest.raises(FeatureError) as e:
+        ec.resolve_named_encoder("whisper-base", root=tmp_path / "cache")
+    assert "\n" not in str(e.value)
+    assert f"damaged whisper-base encoder cache (model.bin sha256 " in str(e.value) and SPEC.sha256 in str(e.value)
+    assert (folder / "model.bin").stat().st_size == SPEC.size   # left as it was, for the user to remove
 
 
 @needs_packages

@@ -539,6 +539,15 @@ def test_cli_extract_prints_per_stream_summary_then_skips(feat_data, tmp_path):
     assert "x real time" in result.output and "audio loading" in result.output and "set-up" in result.output
     again = CliRunner().invoke(features, args)
     assert again.exit_code == 0 and "up to date (same config and utterances), skipped" in again.output
+    # a damaged ark is extracted again, not reused (reading it would say: extract again)
+    ark = next((tmp_path / "dump" / "lld").glob("*.ark"))
+    size = ark.stat().st_size
+    with open(ark, "r+b") as f:
+        f.truncate(size // 2)
+    rebuilt = CliRunner().invoke(features, args)
+    assert rebuilt.exit_code == 0 and "skipped" not in rebuilt.output and ark.stat().st_size == size
+    ark.unlink()
+    assert "skipped" not in CliRunner().invoke(features, args).output and ark.stat().st_size == size
 
 
 def _sertk(*args):

@@ -187,6 +187,40 @@ def test_split_extraction_on_local_jobs_equals_one_command(sertk_cli, emodb_dir,
     assert sertk_cli(*extract[1:], "--job", "1", "--merge").exit_code == 2
 
 
+def test_jobs_cut_at_another_batch_size_are_not_merged_and_a_failed_merge_keeps_the_arks(sertk_cli, emodb_dir,
+                                                                                           tmp_path, monkeypatch):
+    """The batch size decides which speakers each job gets: a job done at another size would leave utterances
+    out of the merge or repeat them. A merge that fails must not lose the jobs' arks."""
+    conf = tmp_path / "feats.yaml"
+    conf.write_text(yaml.safe_dump(FEATURES))
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert sertk_cli("features", "extract", emodb_dir, whole, "--conf", conf, "--batch-size", "4").exit_code == 0
+    extract = ["features", "extract", str(emodb_dir), str(split), "--conf", str(conf), "--nj", "3"]
+    assert sertk_cli(*extract, "--batch-size", "8", "--job", "1").exit_code == 0   # blocks of two speakers
+    for job in ("2", "3"):
+        assert sertk_cli(*extract, "--batch-size", "4", "--job", job).exit_code == 0
+    early = sertk_cli(*extract, "--batch-size", "4", "--merge")
+    assert early.exit_code == 1 and "job 1 of 3 has not finished" in early.output and "--batch-size" in early.output
+    again = sertk_cli(*extract, "--batch-size", "4", "--job", "1")
+    assert again.exit_code == 0 and "already done" not in again.output
+    import sertk.features.split as split_module
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    with monkeypatch.context() as m:
+        m.setattr(split_module, "finish_dump", disk_full)
+        with pytest.raises(OSError):
+            split_module.merge_jobs(split_module.Request.make(emodb_dir, FEATURES, split, 3, "cpu", 4, "test"), 3)
+    assert len(list((tmp_path / "split.split3").glob("job*/*/*.ark"))) == 3 * len(FEATURES["streams"])
+    merged = sertk_cli(*extract, "--batch-size", "4", "--merge")
+    assert merged.exit_code == 0, merged.output
+    for stream in FEATURES["streams"]:
+        a, b = load_feats(whole, stream), load_feats(split, stream)
+        assert sorted(a) == sorted(b)
+        for utt in a:
+            np.testing.assert_array_equal(a[utt], b[utt])
+
+
 def test_slurm_options_from_yaml(tmp_path):
     conf = tmp_path / "slurm.yaml"
     conf.write_text("sbatch: {time: '1:00:00', mem: 4G, exclusive: true, partition: null}\n"

@@ -77,7 +77,8 @@ def test_layer_choice_normalisation_and_short_audio(encoders):
         torch.testing.assert_close(first(audio, torch.tensor([4000]))[0][0],
                                    reference(encoders["hubert"], audio[0].numpy(), 0, False), atol=1e-5, rtol=1e-4)
         feats, frames = last(torch.randn(1, 399), torch.tensor([399]))   # under one window: padded, counted
-    assert frames.tolist() == [1] and last.counts["padded_short"] == 1 and first.counts["padded_short"] == 0
+    assert frames.tolist() == [1]
+    assert last.counts["padded_to_one_frame"] == 1 and first.counts["padded_to_one_frame"] == 0
     bare, _ = stream(encoders["no_preprocessor"], normalize=True)        # normalize given: no extractor needed
     assert bare.info.normalize
 

@@ -94,7 +94,8 @@ def report_lines(report):
     yield from _note_lines(report.notes)
 
 
-NOTE_TEXT = {"padded_short": "utterance(s) shorter than two frames, zero-padded to two",
+NOTE_TEXT = {"padded_short": "utterance(s) shorter than two frames, zero-padded to two",   # openSMILE
+             "padded_to_one_frame": "utterance(s) shorter than one encoder frame, zero-padded to one",   # ssl
              "nonfinite_values": "non-finite value(s) set to 0"}
 
 

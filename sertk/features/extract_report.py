@@ -110,7 +110,9 @@ def finish_dump(tmp: Path, out_dir: Path, cfg: FeatureConfig, results: List[JobR
     doc[DUMP_INFO_KEY] = {"utterances": reports[0].utts, "utt_checksum": checksum,
                           "audio_seconds": round(audio_seconds, 3),
                           "dims": {r.name: r.dim for r in reports},
-                          "frame_shift": {r.name: r.frame_shift for r in reports}}
+                          "frame_shift": {r.name: r.frame_shift for r in reports},
+                          "ark_bytes": {name: {ark.name: ark.stat().st_size for ark in sorted((tmp / name).glob("*.ark"))}
+                                        for name in cfg.streams}}
     doc[DUMP_INFO_KEY].update(stream_layout(cfg))
     notes = _stream_notes(results)
     if notes:
@@ -128,6 +130,26 @@ def finish_dump(tmp: Path, out_dir: Path, cfg: FeatureConfig, results: List[JobR
     return ExtractReport(out_dir, False, reports[0].utts, audio_seconds, reports,
                          load_seconds=sum(r.load_seconds for r in results), preprocess=summary,
                          notes=_with_audio_notes(notes, counted))
+
+
+def _damaged_ark(out_dir: Path, cfg: FeatureConfig, recorded: Optional[Dict[str, Dict[str, int]]]) -> Optional[str]:
+    """Why a dump's arks are not the ones it was written with (missing, or another size than recorded), else None.
+    Dumps written before the sizes were recorded are checked for the arks their index names."""
+    for name in cfg.streams:
+        if recorded is not None:
+            expected = recorded.get(name) or {}
+        else:
+            scp = out_dir / name / storage.SCP_FILE
+            named = {line.split(" ", 1)[1].rsplit(":", 1)[0] for line in scp.read_text(encoding="utf-8").splitlines()
+                     if " " in line}
+            expected = {Path(ark).name: None for ark in named}
+        for ark, size in expected.items():
+            path = out_dir / name / ark
+            if not path.is_file():
+                return f"stream {name}: {ark} is missing"
+            if size is not None and path.stat().st_size != size:
+                return f"stream {name}: {ark} is {path.stat().st_size} bytes, written as {size} (damaged)"
+    return None
 
 
 def _with_audio_notes(notes: Optional[Dict[str, Dict[str, int]]], counted: Optional[Dict[str, int]]):
@@ -175,6 +197,10 @@ def up_to_date_report(out_dir: Path, cfg: FeatureConfig, checksum: str) -> Optio
         same = (parse_config({k: v for k, v in doc.items() if k != DUMP_INFO_KEY}).to_dict() == cfg.to_dict()
                 and info.get("utt_checksum") == checksum)
         if not same:
+            return None
+        damaged = _damaged_ark(out_dir, cfg, info.get("ark_bytes"))
+        if damaged:
+            log.warning("%s: %s; extracting again", out_dir, damaged)
             return None
         streams = [StreamReport(name, len(n), sum(n.values()), int(info["dims"][name]),
                                 float(info["frame_shift"][name]), 0.0)

@@ -5,13 +5,17 @@ backends that run them on other machines (`sertk jobs run`, the recipes' cmd.sh)
     sertk features extract DATA DUMP --conf C --nj N --merge     # once all N have finished
 
 Blocks of whole speakers (`Request.blocks`) are shared out over the jobs by audio length. Job K writes its arks and a record of what it
-did into <dump>.split<N>/job<K>/ beside the dump; the merge moves the arks into the dump and writes its
+did into <dump>.split<N>/job<K>/ beside the dump; the merge links the arks into the dump and writes its
 index, exactly as an extraction in one command would (batches never cross a block, so every utterance
-is computed in the same batch either way), then removes the split folder. A finished job is not run again.
+is computed in the same batch either way), then removes the split folder; a merge that fails leaves the jobs'
+arks where they were. A finished job is not run again; its record names its share of the utterances and the
+--batch-size that cut the blocks, so a job run with another size is run again, never merged beside the others.
 A job meeting bad audio among its utterances fails as one command would (every bad file of its part logged,
 counted in one error line) and records nothing, so the merge names it as unfinished.
 """
+import hashlib
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -56,7 +60,7 @@ def extract_job(request: Request, nj: int, job: int) -> str:
     blocks = speaker_groups(request, nj)[job - 1]
     utts = [u for block in blocks for u in block]
     part = split_dir(request.out_dir, nj) / f"job{job}"
-    if _done(part, request) is not None:
+    if _done(part, request, utts) is not None:
         return f"{part}: already done; skipped"
     if not utts:
         return f"job {job} of {nj}: no speakers left for it (the data dir has fewer speaker blocks than jobs)"
@@ -68,7 +72,7 @@ def extract_job(request: Request, nj: int, job: int) -> str:
         result = run_job(request.job(job, request.batches(blocks), streams, tmp, check_only=bool(known_bad)))
         fail_on_bad_audio(request.bad_audio, [result], len(utts), utts)
         log_audio_issues([result])
-        atomic_write_text(tmp / DONE_FILE, json.dumps({"stamp": _stamp(request), "result": _to_json(result)}))
+        atomic_write_text(tmp / DONE_FILE, json.dumps({"stamp": _stamp(request, utts), "result": _to_json(result)}))
     issues = Counter(kind for _, kind, _ in result.audio_issues)
     counted = "".join(f"; {n} {kind.replace('_', ' ')} (logged)" for kind, n in sorted(issues.items()))
     return f"{part}: {len(utts)} utterances of {len({request.dd.utt2spk[u] for u in utts})} speaker(s){counted}"
@@ -82,41 +86,65 @@ def merge_jobs(request: Request, nj: int) -> ExtractReport:
     folder = split_dir(request.out_dir, nj)
     groups = speaker_groups(request, nj)
     results = []
-    for job, utts in enumerate(groups, start=1):
-        if not utts:
+    for job, blocks in enumerate(groups, start=1):
+        if not blocks:
             continue
-        result = _done(folder / f"job{job}", request)
+        result = _done(folder / f"job{job}", request, [u for block in blocks for u in block])
         if result is None:
             raise FeatureError(f"feature extraction job {job} of {nj} has not finished (no up-to-date "
-                               f"{folder / f'job{job}' / DONE_FILE}); run `sertk features extract ... --nj {nj} "
-                               f"--job {job}` first")
+                               f"{folder / f'job{job}' / DONE_FILE}: not run, or run for another config, data "
+                               f"dir or --batch-size); run `sertk features extract ... --nj {nj} --job {job}` first")
         results.append((job, result))
+    _check_coverage(request, [r for _, r in results], nj)
     with atomic_output_dir(request.out_dir, "feature dump", storage.owns_feature_dump) as tmp:
         for name in request.cfg.streams:
             (tmp / name).mkdir()
             for job, _ in results:
-                ark = storage.ark_name(job)
-                (folder / f"job{job}" / name / ark).rename(tmp / name / ark)
+                # linked, not moved: a merge that fails (or is killed) leaves the jobs' arks where they were
+                _link_or_copy(folder / f"job{job}" / name / storage.ark_name(job), tmp / name / storage.ark_name(job))
         report = finish_dump(tmp, request.out_dir, request.cfg, [r for _, r in results], request.checksum)
     shutil.rmtree(folder, ignore_errors=True)
     report.nj, report.device, report.merged = len(results), request.device, True
     return report
 
 
-def _stamp(request: Request) -> Dict[str, Any]:
-    """What a job's output belongs to: the config and the very same utterances."""
-    return {"config": request.cfg.to_dict(), "utt_checksum": request.checksum}
+def _stamp(request: Request, utts: List[str]) -> Dict[str, Any]:
+    """What a job's output belongs to: the config, the very same utterances, and its share of them with the
+    batch size that cut it (blocks of speakers hold a batch each, so another --batch-size gives jobs other
+    speakers: a job done at one size would leave some utterances out of the merge, or repeat them)."""
+    share = hashlib.sha256("\n".join(utts).encode()).hexdigest()
+    return {"config": request.cfg.to_dict(), "utt_checksum": request.checksum, "job_utts": share,
+            "batch_size": request.batch_size}
 
 
-def _done(part: Path, request: Request):
-    """The result a finished job recorded for this request, else None."""
+def _done(part: Path, request: Request, utts: List[str]):
+    """The result a finished job recorded for this request and share of utterances, else None."""
     try:
         doc = json.loads((part / DONE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if doc.get("stamp") != json.loads(json.dumps(_stamp(request))):
+    if doc.get("stamp") != json.loads(json.dumps(_stamp(request, utts))):
         return None
     return _from_json(doc["result"])
+
+
+def _check_coverage(request: Request, results: List[JobResult], nj: int) -> None:
+    """Every utterance in the jobs' results exactly once (a safety net under the stamps)."""
+    for stream in request.cfg.streams:
+        counts = Counter(entry[0] for r in results for entry in r.entries.get(stream, []))
+        missing = [u for u in request.dd.utts if u not in counts]
+        repeated = sorted(u for u, n in counts.items() if n > 1)
+        if missing or repeated:
+            raise FeatureError(f"the finished jobs' stream '{stream}' lacks {len(missing)} utterance(s) "
+                               f"{missing[:3]} and repeats {len(repeated)} {repeated[:3]}; remove "
+                               f"{split_dir(request.out_dir, nj)} and run the jobs again")
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:   # no hard links here (another file system, or one without them)
+        shutil.copyfile(source, target)
 
 
 def _to_json(result: JobResult) -> Dict[str, Any]:

@@ -223,7 +223,7 @@ class EncoderStates(Stream):
     def __init__(self, config: EncoderConfig, info: EncoderInfo, sample_rate: int, dim: int, hop: int):
         super().__init__(dim, hop)
         self.config, self.info, self.sample_rate = config, info, sample_rate
-        self.counts = {"padded_short": 0}
+        self.counts = {"padded_to_one_frame": 0}
         self._encoder = self._extractor = None
 
     def _load(self, device: torch.device):
@@ -260,7 +260,7 @@ class EncoderStates(Stream):
             return [torch.cat(layer) for layer in zip(*pieces)]
         if len(audio) < self.info.window:   # not one frame: pad to one, counted
             audio = torch.nn.functional.pad(audio, (0, self.info.window - len(audio)))
-            self.counts["padded_short"] += 1
+            self.counts["padded_to_one_frame"] += 1
         if self.info.normalize:
             audio = (audio - audio.mean()) / torch.sqrt(audio.var(unbiased=False) + NORM_EPS)
         frames = 1 + (len(audio) - self.info.window) // self.info.hop
