@@ -14,8 +14,8 @@ files (config.json, tokenizer and vocabulary) in the cache:
 The folder is built under a temporary name beside it and renamed into place only when complete, so a
 failure (or a kill) leaves no folder, and two processes building it at once are safe: the second to
 finish finds the folder there and uses it. A folder already there is checked by its stamp and size, and
-its model.bin hashed once per process (`verify=True`: hashed again). sertk never deletes a cache folder it did not just build: a damaged one
-is an error that names it.
+its model.bin hashed once per process (`verify=True`: hashed again). sertk never deletes a cache folder it
+did not just build: a damaged one is an error that names it.
 """
 import hashlib
 import importlib.metadata

@@ -111,8 +111,8 @@ def finish_dump(tmp: Path, out_dir: Path, cfg: FeatureConfig, results: List[JobR
                           "audio_seconds": round(audio_seconds, 3),
                           "dims": {r.name: r.dim for r in reports},
                           "frame_shift": {r.name: r.frame_shift for r in reports},
-                          "ark_bytes": {name: {ark.name: ark.stat().st_size for ark in sorted((tmp / name).glob("*.ark"))}
-                                        for name in cfg.streams}}
+                          "ark_bytes": {name: {ark.name: ark.stat().st_size
+                                               for ark in sorted((tmp / name).glob("*.ark"))} for name in cfg.streams}}
     doc[DUMP_INFO_KEY].update(stream_layout(cfg))
     notes = _stream_notes(results)
     if notes:
