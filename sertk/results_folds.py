@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from sertk.data.protocols import CARD_FILE, load_card
+from sertk.data.protocols import CARD_FILE, load_card, test_split_mismatch
 from sertk.decode import is_decode_dir
 from sertk.envinfo import ENV_FILE, environment
 from sertk.errors import ProtocolError, ScoreError, SertkError
@@ -77,7 +77,14 @@ def _data_dir_of(decode_dir: Path, info: dict, fold: int) -> Path:
 def score_fold(number: int, fold_dir: Path) -> FoldScore:
     decode_dir = fold_dir / DECODE_SUBDIR
     info = _read_yaml(decode_dir / "decode.yaml") if (decode_dir / "decode.yaml").is_file() else {}
-    score = score_decode_dir(decode_dir, _data_dir_of(decode_dir, info, number))
+    data_dir = _data_dir_of(decode_dir, info, number)
+    protocol_dir = _protocol_dir_of(decode_dir, info)
+    if protocol_dir is not None:
+        wrong = test_split_mismatch(protocol_dir, number, data_dir)
+        if wrong:
+            raise ScoreError(f"{decode_dir}: decoded {wrong}; decode the fold's test dir into it "
+                             "(sertk decode --retest)")
+    score = score_decode_dir(decode_dir, data_dir)
     return FoldScore(number, fold_dir, score, info)
 
 

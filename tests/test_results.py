@@ -132,6 +132,22 @@ def test_no_decoded_fold_is_an_error(tmp_path):
         collect(tmp_path)
 
 
+def test_a_decode_test_of_other_data_than_the_fold_s_test_set_is_refused(exp_tree):
+    """A dev set (or an edited test set) decoded into decode_test must not be scored as the test result."""
+    decode_yaml = exp_tree / "fold1" / "decode_test" / "decode.yaml"
+    info = yaml.safe_load(decode_yaml.read_text())
+    protocol_dir = Path(info["protocol_dir"])
+    decode_yaml.write_text(yaml.safe_dump({**info, "data_dir": str(protocol_dir / "fold1" / "dev")}))
+    with pytest.raises(ScoreError, match=r"fold1/decode_test: decoded .*fold1/dev is not fold 1's test set"):
+        collect(exp_tree)
+    decode_yaml.write_text(yaml.safe_dump({**info, "data_dir": str(protocol_dir / "fold1" / "test")}))
+    assert collect(exp_tree)["folds"] == ["fold1", "fold2", "fold3"]
+    utt2emo = protocol_dir / "fold1" / "test" / "utt2emo"
+    utt2emo.write_text(utt2emo.read_text().replace("s1-001 b", "s1-001 a"))   # a label changed after the folds
+    with pytest.raises(ScoreError, match="is not fold 1's test set"):
+        collect(exp_tree)
+
+
 def test_decode_yaml_must_say_what_to_score_against(tmp_path):
     write_utt_segments(tmp_path / "fold1" / "decode_test", {"u": [P["a"]]}, ["a", "b"], {})
     with pytest.raises(ScoreError, match="names neither 'data_dir' nor 'protocol_dir'"):

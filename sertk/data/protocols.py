@@ -307,6 +307,28 @@ def _card(dd: DataDir, name: str, proto: Protocol, folds: List[Fold], corpus: st
     }
 
 
+def test_split_mismatch(protocol_dir, fold: int, data_dir) -> Optional[str]:
+    """Why `data_dir` is not fold `fold`'s test set of the protocol in `protocol_dir`, else None: a dev set
+    (or another fold's test set) decoded into decode_test would otherwise be scored as the test result.
+    Compared by the card's checksum of that split (ids, speakers, labels, audio paths); cards written
+    before it are compared by path. `protocol_dir` may name the card file itself."""
+    protocol_dir = Path(protocol_dir)
+    if protocol_dir.is_file():
+        protocol_dir = protocol_dir.parent
+    card = load_card(protocol_dir)
+    entry = next((f for f in card.get("folds") or [] if isinstance(f, dict) and f.get("fold") == fold), None)
+    if entry is None:
+        return f"the protocol in {protocol_dir} has no fold {fold}"
+    expected = (entry.get("checksums") or {}).get("test") if isinstance(entry.get("checksums"), dict) else None
+    test_dir = Path(protocol_dir) / f"fold{fold}" / "test"
+    if expected is None:
+        same = Path(data_dir).resolve() == test_dir.resolve()
+    else:
+        same = split_checksum(DataDir.load(data_dir, audio="none")) == expected   # labels decide scores
+    return None if same else (f"{data_dir} is not fold {fold}'s test set ({test_dir}: its utterances, speakers, "
+                              "labels or audio paths differ)")
+
+
 def load_card(path) -> dict:
     card_path = Path(path) / CARD_FILE
     if not card_path.is_file():

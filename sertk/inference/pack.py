@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from sertk import __version__
-from sertk.data.protocols import load_card
+from sertk.data.protocols import load_card, test_split_mismatch
 from sertk.errors import ProtocolError, SertkError
 from sertk.features.cmvn import plain_state
 from sertk.features.encoder_cache import encoder_identity
@@ -215,7 +215,14 @@ def _test_metrics(exp_dir: Path, decodes: Dict[str, Dict[str, Any]], digest: str
         return None
     decode_dir = exp_dir / "decode_test"
     try:
-        result = score_decode_dir(decode_dir, resolve_path(str(info["data_dir"]), decode_dir), write=False)
+        data_dir = resolve_path(str(info["data_dir"]), decode_dir)
+        fold = _fold_number(exp_dir)
+        if info.get("protocol_dir") and fold is not None:
+            wrong = test_split_mismatch(resolve_path(str(info["protocol_dir"]), decode_dir), fold, data_dir)
+            if wrong:
+                log.warning("%s: decoded %s; the pack has no test score", decode_dir, wrong)
+                return None
+        result = score_decode_dir(decode_dir, data_dir, write=False)
     except SertkError as e:
         log.warning("the test set cannot be scored (%s); the pack has no test score", e)
         return None
