@@ -17,20 +17,23 @@ def test_maps_and_drops(tmp_path):
 
 
 def test_unmapped_label_is_named(tmp_path):
-    lm = load_label_map(write(tmp_path, "classes: [a]\nmap: {x: a}\n"))
+    lm = load_label_map(write(tmp_path, "classes: [a, b]\nmap: {x: a, y: b}\n"))
     with pytest.raises(LabelError, match="raw label 'q' is not in the label map"):
         lm.map("q")
 
 
 def test_case_sensitive_with_hint(tmp_path):
-    lm = load_label_map(write(tmp_path, "classes: [a]\nmap: {Neu: a}\n"))
+    lm = load_label_map(write(tmp_path, "classes: [a, b]\nmap: {Neu: a, Ang: b}\n"))
     with pytest.raises(LabelError, match="case-sensitively; the map has 'Neu'"):
         lm.map("neu")
 
 
 @pytest.mark.parametrize("text, message", [
-    ("classes: [a]\nmap: {01: a}\n", "quote it"),                 # YAML reads 01 as the integer 1
-    ("classes: [a]\nmap: {x: b}\n", "not in classes"),
+    ("classes: [a, c]\nmap: {01: a, x: c}\n", "quote it"),         # YAML reads 01 as the integer 1
+    ("classes: [a, c]\nmap: {x: b, y: c}\n", "not in classes"),
+    ("classes: [a]\nmap: {x: a, y: a}\n", r"one class \(a\); a classifier needs at least 2"),
+    ("classes: ['', a]\nmap: {x: '', y: a}\n", "class '' must be a non-empty name without spaces"),
+    ("classes: [an g, a]\nmap: {x: an g, y: a}\n", "class 'an g' must be a non-empty name without spaces"),
     ("classes: [a, b]\nmap: {x: a}\n", r"no raw label maps to class\(es\) \['b'\]"),
     ("classes: [a, a]\nmap: {x: a}\n", "twice"),
     ("classes: [drop]\nmap: {x: drop}\n", "reserved"),

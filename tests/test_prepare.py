@@ -76,9 +76,9 @@ def test_failures_leave_the_output_untouched(tmp_path):
     (root / "wav" / "03a01Fa.wav").write_bytes(b"not audio at all")
     with pytest.raises(AudioError, match="03a01Fa.wav: not a readable audio file"):
         prepare_corpus("emodb", root, out)
-    only_anger = LabelMap(("anger",), {"W": "anger"})
+    two = LabelMap(("anger", "boredom"), {"W": "anger", "L": "boredom"})
     with pytest.raises(LabelError, match="raw label '.' is not in the label map"):
-        prepare_corpus("emodb", root, out, labels=only_anger)
+        prepare_corpus("emodb", root, out, labels=two)
     assert [p.name for p in out.iterdir()] == ["marker"] and (out / "marker").read_text() == "keep me"
 
 
@@ -135,9 +135,10 @@ def test_csv_duplicate_ids(tmp_path):
     write_wav(tmp_path / "x" / "a.wav")
     write_wav(tmp_path / "y" / "a.wav")
     with pytest.raises(CorpusError, match="'spk1-a' is given twice"):
-        import_csv(write_csv(tmp_path, ["x/a.wav,h,spk1,,", "y/a.wav,h,spk1,,"]), tmp_path / "data")
+        import_csv(write_csv(tmp_path, ["x/a.wav,h,spk1,,", "y/a.wav,s,spk1,,"]), tmp_path / "data")
 
 
 def test_csv_missing_audio_names_it(tmp_path):
+    write_wav(tmp_path / "here.wav")
     with pytest.raises(AudioError, match=r"gone\.wav: no such audio file"):
-        import_csv(write_csv(tmp_path, ["gone.wav,h,spk1,,"]), tmp_path / "data")
+        import_csv(write_csv(tmp_path, ["gone.wav,h,spk1,,", "here.wav,s,spk1,,"]), tmp_path / "data")

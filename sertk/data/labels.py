@@ -32,6 +32,9 @@ class LabelMap:
         where = self.source
         if not self.classes:
             raise LabelError(f"{where}: 'classes' is empty")
+        for cls in self.classes:   # a class is one field of utt2emo, decodes and score tables
+            if not isinstance(cls, str) or not cls or any(ch.isspace() for ch in cls):
+                raise LabelError(f"{where}: class {cls!r} must be a non-empty name without spaces")
         if len(set(self.classes)) != len(self.classes):
             raise LabelError(f"{where}: 'classes' lists a class twice")
         if DROP in self.classes:
@@ -44,6 +47,8 @@ class LabelMap:
         unused = [c for c in self.classes if c not in self.mapping.values()]
         if unused:
             raise LabelError(f"{where}: no raw label maps to class(es) {unused}")
+        if len(self.classes) < 2:
+            raise LabelError(f"{where}: one class ({self.classes[0]}); a classifier needs at least 2")
 
     def map(self, raw: str) -> Optional[str]:
         """The class of `raw`, or None when the map drops it."""
