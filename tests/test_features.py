@@ -564,6 +564,8 @@ def test_cli_bad_config_is_one_line(feat_data, tmp_path, user_error):
 
 
 @pytest.mark.parametrize("doc, message", [
+    ({"streams": {"a": {"type": "logmel", "hop_length": float("nan")}}}, "hop_length must be a finite number, not nan"),
+    ({"streams": {"a": {"type": "logmel", "win_length": float("inf")}}}, "win_length must be a finite number, not inf"),
     ({"sample_rate": 100, "streams": {"a": {"type": "logmel"}}}, "sample_rate 100 Hz is below 8000 Hz"),
     ({"streams": {"a": {"type": "logmel", "n_mels": 2000}}}, "n_mels (2000) must be <= the 257 FFT bins"),
     ({"streams": {"a": {"type": "logmel", "n_mels": 220}}}, "n_mels (220) is too many for n_fft 512"),

@@ -311,6 +311,8 @@ def test_vote_window_and_hop_options(trained, sertk_cli, tmp_path, user_error):
     assert chunked["settings"]["chunks"] == {"threshold": 0.5, "min_chunk": 0.5, "max_chunk": 10.0,
                                              "min_silence": 0.2, "pad": 0.1}
     assert "--window and --hop must be positive" in user_error(sertk_cli("infer", model, clip, "--window", "0"))
+    assert "--window and --hop must be positive" in user_error(sertk_cli("infer", model, clip, "--window", "inf"))
+    assert "--window and --hop must be positive" in user_error(sertk_cli("infer", model, clip, "--hop", "inf"))
     assert "must end in .csv or .json" in user_error(sertk_cli("infer", model, clip, "--out", tmp_path / "r.txt"))
     assert "not a regular expression" in user_error(sertk_cli("infer", model, clip, "--speaker-pattern", "(x"))
     assert "min chunk" in user_error(sertk_cli("infer", model, clip, "--min-chunk", "20"))

@@ -180,6 +180,22 @@ def test_check_catches_a_broken_fold_dir(emodb_loso):
                for p in check_protocol(emodb_loso).problems)
 
 
+@pytest.mark.parametrize("edit, message", [
+    ({"num_folds": "four"}, "'num_folds' must be a whole number >= 1, not 'four'"),
+    ({"num_folds": True}, "'num_folds' must be a whole number >= 1"),
+    ({"classes": 5}, "'classes' must be a list of class names, not 5"),
+    ({"classes": [1]}, "'classes' must list names"),
+    ({"folds": [{"fold": "one"}]}, "'folds' entries with a 'fold' number"),
+])
+def test_an_edited_card_with_wrong_types_is_one_line(emodb_loso, tmp_path, edit, message):
+    protocol = tmp_path / "p"
+    shutil.copytree(emodb_loso, protocol)
+    card = yaml.safe_load((protocol / "protocol.yaml").read_text())
+    (protocol / "protocol.yaml").write_text(yaml.safe_dump({**card, **edit}))
+    with pytest.raises(ProtocolError, match=message):
+        check_protocol(protocol)
+
+
 def test_check_without_card(tmp_path):
     with pytest.raises(ProtocolError, match="no protocol.yaml"):
         check_protocol(tmp_path)

@@ -115,6 +115,15 @@ def positive(wants: str = "a number > 0", null: Optional[str] = None) -> Check:
     return number(wants, lambda v: v > 0, null)
 
 
+# a window of more than 10 minutes is a unit slip (ms for s): every segment is padded to it, and 1e5 s asked
+# for tens of GiB before anything said why
+MAX_SEGMENT_SECONDS = 600.0
+
+
+def seconds(null: Optional[str] = None) -> Check:
+    return number(f"a number of seconds > 0 and <= {MAX_SEGMENT_SECONDS:g}", lambda v: 0 < v <= MAX_SEGMENT_SECONDS, null)
+
+
 def interval(low: float, high: float, high_closed: bool = False) -> Check:
     """A number in [low, high) ([low, high] with high_closed)."""
     return number(f"in [{low:g}, {high:g}{']' if high_closed else ')'}",
@@ -144,9 +153,9 @@ CHECKS: Dict[str, Check] = {
     "features.clip": positive("a positive number of standard deviations", null="not cut"),
     "features.speaker_min_rows": integer(1),
     "features.speaker_min_utts": integer(1),
-    "segments.length": positive("a number of seconds > 0", null="no windows, one segment per utterance"),
-    "segments.hop": positive("a number of seconds > 0"),
-    "segments.train_hop": positive("a number of seconds > 0", null="segments.hop"),
+    "segments.length": seconds(null="no windows, one segment per utterance"),
+    "segments.hop": seconds(),
+    "segments.train_hop": seconds(null="segments.hop"),
     "segments.tail": one_of(TAILS),
     "segments.train_windows": one_of(TRAIN_WINDOWS),
     "train.epochs": integer(1),

@@ -337,4 +337,15 @@ def load_card(path) -> dict:
     for key in ("protocol", "num_folds", "speaker_independent", "checksum", "classes"):
         if not isinstance(card, dict) or key not in card:
             raise ProtocolError(f"{card_path}: the card has no '{key}'")
+    # an edited card read as it stands would fail later as a traceback (range over a string, and so on)
+    kinds = {"protocol": (str, "a name"), "num_folds": (int, "a whole number >= 1"),
+             "speaker_independent": (bool, "true or false"), "checksum": (str, "a checksum"),
+             "classes": (list, "a list of class names"), "folds": (list, "a list of fold entries")}
+    for key, (kind, wants) in kinds.items():
+        value = card.get(key, [])
+        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 1)):
+            raise ProtocolError(f"{card_path}: '{key}' must be {wants}, not {value!r}")
+    if not all(isinstance(c, str) for c in card["classes"]) or \
+            not all(isinstance(f, dict) and isinstance(f.get("fold"), int) for f in card.get("folds", [])):
+        raise ProtocolError(f"{card_path}: 'classes' must list names and 'folds' entries with a 'fold' number")
     return card

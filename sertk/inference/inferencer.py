@@ -15,6 +15,7 @@ recording); a speaker with fewer utterances than the pack's `min_utts` (features
 2026-12-06; older packs: 1), such as one waveform given to `predict`, gets the training data's statistics.
 """
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -262,7 +263,7 @@ def _segments(section: Dict, window: Optional[float], hop: Optional[float]) -> S
         window = section["length"]
         if window is None:
             raise InferenceError("--hop needs --window: this model reads whole utterances")
-    if not window > 0 or (hop is not None and not hop > 0):
+    if not 0 < window < math.inf or (hop is not None and not 0 < hop < math.inf):
         raise InferenceError(f"--window and --hop must be positive seconds (got {window}, {hop})")
     return SegmentConfig(window, hop if hop is not None else window / 2, section.get("tail", "end"))
 

@@ -5,7 +5,8 @@ A stream config is a dataclass whose defaults are the documented defaults; `chec
 config's other streams, modules shared between streams). A stream module's `forward(wave [B, T], lengths [B])`
 gives (feats [B, rows, dim], row counts [B]).
 """
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
@@ -38,6 +39,10 @@ class StreamConfig:
     delta_chain: bool = False
 
     def check(self, sample_rate: int, where: str) -> None:
+        for f in fields(self):   # .nan / .inf read from YAML would fail later, as a traceback, in int(round(...))
+            value = getattr(self, f.name)
+            check_option(not isinstance(value, float) or math.isfinite(value), where,
+                         f"{f.name} must be a finite number, not {value}")
         check_option(0 <= self.deltas <= MAX_DELTAS, where, f"deltas must be 0, 1 or 2, not {self.deltas}")
         check_option(self.delta_width >= 3 and self.delta_width % 2 == 1, where,
                  f"delta_width must be an odd number >= 3, not {self.delta_width}")
