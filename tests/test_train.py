@@ -337,6 +337,27 @@ def test_a_run_resumes_only_on_the_fold_it_began_on(setup, trained, tmp_path):
     assert (tmp_path / "resumed" / "last.pt").read_bytes() == before
 
 
+def test_a_dev_set_that_repeats_training_utterances_is_refused(setup, tmp_path):
+    """Dev picks the checkpoint: dev made of training utterances (or their audio under other ids) would pick the
+    run that memorised them."""
+    import shutil
+    from sertk.data.ops import subset
+    fold = tmp_path / "fold1"
+    shutil.copytree(setup / "loso" / "fold1" / "train", fold / "train")
+    shutil.copytree(setup / "loso" / "fold1" / "train", fold / "dev")
+    with pytest.raises(ConfigError, match=r"fold1: dev repeats \d+ training utterance\(s\) or their audio"):
+        train(config(), fold, setup / "dump", tmp_path / "exp")
+    assert not (tmp_path / "exp").exists()
+    train_dd = DataDir.load(fold / "train")
+    renamed = subset(train_dd, utt_list=train_dd.utts[:2])   # the same audio under other ids
+    renamed.tables = {name: {f"{renamed.utt2spk[u]}-copy-{u}": v for u, v in table.items()}
+                      for name, table in renamed.tables.items()}
+    shutil.rmtree(fold / "dev")
+    renamed.save(fold / "dev")
+    with pytest.raises(ConfigError, match=r"dev repeats 2 training utterance\(s\) or their audio \(e.g. emodb_\d+-copy-"):
+        train(config(), fold, setup / "dump", tmp_path / "exp")
+
+
 def test_a_decode_is_redone_with_another_dump_and_skipped_with_a_moved_one(setup, trained, tmp_path):
     import shutil
     from pathlib import Path
@@ -437,11 +458,10 @@ def test_another_corpus_is_decoded_and_scored_through_a_class_map(trained, tmp_p
     assert dec.info["class_map"]["model_classes"] == ["anger", "boredom", "disgust", "fear", "happiness",
                                                       "sadness", "neutral"]
     assert "already decoded" in decode_data_dir(*args, out, class_map=tmp_path / "map.yaml")
-    doc["classes"], doc["source_map"]["fear"] = ["anger"], "drop"
-    doc["target_map"]["fear"] = "drop"
+    doc["target_map"]["neutral"] = "fear"
     (tmp_path / "map2.yaml").write_text(yaml.safe_dump(doc))
     assert "already decoded" not in decode_data_dir(*args, out, class_map=tmp_path / "map2.yaml")
-    assert read_decode_dir(out).classes == ["anger"]   # a changed mapping is decoded again
+    assert read_decode_dir(out).info["class_map"]["dropped"] == {"surprise": 4}   # a changed mapping: decoded again
     decode_data_dir(*args, out, class_map=tmp_path / "map.yaml")
     result = score_decode_dir(out, tmp_path / "rav_all")
     assert result["utterance"]["mean"]["num_utts"] == len(kept)

@@ -53,6 +53,18 @@ def differing_lists(recorded: Dict[str, str], fold_dir: Path) -> str:
     return " and ".join(split for split in ("train", "dev") if recorded.get(split) != given[split])
 
 
+def _check_dev_held_out(fold_dir: Path, train_dd: DataDir, dev_dd: DataDir) -> None:
+    """Dev chooses the checkpoint: a dev set that repeats training utterances (by id or by audio file) would
+    choose the model that memorised them. `sertk data check` finds this too, but training may be run without it."""
+    shared = [u for u in dev_dd.utts if u in train_dd.utt2spk]
+    if not train_dd.segments and not dev_dd.segments:   # with segments, wav.scp names recordings, which parts share
+        train_audio = set(train_dd.tables["wav.scp"].values())
+        shared += [u for u in dev_dd.utts if u not in train_dd.utt2spk and dev_dd.tables["wav.scp"][u] in train_audio]
+    if shared:
+        raise ConfigError(f"{fold_dir}: dev repeats {len(shared)} training utterance(s) or their audio (e.g. "
+                          f"{shared[0]}); dev must be held out (sertk data check on the protocol dir says more)")
+
+
 def load_fold(config: Dict[str, Any], fold_dir: Path, dump_dir: Path,
               make_model: Callable[[int], SERModel]) -> Fold:
     """The fold in `fold_dir` (train/, dev/) with its features from `dump_dir`, for the model that
@@ -62,6 +74,7 @@ def load_fold(config: Dict[str, Any], fold_dir: Path, dump_dir: Path,
     classes = list(train_dd.labels.classes)
     if list(dev_dd.labels.classes) != classes:
         raise ConfigError(f"{fold_dir}: train and dev have different class lists")
+    _check_dev_held_out(fold_dir, train_dd, dev_dd)
     checksums = fold_checksums(train_dd, dev_dd)
     if config["train"]["refit_epochs"] is not None:
         train_dd = combine([train_dd, dev_dd], [str(fold_dir / "train"), str(fold_dir / "dev")])
