@@ -100,12 +100,17 @@ def test_extract_counts_truncated_short_and_silent_files(emodb_dir, conf, sertk_
     cut_in_half(wav["emodb_03-03a01Aa"])
     sf.write(wav["emodb_08-08a01Aa"], np.full(160, 0.2), 16000)        # 10 ms
     sf.write(wav["emodb_09-09a01Aa"], np.zeros(4800), 16000)           # digital silence
+    tone = 0.2 * np.sin(np.arange(2400) / 3)
+    sf.write(wav["emodb_10-10a01Aa"], tone, 8000)                        # telephone rate: upsampled
+    sf.write(wav["emodb_10-10a01Ea"], tone, 8000)
     result = sertk_cli("features", "extract", emodb_dir, tmp_path / "dump", "--conf", conf, "--device", "cpu")
     assert result.exit_code == 0, result.output
     counted = ["  audio files: 1 truncated (the header promises more audio than the file holds; extracted as far as "
                "it goes)",
                "  audio files: 1 too short (under one 25 ms analysis window; extracted, zero-padded by the frontends)",
-               "  audio files: 1 silent (digital silence: peak below -80 dBFS; extracted)"]
+               "  audio files: 1 silent (digital silence: peak below -80 dBFS; extracted)",
+               "  audio files: 2 recorded below 16000 Hz (upsampled, nothing in the band above half their rate; "
+               "extracted)"]
     for line in counted:
         assert line in result.stdout.splitlines(), result.stdout
     assert f"sertk: warning: {wav['emodb_03-03a01Aa']}: truncated: the header promises" in result.stderr
@@ -113,7 +118,9 @@ def test_extract_counts_truncated_short_and_silent_files(emodb_dir, conf, sertk_
             "complete frame of signal) (utterance emodb_08-08a01Aa)") in result.stderr
     assert f"{wav['emodb_09-09a01Aa']}: audio is all zeros (digital silence)" in result.stderr
     doc = yaml.safe_load((tmp_path / "dump" / "features.yaml").read_text())
-    assert doc["dump"]["utterances"] == 28 and sorted(doc["dump"]["audio"].values()) == [1, 1, 1]
+    assert "sertk: warning: 2 file(s) upsampled; the first: " in result.stderr   # one line for all of them
+    assert "recorded at 8000 Hz, below the model's 16000 Hz" in result.stderr
+    assert doc["dump"]["utterances"] == 28 and sorted(doc["dump"]["audio"].values()) == [1, 1, 1, 2]
     again = sertk_cli("features", "extract", emodb_dir, tmp_path / "dump", "--conf", conf, "--device", "cpu")
     assert "up to date" in again.stdout and counted[2] in again.stdout       # the counts stay in the summary
 

@@ -14,14 +14,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from sertk.audio import MIN_SECONDS, load_audio, silence_reason, too_short_reason, truncation
+from sertk.audio import (MIN_SECONDS, audio_info, band_limit_reason, load_audio, silence_reason, too_short_reason,
+                         truncation)
 from sertk.errors import AudioError, FeatureError
 from sertk.features import storage
 from sertk.features.preprocess import PreprocessConfig, PreprocessStats, preprocess
 from sertk.features.streams import FeatureConfig, Stream
 
 # audio that decodes but holds less than it should (sertk.features.extract_report counts them)
-TRUNCATED, TOO_SHORT, SILENT = "truncated", "too_short", "silent"
+TRUNCATED, TOO_SHORT, SILENT, BAND_LIMITED = "truncated", "too_short", "silent", "band_limited"
 
 
 @dataclass
@@ -108,7 +109,8 @@ def audio_issues(path: str, samples: np.ndarray, sample_rate: int, min_seconds: 
     """(kind, reason) for each way the file at `path`, decoded to `samples`, holds less than it should."""
     seconds = len(samples) / sample_rate
     found = [(TRUNCATED, truncation(path, seconds)), (TOO_SHORT, too_short_reason(seconds, min_seconds)),
-             (SILENT, silence_reason(float(np.abs(samples).max())))]
+             (SILENT, silence_reason(float(np.abs(samples).max()))),
+             (BAND_LIMITED, band_limit_reason(audio_info(path).sample_rate, sample_rate))]   # upsampled: say so
     return [(kind, why) for kind, why in found if why]
 
 

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from sertk.audio import SILENCE_PEAK
 from sertk.errors import AudioError, FeatureError
 from sertk.features import storage
-from sertk.features.extract_jobs import SILENT, TOO_SHORT, TRUNCATED, JobResult, min_audio_seconds
+from sertk.features.extract_jobs import BAND_LIMITED, SILENT, TOO_SHORT, TRUNCATED, JobResult, min_audio_seconds
 from sertk.features.preprocess import PreprocessStats
 from sertk.features.streams import DUMP_INFO_KEY, FeatureConfig, parse_config
 
@@ -75,10 +75,16 @@ def fail_on_bad_audio(header_bad: Dict[str, str], results: Sequence[JobResult], 
 
 
 def log_audio_issues(results: Sequence[JobResult]) -> None:
+    band_limited: List[str] = []
     for utt, kind, why in sorted(i for r in results for i in r.audio_issues):
         if kind == SILENT and "every sample is zero" in why:
             continue   # load_audio has said so already (where it decoded the file)
+        if kind == BAND_LIMITED:   # often a whole corpus (telephone audio): one line, not one per file
+            band_limited.append(why)
+            continue
         log.warning("%s (utterance %s)", why, utt)
+    if band_limited:
+        log.warning("%d file(s) upsampled; the first: %s", len(band_limited), band_limited[0])
 
 
 def audio_notes(results: Sequence[JobResult], cfg: FeatureConfig) -> Dict[str, int]:
@@ -86,7 +92,9 @@ def audio_notes(results: Sequence[JobResult], cfg: FeatureConfig) -> Dict[str, i
     text = {TRUNCATED: "truncated (the header promises more audio than the file holds; extracted as far as it goes)",
             TOO_SHORT: f"too short (under one {1000 * min_audio_seconds(cfg):.0f} ms analysis window; extracted, "
                        "zero-padded by the frontends)",
-            SILENT: f"silent (digital silence: peak below {20 * math.log10(SILENCE_PEAK):.0f} dBFS; extracted)"}
+            SILENT: f"silent (digital silence: peak below {20 * math.log10(SILENCE_PEAK):.0f} dBFS; extracted)",
+            BAND_LIMITED: f"recorded below {cfg.sample_rate} Hz (upsampled, nothing in the band above half their rate; "
+                          "extracted)"}
     counts: Dict[str, int] = {}
     for r in results:
         for _, kind, _ in r.audio_issues:
