@@ -56,7 +56,7 @@ def audio_info(path) -> AudioInfo:
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as e:
-        raise AudioError(f"{path}: not a readable audio file ({_reason(e)})") from None
+        raise AudioError(f"{path}: not a readable audio file ({_reason(e, path)})") from None
     if info.frames <= 0:
         raise AudioError(f"{path}: audio file has zero length")
     return AudioInfo(int(info.samplerate), int(info.frames), int(info.channels))
@@ -89,7 +89,7 @@ def read_audio(path, target_sr: Optional[int] = 16000) -> Audio:
     try:
         samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
-        raise AudioError(f"{path}: not a readable audio file ({_reason(e)})") from None
+        raise AudioError(f"{path}: not a readable audio file ({_reason(e, path)})") from None
     if samples.shape[0] == 0:
         raise AudioError(f"{path}: audio file has zero length")
     if not np.isfinite(samples).all():
@@ -129,7 +129,7 @@ def samples_digest(path) -> str:
     try:
         samples, _ = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
-        raise AudioError(f"{path}: not a readable audio file ({_reason(e)})") from None
+        raise AudioError(f"{path}: not a readable audio file ({_reason(e, path)})") from None
     h = hashlib.sha1(f"{samples.shape[1]}\n".encode())
     h.update(np.ascontiguousarray(samples).tobytes())
     return h.hexdigest()
@@ -205,7 +205,10 @@ def _find_chunk(f, order: str, wanted: bytes, pos: int):
         pos += 8 + size + (size & 1)   # chunks are padded to an even size
 
 
-def _reason(e: Exception) -> str:
+def _reason(e: Exception, path: Path) -> str:
     # libsndfile messages start with the path again; keep only the reason
     msg = str(e).strip()
-    return msg.split(": ", 1)[-1] if msg.startswith("Error opening") else msg
+    msg = msg.split(": ", 1)[-1] if msg.startswith("Error opening") else msg
+    if "does not exist or is not a regular file" in msg and path.is_file():   # libsndfile's words for bytes its
+        return "its format is not recognised"   # MP3 probe gave up on (a file that does exist)
+    return msg

@@ -61,6 +61,19 @@ def test_a_streamed_header_and_other_formats_are_not_truncated(tmp_path):
     assert truncation(tmp_path / "f.flac", 0.5) is None
 
 
+def test_bytes_that_look_like_mp3_are_not_said_to_be_missing(tmp_path):
+    """libsndfile's MP3 probe gives up on such bytes with "File does not exist or is not a regular file"."""
+    from sertk.audio import audio_info
+    from sertk.errors import AudioError
+    fake = tmp_path / "fake.wav"
+    fake.write_bytes(bytes([0xFF, 0xFB]) + bytes(range(256)) * 8)
+    with pytest.raises(AudioError) as e:
+        audio_info(fake)
+    assert str(e.value).startswith(f"{fake}: not a readable audio file (") and "does not exist" not in str(e.value)
+    with pytest.raises(AudioError, match="no such audio file"):
+        audio_info(tmp_path / "gone.wav")
+
+
 def test_too_short_and_silent_reasons():
     assert MIN_SECONDS == 0.025
     assert too_short_reason(0.01) == ("too short: 10.0 ms, under one 25 ms analysis window (no complete frame of "
