@@ -17,7 +17,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -114,10 +114,15 @@ def band_limit_reason(source_rate: Optional[int], model_rate: int) -> Optional[s
 def load_audio(path, target_sr: int = 16000) -> np.ndarray:
     """Return the file as a 1-D float32 array at `target_sr`, channels averaged (an all-zero file is logged
     as a warning; `read_audio` says more, for callers that count)."""
-    samples = read_audio(path, target_sr).samples
-    if not samples.any():
+    return load_audio_and_rate(path, target_sr)[0]
+
+
+def load_audio_and_rate(path, target_sr: int = 16000) -> Tuple[np.ndarray, int]:
+    """`load_audio`'s array, and the rate the file was recorded at."""
+    audio = read_audio(path, target_sr)
+    if not audio.samples.any():
         log.warning("%s: audio is all zeros (digital silence)", path)
-    return samples
+    return audio.samples, audio.source_rate
 
 
 def samples_digest(path) -> str:

@@ -4,7 +4,7 @@ sertk.results writes (RESULTS.md, metrics.json, confusion.png). See sertk.result
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -12,6 +12,7 @@ from sertk.data.protocols import CARD_FILE, load_card, test_split_mismatch
 from sertk.decode import is_decode_dir
 from sertk.envinfo import ENV_FILE, environment
 from sertk.errors import ProtocolError, ScoreError, SertkError
+from sertk.fsutil import sha256_file
 from sertk.gridrecord import GRID_FILE, read_grid_record
 from sertk.results_dev import dev_record, find_fold_dirs, read_refit_record
 from sertk.results_training import fold_training
@@ -80,12 +81,29 @@ def score_fold(number: int, fold_dir: Path) -> FoldScore:
     data_dir = _data_dir_of(decode_dir, info, number)
     protocol_dir = _protocol_dir_of(decode_dir, info)
     if protocol_dir is not None:
-        wrong = test_split_mismatch(protocol_dir, number, data_dir)
+        try:
+            wrong = test_split_mismatch(protocol_dir, number, data_dir)
+        except ProtocolError:   # no readable card: nothing to compare with (_load_card warns of it)
+            wrong = None
         if wrong:
-            raise ScoreError(f"{decode_dir}: decoded {wrong}; decode the fold's test dir into it "
-                             "(sertk decode --retest)")
+            raise ScoreError(f"{decode_dir}: decoded {wrong}")
+    _check_decoded_checkpoint(fold_dir, decode_dir, info)
     score = score_decode_dir(decode_dir, data_dir)
     return FoldScore(number, fold_dir, score, info)
+
+
+def _check_decoded_checkpoint(fold_dir: Path, decode_dir: Path, info: dict) -> None:
+    """The test decode was made with the checkpoint the fold holds now: a run trained again (or on) after its
+    test decode has another best.pt, which dev chose; the old decode is not its result. Kept records (no
+    checkpoints) are taken as kept."""
+    name, recorded = info.get("checkpoint"), info.get("checkpoint_sha256")
+    path = fold_dir / Path(str(name)).name if name else None
+    if not recorded or path is None or not path.is_file():
+        return
+    if sha256_file(path) != recorded:
+        raise ScoreError(f"{decode_dir}: decoded with checkpoint {recorded[:12]} (epoch "
+                         f"{info.get('checkpoint_epoch')}), but {path} is another now (trained again since); "
+                         "its test set must be decoded again (sertk decode --retest), or the old checkpoint restored")
 
 
 def _check_same_classes(folds: Sequence[FoldScore]) -> List[str]:
@@ -242,4 +260,34 @@ def collect_scores(model_exp_dir) -> dict:
     refits = {f"fold{k}": str(source) for k, source in sources.items() if source is not None}
     if refits:
         result["refit_sources"] = refits
+    # per fold by design: a grid's choices, and a refit's epoch count (its source's best epoch)
+    differing = config_differences(folds, {key for s in selection for key in s["grid"]} | {"train.refit_epochs"})
+    if differing:
+        logger.warning(f"{model_exp_dir}: the folds were trained with different configs "
+                       f"({', '.join(sorted(differing))}); RESULTS.md lists them")
+        result["config_differences"] = differing
     return result
+
+
+def _flat(doc: dict, prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(folds: Sequence[FoldScore], grid_keys: set) -> Dict[str, Dict[str, Any]]:
+    """key -> {fold: value} for every config key whose value is not the same in all folds' config.yaml, beside
+    the keys a grid chose per fold: one pooled result from folds trained otherwise (a patience raised on some
+    folds, a flag set for a rerun) is a mixture the reader must be told of."""
+    configs = {}
+    for f in folds:
+        path = f.exp_dir / "config.yaml"
+        if path.is_file():
+            configs[f.name] = _flat(read_yaml_file(path, ScoreError) or {})
+    keys = sorted(set().union(*configs.values())) if configs else []
+    return {key: {name: config.get(key) for name, config in configs.items()} for key in keys
+            if key not in grid_keys and len({repr(config.get(key)) for config in configs.values()}) > 1}

@@ -30,7 +30,14 @@ def _fold_coverage(result: dict) -> str:
     text = f"{total}; scored {len(result['folds'])}"
     if result["missing_folds"]:
         text += f"; **missing: {', '.join(result['missing_folds'])}** (no {DECODE_SUBDIR}/)"
+    if unfinished_folds(result):
+        text += f"; **partial: {', '.join(unfinished_folds(result))} not finished training**"
     return text
+
+
+def unfinished_folds(result: dict) -> List[str]:
+    """Scored folds whose training had not finished (decoded with --retest while it went on, or stopped)."""
+    return [f["fold"] for f in result["per_fold"] if f.get("dev") and not f["dev"]["finished"]]
 
 
 def card_markdown(result: dict) -> str:
@@ -60,6 +67,10 @@ def card_markdown(result: dict) -> str:
         lines.append(f"- final model: a refit in {len(refits)} fold(s) (`sertk refit`): the set-up and the epoch count "
                      f"dev chose in {_common_parent(list(refits.values()))}, trained again on train + dev; "
                      "its last epoch decoded on test")
+    if result.get("config_differences"):
+        lines.append("- **the folds were trained with different configs** (beside any grid's choices): " + "; ".join(
+            f"`{key}` " + ", ".join(f"{fold} {_show(value)}" for fold, value in values.items())
+            for key, values in result["config_differences"].items()))
     if result.get("dev_selection"):
         folds = [s["fold"] for s in result["dev_selection"]]
         lines.append(f"- hyper-parameters: chosen on dev by a grid in {len(folds)} fold(s) ({', '.join(folds)}); "
@@ -91,6 +102,9 @@ def summary_markdown(result: dict) -> str:
             "folds, sample std (ddof=1). Segment level: each segment's argmax against its utterance's label.")
     if result["missing_folds"]:
         note += f" **Missing folds not included: {', '.join(result['missing_folds'])}.**"
+    if unfinished_folds(result):
+        note += (f" **Partial: {', '.join(unfinished_folds(result))} had not finished training when decoded; "
+                 "not a final result.**")
     return _md_table(header, rows) + "\n" + note + "\n"
 
 

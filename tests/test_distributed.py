@@ -46,6 +46,8 @@ def test_pieces_of_a_batch_cover_it_once():
         assert [i for p in parts for i in p] == list(range(10))
     batches = [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
     assert list(PieceSampler(batches, Ranks(1, 2))) == [[2, 3], [7, 8]]
+    sampler = PieceSampler(batches, Ranks(0, 2), frames=lambda i: 100 - 10 * i)   # item 0 longest, then 4
+    assert list(sampler) == [[0, 1], [4, 5, 6]] and list(sampler.longest) == [100, 60]   # the whole batches
 
 
 def test_a_piece_is_masked_as_its_rows_of_the_whole_batch():

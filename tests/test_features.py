@@ -391,9 +391,9 @@ def test_failure_midway_leaves_the_existing_dump_unchanged(feat_data, tmp_path, 
         calls.append(path)
         if len(calls) > 10:
             raise RuntimeError("disk went away")
-        return load_audio(path, sr)
+        return load_audio(path, sr), sr
 
-    monkeypatch.setattr(extract_jobs, "load_audio", failing_load)   # where the jobs read audio
+    monkeypatch.setattr(extract_jobs, "load_audio_and_rate", failing_load)   # where the jobs read audio
     changed = {**CONFIG, "streams": {"logmel": {"type": "logmel", "n_mels": 20}}}
     with pytest.raises(RuntimeError, match="disk went away"):
         extract_features(feat_data, changed, out, batch_size=4)
@@ -548,6 +548,15 @@ def test_cli_extract_prints_per_stream_summary_then_skips(feat_data, tmp_path):
     assert rebuilt.exit_code == 0 and "skipped" not in rebuilt.output and ark.stat().st_size == size
     ark.unlink()
     assert "skipped" not in CliRunner().invoke(features, args).output and ark.stat().st_size == size
+    # a dump from before the sizes were recorded is checked for what its index names, and rebuilt without one
+    doc = yaml.safe_load((tmp_path / "dump" / "features.yaml").read_text())
+    del doc["dump"]["ark_bytes"]
+    (tmp_path / "dump" / "features.yaml").write_text(yaml.safe_dump(doc))
+    assert "up to date" in CliRunner().invoke(features, args).output
+    (tmp_path / "dump" / "lld" / "feats.scp").unlink()
+    rebuilt = CliRunner().invoke(features, args)
+    assert rebuilt.exit_code == 0 and "up to date" not in rebuilt.output
+    assert (tmp_path / "dump" / "lld" / "feats.scp").is_file()
 
 
 def _sertk(*args):

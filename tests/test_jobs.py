@@ -169,7 +169,10 @@ def test_split_extraction_on_local_jobs_equals_one_command(sertk_cli, emodb_dir,
     merged = sertk_cli(*extract[1:], "--merge")
     assert merged.exit_code == 0, merged.output
     assert "merged from 3 separate jobs" in merged.output and not (tmp_path / "split.split3").exists()
-    assert yaml.safe_load((whole / "features.yaml").read_text()) == yaml.safe_load((split / "features.yaml").read_text())
+    records = [yaml.safe_load((d / "features.yaml").read_text()) for d in (whole, split)]
+    for record in records:
+        del record["dump"]["ark_bytes"]   # one ark against three: the same features, in other files
+    assert records[0] == records[1]
     for stream in FEATURES["streams"]:
         a, b = load_feats(whole, stream), load_feats(split, stream)
         assert sorted(a) == sorted(b)

@@ -138,14 +138,59 @@ def test_a_decode_test_of_other_data_than_the_fold_s_test_set_is_refused(exp_tre
     info = yaml.safe_load(decode_yaml.read_text())
     protocol_dir = Path(info["protocol_dir"])
     decode_yaml.write_text(yaml.safe_dump({**info, "data_dir": str(protocol_dir / "fold1" / "dev")}))
-    with pytest.raises(ScoreError, match=r"fold1/decode_test: decoded .*fold1/dev is not fold 1's test set"):
+    with pytest.raises(ScoreError, match=r"fold1/decode_test: decoded .*fold1/dev, which is not fold 1's test set "
+                                         r"\(.*; decode the fold's test dir into it"):
         collect(exp_tree)
     decode_yaml.write_text(yaml.safe_dump({**info, "data_dir": str(protocol_dir / "fold1" / "test")}))
     assert collect(exp_tree)["folds"] == ["fold1", "fold2", "fold3"]
     utt2emo = protocol_dir / "fold1" / "test" / "utt2emo"
     utt2emo.write_text(utt2emo.read_text().replace("s1-001 b", "s1-001 a"))   # a label changed after the folds
-    with pytest.raises(ScoreError, match="is not fold 1's test set"):
+    with pytest.raises(ScoreError, match=r"fold1/test, fold 1's test set, changed after the folds were made .*: "
+                                         r"sertk data check .* says what"):
         collect(exp_tree)
+    (protocol_dir / "protocol.yaml").unlink()   # no card: nothing to compare with, scored as before (warned)
+    assert collect(exp_tree)["folds"] == ["fold1", "fold2", "fold3"]
+
+
+def test_a_decode_test_of_a_checkpoint_the_fold_no_longer_holds_is_refused(exp_tree):
+    """Trained again after its test decode: dev chose another best.pt, and the old decode is not its result."""
+    import hashlib
+    fold = exp_tree / "fold1"
+    (fold / "best.pt").write_bytes(b"weights of the run that was decoded")
+    decode_yaml = fold / "decode_test" / "decode.yaml"
+    info = yaml.safe_load(decode_yaml.read_text())
+    digest = hashlib.sha256(b"weights of the run that was decoded").hexdigest()
+    decode_yaml.write_text(yaml.safe_dump({**info, "checkpoint": "best.pt", "checkpoint_sha256": digest,
+                                           "checkpoint_epoch": 3}))
+    assert collect(exp_tree)["folds"] == ["fold1", "fold2", "fold3"]
+    (fold / "best.pt").write_bytes(b"weights of a later training")
+    with pytest.raises(ScoreError, match=r"fold1/decode_test: decoded with checkpoint [0-9a-f]{12} \(epoch 3\), but "
+                                         r".*fold1/best.pt is another now"):
+        collect(exp_tree)
+    (fold / "best.pt").unlink()   # a kept record: no checkpoints, taken as kept
+    assert collect(exp_tree)["folds"] == ["fold1", "fold2", "fold3"]
+
+
+def test_a_fold_decoded_before_its_training_finished_makes_the_result_partial(exp_tree):
+    from sertk.results_md import card_markdown, summary_markdown
+    result = collect(exp_tree)
+    assert "partial" not in summary_markdown(result).lower() and "partial" not in card_markdown(result).lower()
+    result["per_fold"][1]["dev"] = {"metric": "ua", "score": 0.5, "best_epoch": 2, "epochs_run": 2, "finished": False}
+    assert "**Partial: fold2 had not finished training when decoded; not a final result.**" in summary_markdown(result)
+    assert "**partial: fold2 not finished training**" in card_markdown(result)
+
+
+def test_folds_trained_with_different_configs_are_said_to_be(exp_tree, caplog):
+    """One pooled number from folds trained otherwise (a patience raised on one) is a mixture: say so."""
+    for k, patience in ((1, 10), (2, 10), (3, 20)):
+        (exp_tree / f"fold{k}" / "config.yaml").write_text(yaml.safe_dump(
+            {"model": {"name": "toy"}, "train": {"patience": patience, "refit_epochs": k}}))
+    with caplog.at_level(logging.WARNING, logger="sertk"):
+        result = collect(exp_tree)
+    assert result["config_differences"] == {"train.patience": {"fold1": 10, "fold2": 10, "fold3": 20}}
+    assert "trained with different configs (train.patience)" in caplog.text
+    assert ("- **the folds were trained with different configs** (beside any grid's choices): `train.patience` "
+            "fold1 10, fold2 10, fold3 20") in (exp_tree / "RESULTS.md").read_text()
 
 
 def test_decode_yaml_must_say_what_to_score_against(tmp_path):

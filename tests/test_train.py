@@ -419,6 +419,12 @@ def test_the_test_set_of_a_model_still_training_waits(setup, trained, tmp_path):
     assert result.exit_code == 0 and f"{exp}: still training (epoch {last['epoch']}); not decoded" in result.output
     assert not (tmp_path / "test").exists()
     decode_data_dir(exp, fold / "test", setup / "dump", tmp_path / "test", retest=True)
+    # stopped between best.pt and last.pt of its first epoch: a new start trains from scratch, best.pt will change
+    first = tmp_path / "first"
+    shutil.copytree(trained, first)
+    (first / "last.pt").unlink()
+    with pytest.raises(DecodeError, match=r"still training \(stopped in its first epoch \(best.pt, no last.pt\)\)"):
+        decode_data_dir(first, fold / "test", setup / "dump", tmp_path / "test_first")
 
 
 def test_posteriors_do_not_depend_on_batch_size(setup, trained, tmp_path):

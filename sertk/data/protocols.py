@@ -308,7 +308,8 @@ def _card(dd: DataDir, name: str, proto: Protocol, folds: List[Fold], corpus: st
 
 
 def test_split_mismatch(protocol_dir, fold: int, data_dir) -> Optional[str]:
-    """Why `data_dir` is not fold `fold`'s test set of the protocol in `protocol_dir`, else None: a dev set
+    """Why `data_dir` is not fold `fold`'s test set of the protocol in `protocol_dir`, as it was when the folds
+    were made, else None (ProtocolError when there is no readable card): a dev set
     (or another fold's test set) decoded into decode_test would otherwise be scored as the test result.
     Compared by the card's checksum of that split (ids, speakers, labels, audio paths); cards written
     before it are compared by path. `protocol_dir` may name the card file itself."""
@@ -325,8 +326,13 @@ def test_split_mismatch(protocol_dir, fold: int, data_dir) -> Optional[str]:
         same = Path(data_dir).resolve() == test_dir.resolve()
     else:
         same = split_checksum(DataDir.load(data_dir, audio="none")) == expected   # labels decide scores
-    return None if same else (f"{data_dir} is not fold {fold}'s test set ({test_dir}: its utterances, speakers, "
-                              "labels or audio paths differ)")
+    if same:
+        return None
+    if Path(data_dir).resolve() == test_dir.resolve():
+        return (f"{data_dir}, fold {fold}'s test set, changed after the folds were made (its utterances, speakers, "
+                f"labels or audio paths differ from the card's checksum): sertk data check {protocol_dir} says what")
+    return (f"{data_dir}, which is not fold {fold}'s test set ({test_dir}: its utterances, speakers, labels or audio "
+            "paths differ); decode the fold's test dir into it (sertk decode --retest)")
 
 
 def load_card(path) -> dict:

@@ -24,6 +24,8 @@ from sertk.features.reading import Normalization, StreamLayout, load_streams
 from sertk.features.storage import read_dump_config
 from sertk.features.segments import SegmentConfig
 from sertk.fsutil import sha256_file
+from sertk.gridrecord import GRID_FILE
+from sertk.results_dev import KEPT_LAST
 from sertk.experiment import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,13 @@ def still_training(exp_dir: Path) -> List[str]:
         if not state.get("finished", True):        # (checkpoints from before the flag: finished)
             where = last.parent.relative_to(exp_dir).as_posix()
             runs.append(("" if where == "." else f"{where}: ") + f"epoch {state.get('epoch')}")
+    # best.pt is written before last.pt in an epoch: a run stopped between the two has a best.pt and no
+    # last.pt (nor a kept record's last.yaml), and its next start trains from the beginning. A grid's E holds
+    # a copy of the chosen point's best.pt beside grid.yaml; its points have their own last.pt.
+    for best in sorted(Path(exp_dir).rglob(DEV_SELECTED)):
+        if not any((best.parent / name).is_file() for name in (LAST_CHECKPOINT, KEPT_LAST, GRID_FILE)):
+            where = best.parent.relative_to(exp_dir).as_posix()
+            runs.append(("" if where == "." else f"{where}: ") + "stopped in its first epoch (best.pt, no last.pt)")
     return runs
 
 

@@ -14,8 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from sertk.audio import (MIN_SECONDS, audio_info, band_limit_reason, load_audio, silence_reason, too_short_reason,
-                         truncation)
+from sertk.audio import (MIN_SECONDS, band_limit_reason, load_audio, load_audio_and_rate, silence_reason,
+                         too_short_reason, truncation)
 from sertk.errors import AudioError, FeatureError
 from sertk.features import storage
 from sertk.features.preprocess import PreprocessConfig, PreprocessStats, preprocess
@@ -78,12 +78,12 @@ def run_job(job: Job) -> JobResult:
             kept, audio = [], []
             for utt, path in batch:
                 try:
-                    samples = load_audio(path, job.sample_rate)
+                    samples, source_rate = load_audio_and_rate(path, job.sample_rate)
                 except AudioError as e:
                     result.bad_audio.append([utt, str(e)])
                     continue
-                result.audio_issues += [[utt, kind, f"{path}: {why}"]
-                                        for kind, why in audio_issues(path, samples, job.sample_rate, job.min_seconds)]
+                result.audio_issues += [[utt, kind, f"{path}: {why}"] for kind, why
+                                        in audio_issues(path, samples, job.sample_rate, job.min_seconds, source_rate)]
                 kept.append(utt)
                 audio.append(samples)
             if result.bad_audio or job.check_only:   # no dump: look at the remaining files only
@@ -105,12 +105,14 @@ def run_job(job: Job) -> JobResult:
     return result
 
 
-def audio_issues(path: str, samples: np.ndarray, sample_rate: int, min_seconds: float) -> List[Tuple[str, str]]:
-    """(kind, reason) for each way the file at `path`, decoded to `samples`, holds less than it should."""
+def audio_issues(path: str, samples: np.ndarray, sample_rate: int, min_seconds: float,
+                 source_rate: int) -> List[Tuple[str, str]]:
+    """(kind, reason) for each way the file at `path`, recorded at `source_rate` and decoded to `samples` at
+    `sample_rate`, holds less than it should."""
     seconds = len(samples) / sample_rate
     found = [(TRUNCATED, truncation(path, seconds)), (TOO_SHORT, too_short_reason(seconds, min_seconds)),
              (SILENT, silence_reason(float(np.abs(samples).max()))),
-             (BAND_LIMITED, band_limit_reason(audio_info(path).sample_rate, sample_rate))]   # upsampled: say so
+             (BAND_LIMITED, band_limit_reason(source_rate, sample_rate))]   # upsampled: say so
     return [(kind, why) for kind, why in found if why]
 
 

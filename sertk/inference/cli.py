@@ -148,8 +148,9 @@ def _settings(inf, segment: str, vad) -> dict:
     settings = {"window": windows.length, "hop": windows.hop if windows.length is not None else None,
                 "tail": windows.tail, "normalization": inf.normalization_mode}
     if inf.normalization_mode == "speaker":
-        # one value (features.speaker_min_utts) recorded per stream; None: packs from before the rule
-        values = {st.get("min_utts") for st in inf.packed.normalization.get("streams", {}).values()}
+        # one value (features.speaker_min_utts) per stream; not recorded when 1 (and by packs from before the
+        # rule, which apply 1: sertk.features.cmvn)
+        values = {st.get("min_utts", 1) for st in inf.packed.normalization.get("streams", {}).values()}
         settings["speaker_min_utts"] = values.pop() if len(values) == 1 else sorted(values, key=str)
     if segment == "vad":
         settings["chunks"] = {"threshold": vad.threshold, "min_chunk": vad.min_chunk, "max_chunk": vad.max_chunk,

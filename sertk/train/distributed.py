@@ -25,8 +25,9 @@ import contextlib
 import gc
 import os
 import traceback
+from collections import deque
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Sequence
+from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -160,44 +161,38 @@ def backend_name(ranks: Ranks) -> str:
 
 class PieceSampler:
     """A batch sampler yielding this process's piece of each batch of `batches` (a batch sampler or
-    list of index lists, identical on every process)."""
+    list of index lists, identical on every process). With `frames` (index -> the item's length), the
+    longest item of each whole batch is queued in `longest`, in the order the pieces are yielded, so the
+    training loop can pad its piece as the whole batch is padded (`pad_to_batch_longest`); the loader
+    asks for pieces in order, ahead of the loop when it prefetches."""
 
-    def __init__(self, batches: Iterable[List[int]], ranks: Ranks):
-        self.batches, self.ranks = batches, ranks
+    def __init__(self, batches: Iterable[List[int]], ranks: Ranks, frames: Optional[Callable[[int], int]] = None):
+        self.batches, self.ranks, self.frames = batches, ranks, frames
+        self.longest: Deque[int] = deque()
 
     def __iter__(self) -> Iterator[List[int]]:
         for batch in self.batches:
+            if self.frames is not None:
+                self.longest.append(max(self.frames(i) for i in batch))
             yield self.ranks.piece(batch)
 
     def __len__(self) -> int:
         return len(self.batches)
 
 
-def pad_to_batch_longest(batch: Dict[str, torch.Tensor], keys: Sequence[str], ranks: Ranks) -> Dict[str, torch.Tensor]:
+def pad_to_batch_longest(batch: Dict[str, torch.Tensor], keys: Sequence[str], longest: int) -> Dict[str, torch.Tensor]:
     """A piece of whole utterances (each padded by `collate` to the piece's longest) padded on to the whole
-    batch's longest, with zeros (the mask with False), as one process pads the batch: what sees the padding
+    batch's `longest`, with zeros (the mask with False), as one process pads the batch: what sees the padding
     (BatchNorm statistics, SpecAugment's band positions, drawn over the batch's length) then sees what it
     would in one process. `keys`: the tensors with a time axis (dim 1)."""
     length = batch["mask"].shape[1]
-    longest = int(all_max(length, ranks))
-    if longest == length:
+    if longest <= length:
         return batch
     out = dict(batch)
     for key in keys:
         x = batch[key]
         out[key] = torch.cat([x, x.new_zeros((x.shape[0], longest - length) + tuple(x.shape[2:]))], dim=1)
     return out
-
-
-def all_max(value: float, ranks: Ranks) -> float:
-    """The largest `value` over processes."""
-    if not ranks.distributed:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.item()
 
 
 def all_sum(values: Sequence[float], ranks: Ranks) -> List[float]:

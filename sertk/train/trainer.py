@@ -271,17 +271,18 @@ class _Run:
         generator = torch.Generator().manual_seed(self.config["train"]["seed"] * 1000 + epoch)
         batches, seeded = epoch_batches(self.train_set, self.config["train"]["batch_size"],
                                         self.config["train"]["bucket"], generator)
+        pieces = PieceSampler(batches, self.ranks, self.train_set.frames if self.train_set.whole else None) \
+            if self.ranks.distributed else None
         loader = DataLoader(self.train_set, collate_fn=collate, generator=generator if seeded else None,
-                            batch_sampler=PieceSampler(batches, self.ranks) if self.ranks.distributed else batches,
-                            **self.loader_options)
+                            batch_sampler=pieces or batches, **self.loader_options)
         speed = EpochSpeed()
         total, count = 0.0, 0
         waited = time.perf_counter()
         for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if self.ranks.main else True):
             speed.wait += time.perf_counter() - waited
             piece = len(batch["label"])
-            if self.ranks.distributed and self.train_set.whole:
-                batch = distributed.pad_to_batch_longest(batch, self._time_keys, self.ranks)
+            if pieces is not None and self.train_set.whole:
+                batch = distributed.pad_to_batch_longest(batch, self._time_keys, pieces.longest.popleft())
             if self.config["augment"]["specaugment"]:   # every process draws the whole batch's bands
                 spec_augment(batch, self.streams, self.config["augment"], generator,
                              *((self.ranks.rows(self.global_batch), self.global_batch) if self.ranks.distributed

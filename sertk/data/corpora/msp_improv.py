@@ -23,7 +23,7 @@ speaks, while `S` and `P` clips of either actor hold both `FM` and `MF` turns (3
 partner's turns under the actor: a dev speaker would share a voice with training, and
 speaker-level folds would leak. No official description of the fields was available to check.
 
-Ids: speaker `msp_improv_F01`, utterance `msp_improv_M01-MSP-IMPROV-S01A-F01-P-MF01`; session
+Ids: speaker `msp_improv_M01`, utterance `msp_improv_M01-MSP-IMPROV-S01A-F01-P-MF01`; session
 `session1` (utt2sess). Raw label: the consensus letter. Extra files: utt2rectype (P/R/S/T),
 utt2target (the elicitation target letter) and utt2actor (the scenario's actor, e.g. F01). The
 release's 44.1 kHz audio is resampled on loading.
