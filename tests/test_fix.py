@@ -233,6 +233,14 @@ def test_second_run_has_nothing_to_fix_and_writes_no_backup(emodb_dir, sertk_cli
     assert validate_dir(emodb_dir) == []
 
 
+def test_a_folder_where_a_table_should_be_is_one_line_and_nothing_written(emodb_dir, sertk_cli, user_error):
+    (emodb_dir / "spk2utt").unlink()
+    (emodb_dir / "spk2utt").mkdir()
+    assert user_error(sertk_cli("data", "fix", emodb_dir)) == \
+        f"{emodb_dir / 'spk2utt'}: not a file (a folder?); move it away and run the fix again"
+    assert not (emodb_dir / ".backup").exists()
+
+
 def test_two_fixes_in_one_second_keep_both_backups(emodb_dir, monkeypatch):
     monkeypatch.setattr(fix_module.time, "strftime", lambda fmt: "20240101-000000")
     write_lines(emodb_dir, "utt2emo", list(reversed(lines(emodb_dir, "utt2emo"))))

@@ -88,6 +88,9 @@ def _write_changed(path: Path, new_text: Dict[str, str], report: FixReport) -> N
                if not (path / name).is_file() or (path / name).read_bytes() != text.encode("utf-8")]
     if not changed:
         return
+    odd = [name for name in changed if (path / name).exists() and not (path / name).is_file()]
+    if odd:   # checked before the backup folder is made: nothing written
+        raise DataDirError(f"{path / odd[0]}: not a file (a folder?); move it away and run the fix again")
     backup = path / ".backup" / time.strftime("%Y%m%d-%H%M%S")
     n = 1
     while backup.exists():  # two fixes in one second must not overwrite each other's backup
