@@ -110,6 +110,21 @@ def test_whisper_input_length_option(encoders):
         states = torch.stack([s[0, :25] for s in model(mel, output_hidden_states=True).hidden_states], dim=1)
     expected = torch.stack([states.mean(0), states.std(0, unbiased=False)], dim=1).flatten()
     torch.testing.assert_close(b, expected, atol=1e-4, rtol=1e-4)
+    # whisper_pad: the encoder on the audio and 0.5 s of zeros (within the window), the audio's 25 frames pooled
+    padded, padded_config = stats_stream(encoders["whisper"], whisper_pad=0.5)
+    with torch.inference_mode():
+        c = padded(audio[None], torch.tensor([8000]))[0][0, 0]
+    with torch.inference_mode():   # the unpadded stream on audio + 0.5 s of zeros: 50 frames, the first 25 pooled
+        states = torch.stack(own.states(own._load(torch.device("cpu")), torch.nn.functional.pad(audio, (0, 8000))),
+                             dim=1)
+    assert states.shape[0] == 50 and padded_config.whisper_pad == 0.5
+    expected = torch.stack([states[:25].mean(0), states[:25].std(0, unbiased=False)], dim=1).flatten()
+    assert not torch.allclose(c, a)
+    torch.testing.assert_close(c, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(FeatureError, match="whisper_pad pads utterance input"):
+        stats_stream(encoders["whisper"], whisper_input="window", whisper_pad=1.0)
+    with pytest.raises(FeatureError, match="whisper_pad must be 0 to 30 seconds"):
+        stats_stream(encoders["whisper"], whisper_pad=-1.0)
     with pytest.raises(FeatureError, match="whisper_input must be one of utterance, window"):
         stats_stream(encoders["whisper"], whisper_input="30s")
     with pytest.raises(FeatureError, match="span must be one of utterance, segment"):

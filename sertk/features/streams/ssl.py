@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
 from sertk.errors import FeatureError
@@ -67,6 +68,11 @@ class EncoderConfig(StreamConfig):
     # dev, window's probe scored 0.9 UA higher at 12x the encoder time; utterance is kept for that cost
     # (docs/features.md, "Pretrained encoders")
     whisper_input: str = "utterance"
+    # utterance input: seconds of zeros after each piece (within the 30 s), frames of the audio kept. On its own
+    # length Whisper-base gives one frame near the end of a short input a norm 10-30x the others in hidden
+    # states 4-5 (CTranslate2's encoder too), which then weighs in every pooled std; in `window` mode that frame
+    # falls in the padding. A second of padding moves it there at a fraction of window's cost.
+    whisper_pad: float = 0.0
     concatenable = False
 
     def __post_init__(self):
@@ -78,6 +84,10 @@ class EncoderConfig(StreamConfig):
         check_option(bool(self.model.strip()), where, "model must name an encoder, a hub model or a local directory")
         check_option(self.whisper_input in WHISPER_INPUTS, where,
                      f"whisper_input must be one of {', '.join(WHISPER_INPUTS)}, not '{self.whisper_input}'")
+        check_option(0 <= self.whisper_pad <= WHISPER_CHUNK_SECONDS, where,
+                     f"whisper_pad must be 0 to {WHISPER_CHUNK_SECONDS} seconds, not {self.whisper_pad}")
+        check_option(self.whisper_pad == 0 or self.whisper_input == "utterance", where,
+                     "whisper_pad pads utterance input; window input is padded to 30 s already")
 
     def encoder(self, sample_rate: int, where: str = "ssl stream") -> "EncoderInfo":
         if self._info is None:
@@ -267,7 +277,12 @@ class EncoderStates(Stream):
         return [s[0, :frames] for s in encoder(audio[None], output_hidden_states=True).hidden_states]
 
     def _whisper(self, encoder, audio: torch.Tensor) -> List[torch.Tensor]:
-        mel = whisper_log_mel(audio.cpu().numpy(), self._extractor, pad_to_window=self.config.whisper_input == "window")
+        wave = audio.cpu().numpy()
+        pad = min(int(round(self.config.whisper_pad * self.sample_rate)),
+                  WHISPER_CHUNK_SECONDS * self.sample_rate - len(wave))
+        if pad > 0:   # zeros after the audio; only the audio's frames are kept below
+            wave = np.pad(wave, (0, pad))
+        mel = whisper_log_mel(wave, self._extractor, pad_to_window=self.config.whisper_input == "window")
         states = whisper_hidden_states(encoder, mel.to(audio.device, torch.float32))
         frames = max(1, (len(audio) // (WHISPER_HOP // 2) + 1) // 2)
         return [s[0, :frames] for s in states]
