@@ -144,6 +144,29 @@ def test_pack_errors(trained, sertk_cli, user_error, tmp_path):
     assert read_pack(bare / "model.sertk").meta["metrics"]["test"] is None
 
 
+def test_stage_6_packs_only_finished_folds_decoded_with_their_best_pt(trained, sertk_cli, tmp_path):
+    import shutil
+    _, exp, _ = trained
+    fold = tmp_path / "fold1"
+    shutil.copytree(exp, fold, ignore=shutil.ignore_patterns("*.sertk"))
+    ready = sertk_cli("pack", fold, "--skip-unfinished")
+    assert ready.exit_code == 0 and (fold / "model.sertk").is_file()
+    (fold / "model.sertk").unlink()
+    state = torch.load(fold / "last.pt", weights_only=True)
+    state["finished"] = False   # training goes on: best.pt may still change
+    torch.save(state, fold / "last.pt")
+    result = sertk_cli("pack", fold, "--skip-unfinished")
+    assert result.exit_code == 0 and f"{fold}: still training (epoch {state['epoch']}); not packed" in result.output
+    state["finished"] = True
+    torch.save(state, fold / "last.pt")
+    (fold / "best.pt").write_bytes((fold / "best.pt").read_bytes() + b"\0")   # trained again since the decode
+    assert "decoded with another checkpoint than its best.pt; not packed" in \
+        sertk_cli("pack", fold, "--skip-unfinished").output
+    shutil.rmtree(fold / "decode_test")
+    assert "its test set is not decoded yet (stage 4); not packed" in sertk_cli("pack", fold, "--skip-unfinished").output
+    assert not (fold / "model.sertk").exists()
+
+
 def test_damaged_and_foreign_packs_are_refused_without_unpickling(trained, tmp_path, user_error, sertk_cli):
     _, _, model = trained
     (tmp_path / "text.sertk").write_text("hello")

@@ -416,7 +416,8 @@ if run_stage 6; then
     else log "fold $k has no best.pt yet (stage 3); not packed"; fi
   done
   # one command for all folds: each goes into its own fold<k>/model.sertk
-  if [ ${#fold_dirs[@]} -gt 0 ]; then sertk pack "${fold_dirs[@]}" --feats "$dump"; fi
+  # (a fold still training, or not yet decoded with its best.pt, is named and left: stage 4 has skipped it)
+  if [ ${#fold_dirs[@]} -gt 0 ]; then sertk pack "${fold_dirs[@]}" --feats "$dump" --skip-unfinished; fi
 fi
 
 # a run.sh in the exp dir repeats this command: the record of the last good one, so it is written only

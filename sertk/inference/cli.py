@@ -21,7 +21,10 @@ DEFAULT_PACK = "model.sertk"
 @click.option("--feats", type=existing_dir,
               help="The feature dump the model was trained on [default: the one its decode dirs name].")
 @click.option("--info", is_flag=True, help="The paths are packed models: print what they hold.")
-def pack(paths: Tuple[Path], out: Optional[Path], feats: Optional[Path], info: bool) -> None:
+@click.option("--skip-unfinished", is_flag=True,
+              help="Pack nothing, and say so, for a fold still training or whose test set is not decoded with "
+                   "its best.pt: the recipe's stage 6.")
+def pack(paths: Tuple[Path], out: Optional[Path], feats: Optional[Path], info: bool, skip_unfinished: bool) -> None:
     """Pack a fold's dev-selected model (EXP_DIR = exp/<protocol>/<model>/fold<k>; several may be given) into
     one file: weights, config, labels, feature config, normalisation, protocol card and scores. With
     --info, describe packed models."""
@@ -37,7 +40,30 @@ def pack(paths: Tuple[Path], out: Optional[Path], feats: Optional[Path], info: b
         raise click.UsageError(f"-o names one file, but {len(paths)} exp dirs were given (each is packed into "
                                f"its own EXP_DIR/{DEFAULT_PACK} without -o)")
     for path in paths:
+        why = _not_ready(path) if skip_unfinished else None
+        if why:
+            click.echo(f"{path}: {why}; not packed")
+            continue
         click.echo(pack_experiment(path, out or path / DEFAULT_PACK, feats))
+
+
+def _not_ready(exp_dir: Path) -> Optional[str]:
+    """Why a fold is not a finished model with its test result yet, else None."""
+    from sertk.decode.decoder import still_training
+    from sertk.errors import SertkError
+    from sertk.fsutil import sha256_file
+    from sertk.yamlutil import read_yaml_file
+    training = still_training(exp_dir)
+    if training:
+        return f"still training ({', '.join(training)})"
+    record = exp_dir / "decode_test" / "decode.yaml"
+    if not record.is_file():
+        return "its test set is not decoded yet (stage 4)"
+    decoded = (read_yaml_file(record, SertkError) or {}).get("checkpoint_sha256")
+    best = exp_dir / "best.pt"
+    if not best.is_file() or decoded != sha256_file(best):
+        return "its test set was decoded with another checkpoint than its best.pt"
+    return None
 
 
 @click.command()
