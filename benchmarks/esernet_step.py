@@ -20,9 +20,11 @@ import platform
 
 import torch
 
+from sertk.envinfo import cpu_model
 from sertk.models import build_model, dropout_attention
 from sertk.models.esernet_cue import ReconstructionObjective
 from sertk.train.loss import SegmentLoss
+from sertk.train.precision import native_bf16_cpu_flags
 from step_timer import step_seconds
 
 
@@ -57,7 +59,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     frames = [int(f) for f in args.frames.split(",")]
     print(f"esernet training step, batch {args.batch_size}; torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, {args.device} ({platform.processor() or platform.machine()}), "
+          f"threads, {args.device} ({cpu_model() or platform.machine()}; native bf16 CPU flags: "
+          f"{', '.join(native_bf16_cpu_flags()) or 'none'}), "
           f"{'bfloat16 autocast' if args.bf16 else 'float32'}; median of {args.repeat}")
     print(f"{'frames':>6}  {'attn dropout 0.1 (s)':>20}  {'attn dropout 0 (s)':>18}  {'ratio':>5}  "
           f"{'dropout 0.1, old path (s)':>25}  {'old/new':>7}")

@@ -25,7 +25,6 @@ Target (issue 26): stage 2 >= 500x real time and faster than that loop.
 """
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -43,6 +42,7 @@ import torch
 from sertk.audio import load_audio
 from sertk.data.corpora import prepare_corpus
 from sertk.data.datadir import DataDir
+from sertk.envinfo import cpu_model
 from sertk.features.extract import (DEFAULT_BATCH_SIZE, MAX_BATCH_SAMPLES, default_device, extract_features,
                                     plan_batches)
 from sertk.features.streams import build_frontends, parse_config
@@ -103,20 +103,6 @@ def timed(fn, repeat: int):
     return min(times), statistics.median(times)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-
-
 LIBROSA_PROCESS = """
 import sys, warnings
 import librosa, numpy as np, soundfile as sf
@@ -155,7 +141,7 @@ def run_processes(emodb: Path, work: Path, repeat: int) -> None:
     librosa_process()
     ours, lib = timed(stage2, repeat), timed(librosa_process, repeat)
     print(f"data          {emodb}: {len(paths)} utterances, {audio_s / 3600:.3f} h of audio")
-    print(f"machine       {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}; "
+    print(f"machine       {cpu_model() or 'unknown CPU'}, {os.cpu_count()} CPUs; torch {torch.__version__}; "
           f"librosa {librosa.__version__}; python {sys.version.split()[0]}; {repeat} runs each")
     print(f"{'processes, start-up included':34s} {'best s':>8s} {'x RT':>9s} {'median s':>8s} {'x RT':>9s}")
     for name, (best, median) in (("stage 2 (run.sh, logmel64)", ours), ("librosa log-mel loop (python)", lib)):
@@ -227,7 +213,7 @@ def run(data: Path, work: Path, args) -> None:
         print(f"{name:26s} {best:8.3f} {audio_s / best:8.0f}x {median:8.3f} {audio_s / median:8.0f}x{note}")
 
     print(f"data          {data}: {len(paths)} utterances, {audio_s / 3600:.3f} h of audio")
-    print(f"machine       {cpu_model()}, {os.cpu_count()} CPUs; device {device}; torch {torch.__version__} "
+    print(f"machine       {cpu_model() or 'unknown CPU'}, {os.cpu_count()} CPUs; device {device}; torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); librosa {librosa.__version__}; python {sys.version.split()[0]}")
     print(f"settings      nj {args.nj} (end to end only), batch size {args.batch_size}, {args.repeat} runs each")
     print(f"features      log-mel {N_MELS} + MFCC {N_MFCC}, each with deltas and delta-deltas "

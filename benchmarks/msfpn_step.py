@@ -21,9 +21,11 @@ import platform
 
 import torch
 
+from sertk.envinfo import cpu_model
 from sertk.features.storage import load_feats
 from sertk.models import build_model, transformer
 from sertk.train.data import length_batches
+from sertk.train.precision import native_bf16_cpu_flags
 from step_timer import step_seconds
 
 
@@ -58,7 +60,8 @@ def main() -> None:
     if not set(forms) <= {"blocks", "offsets"}:
         parser.error(f"--attention takes blocks and/or offsets, not {args.attention}")
     print(f"msfpn training step, batch {args.batch_size}; torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, {args.device} ({platform.processor() or platform.machine()}), "
+          f"threads, {args.device} ({cpu_model() or platform.machine()}; native bf16 CPU flags: "
+          f"{', '.join(native_bf16_cpu_flags()) or 'none'}), "
           f"{'bfloat16 autocast' if args.bf16 else 'float32'}; median of {args.repeat}")
     print(f"{'frames':>6}  {'attention':>9}  {'HuBERT 1024-d (s)':>17}  {'log-mel 80 + 1x1 (s)':>20}")
     for t in (int(f) for f in args.frames.split(",") if f):   # --frames "": the padding figures only

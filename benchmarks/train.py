@@ -149,8 +149,8 @@ def main() -> None:
     for part, n in (("train", args.train_utts), ("dev", args.dev_utts)):
         spread(DataDir.load(data / "loso" / "fold1" / part), n).save(fold / part)
     from sertk.train.precision import native_bf16_cpu_flags
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    from sertk.envinfo import cpu_model
+    cpu = cpu_model() or "unknown CPU"
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{cpu}, {torch.get_num_threads()} threads"
     print(f"# {device}; native bf16 CPU flags: {', '.join(native_bf16_cpu_flags()) or 'none'}; "
           f"torch {torch.__version__}; python {platform.python_version()}")

@@ -9,7 +9,6 @@ warm-up; each timing is the best of --repeat. Prints seconds, times real time an
 """
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -49,8 +48,8 @@ def main() -> None:
     files = sorted(wav_dir.glob("*.wav"))[:args.files]
     waves = [torch.from_numpy(load_audio(f, 16000)) for f in files]
     audio = sum(len(w) for w in waves) / 16000
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    from sertk.envinfo import cpu_model
+    cpu = cpu_model() or "unknown"
     print(f"{len(files)} EmoDB files, {audio:.1f} s of audio; CPU {cpu}, {args.threads} thread(s), torch "
           f"{torch.__version__}")
     times = {}

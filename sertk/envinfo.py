@@ -42,7 +42,8 @@ def _version(package: str) -> Optional[str]:
         return None
 
 
-def _cpu_model() -> Optional[str]:
+def cpu_model() -> Optional[str]:
+    """The CPU's model name (/proc/cpuinfo), for environment records and the benchmarks' machine line."""
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
             if line.lower().startswith("model name"):
@@ -100,7 +101,7 @@ def environment() -> dict:
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "gpu": _gpu_name(),
         **{name: _version(name) for name in PACKAGES},
         "sertk": sertk.__version__,
