@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 CORPORA = Path(os.environ.get("SERTK_CORPORA", REPO.parent / "shared" / "corpora"))
@@ -41,10 +42,10 @@ def private_tmp(folder: Path) -> Path:
     return tmp
 
 
-def run_recipe(recipe: Path, *args, check: bool = True) -> subprocess.CompletedProcess:
-    """./run.sh ARGS in `recipe`, with this interpreter's `sertk` first on PATH."""
+def run_recipe(recipe: Path, *args, check: bool = True, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """./run.sh ARGS in `recipe`, with this interpreter's `sertk` first on PATH (and `env` added)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "TMPDIR": str(private_tmp(recipe.parent.parent))}
+           "TMPDIR": str(private_tmp(recipe.parent.parent)), **(env or {})}
     result = subprocess.run(["./run.sh", *map(str, args)], cwd=recipe, capture_output=True, text=True, env=env)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]

@@ -80,6 +80,14 @@ def test_recipe_options_are_the_documented_ones(tmp_path):
     assert "[--improvised_only true|false] [--excited_only true|false]" in result.stdout
 
 
+def test_options_come_from_the_command_line_not_the_environment(tmp_path, corpus):
+    """`model=nope stage=5 ./run.sh` ran stage 5 of model nope, and the exp dir's run.sh record said neither."""
+    recipe = copy_recipe(tmp_path, "emodb")
+    result = run_recipe(recipe, "--emodb_root", corpus, "--stage", "7",
+                        env={"model": "nope", "stage": "5", "fold_jobs": "x", "backend": "pbs", "refit": "yes"})
+    assert result.returncode == 0 and result.stderr == ""
+
+
 def test_a_recipe_without_a_root_default_still_has_the_root_option(tmp_path):
     copy_recipe(tmp_path, "emodb")
     recipe = tmp_path / "egs" / "mycorpus"

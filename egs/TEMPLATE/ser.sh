@@ -42,27 +42,29 @@
 set -euo pipefail
 run_args=("$@")
 
-stage=${stage:-0}            # first stage to run
-stop_stage=${stop_stage:-6}  # last stage to run
-model=${model:-crnn}         # conf/models/<model>.yaml
+# the options' defaults (set here, not taken from the environment: `stage=5 ./run.sh` would run what the
+# exp dir's run.sh record does not say)
+stage=0          # first stage to run
+stop_stage=6     # last stage to run
+model=crnn       # conf/models/<model>.yaml
 protocol=${protocol:?run.sh must set protocol}
-folds=${folds:-all}          # e.g. 1,3 to run only those folds
-ngpu=${ngpu:-0}              # 0: CPU; 1: one GPU; N > 1: training in N processes, a GPU each (torchrun)
-nproc=${nproc:-0}            # training processes per node; 0: ngpu's (1 on CPU); N > 1 on CPU: gloo DDP
-torchrun_args=${torchrun_args:---standalone}   # torchrun's rendezvous options (several nodes: see above)
-nj=${nj:-auto}               # feature-extraction jobs; N > 1: N jobs of whole speakers on the backend; auto: see above
-split_hours=${split_hours:-5}  # --nj auto splits stage 2 into jobs only for a corpus longer than this
-fold_jobs=${fold_jobs:-1}    # folds trained at a time, on the backend
-jobs_per_gpu=${jobs_per_gpu:-1}  # local backend with --ngpu: folds that share the same GPU(s) (small models)
+folds=all          # e.g. 1,3 to run only those folds
+ngpu=0              # 0: CPU; 1: one GPU; N > 1: training in N processes, a GPU each (torchrun)
+nproc=0            # training processes per node; 0: ngpu's (1 on CPU); N > 1 on CPU: gloo DDP
+torchrun_args='--standalone'   # torchrun's rendezvous options (several nodes: see above)
+nj=auto               # feature-extraction jobs; N > 1: N jobs of whole speakers on the backend; auto: see above
+split_hours=5  # --nj auto splits stage 2 into jobs only for a corpus longer than this
+fold_jobs=1    # folds trained at a time, on the backend
+jobs_per_gpu=1  # local backend with --ngpu: folds that share the same GPU(s) (small models)
+backend=local
 [ ! -f cmd.sh ] || . ./cmd.sh   # backend=local | slurm
-backend=${backend:-local}
-train_args=${train_args:-}   # passed to `sertk train`, e.g. "--set optim.lr=1e-4 --set train.epochs=5"
-decode_args=${decode_args:-}
-extract_args=${extract_args:-}  # passed to `sertk features extract`, e.g. "--batch-size 8"
-prepare_args=${prepare_args:-}  # passed to `sertk data prepare <corpus>`
-cross_corpus=${cross_corpus:-}  # test on all of this corpus instead (cross-corpus protocol)
-cross_root=${cross_root:-}      # its release folder (downloaded in stage 0 when it is public)
-refit=${refit:-false}           # true: stage 3 then trains each fold's dev-chosen set-up again on train + dev
+train_args=   # passed to `sertk train`, e.g. "--set optim.lr=1e-4 --set train.epochs=5"
+decode_args=
+extract_args=  # passed to `sertk features extract`, e.g. "--batch-size 8"
+prepare_args=  # passed to `sertk data prepare <corpus>`
+cross_corpus=  # test on all of this corpus instead (cross-corpus protocol)
+cross_root=      # its release folder (downloaded in stage 0 when it is public)
+refit=false           # true: stage 3 then trains each fold's dev-chosen set-up again on train + dev
                                 # (sertk refit) into exp/<protocol>/<model>_refit/, whose model stages 4-6 test
 corpus=${corpus:?run.sh must set corpus}
 root_var="${corpus}_root"
@@ -431,7 +433,9 @@ record_is_ours() {  # FILE: absent, or the two lines written below
 if [ "$stage" -le "$last_stage" ]; then
   mkdir -p "$exp"
   if record_is_ours "$exp/run.sh"; then
-    { echo "#!/usr/bin/env bash"; echo "cd $(printf '%q' "$recipe_dir") && ./run.sh $(printf '%q ' "${run_args[@]}")"; } \
+    # (no arguments: printf '%q ' would print '', an argument run.sh refuses)
+    args_text=""; [ ${#run_args[@]} -eq 0 ] || args_text=$(printf '%q ' "${run_args[@]}")
+    { echo "#!/usr/bin/env bash"; echo "cd $(printf '%q' "$recipe_dir") && ./run.sh $args_text"; } \
       > "$exp/.run.sh.tmp"
     chmod +x "$exp/.run.sh.tmp"
     mv -f "$exp/.run.sh.tmp" "$exp/run.sh"
