@@ -17,8 +17,10 @@ class L2LBFGS(torch.optim.LBFGS):
     """torch's L-BFGS with a strong-Wolfe line search, and weight decay as torch's other optimizers mean it:
     wd / 2 ||p||^2 added to the loss of every closure call (so the line search sees it too). Full-batch use
     (train.batch_size >= the training set): each optimizer step is up to max_iter iterations on the whole
-    set, which makes a linear head on fixed vectors a logistic regression fitted as scikit-learn's lbfgs
-    solver fits one (sklearn's C is 1 / (wd x N) for N training rows with balanced class weights)."""
+    set, which makes a linear head on fixed vectors a logistic regression fitted much as scikit-learn's lbfgs
+    solver fits one (sklearn's C is 1 / (wd x N) for N training rows with balanced class weights), except that
+    the bias is penalised too, as torch's weight decay does and sklearn does not (measured on a probe fit:
+    coefficients 2 % apart, probabilities up to 0.016; without the bias penalty 3e-4 and 1.5e-4)."""
 
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, max_iter: int,
                  history_size: int):
