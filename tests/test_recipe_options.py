@@ -187,6 +187,16 @@ def test_another_cross_corpus_folder_than_the_prepared_one_is_refused(tmp_path, 
     assert result.returncode == 1 and result.stderr.splitlines()[-1].startswith(
         f"./run.sh: error: data/ravdess_all was prepared from another folder than --cross_root {second} ("), result.stderr
     run_recipe(recipe, *cross, "--cross_root", first)                    # the same folder: skipped as before
+    # a class mapping of the recipe's own, added after the protocol was made, is not silently ignored
+    (recipe / "conf" / "cross").mkdir(parents=True, exist_ok=True)
+    (recipe / "conf" / "cross" / "emodb_to_ravdess.yaml").write_text(
+        "source: emodb\ntarget: ravdess\nclasses: [anger, happiness, sadness, neutral]\n"
+        "source_map: {boredom: drop, fear: drop, disgust: drop}\n"
+        "target_map: {calm: drop, surprise: drop, fear: drop, disgust: drop}\n")
+    result = run_recipe(recipe, *cross, "--cross_root", first, check=False)
+    assert result.returncode == 1 and result.stderr.splitlines()[-1] == (
+        "sertk: error: data/cross_ravdess was made with another class mapping than conf/cross/emodb_to_ravdess.yaml "
+        "(now: classes ['anger', 'happiness', 'sadness', 'neutral']); remove data/cross_ravdess to make it again")
 
 
 def test_a_model_key_typo_under_torchrun_is_one_line_not_a_traceback_per_process(tmp_path, corpus):

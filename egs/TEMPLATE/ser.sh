@@ -295,7 +295,11 @@ current_stage=1
 if run_stage 1; then
   if [ -f "$data/protocol.yaml" ]; then
     check_prepared_from "$corpus_root" "$data_all" "--${root_var}"
-    if [ -n "$cross_corpus" ]; then check_prepared_from "$cross_root" "$cross_all" --cross_root; fi
+    if [ -n "$cross_corpus" ]; then
+      check_prepared_from "$cross_root" "$cross_all" --cross_root
+      # the mapping file may have changed (or a recipe's own conf/cross/ appeared) since the protocol was made
+      sertk data cross "$data_all" "$cross_all" --map "$cross_map" --out "$data" --verify >/dev/null || exit 1
+    fi
     # shellcheck disable=SC2086
     check_preparation "$data_all" "$(preparation_record "${labels_arg[@]}" $prepare_args)"
     log "$data already made; skipping (remove it and ${data_all} to prepare again)"

@@ -250,7 +250,11 @@ def folds(datadir: Path, protocol: str, out: Path, corpus, num_folds, seed, dev_
               help="Class mapping onto the shared classes (conf/cross/<source>_to_<target>.yaml).")
 @click.option("--out", required=True, type=dir_path, help="Protocol dir to write.")
 @click.option("--dev-speakers", help="Comma-separated source speakers for dev [default: the last sixth].")
-def cross(source_dir: Path, target_dir: Path, map_path: Path, out: Path, dev_speakers: Optional[str]) -> None:
+@click.option("--verify", is_flag=True,
+              help="Write nothing: check that OUT was made with this mapping (a recipe rerun after the mapping "
+                   "file changed would otherwise keep the old protocol).")
+def cross(source_dir: Path, target_dir: Path, map_path: Path, out: Path, dev_speakers: Optional[str],
+          verify: bool) -> None:
     """A cross-corpus protocol: train and dev on SOURCE_DIR, test on all of TARGET_DIR.
 
     \b
@@ -260,6 +264,15 @@ def cross(source_dir: Path, target_dir: Path, map_path: Path, out: Path, dev_spe
     left out and counted. One fold, written like `sertk data folds` writes its folds.
     """
     mapping = load_class_mapping(map_path)
+    if verify:
+        from sertk.data.protocols import load_card
+        made = {k: v for k, v in (load_card(out).get("class_map") or {}).items() if k != "file"}
+        wanted = {k: v for k, v in mapping.to_dict().items() if k != "file"}
+        if made != wanted:
+            raise ProtocolError(f"{out} was made with another class mapping than {map_path} (now: classes "
+                                f"{wanted['classes']}); remove {out} to make it again")
+        click.echo(f"{out}: made with the mapping of {map_path}")
+        return
     _check_output(out, [source_dir, target_dir], "protocol dir", owns_protocol_dir)
     card = make_cross_protocol(DataDir.load(source_dir), DataDir.load(target_dir), mapping, out,
                                dev_speakers=dev_speakers.split(",") if dev_speakers else None,
