@@ -106,7 +106,8 @@ def main() -> None:
             t0 = time.perf_counter()
             get_speech_timestamps(head, make_backend("silero").model, sampling_rate=SR)
             wall = time.perf_counter() - t0
-            print(f"silero's own RTF {wall / (len(head) / SR):.5f}  ({wall:.1f} s for the first 5 min, frame by frame)")
+            print(f"silero's own RTF {wall / (len(head) / SR):.5f}  ({wall:.1f} s for the first "
+                  f"{len(head) / SR / 60:.1f} min, frame by frame)")
 
 
 if __name__ == "__main__":
