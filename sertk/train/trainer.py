@@ -274,7 +274,7 @@ class _Run:
         pieces = PieceSampler(batches, self.ranks, self.train_set.frames if self.train_set.whole else None) \
             if self.ranks.distributed else None
         loader = DataLoader(self.train_set, collate_fn=collate, generator=generator if seeded else None,
-                            batch_sampler=pieces or batches, **self.loader_options)
+                            batch_sampler=pieces if pieces is not None else batches, **self.loader_options)
         speed = EpochSpeed()
         total, count = 0.0, 0
         waited = time.perf_counter()
