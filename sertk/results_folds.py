@@ -10,14 +10,14 @@ import numpy as np
 
 from sertk.data.protocols import CARD_FILE, load_card, test_split_mismatch
 from sertk.decode import is_decode_dir
+from sertk.decode.decodedir import decoded_with_current_checkpoint
 from sertk.envinfo import ENV_FILE, environment
 from sertk.errors import ProtocolError, ScoreError, SertkError
-from sertk.fsutil import sha256_file
 from sertk.gridrecord import GRID_FILE, read_grid_record
 from sertk.results_dev import dev_record, find_fold_dirs, read_refit_record
 from sertk.results_training import fold_training
 from sertk.score import SEGMENT, metrics_from_confusion, score_decode_dir
-from sertk.yamlutil import read_yaml_file
+from sertk.yamlutil import flat_keys, read_yaml_file
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +80,9 @@ def score_fold(number: int, fold_dir: Path) -> FoldScore:
     info = _read_yaml(decode_dir / "decode.yaml") if (decode_dir / "decode.yaml").is_file() else {}
     data_dir = _data_dir_of(decode_dir, info, number)
     protocol_dir = _protocol_dir_of(decode_dir, info)
-    if protocol_dir is not None:
-        try:
-            wrong = test_split_mismatch(protocol_dir, number, data_dir)
-        except ProtocolError:   # no readable card: nothing to compare with (_load_card warns of it)
-            wrong = None
-        if wrong:
-            raise ScoreError(f"{decode_dir}: decoded {wrong}")
+    wrong = test_split_mismatch(protocol_dir, number, data_dir) if protocol_dir is not None else None
+    if wrong:
+        raise ScoreError(f"{decode_dir}: decoded {wrong}")
     _check_decoded_checkpoint(fold_dir, decode_dir, info)
     score = score_decode_dir(decode_dir, data_dir)
     return FoldScore(number, fold_dir, score, info)
@@ -96,14 +92,11 @@ def _check_decoded_checkpoint(fold_dir: Path, decode_dir: Path, info: dict) -> N
     """The test decode was made with the checkpoint the fold holds now: a run trained again (or on) after its
     test decode has another best.pt, which dev chose; the old decode is not its result. Kept records (no
     checkpoints) are taken as kept."""
-    name, recorded = info.get("checkpoint"), info.get("checkpoint_sha256")
-    path = fold_dir / Path(str(name)).name if name else None
-    if not recorded or path is None or not path.is_file():
-        return
-    if sha256_file(path) != recorded:
-        raise ScoreError(f"{decode_dir}: decoded with checkpoint {recorded[:12]} (epoch "
-                         f"{info.get('checkpoint_epoch')}), but {path} is another now (trained again since); "
-                         "its test set must be decoded again (sertk decode --retest), or the old checkpoint restored")
+    if decoded_with_current_checkpoint(fold_dir, info) is False:
+        raise ScoreError(f"{decode_dir}: decoded with checkpoint {info['checkpoint_sha256'][:12]} (epoch "
+                         f"{info.get('checkpoint_epoch')}), but {fold_dir / Path(str(info['checkpoint'])).name} is "
+                         "another now (trained again since); its test set must be decoded again (sertk decode "
+                         "--retest), or the old checkpoint restored")
 
 
 def _check_same_classes(folds: Sequence[FoldScore]) -> List[str]:
@@ -269,16 +262,6 @@ def collect_scores(model_exp_dir) -> dict:
     return result
 
 
-def _flat(doc: dict, prefix: str = "") -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for key, value in doc.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def config_differences(folds: Sequence[FoldScore], grid_keys: set) -> Dict[str, Dict[str, Any]]:
     """key -> {fold: value} for every config key whose value is not the same in all folds' config.yaml, beside
     the keys a grid chose per fold: one pooled result from folds trained otherwise (a patience raised on some
@@ -287,7 +270,7 @@ def config_differences(folds: Sequence[FoldScore], grid_keys: set) -> Dict[str, 
     for f in folds:
         path = f.exp_dir / "config.yaml"
         if path.is_file():
-            configs[f.name] = _flat(read_yaml_file(path, ScoreError) or {})
+            configs[f.name] = flat_keys(read_yaml_file(path, ScoreError) or {}, lists=False)
     keys = sorted(set().union(*configs.values())) if configs else []
     return {key: {name: config.get(key) for name, config in configs.items()} for key in keys
             if key not in grid_keys and len({repr(config.get(key)) for config in configs.values()}) > 1}

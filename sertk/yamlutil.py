@@ -2,7 +2,7 @@
 key given twice in one mapping (PyYAML keeps the last and silently drops the other)."""
 import re
 from pathlib import Path
-from typing import Type
+from typing import Any, Dict, Type
 
 import yaml
 
@@ -61,3 +61,15 @@ def read_yaml_file(path, error: Type[Exception], mapping: bool = True):
     if mapping and not isinstance(doc, dict):
         raise error(f"{path}: expected a mapping of keys to values")
     return doc
+
+
+def flat_keys(doc: Any, lists: bool = True, prefix: str = "") -> Dict[str, Any]:
+    """A YAML document's leaves by dotted key (`train.patience`), lists flattened by index too (`lists`) or
+    kept as values; an empty mapping or list is a leaf of its own."""
+    if isinstance(doc, dict) or (lists and isinstance(doc, list)):
+        items = doc.items() if isinstance(doc, dict) else enumerate(doc)
+        out: Dict[str, Any] = {}
+        for key, value in items:
+            out.update(flat_keys(value, lists, f"{prefix}{key}."))
+        return out or {prefix.rstrip("."): type(doc)()}
+    return {prefix.rstrip("."): doc}

@@ -48,24 +48,24 @@ stage=0          # first stage to run
 stop_stage=6     # last stage to run
 model=crnn       # conf/models/<model>.yaml
 protocol=${protocol:?run.sh must set protocol}
-folds=all          # e.g. 1,3 to run only those folds
-ngpu=0              # 0: CPU; 1: one GPU; N > 1: training in N processes, a GPU each (torchrun)
-nproc=0            # training processes per node; 0: ngpu's (1 on CPU); N > 1 on CPU: gloo DDP
-torchrun_args='--standalone'   # torchrun's rendezvous options (several nodes: see above)
-nj=auto               # feature-extraction jobs; N > 1: N jobs of whole speakers on the backend; auto: see above
-split_hours=5  # --nj auto splits stage 2 into jobs only for a corpus longer than this
-fold_jobs=1    # folds trained at a time, on the backend
-jobs_per_gpu=1  # local backend with --ngpu: folds that share the same GPU(s) (small models)
+folds=all        # e.g. 1,3 to run only those folds
+ngpu=0           # 0: CPU; 1: one GPU; N > 1: training in N processes, a GPU each (torchrun)
+nproc=0          # training processes per node; 0: ngpu's (1 on CPU); N > 1 on CPU: gloo DDP
+torchrun_args=--standalone  # torchrun's rendezvous options (several nodes: see above)
+nj=auto          # feature-extraction jobs; N > 1: N jobs of whole speakers on the backend; auto: see above
+split_hours=5    # --nj auto splits stage 2 into jobs only for a corpus longer than this
+fold_jobs=1      # folds trained at a time, on the backend
+jobs_per_gpu=1   # local backend with --ngpu: folds that share the same GPU(s) (small models)
 backend=local
 [ ! -f cmd.sh ] || . ./cmd.sh   # backend=local | slurm
-train_args=   # passed to `sertk train`, e.g. "--set optim.lr=1e-4 --set train.epochs=5"
+train_args=      # passed to `sertk train`, e.g. "--set optim.lr=1e-4 --set train.epochs=5"
 decode_args=
-extract_args=  # passed to `sertk features extract`, e.g. "--batch-size 8"
-prepare_args=  # passed to `sertk data prepare <corpus>`
-cross_corpus=  # test on all of this corpus instead (cross-corpus protocol)
+extract_args=    # passed to `sertk features extract`, e.g. "--batch-size 8"
+prepare_args=    # passed to `sertk data prepare <corpus>`
+cross_corpus=    # test on all of this corpus instead (cross-corpus protocol)
 cross_root=      # its release folder (downloaded in stage 0 when it is public)
-refit=false           # true: stage 3 then trains each fold's dev-chosen set-up again on train + dev
-                                # (sertk refit) into exp/<protocol>/<model>_refit/, whose model stages 4-6 test
+refit=false      # true: stage 3 then trains each fold's dev-chosen set-up again on train + dev
+                 # (sertk refit) into exp/<protocol>/<model>_refit/, whose model stages 4-6 test
 corpus=${corpus:?run.sh must set corpus}
 root_var="${corpus}_root"
 # shellcheck disable=SC2034  # read by parse_options.sh

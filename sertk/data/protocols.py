@@ -309,14 +309,17 @@ def _card(dd: DataDir, name: str, proto: Protocol, folds: List[Fold], corpus: st
 
 def test_split_mismatch(protocol_dir, fold: int, data_dir) -> Optional[str]:
     """Why `data_dir` is not fold `fold`'s test set of the protocol in `protocol_dir`, as it was when the folds
-    were made, else None (ProtocolError when there is no readable card): a dev set
+    were made, else None (also when there is no readable card: nothing to compare with): a dev set
     (or another fold's test set) decoded into decode_test would otherwise be scored as the test result.
     Compared by the card's checksum of that split (ids, speakers, labels, audio paths); cards written
     before it are compared by path. `protocol_dir` may name the card file itself."""
     protocol_dir = Path(protocol_dir)
     if protocol_dir.is_file():
         protocol_dir = protocol_dir.parent
-    card = load_card(protocol_dir)
+    try:
+        card = load_card(protocol_dir)
+    except ProtocolError:   # collect and pack say the card is missing; the decode is scored as before
+        return None
     entry = next((f for f in card.get("folds") or [] if isinstance(f, dict) and f.get("fold") == fold), None)
     if entry is None:
         return f"the protocol in {protocol_dir} has no fold {fold}"

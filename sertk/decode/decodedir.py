@@ -14,7 +14,7 @@ This module needs numpy only, so scoring never imports torch.
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import yaml
@@ -22,7 +22,7 @@ import yaml
 from sertk.data.table import format_table, read_table
 from sertk.decode.voting import DEFAULT_RULE, VOTING_RULES, check_rule, decide, vote
 from sertk.errors import ScoreError
-from sertk.fsutil import atomic_output_dir, owned_by
+from sertk.fsutil import atomic_output_dir, owned_by, sha256_file
 from sertk.yamlutil import read_yaml_file
 
 NUMBER_FORMAT = "%.6g"
@@ -167,3 +167,13 @@ def _rules_present(path: Path) -> List[str]:
     votes = path / "votes"
     found = {p.name for p in votes.iterdir() if p.is_dir()} if votes.is_dir() else set()
     return [r for r in VOTING_RULES if r in found] + sorted(found - set(VOTING_RULES))
+
+
+def decoded_with_current_checkpoint(exp_dir: Path, info: Mapping) -> Optional[bool]:
+    """Whether a decode dir's record (`info`, its decode.yaml) names the checkpoint `exp_dir` holds now, by
+    SHA-256; None when that cannot be told (no checkpoint there, as in a kept record, or no recorded hash)."""
+    name, recorded = info.get("checkpoint"), info.get("checkpoint_sha256")
+    path = Path(exp_dir) / Path(str(name)).name if name else None
+    if not recorded or path is None or not path.is_file():
+        return None
+    return sha256_file(path) == recorded

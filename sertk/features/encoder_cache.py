@@ -202,13 +202,14 @@ def _check_existing(spec: NamedEncoder, folder: Path, verify: bool) -> Path:
         raise damaged(f"{STAMP} records {stamp.get('name')} sha256 {stamp.get('sha256')} size {stamp.get('size')}, "
                       f"this sertk expects sha256 {spec.sha256} size {spec.size}")
     model = folder / MODEL_BIN
-    size = model.stat().st_size if model.is_file() else None
+    stat = model.stat() if model.is_file() else None
+    size = stat.st_size if stat else None
     if size != spec.size:
         raise damaged(f"{MODEL_BIN} " + ("missing" if size is None else f"is {size} bytes, expected {spec.size}"))
     for pf in spec.side_files:
         if not (folder / Path(pf.path).name).is_file():
             raise damaged(f"{Path(pf.path).name} missing")
-    key = (str(model.resolve()), model.stat().st_size, model.stat().st_mtime_ns)
+    key = (str(model.resolve()), stat.st_size, stat.st_mtime_ns)
     if verify or key not in _VERIFIED:   # a fraction of a second (145 MB for whisper-base), once per process
         got = sha256_file(model)
         if got != spec.sha256:

@@ -150,9 +150,8 @@ def _damaged_ark(out_dir: Path, cfg: FeatureConfig, recorded: Optional[Dict[str,
             scp = out_dir / name / storage.SCP_FILE
             if not scp.is_file():
                 return f"stream {name}: no {storage.SCP_FILE}"
-            named = {line.split(" ", 1)[1].rsplit(":", 1)[0] for line in scp.read_text(encoding="utf-8").splitlines()
-                     if " " in line}
-            expected = {Path(ark).name: None for ark in named}
+            expected = {Path(entry.rstrip().rpartition(":")[0]).name: None
+                        for entry in storage.feats_index(out_dir, name).values()}
         for ark, size in expected.items():
             path = out_dir / name / ark
             if not path.is_file():

@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterable, List, Optional, Set
 from sertk.errors import FeatureError
 from sertk.features.storage import SCP_FILE, read_dump_config
 from sertk.features.streams import DUMP_INFO_KEY
+from sertk.yamlutil import flat_keys
 
 
 def streams_with_grids(doc: Dict[str, Any], streams: Iterable[str]) -> Set[str]:
@@ -30,23 +31,9 @@ def model_feature_config(doc: Dict[str, Any], streams: Iterable[str]) -> Dict[st
     return features
 
 
-def _flat(doc: Any, prefix: str = "") -> Dict[str, Any]:
-    if isinstance(doc, dict):
-        out = {}
-        for key, value in doc.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out or {prefix.rstrip("."): {}}
-    if isinstance(doc, list):
-        out = {}
-        for i, value in enumerate(doc):
-            out.update(_flat(value, f"{prefix}{i}."))
-        return out or {prefix.rstrip("."): []}
-    return {prefix.rstrip("."): doc}
-
-
 def feature_differences(recorded: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
     """'key: recorded -> current' for every setting that differs (dotted keys, sorted)."""
-    a, b = _flat(recorded), _flat(current)
+    a, b = flat_keys(recorded), flat_keys(current)
     missing = "(absent)"
     return [f"{k}: {a.get(k, missing)} -> {b.get(k, missing)}" for k in sorted(set(a) | set(b))
             if a.get(k, missing) != b.get(k, missing)]

@@ -49,9 +49,9 @@ def pack(paths: Tuple[Path], out: Optional[Path], feats: Optional[Path], info: b
 
 def _not_ready(exp_dir: Path) -> Optional[str]:
     """Why a fold is not a finished model with its test result yet, else None."""
+    from sertk.decode.decodedir import decoded_with_current_checkpoint
     from sertk.decode.decoder import still_training
     from sertk.errors import SertkError
-    from sertk.fsutil import sha256_file
     from sertk.yamlutil import read_yaml_file
     training = still_training(exp_dir)
     if training:
@@ -59,9 +59,7 @@ def _not_ready(exp_dir: Path) -> Optional[str]:
     record = exp_dir / "decode_test" / "decode.yaml"
     if not record.is_file():
         return "its test set is not decoded yet (stage 4)"
-    decoded = (read_yaml_file(record, SertkError) or {}).get("checkpoint_sha256")
-    best = exp_dir / "best.pt"
-    if not best.is_file() or decoded != sha256_file(best):
+    if not decoded_with_current_checkpoint(exp_dir, read_yaml_file(record, SertkError)):
         return "its test set was decoded with another checkpoint than its best.pt"
     return None
 

@@ -218,10 +218,7 @@ def _test_metrics(exp_dir: Path, decodes: Dict[str, Dict[str, Any]], digest: str
         data_dir = resolve_path(str(info["data_dir"]), decode_dir)
         fold = _fold_number(exp_dir)
         if info.get("protocol_dir") and fold is not None:
-            try:
-                wrong = test_split_mismatch(resolve_path(str(info["protocol_dir"]), decode_dir), fold, data_dir)
-            except ProtocolError:   # no readable card: nothing to compare with (the pack says it has no card)
-                wrong = None
+            wrong = test_split_mismatch(resolve_path(str(info["protocol_dir"]), decode_dir), fold, data_dir)
             if wrong:
                 log.warning("%s: decoded %s; the pack has no test score", decode_dir, wrong)
                 return None
