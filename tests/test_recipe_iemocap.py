@@ -21,7 +21,7 @@ def test_iemocap_replica_through_stage_5(iemocap, tmp_path, whisper_base_folder,
     emo = dict(line.split() for line in (iemocap / "data" / "all" / "utt2emo").read_text().splitlines())
     exc = [line.split()[0] for line in raw.splitlines() if line.endswith(" exc")]
     assert exc and {emo[u] for u in exc} == {"happiness"}   # excited merged into happiness
-    probe_through_stage_6(iemocap, whisper_base_folder, monkeypatch, 5)
+    probe_through_stage_6(iemocap, whisper_base_folder, monkeypatch)
 
 
 def test_iemocap_improvised_only_and_loso_speaker(iemocap, tmp_path):
