@@ -49,6 +49,26 @@ def test_prepare_validate_folds_check(tmp_path, emodb_root):
     assert result.exit_code == 0 and "OK: in every fold" in result.output
 
 
+def test_a_corpus_registered_in_scanners_gets_a_prepare_command(tmp_path, emodb_root, monkeypatch):
+    """egs/README.md's 'Adding a corpus': a preparer registered in SCANNERS is enough, no CLI code."""
+    from sertk.data import corpora
+    from sertk.data.labels import default_label_map
+
+    def scan(root):
+        """My corpus: EmoDB files under another name."""
+        return corpora.emodb.scan(root)
+    monkeypatch.setitem(corpora.SCANNERS, "my_corpus", scan)
+    labels = tmp_path / "labels.yaml"
+    default_label_map("emodb").save(labels)
+    assert "my_corpus" in run("data", "prepare", "--help").output
+    help_text = run("data", "prepare", "my_corpus", "--help").output
+    assert "My corpus: EmoDB files under another name." in help_text and "--skip-bad-audio" in help_text
+    result = run("data", "prepare", "my_corpus", "--root", emodb_root, "--out", tmp_path / "X", "--labels", labels)
+    assert result.exit_code == 0, result.output
+    assert "my_corpus: 21 utterances, 3 speakers, 7 classes" in result.output
+    assert run("data", "prepare", "nope", "--root", emodb_root, "--out", tmp_path / "Y").exit_code == 2
+
+
 def error_line(result):
     lines = [line for line in result.output.splitlines() if line.startswith("sertk: error:")]
     assert result.exit_code == 1 and len(lines) == 1, result.output

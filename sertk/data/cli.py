@@ -1,4 +1,5 @@
 """`sertk data ...`: prepare, validate, fix, subset, combine, split, folds, cross, check."""
+import sys
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -6,7 +7,7 @@ import click
 
 from sertk.cli_types import any_path, dir_path, existing_dir, existing_file
 from sertk.data.check import check_protocol
-from sertk.data.corpora import import_csv, prepare_corpus
+from sertk.data.corpora import SCANNERS, import_csv, prepare_corpus
 from sertk.data.cross import dropped_text, load_class_mapping, make_cross_protocol
 from sertk.data.datadir import SPLIT_PART_FILES, DataDir, owns_data_dir
 from sertk.data.download import SOURCES, fetch_corpus
@@ -126,7 +127,31 @@ def _check_output(out: Path, srcs, kind: str = "data dir", owns=owns_data_dir) -
 
 # --- corpus preparation -------------------------------------------------------------------------
 
-@data.group()
+class _PrepareGroup(click.Group):
+    """The corpora with options of their own have a command below; every other preparer registered in
+    `sertk.data.corpora.SCANNERS` gets a plain one (--root, --out, --labels, --skip-bad-audio), so that a new
+    corpus needs no CLI code."""
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(SCANNERS))
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is None and name in SCANNERS:
+            command = _plain_prepare_command(name)
+        return command
+
+
+def _plain_prepare_command(corpus: str) -> click.Command:
+    scanner = SCANNERS[corpus]
+    about = (scanner.__doc__ or sys.modules[scanner.__module__].__doc__ or "").strip().split("\n")[0]
+
+    def run(**kwargs) -> None:
+        _run_prepare(corpus, **kwargs)
+    return click.command(corpus, help=about or f"{corpus} from its release folder.")(_prepare_options(run))
+
+
+@data.group(cls=_PrepareGroup)
 def prepare() -> None:
     """Prepare a data dir from a corpus release: `sertk data prepare CORPUS --root PATH --out DIR`."""
 
