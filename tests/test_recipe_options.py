@@ -149,6 +149,11 @@ def test_a_fold_check_inside_a_stage_stops_the_run(tmp_path, corpus):
     assert result.returncode == 1 and result.stderr.splitlines() == [
         "./run.sh: error: no folds in data/loso; run stage 1 first"], result.stderr
     assert not (recipe / "exp").exists()
+    # on a first run, the folds are checked as soon as stage 1 has made them, before stage 2 extracts anything
+    result = run_recipe(recipe, "--emodb_root", corpus, "--stop_stage", "2", "--folds", "11", check=False)
+    assert result.returncode == 1 and result.stderr.splitlines()[-1] == (
+        "./run.sh: error: --folds: '11' is not a fold of data/loso (1..3)")
+    assert (recipe / "data" / "loso" / "protocol.yaml").is_file() and not (recipe / "dump").exists()
     run_recipe(recipe, "--emodb_root", corpus, "--stop_stage", "1")
     result = run_recipe(recipe, "--stage", "3", "--stop_stage", "3", "--folds", "01", check=False)
     assert result.returncode == 1 and result.stderr.splitlines()[-1] == (

@@ -318,6 +318,8 @@ if run_stage 1; then
     mv -f "$data/.check.txt.tmp" "$data/check.txt"
     log "$(tail -n 1 "$data/check.txt")"
   fi
+  # on a first run the folds exist only now: an unknown one stops here, before stage 2 extracts anything
+  if [ "$folds" != all ]; then fold_list >/dev/null; fi
 fi
 
 extraction_jobs() {  # DATA: --nj, or for auto: 1 on the local backend under split_hours of audio, else 4
