@@ -48,11 +48,20 @@ class AudioInfo:
         return self.num_frames / self.sample_rate
 
 
+def _refuse_headerless(path: Path) -> None:
+    # soundfile opens a *.raw name as headerless RAW, which needs the rate and encoding given (TypeError
+    # otherwise); nothing in such a file says them, so it is refused rather than guessed
+    if path.suffix.lower() == ".raw":
+        raise AudioError(f"{path}: headerless RAW audio (the file does not say its sample rate or encoding); "
+                         "convert it to WAV or FLAC")
+
+
 def audio_info(path) -> AudioInfo:
     """Read only the header; raise `AudioError` if the file is missing, not audio or empty."""
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such audio file")
+    _refuse_headerless(path)
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as e:
@@ -131,6 +140,7 @@ def samples_digest(path) -> str:
     cannot be decoded. About 0.2 ms per second of 16 kHz 16-bit audio from a warm page cache, most of it
     decoding (RAVDESS's 1440 files, 89 min: 0.9 s)."""
     path = Path(path)
+    _refuse_headerless(path)
     try:
         samples, _ = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import zipfile
 
 import numpy as np
@@ -224,6 +225,50 @@ def test_pack_replaces_its_own_older_or_damaged_pack(trained, sertk_cli, tmp_pat
         assert read_pack(tmp_path / name).meta["source"] == read_pack(model).meta["source"]
     assert "already packed" in sertk_cli("pack", exp, "-o", tmp_path / "older.sertk").stdout
 
+    # damaged weights, same best.pt: it was "already packed" and stayed unreadable
+    data = bytearray(model.read_bytes())
+    with zipfile.ZipFile(model) as zf:
+        member = zf.getinfo(WEIGHTS_MEMBER)
+    data[member.header_offset + 30 + len(member.filename) + member.file_size // 2] ^= 0xFF   # mid-weights
+    (tmp_path / "flipped.sertk").write_bytes(bytes(data))
+    assert "already packed" not in sertk_cli("pack", exp, "-o", tmp_path / "flipped.sertk").stdout
+    assert read_pack(tmp_path / "flipped.sertk").meta["source"] == read_pack(model).meta["source"]
+
+
+def test_pack_keeps_another_exp_dirs_pack_a_newer_sertks_and_refuses_non_finite_weights(trained, sertk_cli,
+                                                                                         tmp_path, user_error):
+    base, exp, model = trained
+    with zipfile.ZipFile(model) as zf:
+        meta, weights = json.loads(zf.read(META_MEMBER)), zf.read(WEIGHTS_MEMBER)
+    other = dict(meta, source=dict(meta["source"], exp_dir="/elsewhere/exp/fold3"))
+    newer = dict(meta, format_version=meta["format_version"] + 1)
+    for name, doc in (("other.sertk", other), ("newer.sertk", newer)):
+        with zipfile.ZipFile(tmp_path / name, "w") as zf:
+            zf.writestr(META_MEMBER, json.dumps(doc))
+            zf.writestr(WEIGHTS_MEMBER, weights)
+        before = (tmp_path / name).read_bytes()
+        message = user_error(sertk_cli("pack", exp, "-o", tmp_path / name))
+        assert message.endswith("not replaced: move it away or give another -o")
+        assert (tmp_path / name).read_bytes() == before
+    assert "/elsewhere/exp/fold3, another exp dir" in user_error(sertk_cli("pack", exp, "-o", tmp_path / "other.sertk"))
+
+    diverged = tmp_path / "diverged" / "fold1"
+    shutil.copytree(exp, diverged, ignore=shutil.ignore_patterns("*.sertk", ".lock"))
+    ckpt = torch.load(diverged / "best.pt", weights_only=False)
+    name = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][name] = ckpt["model"][name] * float("nan")
+    torch.save(ckpt, diverged / "best.pt")
+    message = user_error(sertk_cli("pack", diverged, "-o", tmp_path / "nan.sertk"))
+    assert message == f"{diverged / 'best.pt'}: tensor {name} holds NaN or Inf (a diverged or damaged model); not packed"
+    assert not (tmp_path / "nan.sertk").exists()
+    with zipfile.ZipFile(tmp_path / "nan.sertk", "w") as zf:   # packed elsewhere: refused on reading
+        zf.writestr(META_MEMBER, json.dumps(meta))
+        buf = io.BytesIO()
+        torch.save(ckpt["model"], buf)
+        zf.writestr(WEIGHTS_MEMBER, buf.getvalue())
+    with pytest.raises(PackError, match=f"tensor {name} holds NaN or Inf; the model cannot decide"):
+        read_pack(tmp_path / "nan.sertk")
+
 
 # --- inputs and outputs -------------------------------------------------------------------------
 
@@ -266,19 +311,24 @@ def test_unreadable_inputs_are_skipped_counted_and_set_the_exit_status(trained, 
     sf.write(str(tmp_path / "empty.wav"), np.zeros(0, np.float32), 16000)
     sf.write(str(tmp_path / "nan.wav"), np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
     sf.write(str(tmp_path / "tiny.wav"), np.ones(40, np.float32) * 0.1, 16000)   # 2.5 ms: too short, skipped
+    (tmp_path / "take.RAW").write_bytes(good.read_bytes())     # soundfile reads *.raw as headerless: TypeError
+    sf.write(str(tmp_path / "huge.wav"), speech_like(1.0) * 1e20, 16000, subtype="FLOAT")   # finite, overflows
     args = [good, tmp_path / "garbage.wav", tmp_path / "empty.wav", tmp_path / "nan.wav", tmp_path / "tiny.wav",
-            tmp_path / "missing.wav", good]
+            tmp_path / "missing.wav", good, tmp_path / "take.RAW", tmp_path / "huge.wav"]
     result = sertk_cli("infer", model, *args, "--out", tmp_path / "r.json")
     assert result.exit_code == 3, result.output
     doc = json.loads((tmp_path / "r.json").read_text())
     assert [r["id"] for r in doc["rows"]] == [str(good)]
     reasons = {s["id"]: s["reason"] for s in doc["skipped"]}
-    assert len(doc["skipped"]) == 6 and "6 input(s) skipped (1 too short, 5 other)" in result.stderr
+    assert len(doc["skipped"]) == 8 and "8 input(s) skipped (1 too short, 7 other)" in result.stderr
     assert reasons[str(tmp_path / "tiny.wav")].startswith("too short: 2.5 ms, under one 25 ms analysis window")
     assert "no such file or directory" in reasons[str(tmp_path / "missing.wav")]
     assert "not a readable audio file" in reasons[str(tmp_path / "garbage.wav")]
     assert "zero length" in reasons[str(tmp_path / "empty.wav")]
     assert "non-finite" in reasons[str(tmp_path / "nan.wav")]
+    assert "headerless RAW audio" in reasons[str(tmp_path / "take.RAW")]
+    assert reasons[str(tmp_path / "huge.wav")].startswith("stream 'logmel' is not finite for this audio (samples up to")
+    assert [r["id"] for r in doc["rows"]] == [str(good)]
     assert "id given twice" in [s for s in doc["skipped"] if s["id"] == str(good)][0]["reason"]
     for s in doc["skipped"]:
         assert f"skipped {s['id']}: " in result.stderr

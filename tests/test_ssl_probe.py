@@ -1,6 +1,8 @@
 """Pooled statistics of encoder hidden states (`ssl_stats`), the `ssl_probe` head on them, models that read
 vectors only, and speaker normalisation's fallback for speakers with too few rows. Tiny random encoders saved
 like hub checkpoints (tests/ssl_encoders.py): nothing is downloaded."""
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ from sertk.features.extract import extract_features
 from sertk.features.reading import Normalization
 from sertk.features.storage import load_feats, read_dump_config
 from sertk.features.streams import build_frontends, parse_config
-from sertk.inference.inferencer import Inferencer
+from sertk.inference.inferencer import InferenceError, Inferencer
 from sertk.inference.pack import pack_experiment
 from sertk.inference.pack_file import read_pack
 from sertk.models import ModelConfigError, build_model
@@ -211,6 +213,32 @@ def test_probe_trains_decodes_packs_and_infers_on_utterance_vectors(encoders, co
     zero_vector = inferencer.model({"st": torch.zeros(1, 96)})["logits"].softmax(-1)[0].detach().numpy()
     assert not np.allclose(decision.posteriors, zero_vector, atol=1e-4)
 
+
+
+def test_a_pack_records_its_transformers_folders_weights_and_infer_refuses_others(encoders, corpus, tmp_path):
+    """A model trained on a local checkpoint folder decides only on those weights: changed (or gone), one line."""
+    folder = tmp_path / "my_hubert"
+    shutil.copytree(encoders["hubert"], folder)
+    conf = {"sample_rate": 16000, "streams": {"st": {"type": "ssl_stats", "model": str(folder)}}}
+    extract_features(corpus / "all", conf, tmp_path / "dump")
+    exp = tmp_path / "exp"
+    train(probe_config("segments.length=null"), corpus / "loso" / "fold1", tmp_path / "dump", exp)
+    pack_experiment(exp, tmp_path / "probe.sertk", feats_dir=tmp_path / "dump")
+    recorded = read_pack(tmp_path / "probe.sertk").layout_info["encoders"]["st"]
+    weights = folder / "model.safetensors"
+    assert recorded["path"] == str(folder.resolve()) and len(recorded["sha256"]) == 64
+    Inferencer(read_pack(tmp_path / "probe.sertk"), device="cpu")        # the same weights: accepted
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0x01                                                      # one weight changed
+    weights.write_bytes(bytes(data))
+    with pytest.raises(InferenceError, match=f"trained on encoder {folder.resolve()} with weights sha256 "
+                                             f"{recorded['sha256'][:12]}"):
+        Inferencer(read_pack(tmp_path / "probe.sertk"), device="cpu")
+    shutil.rmtree(folder)
+    with pytest.raises(InferenceError, match=f"the encoder in {folder.resolve()}, which is not there"):
+        Inferencer(read_pack(tmp_path / "probe.sertk"), device="cpu")
+    with pytest.raises(FeatureError, match=f"SSL encoder '{folder}': no such directory$"):
+        build_frontends(parse_config(conf))["st"].encoder_info
 
 def test_probe_on_segment_vectors_votes_over_windows(encoders, corpus, tmp_path):
     conf = {"sample_rate": 16000, "streams": {"st": {"type": "ssl_stats", "model": str(encoders["hubert"]),

@@ -272,13 +272,45 @@ def resolve_named_encoder(name: str, verify: bool = False, root: Optional[Path] 
     return folder
 
 
+# the files of a transformers checkpoint folder that hold weights (save_pretrained: one file or shards)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
+_FILE_DIGESTS: Dict[Tuple[str, int, int], str] = {}
+
+
 def encoder_identity(model: str) -> dict:
     """What identifies an encoder's weights, for a packed model to record: a named encoder
-    {"name", "sha256"}; a CTranslate2 folder {"path", "sha256" of its model.bin}; else {"name": model}."""
+    {"name", "sha256"}; a CTranslate2 folder {"path", "sha256" of its model.bin}; a transformers folder
+    {"path", "sha256" of its weight files}; a hub name {"name": model} (the name and the feature config's
+    `revision` are all there is: the hub cache's layout is the hub library's)."""
     if is_named_encoder(model):
         return {"name": model, "sha256": NAMED_ENCODERS[model].sha256}
     from sertk.features.ct2_whisper import is_ct2_whisper_folder
     if is_ct2_whisper_folder(model):
         folder = Path(model).resolve()
-        return {"path": str(folder), "sha256": sha256_file(folder / MODEL_BIN)}
+        return {"path": str(folder), "sha256": _cached_sha256(folder / MODEL_BIN)}
+    if Path(model).is_dir():
+        folder = Path(model).resolve()
+        return {"path": str(folder), "sha256": folder_weights_sha256(folder)}
     return {"name": model}
+
+
+def folder_weights_sha256(folder: Path) -> Optional[str]:
+    """One SHA-256 over the weight files of a checkpoint folder (each file's name and SHA-256, sorted by
+    name; config and tokenizer files are left out); None when it holds none."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for path in files:
+        h.update(f"{path.name}\t{_cached_sha256(path)}\n".encode())
+    return h.hexdigest()
+
+
+def _cached_sha256(path: Path) -> str:
+    """sha256_file once per process per file version (a packed fold's encoder is checked again by every pack
+    and every `sertk infer`; HuBERT-Large's weights are 1.3 GB)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_DIGESTS:
+        _FILE_DIGESTS[key] = sha256_file(path)
+    return _FILE_DIGESTS[key]

@@ -158,9 +158,9 @@ class Inferencer:
         return self._one(Utterance("utt", audio.samples))
 
     def _one(self, utt: Utterance) -> Decision:
-        decisions, too_short = self.decide([utt])
-        if too_short:
-            raise InferenceError(too_short[utt.key])
+        decisions, undecided = self.decide([utt])
+        if undecided:
+            raise InferenceError(undecided[utt.key])
         return decisions[utt.key]
 
     def predict_chunks(self, wave: np.ndarray, sample_rate: int, vad: VadConfig = VadConfig()) -> List[Decision]:
@@ -173,9 +173,9 @@ class Inferencer:
                      speaker: Optional[str] = None) -> List[Decision]:
         """A decision per (start, end) span of `wave` (at the model's rate), in order."""
         utts = self.cut(wave, spans, speaker)
-        decisions, too_short = self.decide(utts)
-        if too_short:
-            raise InferenceError(next(iter(too_short.values())))
+        decisions, undecided = self.decide(utts)
+        if undecided:
+            raise InferenceError(next(iter(undecided.values())))
         return [decisions[u.key] for u in utts]
 
     def cut(self, wave: np.ndarray, spans: Sequence[Tuple[float, float]], speaker: Optional[str] = None,
@@ -191,18 +191,22 @@ class Inferencer:
     def decide(self, utts: Sequence[Utterance]) -> Tuple[Dict[str, Decision], Dict[str, str]]:
         """(key -> decision, key -> why there is none). Features are computed in duration-sorted batches;
         speaker statistics (speaker normalisation) are over all of `utts` of a speaker. An utterance too
-        short for one feature frame gets no decision."""
+        short for one feature frame, or whose features overflow (float samples far beyond full scale), gets
+        no decision."""
         audio = {u.key: self._preprocessed(u.audio) for u in utts}
-        feats, too_short = self._features(audio)
-        keys = sorted(k for k in audio if k not in too_short)
+        feats, undecided = self._features(audio)
+        keys = sorted(k for k in audio if k not in undecided)
         if not keys:
-            return {}, too_short
+            return {}, undecided
         speakers = {u.key: u.speaker if u.speaker is not None else f"utt-{u.key}" for u in utts}
         dd = DataDir({"wav.scp": {k: k for k in keys}, "utt2spk": {k: speakers[k] for k in keys}})
         norm = Normalization.from_state_dict(self.packed.normalization, feats, dd)
         dataset = segment_dataset(dd, feats, self.layout, self.segments, norm, self.classes)
         check_model_length(self.model, dataset, "--window")
         post = segment_posteriors(self.model, dataset, self.batch_size, self.device)
+        if not np.isfinite(post).all():   # finite features in, so the model itself (its weights) is broken
+            raise InferenceError(f"the model gives non-finite posteriors for {int((~np.isfinite(post)).any(1).sum())} "
+                                 f"of {len(post)} segments on finite features; its weights are damaged")
         by_key = {u.key: u for u in utts}
         spans: Dict[str, List[Tuple[float, float]]] = {}
         for seg in dataset.segments:
@@ -215,7 +219,7 @@ class Inferencer:
             # decide: ties (majority over an even number of windows) broken as the recipe's decode breaks them
             out[key] = Decision(self.classes[decide(seg_post, self.rule)], voted, seg_post,
                                 np.asarray(spans[key], dtype=np.float64), u.start, end)
-        return out, too_short
+        return out, undecided
 
     def _seconds(self, seg, duration: float) -> Tuple[float, float]:
         """Where a segment lies in its utterance. Frame streams: its frames. Models reading only vectors:
@@ -240,19 +244,23 @@ class Inferencer:
         max_seconds = MAX_BATCH_SAMPLES.get(device.type, MAX_BATCH_SAMPLES["cpu"]) / self.sample_rate
         durations = {k: len(a) / self.sample_rate for k, a in audio.items()}
         feats: Dict[str, Dict[str, np.ndarray]] = {name: {} for name in self.frontends}
-        too_short: Dict[str, str] = {}
+        undecided: Dict[str, str] = {}
         for key in [k for k, a in audio.items() if not len(a)]:
-            too_short[key] = "no audio left after preprocessing"
-        durations = {k: d for k, d in durations.items() if k not in too_short}
+            undecided[key] = "no audio left after preprocessing"
+        durations = {k: d for k, d in durations.items() if k not in undecided}
         for batch in plan_batches(durations, DEFAULT_BATCH_SIZE, max_seconds) if durations else []:
             arrays = compute_streams(self.frontends, [audio[k] for k in batch], device)
             for name, rows in arrays.items():
                 for key, x in zip(batch, rows):
                     if not len(x):
-                        too_short[key] = (f"{durations[key]:.3f} s is too short for one feature frame of "
+                        undecided[key] = (f"{durations[key]:.3f} s is too short for one feature frame of "
                                           f"stream '{name}'")
+                    elif not np.isfinite(x).all():   # float audio far beyond full scale overflows the frontend
+                        peak = float(np.abs(audio[key]).max())
+                        undecided[key] = (f"stream '{name}' is not finite for this audio (samples up to {peak:.3g}, "
+                                          "full scale is 1)")
                     feats[name][key] = x
-        return feats, too_short
+        return feats, undecided
 
 
 def _segments(section: Dict, window: Optional[float], hop: Optional[float]) -> SegmentConfig:
@@ -277,7 +285,12 @@ def _check_encoders(packed: PackedModel, streams: Sequence[str], where: Path) ->
         if not trained or not trained.get("sha256"):
             continue
         here = encoder_identity(packed.feature_config["streams"][stream]["model"])
-        if here.get("sha256") != trained["sha256"]:
-            raise InferenceError(f"{where}: stream '{stream}' was trained on encoder {trained.get('name')} with weights "
-                                 f"sha256 {trained['sha256'][:12]}..., but here it resolves to weights "
-                                 f"{str(here.get('sha256'))[:12]}...; install the encoder the model names")
+        if here.get("sha256") == trained["sha256"]:
+            continue
+        named = trained.get("name") or trained.get("path")
+        if not here.get("sha256"):
+            raise InferenceError(f"{where}: stream '{stream}' was trained on the encoder in {named}, which is not "
+                                 "there (or holds no weight files); give the model that folder back")
+        raise InferenceError(f"{where}: stream '{stream}' was trained on encoder {named} with weights "
+                             f"sha256 {trained['sha256'][:12]}..., but here it resolves to weights "
+                             f"{here['sha256'][:12]}...; install the encoder the model names")

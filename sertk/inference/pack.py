@@ -17,8 +17,8 @@ from sertk.features.model_features import check_model_features, model_feature_co
 from sertk.features.storage import CONFIG_FILE, is_feature_dump, read_dump_config
 from sertk.features.streams import DUMP_INFO_KEY, build_frontends, parse_config
 from sertk.fsutil import check_file_replaceable, sha256_file
-from sertk.inference.pack_check import check_meta
-from sertk.inference.pack_file import is_pack_file, read_meta, write_pack
+from sertk.inference.pack_check import check_meta, non_finite_tensor
+from sertk.inference.pack_file import intact_description, is_pack_file, write_pack
 from sertk.inference.packed import FORMAT, FORMAT_VERSION, LAYOUT_KEYS, PackError
 from sertk.results import ENV_FILE, SUMMARY_KEYS, find_fold_dirs, resolve_path
 from sertk.score import score_decode_dir
@@ -50,15 +50,14 @@ def pack_experiment(exp_dir: Path, out: Path, feats_dir: Optional[Path] = None) 
                             f"e.g. {exp_dir / ('fold%d' % next(iter(folds)))}")
         raise PackError(f"{exp_dir}: no {CHECKPOINT}; train the model first (sertk train / run.sh stage 3)")
     digest = sha256_file(ckpt_path)
-    if out.is_file():
-        try:
-            if read_meta(out)["source"]["checkpoint_sha256"] == digest:
-                return f"{out}: already packed from this {CHECKPOINT}; skipping"
-        except (PackError, KeyError, TypeError):
-            pass   # a damaged or older pack: replaced below (anything else is refused)
     check_file_replaceable(out, "a packed sertk model", is_pack_file,
                            "move it away or give another -o, e.g. model.sertk")
+    if out.is_file() and _packed_from(out, exp_dir, digest):
+        return f"{out}: already packed from this {CHECKPOINT}; skipping"
     ckpt = load_checkpoint(ckpt_path)
+    broken = non_finite_tensor(ckpt["model"])
+    if broken:
+        raise PackError(f"{ckpt_path}: tensor {broken} holds NaN or Inf (a diverged or damaged model); not packed")
     decodes = _decode_infos(exp_dir)
     dump_dir = _dump_dir(exp_dir, feats_dir, decodes)
     model_streams = _model_streams(ckpt)
@@ -81,6 +80,29 @@ def pack_experiment(exp_dir: Path, out: Path, feats_dir: Optional[Path] = None) 
     scored = (f"test UA {100 * test['ua']:.2f} ({test['num_utts']} utts)" if test else "no test score")
     return (f"{out}: {meta['model']}, {len(meta['classes'])} classes, epoch {meta['source']['epoch']}, {scored}, "
             f"{out.stat().st_size / 2 ** 20:.1f} MiB")
+
+
+def _packed_from(out: Path, exp_dir: Path, digest: str) -> bool:
+    """Whether the pack at `out` is whole and packed from this checkpoint (nothing to do). Otherwise it is
+    replaced when it is this exp dir's own (inside it, or packed from it: an older checkpoint's) or damaged;
+    another exp dir's model, or a newer sertk's pack, is refused: not this command's file to replace."""
+    meta = intact_description(out)
+    if meta is None:
+        return False   # damaged: replaced
+    version = meta.get("format_version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise PackError(f"{out}: a model packed by a newer sertk (format {version}); not replaced: move it away "
+                        "or give another -o")
+    source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+    exp = exp_dir.resolve()
+    if not out.resolve().is_relative_to(exp) and source.get("exp_dir") not in (None, str(exp)):
+        raise PackError(f"{out}: holds the packed model of {source['exp_dir']}, another exp dir; not replaced: "
+                        "move it away or give another -o")
+    try:
+        check_meta(meta, out)
+    except PackError:
+        return False   # an older format: replaced
+    return source.get("checkpoint_sha256") == digest
 
 
 def make_meta(config: Dict[str, Any], classes: List[str], features: Dict[str, Any], normalization: Dict[str, Any],

@@ -155,6 +155,14 @@ def check_fit(packed: PackedModel) -> None:
                        f"{tuple(expected[shapes[0]].shape)}")
         raise PackError(f"{path}: {WEIGHTS_MEMBER} does not fit the model {META_MEMBER} describes (config.model, "
                         f"{len(meta['classes'])} classes): {detail}")
+    broken = non_finite_tensor(weights)
+    if broken:
+        raise PackError(f"{path}: {WEIGHTS_MEMBER}: tensor {broken} holds NaN or Inf; the model cannot decide")
+
+
+def non_finite_tensor(weights: Dict[str, torch.Tensor]) -> Optional[str]:
+    """The name of the first floating-point tensor holding NaN or Inf (a diverged or damaged model), else None."""
+    return next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
 
 
 def _check_frontend_dims(packed: PackedModel, streams: List[str], where: str) -> None:

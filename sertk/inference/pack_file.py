@@ -9,7 +9,7 @@ import json
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -51,6 +51,21 @@ def is_pack_file(path: Path) -> bool:
             return {META_MEMBER, WEIGHTS_MEMBER} <= set(zf.namelist())
     except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         return False
+
+
+def intact_description(path: Path) -> Optional[Dict[str, Any]]:
+    """The unchecked description of the pack at `path` if every member's bytes are whole (their CRCs hold) and
+    the description is a JSON object; None for a damaged pack. What `sertk pack -o` needs to decide whether
+    the file there is its own to keep, to replace or to refuse."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if zf.testzip() is not None:
+                return None
+            meta = json.loads(zf.read(META_MEMBER).decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError,
+            RecursionError, KeyError):
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def _read_meta(zf: zipfile.ZipFile, path: Path) -> Dict[str, Any]:

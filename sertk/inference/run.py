@@ -136,9 +136,9 @@ def _infer_group(inf: Inferencer, group: List[Recording], segment: str, vad: Vad
         for n, utt in enumerate(inf.cut(wave, spans, _speaker(rec), first=len(utts)), start=1):
             utts.append(utt)
             pieces[utt.key] = (rec, None if segment == "none" else n)
-    decisions, too_short = inf.decide(utts)
+    decisions, undecided = inf.decide(utts)
     by_key = {u.key: u for u in utts}
-    for key, reason in too_short.items():
+    for key, reason in undecided.items():
         (rec, chunk), u = pieces[key], by_key[key]
         where = "" if chunk is None else f"chunk {chunk} ({u.start:.2f}-{u.end:.2f} s): "
         result.skips.append(Skip(rec.id, str(rec.path), where + reason))

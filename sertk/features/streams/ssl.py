@@ -32,6 +32,7 @@ Hugging Face cache, else the error says how to give a local directory instead.
 `ssl_stats` (sertk.features.streams.ssl_stats) stores pooled statistics of every hidden state instead of frames.
 """
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
@@ -138,6 +139,8 @@ def _load(what: str, loader, config: SslConfig, **kw):
     except (OSError, ValueError) as e:
         local = Path(config.model).is_dir()
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not local and _looks_like_a_path(config.model):
+            raise FeatureError(f"cannot load the {what} of SSL encoder '{config.model}': no such directory") from None
         hint = ("the directory does not hold a transformers checkpoint (config.json and weights, as "
                 "save_pretrained writes)" if local else
                 "it is not a local directory and not in the Hugging Face cache, and weights cannot be downloaded "
@@ -145,6 +148,12 @@ def _load(what: str, loader, config: SslConfig, **kw):
                 f"{config.model}) and give that directory as the stream's `model`, or point HF_HOME at a "
                 "cache that holds it (HF_HUB_OFFLINE=1 skips the connection attempts)")
         raise FeatureError(f"cannot load the {what} of SSL encoder '{config.model}': {hint} ({reason})") from None
+
+
+def _looks_like_a_path(model: str) -> bool:
+    """A folder name rather than a hub id ('org/name'): absolute, relative to . or .. or ~, or more than one
+    level deep."""
+    return model.startswith(("/", "./", "../", "~")) or model.count("/") > 1 or os.sep != "/" and os.sep in model
 
 
 @dataclass(frozen=True)
