@@ -7,7 +7,8 @@ Files that decode but hold less than they should are not errors; `read_audio` sa
 them and each command counts them in its summary:
 - truncated: a WAV (RIFF/RIFX) or AIFF whose header promises more audio bytes than the file holds (a copy
   cut off mid-transfer). libsndfile reads such a file as far as it goes without a word, so the header is
-  parsed here. (Truncated FLAC/OGG/MP3 fail to decode and raise `AudioError`.)
+  parsed here. (Truncated FLAC/OGG fail to decode and raise `AudioError`; an MP3 states no length of its own,
+  so one cut short decodes as far as it goes, unnoticed.)
 - too short: under `MIN_SECONDS`, one 25 ms analysis window (see `too_short_reason`).
 - silent: the decoded mono mix never reaches `SILENCE_PEAK` (-80 dBFS), i.e. digital silence.
 """
