@@ -5,6 +5,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import zipfile
 
 import numpy as np
@@ -516,6 +517,21 @@ def test_infer_refuses_to_replace_files_it_did_not_write(trained, sertk_cli, use
     assert "must end in .png" in user_error(
         sertk_cli("infer", model, tmp_path / "a.wav", "--timeline", tmp_path / "t.txt"))
     assert not (tmp_path / "t.txt").exists()
+
+
+def test_a_timeline_without_matplotlib_is_refused_before_any_work(trained, sertk_cli, user_error, tmp_path,
+                                                                  monkeypatch):
+    import importlib.util
+    _, _, model = trained
+    write_wav(tmp_path / "a.wav", seconds=1.0)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else
+                        find_spec(name, *a))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # `import matplotlib` raises ImportError
+    message = user_error(sertk_cli("infer", model, tmp_path / "a.wav", "--out", tmp_path / "r.csv",
+                                   "--timeline", tmp_path / "t.png"))
+    assert message == "--timeline needs matplotlib: pip install 'sertk[infer]'"
+    assert not (tmp_path / "r.csv").exists()         # the table used to be written, then the run failed
 
 
 def test_infer_replaces_its_own_earlier_outputs(trained, sertk_cli, tmp_path):

@@ -8,6 +8,7 @@ the colour of its decided class. Needs matplotlib (pip install 'sertk[infer]').
 The file name must end in .png. The picture says in its PNG text that sertk infer drew it (Software), and an
 existing file is replaced only when it says so: anything else there is somebody's file, refused before any work.
 """
+import importlib.util
 import io
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +30,8 @@ def check_timeline(path: Path) -> None:
         raise SertkError(f"--timeline {path}: the file name must end in .png (the timeline is a PNG picture)")
     check_file_replaceable(path, "a timeline drawn by sertk infer", lambda p: png_software(p) == SOFTWARE,
                            "move it away or give another --timeline")
+    if importlib.util.find_spec("matplotlib") is None:   # said now, not after every file has been decided
+        _pyplot()
 
 
 def _pyplot():
