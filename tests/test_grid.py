@@ -218,6 +218,32 @@ def test_a_rerun_skips_and_another_grid_or_run_in_that_dir_is_refused(setup, gri
     assert message.endswith("holds a grid run (grid.yaml); a plain run needs its own exp dir: give a new one or "
                             "remove it")
     assert stamps_of_run_files(exp) == stamps
+    # a finished grid given another fold or other features: refused as a plain run refuses them
+    other_fold = list(train_args(setup, exp))
+    other_fold[other_fold.index("--fold-dir") + 1] = setup / "loso" / "fold2"
+    assert "loso/fold2: not the fold" in user_error(cli(*other_fold))
+    hop = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16, "hop_length": 0.02}}}
+    extract_features(setup / "all", hop, setup / "dump_hop")
+    other_feats = list(train_args(setup, exp))
+    other_feats[other_feats.index("--feats") + 1] = setup / "dump_hop"
+    assert "its features differ from those the run in" in user_error(cli(*other_feats))
+    assert stamps_of_run_files(exp) == stamps
+
+
+def test_a_diverging_point_is_left_out_of_the_choice(setup, tmp_path, user_error):
+    """A point whose loss goes non-finite used to stop the grid at every rerun (its settings cannot change in E)."""
+    sets = ("--grid", "model.lstm_hidden=", "--set", "optim.name=sgd", "--set", "train.grad_clip=0", "--set",
+            "train.class_weighted=false", "--set", "train.epochs=1")
+    result = cli(*train_args(setup, tmp_path / "E", "--grid", "optim.lr=[1.0e-3, 1.0e+30]", *sets))
+    assert result.exit_code == 0, result.output
+    assert "[2/2]" in result.stdout and "diverged (epoch 1: the training loss is not finite" in result.stdout
+    record = yaml.safe_load((tmp_path / "E" / "grid.yaml").read_text())
+    assert record["chosen"]["point"] == 1 and record["points"][1]["dev_score"] is None
+    assert record["points"][1]["diverged"].startswith("epoch 1: the training loss is not finite")
+    again = cli(*train_args(setup, tmp_path / "E", "--grid", "optim.lr=[1.0e-3, 1.0e+30]", *sets))
+    assert again.exit_code == 0 and "grid already finished; chose point 1" in again.stdout
+    message = user_error(cli(*train_args(setup, tmp_path / "F", "--grid", "optim.lr=[1.0e+30, 1.0e+31]", *sets)))
+    assert message.startswith(f"{tmp_path / 'F'}: every point of the grid diverged")
 
 
 def test_an_interrupted_grid_resumes_and_a_one_point_grid_is_a_plain_run(setup, grid_run, tmp_path, user_error):

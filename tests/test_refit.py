@@ -152,7 +152,12 @@ def test_a_refit_resumes_and_refuses_what_it_cannot_refit(setup, tmp_path, monke
     # another fold than the source's: its choice may have been made on that fold's test speaker
     assert "loso/fold2: not the fold" in check("refit", source, "--fold-dir", base / "loso" / "fold2", "--feats", dump,
                                                "--exp", tmp_path / "d")
-    assert not any((tmp_path / d).exists() for d in ("a", "b", "c", "d"))
+    # other features than the source's: dev chose its epochs on those
+    hop = {"sample_rate": 16000, "streams": {"logmel": {"type": "logmel", "n_mels": 16, "hop_length": 0.02}}}
+    extract_features(base / "all", hop, tmp_path / "dump_hop")
+    assert "its features differ from those the run in" in check(
+        "refit", source, "--fold-dir", fold, "--feats", tmp_path / "dump_hop", "--exp", tmp_path / "f")
+    assert not any((tmp_path / d).exists() for d in ("a", "b", "c", "d", "f"))
     # train.refit_epochs is the refit's: sertk train refuses it, and a refit's dir
     assert "train.refit_epochs is set by sertk refit" in check(
         "train", "--config", base / "conf.yaml", "--fold-dir", fold, "--feats", dump, "--exp", tmp_path / "e",

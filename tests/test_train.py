@@ -425,6 +425,15 @@ def test_the_test_set_of_a_model_still_training_waits(setup, trained, tmp_path):
     (first / "last.pt").unlink()
     with pytest.raises(DecodeError, match=r"still training \(stopped in its first epoch \(best.pt, no last.pt\)\)"):
         decode_data_dir(first, fold / "test", setup / "dump", tmp_path / "test_first")
+    # in its first epoch (config.yaml and train.log, no checkpoint): the recipe's stage 4 goes on to other folds
+    starting = tmp_path / "starting"
+    starting.mkdir()
+    for name in ("config.yaml", "train.log"):
+        shutil.copy(trained / name, starting / name)
+    result = CliRunner().invoke(main, ["decode", "--skip-unfinished", "--exp", str(starting), "--feats",
+                                       str(setup / "dump"), "--data", str(fold / "test"), "--out", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    assert f"{starting}: still training (in its first epoch (no checkpoint yet)); not decoded" in result.output
 
 
 def test_posteriors_do_not_depend_on_batch_size(setup, trained, tmp_path):

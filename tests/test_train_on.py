@@ -1,4 +1,6 @@
 """Training a run on in its exp dir with train.epochs / train.patience raised (sertk.train.extend)."""
+import shutil
+
 import pytest
 import torch
 import yaml
@@ -125,6 +127,35 @@ def test_a_run_something_was_made_from_is_not_trained_on(setup, tmp_path, made):
         run(setup, exp, "train.epochs=3")
     assert run(setup, exp, "train.epochs=2").epochs_run == 2   # the same config: skipped, as before
     assert torch.load(exp / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_config_yaml_of_a_train_on_stopped_before_rewriting_it_is_made_right_by_the_rerun(setup, tmp_path):
+    run(setup, tmp_path / "on", "train.epochs=2")
+    before = (tmp_path / "on" / "config.yaml").read_text()
+    run(setup, tmp_path / "on", "train.epochs=3")
+    (tmp_path / "on" / "config.yaml").write_text(before)   # as a kill between last.pt and config.yaml leaves it
+    again = run(setup, tmp_path / "on", "train.epochs=3")      # finished: skipped, and the record made right
+    assert again.epochs_run == 3 and yaml.safe_load((tmp_path / "on" / "config.yaml").read_text())["train"]["epochs"] == 3
+
+
+def test_a_best_pt_without_last_pt_is_retrained_only_when_stopped_in_its_first_epoch(setup, tmp_path):
+    exp = tmp_path / "exp"
+    run(setup, exp, "train.epochs=3", "train.patience=10")
+    best = torch.load(exp / "best.pt", weights_only=True)
+    (exp / "last.pt").unlink()                                  # e.g. removed to save disk
+    torch.save({**best, "epoch": 2}, exp / "best.pt")            # (as if dev had chosen epoch 2)
+    with pytest.raises(ConfigError, match=r"last.pt is missing, but .*best.pt is epoch 2's: the run cannot be resumed"):
+        run(setup, exp, "train.epochs=3", "train.patience=10")
+    torch.save({**best, "epoch": 1}, exp / "best.pt")            # as a run stopped between its first two writes
+    saved = (exp / "best.pt").read_bytes()
+    with pytest.raises(ConfigError, match="holds the best.pt of a run with another config"):
+        run(setup, exp, "train.epochs=3", "train.patience=10", "optim.lr=0.01")
+    decode_data_dir(exp, setup / "loso" / "fold1" / "dev", setup / "dump", exp / "decode_dev")
+    with pytest.raises(ConfigError, match="decode_dev was decoded with this run's best.pt"):
+        run(setup, exp, "train.epochs=3", "train.patience=10")
+    assert (exp / "best.pt").read_bytes() == saved
+    shutil.rmtree(exp / "decode_dev")                             # nothing made from it: trained from epoch 1
+    assert run(setup, exp, "train.epochs=3", "train.patience=10").epochs_run == 3
 
 
 def test_the_refit_of_a_run_trained_on_is_the_same_refit(setup, tmp_path, flat_dev):

@@ -31,6 +31,7 @@ from sertk.experiment import load_checkpoint
 log = logging.getLogger(__name__)
 DEV_SELECTED = "best.pt"
 LAST_CHECKPOINT = "last.pt"
+TRAIN_LOG = "train.log"
 
 
 class DecodeError(SertkError):
@@ -54,6 +55,14 @@ def still_training(exp_dir: Path) -> List[str]:
         if not any((best.parent / name).is_file() for name in (LAST_CHECKPOINT, KEPT_LAST, GRID_FILE)):
             where = best.parent.relative_to(exp_dir).as_posix()
             runs.append(("" if where == "." else f"{where}: ") + "stopped in its first epoch (best.pt, no last.pt)")
+    # a run writes config.yaml and train.log as it starts: with neither checkpoint yet, it is in its first epoch
+    # (a grid's E, before its choice, holds grid.yaml and no run of its own)
+    for config in sorted(Path(exp_dir).rglob("config.yaml")):
+        run = config.parent
+        if (run / TRAIN_LOG).is_file() and not any((run / name).is_file() for name in
+                                                   (DEV_SELECTED, LAST_CHECKPOINT, KEPT_LAST, GRID_FILE)):
+            where = run.relative_to(exp_dir).as_posix()
+            runs.append(("" if where == "." else f"{where}: ") + "in its first epoch (no checkpoint yet)")
     return runs
 
 

@@ -14,7 +14,7 @@ test decode that is tuning on test. A refit has no early stopping and trains ref
 from pathlib import Path
 from typing import Any, Dict, Iterable, Tuple
 
-from sertk.config.loading import ConfigError
+from sertk.config.loading import ConfigError, with_new_defaults
 from sertk.decode.decodedir import is_decode_dir
 from sertk.gridrecord import GRID_FILE
 from sertk.train.expdir import GRID_DIR, PACK_FILE
@@ -67,6 +67,21 @@ def check_nothing_made_from(exp_dir: Path) -> None:
     if exp_dir.parent.name == GRID_DIR and (grid / GRID_FILE).is_file():
         raise ConfigError(f"{exp_dir} is a point of the grid in {grid}, whose dev scores chose among its points; "
                           "train the longer grid in a new exp dir")
+
+
+def check_best_without_last(exp_dir: Path, config: Dict[str, Any], best: Dict[str, Any]) -> None:
+    """A best.pt without a last.pt beside it is a run stopped between the two writes of its first epoch, which
+    trains again from epoch 1 with the same config (`best`: that best.pt). Anything else would replace a model
+    without a word: a later epoch's best.pt (last.pt was removed), another config's, or one a result was made
+    from: ConfigError."""
+    if best.get("epoch", 1) > 1:
+        raise ConfigError(f"{exp_dir / 'last.pt'} is missing, but {exp_dir / 'best.pt'} is epoch {best['epoch']}'s: "
+                          "the run cannot be resumed, and training again would replace that best.pt; give a new exp "
+                          "dir, or remove this one to train it again")
+    if best.get("config") is not None and with_new_defaults(best["config"]) != config:
+        raise ConfigError(f"{exp_dir} holds the best.pt of a run with another config (and no last.pt); give a new exp "
+                          "dir or remove it")
+    check_nothing_made_from(exp_dir)
 
 
 def early_stopped(state: Dict[str, Any], train_cfg: Dict[str, Any]) -> bool:

@@ -16,9 +16,12 @@ from torch.utils.data import BatchSampler, RandomSampler
 from sertk.data.datadir import DataDir
 from sertk.data.ops import combine
 from sertk.data.protocols import split_checksum
+from sertk.checkpoint import load_checkpoint
 from sertk.features.dataset import SegmentDataset, check_model_length
+from sertk.features.model_features import check_model_features
 from sertk.features.reading import Normalization, StreamLayout, load_streams
 from sertk.features.segments import SegmentConfig
+from sertk.features.storage import read_dump_config
 from sertk.models.base import SERModel
 from sertk.config.loading import ConfigError
 from sertk.train.data import length_batches
@@ -51,6 +54,22 @@ def differing_lists(recorded: Dict[str, str], fold_dir: Path) -> str:
     checkpoint `recorded` (its fold_checksums); "" if none. Reads the lists only, no features."""
     given = fold_checksums(DataDir.load(fold_dir / "train"), DataDir.load(fold_dir / "dev"))
     return " and ".join(split for split in ("train", "dev") if recorded.get(split) != given[split])
+
+
+def check_trained_inputs(checkpoint: Path, fold_dir: Path, dump_dir: Path, use: str) -> None:
+    """ConfigError (FeatureError) unless `fold_dir`'s train and dev lists (`dump_dir`'s features of the model's
+    streams) are those `checkpoint` was trained on, for a finished run reused without training: a grid's
+    choice, a refit's source. `use` ends the message: what to give. Records an older checkpoint lacks are not
+    checked. Reads the lists and the dump's config only."""
+    state = load_checkpoint(checkpoint, mmap=True)
+    changed = differing_lists(state["fold_checksums"], fold_dir) if state.get("fold_checksums") else ""
+    if changed:
+        raise ConfigError(f"{fold_dir}: not the fold {checkpoint.parent} was trained on (its {changed} list differs "
+                          f"from the one in {checkpoint}); {use}")
+    recorded = state.get("features")
+    if recorded is not None:
+        check_model_features(recorded, read_dump_config(dump_dir), list(recorded.get("streams") or {}), dump_dir,
+                             f"the run in {checkpoint.parent}")
 
 
 def _check_dev_held_out(fold_dir: Path, train_dd: DataDir, dev_dd: DataDir) -> None:

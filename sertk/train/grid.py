@@ -10,7 +10,8 @@ so `sertk decode --exp E`, `sertk pack E` and the recipe's later stages work as 
 E holds no last.pt: the points resume from their own.
 
 `E/grid.yaml` records the base config, the grid, every point's values, dir, dev score and best epoch,
-and `chosen` (null until every point is trained). It is written when the grid starts and when it
+and `chosen` (null until every point is trained). A point whose training loss goes non-finite is recorded
+as `diverged` (its reason) and left out of the choice; the others go on. It is written when the grid starts and when it
 ends, so the same command in the same E resumes the grid (the points resume or skip themselves), a
 finished grid is skipped (E's copies made again if they were removed), and another config or grid
 in that E is refused, as is a plain run there (or a grid in a plain run's E). Under torchrun every
@@ -33,7 +34,8 @@ from sertk.gridrecord import GRID_FILE, best_point, read_grid_record
 from sertk.results_dev import REFIT_FILE
 from sertk.train.distributed import Ranks, keep_group, ranks_from_environment
 from sertk.train.expdir import GRID_DIR, check_exp_dir
-from sertk.train.trainer import TrainSummary, train
+from sertk.train.folddata import check_trained_inputs
+from sertk.train.trainer import TrainingDiverged, TrainSummary, train
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,11 @@ def train_grid(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp_dir: 
             chosen = previous["chosen"]
             if ranks.main and not (exp_dir / "best.pt").is_file() and (exp_dir / chosen["dir"] / "best.pt").is_file():
                 _adopt(exp_dir / chosen["dir"], exp_dir)   # E's copy was removed: the chosen point's again
+            for checkpoint in (exp_dir / "best.pt", exp_dir / chosen["dir"] / "best.pt"):
+                if checkpoint.is_file():   # finished on this fold and these features, or the command is another's
+                    check_trained_inputs(checkpoint, Path(fold_dir), Path(dump_dir),
+                                         "give that fold and dump, or a new exp dir")
+                    break
             say(f"{exp_dir}: grid already finished; chose point {chosen['point']} of {len(previous['points'])} "
                 f"({point_text(chosen['values'])}), best dev {previous['metric']} {chosen['dev_score']:.4f}; skipping")
             return GridOutcome(previous["points"], chosen, previous["metric"], True)
@@ -120,8 +127,16 @@ def train_grid(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp_dir: 
         _write_grid(grid_file, record)
     with keep_group(ranks, device):   # under torchrun: one process group for all points
         for entry, point in zip(record["points"], points):
-            summary: TrainSummary = train(point_config(config, point), fold_dir, dump_dir, exp_dir / entry["dir"],
-                                          device, ranks)
+            try:
+                summary: TrainSummary = train(point_config(config, point), fold_dir, dump_dir,
+                                              exp_dir / entry["dir"], device, ranks)
+            except TrainingDiverged as e:   # not a choice: the others go on (a rerun diverges again, alike)
+                entry["diverged"] = str(e)
+                if ranks.main:
+                    _write_grid(grid_file, record)
+                say(f"[{entry['point']}/{len(points)}] {exp_dir / entry['dir']}: {point_text(point)}: diverged ({e}); "
+                    "left out of the choice")
+                continue
             entry.update(dev_score=float(summary.best_dev_score), best_epoch=summary.best_epoch,
                          epochs_run=summary.epochs_run)
             record["metric"] = summary.metric
@@ -130,7 +145,10 @@ def train_grid(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp_dir: 
             say(f"[{entry['point']}/{len(points)}] {exp_dir / entry['dir']}: {point_text(point)}: best dev "
                 f"{summary.metric} {summary.best_dev_score:.4f} at epoch {summary.best_epoch} "
                 f"({summary.epochs_run} epochs)")
-    best = best_point(record["points"])   # every point is trained here; ties: the earliest
+    best = best_point(record["points"])   # every point is trained here, but for diverged ones; ties: the earliest
+    if best is None:
+        raise ConfigError(f"{exp_dir}: every point of the grid diverged (the training loss went non-finite; "
+                          f"see {grid_file}); lower optim.lr or change the grid, in a new exp dir")
     chosen_dir = exp_dir / best["dir"]
     chosen = {"point": best["point"], "values": best["values"], "dir": best["dir"], "dev_score": best["dev_score"],
               "best_epoch": best["best_epoch"], "best_sha256": None}

@@ -25,7 +25,7 @@ from sertk.gridrecord import GRID_FILE
 from sertk.results_dev import REFIT_FILE, fold_dev_score, read_refit_record
 from sertk.train.distributed import Ranks, ranks_from_environment
 from sertk.train.expdir import check_exp_dir
-from sertk.train.folddata import differing_lists
+from sertk.train.folddata import check_trained_inputs
 from sertk.train.trainer import TrainSummary, train
 from sertk.yamlutil import read_yaml_file
 
@@ -49,18 +49,14 @@ def refit_record(source: Path, fold_dir: Path, dump_dir: Path) -> Dict[str, Any]
             "fold_dir": str(Path(fold_dir).resolve()), "feats": str(Path(dump_dir).resolve())}
 
 
-def check_same_fold(source: Path, fold_dir: Path) -> None:
+def check_same_inputs(source: Path, fold_dir: Path, dump_dir: Path) -> None:
     """A refit on another fold than its source's would reuse a choice made on that fold's dev speaker (in
-    rotating protocols, another fold's test speaker): the fold lists must be those source's best.pt records."""
-    recorded = load_checkpoint(source / DEV_SELECTED, mmap=True).get("fold_checksums")
-    if recorded is None:
+    rotating protocols, another fold's test speaker), and on other features a choice made on these: the fold
+    lists and the dump's features must be those source's best.pt records."""
+    if load_checkpoint(source / DEV_SELECTED, mmap=True).get("fold_checksums") is None:
         log.warning("%s records no fold lists (trained before sertk kept them): check that %s is the fold it was "
                     "trained on", source / DEV_SELECTED, fold_dir)
-        return
-    changed = differing_lists(recorded, fold_dir)
-    if changed:
-        raise ConfigError(f"{fold_dir}: not the fold {source} was trained on (its {changed} list differs from the "
-                          f"one in {source / DEV_SELECTED}); give that run's --fold-dir")
+    check_trained_inputs(source / DEV_SELECTED, fold_dir, dump_dir, "give that run's --fold-dir and --feats")
 
 
 def refit_config(source: Path, best_epoch: int) -> Dict[str, Any]:
@@ -83,7 +79,7 @@ def refit(source: Path, fold_dir: Path, dump_dir: Path, exp_dir: Path, device: s
     check_exp_dir(exp_dir)
     record = refit_record(source, fold_dir, dump_dir)
     config = refit_config(source, record["best_epoch"])
-    check_same_fold(source, Path(fold_dir))
+    check_same_inputs(source, Path(fold_dir), Path(dump_dir))
     before = read_refit_record(exp_dir, ConfigError)
     if before is not None:
         if before["source_best_sha256"] != record["source_best_sha256"]:

@@ -43,7 +43,8 @@ from sertk.config.schema import SELECT_METRICS
 from sertk.train import distributed
 from sertk.train.data import spec_augment
 from sertk.train.distributed import PieceSampler, Ranks
-from sertk.train.extend import check_nothing_made_from, early_stopped, raised_values, stops_at
+from sertk.train.extend import (check_best_without_last, check_nothing_made_from, early_stopped, raised_values,
+                                stops_at)
 from sertk.train.folddata import differing_lists, epoch_batches, load_fold, loader_options
 from sertk.train.loss import Objective, build_objective
 from sertk.train.optim import build_optimizer, build_schedule
@@ -108,11 +109,17 @@ def train(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp_dir: Path,
         remove_handlers(handlers)
 
 
+class TrainingDiverged(ConfigError):
+    """The training loss went non-finite: the run cannot go on with these settings (a grid records the point
+    as diverged and goes on with the others)."""
+
+
 class _Run:
     def __init__(self, config, fold_dir: Path, dump_dir: Path, exp_dir: Path, device: str, ranks: Ranks):
         self.config, self.exp_dir, self.device, self.ranks = config, exp_dir, device, ranks
         self.resume = load_checkpoint(exp_dir / "last.pt") if (exp_dir / "last.pt").is_file() else None
         self.amp = config["train"]["amp"]
+        self.resumed_config = self.resume["config"] if self.resume is not None else None   # as last.pt holds it
         legacy = _legacy_amp(self.resume, config) if self.resume is not None else None
         if legacy is not None:   # begun before `auto` existed: it resumes in the precision it began with
             self.resume["config"] = {**self.resume["config"],
@@ -121,6 +128,8 @@ class _Run:
         # the same config, or the same run with train.epochs / train.patience raised, to train on (sertk.train.extend)
         self.raised = (raised_values(with_new_defaults(self.resume["config"]), config, exp_dir)
                        if self.resume is not None else {})
+        if self.resume is None and (exp_dir / "best.pt").is_file():
+            check_best_without_last(exp_dir, config, load_checkpoint(exp_dir / "best.pt", mmap=True))
 
         def make_model(num_classes: int) -> torch.nn.Module:
             seed_everything(config["train"]["seed"])
@@ -174,11 +183,25 @@ class _Run:
         self.autocast = (autocast_dtype(self.amp, device) if self.resume is None or "autocast" not in self.resume
                          else getattr(torch, self.resume["autocast"]) if self.resume["autocast"] else None)
 
+    def _record_config(self, config: Optional[Dict[str, Any]] = None) -> None:
+        """config.yaml: the config last.pt holds (`config`, default this run's), written only when the file
+        says something else."""
+        config = self.config if config is None else config
+        path = self.exp_dir / "config.yaml"
+        try:
+            same = path.is_file() and yaml.safe_load(path.read_text()) == config
+        except yaml.YAMLError:
+            same = False
+        if not same:
+            atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+
     def fit(self) -> TrainSummary:
         cfg = self.config["train"]
         state = {"epoch": 0, "best_ua": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
         resumed = None
         if self.resume is not None:
+            if not self.raised and self.ranks.main:   # a train-on stopped before it rewrote config.yaml
+                self._record_config(self.resumed_config)
             trains_on = bool(self.raised) and not stops_at(self.resume, cfg)   # a stopped run, values raised
             if self.resume["finished"] and not trains_on:
                 if self.raised:   # e.g. a longer patience for a run that ran all its epochs
@@ -205,7 +228,7 @@ class _Run:
             if (self.exp_dir / "best.pt").is_file():   # its train.log goes on below the stopped run's lines
                 log.info("%s: best.pt but no last.pt (a run stopped before its first epoch's checkpoint was "
                          "written): training from epoch 1, and best.pt will be replaced", self.exp_dir)
-            atomic_write_text(self.exp_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+            self._record_config()
             write_run_environment(self.exp_dir, self._environment())
             dev = (f"{len(self.dev_set)} dev segments ({len(self.dev_dd.utts)} utts)" if self.dev_set is not None
                    else f"no dev set (a refit on train + dev: {cfg['refit_epochs']} epochs, the last one's model kept)")
@@ -244,7 +267,7 @@ class _Run:
                 if self.ranks.main:
                     save_checkpoint(self.exp_dir / "last.pt", self._full_state(state, finished))
                     if config_pending:   # config.yaml says the raised values once last.pt holds them too
-                        atomic_write_text(self.exp_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+                        self._record_config()
                         config_pending = False
                 if stop:
                     log.info("early stop: dev %s has not improved for %d epochs", SELECT_METRICS[cfg["select"]],
@@ -298,7 +321,7 @@ class _Run:
         speed.wait /= self.ranks.world   # the mean process's wait
         speed.segments, speed.loss = int(count), total / max(count, 1)
         if not math.isfinite(total):
-            raise ConfigError(f"epoch {epoch}: the training loss is not finite; lower optim.lr")
+            raise TrainingDiverged(f"epoch {epoch}: the training loss is not finite; lower optim.lr")
         return speed
 
     def _loss_and_gradients(self, batch: Dict[str, torch.Tensor], piece: int, losses: list) -> torch.Tensor:
