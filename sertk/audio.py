@@ -80,6 +80,7 @@ class Audio:
     peak: float                       # the largest |sample| of the mono mix (before resampling)
     truncated: Optional[str] = None   # why the file holds less than its header says; None: it does not
     source_rate: Optional[int] = None  # the file's own sample rate, before resampling
+    channel_peak: Optional[float] = None   # the largest |sample| of any channel (None: as `peak`)
 
     @property
     def duration(self) -> float:
@@ -109,7 +110,7 @@ def read_audio(path, target_sr: Optional[int] = 16000) -> Audio:
     truncated = truncation(path, samples.shape[0] / sr)
     if target_sr is not None and sr != target_sr:
         mono = soxr.resample(mono, sr, target_sr, quality="HQ").astype(np.float32, copy=False)
-    return Audio(mono, target_sr or sr, peak, truncated, int(sr))
+    return Audio(mono, target_sr or sr, peak, truncated, int(sr), float(np.abs(samples).max()))
 
 
 def band_limit_reason(source_rate: Optional[int], model_rate: int) -> Optional[str]:
@@ -168,7 +169,14 @@ def silence_reason(peak: float) -> Optional[str]:
 
 def unusable_reason(audio: Audio, min_seconds: float = MIN_SECONDS) -> Optional[str]:
     """Why a model's decision on this audio would mean nothing (too short, then silent), else None."""
-    return too_short_reason(audio.duration, min_seconds) or silence_reason(audio.peak)
+    silent = silence_reason(audio.peak)
+    if silent and audio.channel_peak is not None and audio.channel_peak >= SILENCE_PEAK:
+        # each channel is sound, their average is not: channels in opposite phase (a wiring or export fault)
+        silent = (f"silent once its channels are averaged to mono: they cancel out (a channel peaks at "
+                  f"{20 * math.log10(audio.channel_peak):.0f} dBFS, the mono mix "
+                  + (f"at {20 * math.log10(audio.peak):.0f} dBFS)" if audio.peak > 0 else "is all zero)")
+                  + "; give one channel")
+    return too_short_reason(audio.duration, min_seconds) or silent
 
 
 def truncation(path, seconds_read: float) -> Optional[str]:

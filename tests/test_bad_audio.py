@@ -85,6 +85,18 @@ def test_too_short_and_silent_reasons():
     assert silence_reason(1e-3) is None
 
 
+def test_channels_that_cancel_out_are_said_to(tmp_path):
+    """Anti-phase stereo (left = -right) mixes to silence: the reason says why, not just 'silent'."""
+    from sertk.audio import read_audio, unusable_reason
+    wave = speech_like(0.5)
+    sf.write(str(tmp_path / "anti.wav"), np.stack([wave, -wave], axis=1), 16000, subtype="FLOAT")
+    reason = unusable_reason(read_audio(tmp_path / "anti.wav"))
+    assert reason.startswith("silent once its channels are averaged to mono: they cancel out (a channel peaks at ")
+    assert reason.endswith("the mono mix is all zero); give one channel")
+    sf.write(str(tmp_path / "zeros.wav"), np.zeros((8000, 2)), 16000)
+    assert unusable_reason(read_audio(tmp_path / "zeros.wav")) == "silent: every sample is zero (digital silence)"
+
+
 def test_the_minimum_is_one_analysis_window_of_the_features():
     assert min_audio_seconds(parse_config(FEATURES)) == 0.025
     long = {"sample_rate": 16000, "streams": {"m": {"type": "mfcc", "win_length": 0.064, "n_fft": 1024}}}

@@ -493,6 +493,9 @@ def test_vad_chunks_and_timeline_from_the_command_line(trained, sertk_cli, tmp_p
     fixed = read_csv(sertk_cli("-q", "infer", model, tmp_path / "rec.wav", "--segment", "fixed", "--max-chunk",
                                "25").stdout)
     assert [(r["start"], r["end"]) for r in fixed] == [("0.000", "20.000"), ("20.000", "40.000"), ("40.000", "60.000")]
+    short = read_csv(sertk_cli("-q", "infer", model, tmp_path / "rec.wav", "--segment", "fixed", "--max-chunk",
+                               "0.4").stdout)   # below the VAD's --min-chunk default (0.5), which fixed chunks ignore
+    assert len(short) == 150 and (short[0]["start"], short[0]["end"]) == ("0.000", "0.400")
     silent = tmp_path / "silent.wav"
     sf.write(str(silent), np.zeros(32000, np.float32), 16000)
     result = sertk_cli("infer", model, silent, tmp_path / "rec.wav", "--segment", "vad", "--vad", "energy")

@@ -116,7 +116,8 @@ def infer(ctx, model: Path, inputs: Tuple[str], out: Optional[Path], vote: Optio
     check_output(out)
     if timeline is not None:
         check_timeline(timeline)
-    vad = VadConfig(vad_backend, vad_threshold, min_chunk, max_chunk, min_silence)
+    # --min-chunk is the VAD's (shorter speech chunks dropped): fixed chunks keep every piece, whatever --max-chunk
+    vad = VadConfig(vad_backend, vad_threshold, min_chunk if segment == "vad" else 0.0, max_chunk, min_silence)
     from sertk.device import check_device
     device = check_device(device) if device else None   # 'gpu', or cuda on a CPU-only torch: one line
     inf = Inferencer.from_file(model, device=device, batch_size=batch_size, rule=vote, window=window, hop=hop)
