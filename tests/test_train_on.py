@@ -158,6 +158,33 @@ def test_a_best_pt_without_last_pt_is_retrained_only_when_stopped_in_its_first_e
     assert run(setup, exp, "train.epochs=3", "train.patience=10").epochs_run == 3
 
 
+def test_a_finished_run_without_its_best_pt_is_not_said_to_be_finished(setup, tmp_path):
+    run(setup, tmp_path / "exp", "train.epochs=2")
+    (tmp_path / "exp" / "best.pt").unlink()
+    with pytest.raises(ConfigError, match="training has finished, but its best.pt .* is missing"):
+        run(setup, tmp_path / "exp", "train.epochs=2")
+
+
+def test_an_epoch_reported_before_a_kill_is_in_tensorboard_once(setup, tmp_path, monkeypatch):
+    """Killed after epoch 2's report but before its last.pt: the resumed run reports epoch 2 again."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from sertk.train import trainer as trainer_module
+    real_save = trainer_module.save_checkpoint
+
+    def die_before_last_of_epoch_2(path, state):
+        if path.name == "last.pt" and state["epoch"] == 2:
+            raise KeyboardInterrupt
+        real_save(path, state)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", die_before_last_of_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(setup, tmp_path / "exp", "train.epochs=3")
+    monkeypatch.undo()
+    run(setup, tmp_path / "exp", "train.epochs=3")
+    events = EventAccumulator(str(tmp_path / "exp" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
+
+
 def test_the_refit_of_a_run_trained_on_is_the_same_refit(setup, tmp_path, flat_dev):
     source, refitted = tmp_path / "exp", tmp_path / "exp_refit"
     run(setup, source, "train.epochs=10", "train.patience=1")

@@ -73,15 +73,19 @@ class Reporter:
     """Writes each epoch's stats: TensorBoard (under `folder`) on rank 0, the train.log line on every process.
     A context manager: the TensorBoard writer is open inside `with`."""
 
-    def __init__(self, folder: Path, ranks: Ranks, classes: Sequence[str]):
+    def __init__(self, folder: Path, ranks: Ranks, classes: Sequence[str], resumed_after: Optional[int] = None):
         self.folder, self.ranks, self.classes = folder, ranks, list(classes)
+        self.resumed_after = resumed_after   # the epoch last.pt holds, for a resumed run
         self.writer = None
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "Reporter":
         if self.ranks.main:
             from torch.utils.tensorboard import SummaryWriter   # heavy import, only when training
-            self.writer = self._stack.enter_context(SummaryWriter(str(self.folder)))
+            # a run killed after reporting an epoch but before its last.pt reports that epoch again: TensorBoard
+            # hides what the stopped run wrote from there on, so each epoch's point is there once
+            purge = None if self.resumed_after is None else self.resumed_after + 1
+            self.writer = self._stack.enter_context(SummaryWriter(str(self.folder), purge_step=purge))
         return self
 
     def __exit__(self, *exc) -> None:

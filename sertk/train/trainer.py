@@ -212,6 +212,10 @@ class _Run:
                 else:
                     log.info("%s: training already finished (best dev %s %.4f at epoch %d); skipping", self.exp_dir,
                              SELECT_METRICS[cfg["select"]], self.resume["best_ua"], self.resume["best_epoch"])
+                if not (self.exp_dir / "best.pt").is_file():   # nothing can make it again but training anew
+                    raise ConfigError(f"{self.exp_dir}: training has finished, but its best.pt (the dev-chosen model, "
+                                      "or a refit's) is missing; train in a new exp dir, or remove this one to train "
+                                      "it again")
                 return TrainSummary(self.resume["best_epoch"], self.resume["best_ua"], self.resume["epoch"], None,
                                     SELECT_METRICS[cfg["select"]])
             if self.raised:
@@ -239,7 +243,7 @@ class _Run:
         refit = cfg["refit_epochs"] is not None
         config_pending = bool(self.raised)
         run_epochs = cfg["refit_epochs"] if refit else cfg["epochs"]   # a refit: the first N of the schedule's
-        with Reporter(self.exp_dir / "tensorboard", self.ranks, self.classes) as reporter:
+        with Reporter(self.exp_dir / "tensorboard", self.ranks, self.classes, resumed) as reporter:
             while state["epoch"] < run_epochs:
                 epoch = state["epoch"] + 1
                 seed_everything(cfg["seed"] * 1000 + epoch + RANK_SEED_STRIDE * self.ranks.rank)
