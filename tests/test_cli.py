@@ -49,6 +49,33 @@ def test_prepare_validate_folds_check(tmp_path, emodb_root):
     assert result.exit_code == 0 and "OK: in every fold" in result.output
 
 
+
+def test_check_warns_of_a_class_missing_from_a_split(tmp_path, emodb_root):
+    """Speaker 08 without anger: fold 1's dev (08) cannot weigh anger in its choice, fold 2's test UA leaves it out."""
+    for wav in (emodb_root / "wav").glob("08*W*.wav"):
+        wav.unlink()
+    run("data", "prepare", "emodb", "--root", emodb_root, "--out", tmp_path / "X")
+    run("data", "folds", tmp_path / "X", "--protocol", "loso", "--out", tmp_path / "Y")
+    result = run("data", "check", tmp_path / "Y")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("WARNING: ")]
+    assert warnings == [
+        "WARNING: fold1/dev has no anger: the fold's dev scores, which choose its checkpoint (and any grid point), "
+        "average the other 6 classes",
+        "WARNING: fold2/test has no anger: the fold's own UA and macro-F1 average the other 6 classes (pooled "
+        "scores cover every class)",
+        "WARNING: fold3/train has no anger: the model never trains on it"]   # 3 speakers: 08 alone trains fold 3
+    # and training on fold 1 says so in its log
+    from helpers import LOGMEL16, TINY_CRNN
+    from sertk.config.loading import load_config
+    from sertk.features.extract import extract_features
+    from sertk.train.trainer import train
+    extract_features(tmp_path / "X", LOGMEL16, tmp_path / "dump")
+    train(load_config(None, TINY_CRNN + ["train.epochs=1"]), tmp_path / "Y" / "fold1", tmp_path / "dump",
+          tmp_path / "exp")
+    assert ("dev has no anger: the dev UA that chooses the checkpoint averages the other 6 classes"
+            in (tmp_path / "exp" / "train.log").read_text())
+
 def test_a_corpus_registered_in_scanners_gets_a_prepare_command(tmp_path, emodb_root, monkeypatch):
     """egs/README.md's 'Adding a corpus': a preparer registered in SCANNERS is enough, no CLI code."""
     from sertk.data import corpora

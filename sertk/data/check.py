@@ -30,6 +30,12 @@ from sertk.data.table import read_table
 from sertk.errors import AudioError, SertkError
 
 AUDIO_CHECKS = ("samples", "paths")
+# what a class with no utterance in a split means for the scores (UA and macro-F1 average the classes present)
+ABSENT_MEANS = {"train": "the model never trains on it",
+                "dev": "the fold's dev scores, which choose its checkpoint (and any grid point), average the other {n} "
+                       "classes",
+                "test": "the fold's own UA and macro-F1 average the other {n} classes (pooled scores cover every "
+                        "class)"}
 SHOWN = 3   # duplicates named per message
 
 
@@ -65,6 +71,10 @@ def check_protocol(path, audio: str = "samples") -> CheckReport:
             counts = Counter(dirs[s].utt2emo.values())
             rows.append([str(k), s, str(len(dirs[s].speakers)),
                          *(str(counts[c]) for c in card["classes"]), str(sum(counts.values()))])
+            absent = [c for c in card["classes"] if not counts[c]]
+            if absent and counts:
+                report.warnings.append(f"fold{k}/{s} has no {', '.join(absent)}: " + ABSENT_MEANS[s].format(
+                    n=len(card["classes"]) - len(absent)))
     report.table = format_rows(rows)
     if len(folds) == card["num_folds"]:
         report.problems += _coverage_problems(path, folds, card.get("tests_every_utterance", True))
