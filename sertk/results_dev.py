@@ -49,8 +49,15 @@ class DevScore:
 
 def find_fold_dirs(model_exp_dir: Path) -> Dict[int, Path]:
     """fold number -> `fold<k>/` dir, in numeric order (fold10 after fold9)."""
-    found = {int(m.group(1)): p for p in Path(model_exp_dir).iterdir()
-             if p.is_dir() and (m := _FOLD_RE.fullmatch(p.name))}
+    found: Dict[int, Path] = {}
+    for p in sorted(Path(model_exp_dir).iterdir()):
+        m = _FOLD_RE.fullmatch(p.name) if p.is_dir() else None
+        if m is None:
+            continue
+        k = int(m.group(1))
+        if k in found:   # fold1 and fold01: one would be read, the other ignored, whichever the listing gave last
+            raise SertkError(f"{model_exp_dir}: {found[k].name} and {p.name} are both fold {k}; keep one")
+        found[k] = p
     return dict(sorted(found.items()))
 
 

@@ -2,12 +2,14 @@
 sertk.results writes (RESULTS.md, metrics.json, confusion.png). See sertk.results for the rules.
 """
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from sertk.data.cross import dropped_text
 from sertk.data.protocols import CARD_FILE, load_card, test_split_mismatch
 from sertk.decode import is_decode_dir
 from sertk.decode.decodedir import decoded_with_current_checkpoint
@@ -16,7 +18,7 @@ from sertk.errors import ProtocolError, ScoreError, SertkError
 from sertk.gridrecord import GRID_FILE, read_grid_record
 from sertk.results_dev import dev_record, find_fold_dirs, read_refit_record
 from sertk.results_training import fold_training
-from sertk.score import SEGMENT, metrics_from_confusion, score_decode_dir
+from sertk.score import SEGMENT, metrics_from_confusion, read_label_file, score_decode_dir
 from sertk.yamlutil import flat_keys, read_yaml_file
 
 logger = logging.getLogger(__name__)
@@ -130,6 +132,32 @@ def mean_std(values: Sequence[float]) -> dict:
     return {"mean": float(values.mean()), "std": std, "num_folds": int(values.size)}
 
 
+def _check_disjoint_tests(folds: Sequence[FoldScore]) -> None:
+    """No utterance is scored in two folds: pooling them would count it twice (a fold's decode_test made from
+    another fold's test set, where decode.yaml names no protocol dir to check it against)."""
+    seen: Dict[str, str] = {}
+    for f in folds:
+        for utt in read_label_file(f.exp_dir / DECODE_SUBDIR / "hyp"):
+            if utt in seen:
+                raise ScoreError(f"{f.exp_dir / DECODE_SUBDIR}: utterance {utt} is scored in {seen[utt]} too; each "
+                                 "test utterance belongs to one fold (was another fold's test set decoded here?)")
+            seen[utt] = f.name
+
+
+def _pool_left_out(folds: Sequence[FoldScore], pooled: Dict[str, dict]) -> None:
+    """Cross-corpus decodes through a class map: the utterances their scoring left out, all folds together,
+    as a note of the pooled utterance-level scores (each fold's own notes say its share)."""
+    counts = [f.score["left_out"] for f in folds if f.score.get("left_out") is not None]
+    if not counts:
+        return
+    total: Counter = Counter()
+    for c in counts:
+        total.update(c)
+    for level, m in pooled.items():
+        if level != SEGMENT:
+            m["notes"].append(f"cross-corpus, through the decodes' class map: {dropped_text(dict(total))}")
+
+
 def _pool(per_fold: Sequence[dict], classes: List[str]) -> dict:
     return metrics_from_confusion(np.sum([m["confusion"] for m in per_fold], axis=0), classes)
 
@@ -218,6 +246,7 @@ def collect_scores(model_exp_dir) -> dict:
         raise ScoreError(f"{model_exp_dir}: no fold<k>/{DECODE_SUBDIR}/ decode dirs to collect "
                          f"({len(fold_dirs)} fold dir(s) found)")
     classes, rules = _check_same_classes(folds), _common_rules(folds)
+    _check_disjoint_tests(folds)
     card = _load_card(folds[0])
     expected = set(fold_dirs) | set(range(1, int(card["num_folds"]) + 1) if card else ())
     missing = [f"fold{k}" for k in sorted(expected - {f.number for f in folds})]
@@ -246,6 +275,7 @@ def collect_scores(model_exp_dir) -> dict:
         "training_environment": _environment_of(folds[0]),
         "training_environment_file": str(folds[0].exp_dir / ENV_FILE),
     }
+    _pool_left_out(folds, result["pooled"])
     sources = {k: refit_source(d) for k, d in fold_dirs.items()}   # a refit's dev choice is its source's
     selection = [s for k, d in fold_dirs.items() if (s := dev_selection(k, sources[k] or d)) is not None]
     if selection:

@@ -99,7 +99,9 @@ def summary_markdown(result: dict) -> str:
                     [_pm(stats[k]) for k, _ in SUMMARY_KEYS] + [str(pooled["num_utts"])])
     n = len(result["folds"])
     note = (f"Percent. Pooled: all test predictions of the {n} scored fold(s) together. Mean ± std: over those "
-            "folds, sample std (ddof=1). Segment level: each segment's argmax against its utterance's label.")
+            "folds, sample std (ddof=1). UA (mean per-class recall) and macro-F1 average the classes present in the "
+            "reference: a fold whose test set lacks a class scores the others. Segment level: each segment's argmax "
+            "against its utterance's label.")
     if result["missing_folds"]:
         note += f" **Missing folds not included: {', '.join(result['missing_folds'])}.**"
     if unfinished_folds(result):

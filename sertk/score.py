@@ -205,6 +205,7 @@ def score_decode_dir(decode_dir, data_dir, write: bool = True) -> dict:
               "default_rule": dec.default_rule, "utterance": utterance,
               SEGMENT: _segment_metrics(dec, dd.utt2emo)}
     if left_out is not None:
+        result["left_out"] = dict(dropped)   # class -> utterances, for RESULTS.md's pooled count
         for m in utterance.values():
             m["notes"].append(f"cross-corpus, through the decode's class map: {left_out}")
     if write:

@@ -389,7 +389,8 @@ def test_vote_window_and_hop_options(trained, sertk_cli, tmp_path, user_error):
     assert "--window and --hop must be positive" in user_error(sertk_cli("infer", model, clip, "--hop", "inf"))
     assert "must end in .csv or .json" in user_error(sertk_cli("infer", model, clip, "--out", tmp_path / "r.txt"))
     assert "not a regular expression" in user_error(sertk_cli("infer", model, clip, "--speaker-pattern", "(x"))
-    assert "min chunk" in user_error(sertk_cli("infer", model, clip, "--min-chunk", "20"))
+    assert "min chunk" in user_error(sertk_cli("infer", model, clip, "--min-chunk", "20", "--segment", "vad"))
+    assert sertk_cli("-q", "infer", model, clip, "--min-chunk", "20").exit_code == 0   # the VAD's: not used here
 
 
 def test_python_api(trained, monkeypatch):

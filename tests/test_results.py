@@ -15,7 +15,7 @@ from sertk.data.datadir import DataDir
 from sertk.data.labels import LabelMap
 from sertk.data.protocols import make_folds
 from sertk.envinfo import environment, environment_markdown, git_hash
-from sertk.errors import ScoreError
+from sertk.errors import ScoreError, SertkError
 from sertk.results import collect, find_fold_dirs, mean_std
 from sertk.score_cli import results
 from helpers import write_utt_segments
@@ -203,6 +203,21 @@ def test_folds_sort_numerically(tmp_path):
     for name in ("fold10", "fold2", "fold1", "folded", "fold9"):
         (tmp_path / name).mkdir()
     assert list(find_fold_dirs(tmp_path)) == [1, 2, 9, 10]
+    (tmp_path / "fold01").mkdir()                          # fold 1 twice: one would be ignored
+    with pytest.raises(SertkError, match=r"fold01 and fold1 are both fold 1; keep one"):
+        find_fold_dirs(tmp_path)
+
+
+def test_a_test_utterance_scored_in_two_folds_is_refused(exp_tree):
+    """fold2's decode_test made from fold1's test set, by hand without --protocol-dir: pooled twice before."""
+    shutil.rmtree(exp_tree / "fold2" / "decode_test")
+    shutil.copytree(exp_tree / "fold1" / "decode_test", exp_tree / "fold2" / "decode_test")
+    decode_yaml = exp_tree / "fold2" / "decode_test" / "decode.yaml"
+    info = yaml.safe_load(decode_yaml.read_text())
+    protocol_dir = info.pop("protocol_dir")
+    decode_yaml.write_text(yaml.safe_dump({**info, "data_dir": f"{protocol_dir}/fold1/test"}))
+    with pytest.raises(ScoreError, match=r"fold2/decode_test: utterance s1-000 is scored in fold1 too"):
+        collect(exp_tree)
 
 
 def test_mean_std_uses_sample_std_and_none_for_one_fold():

@@ -483,6 +483,15 @@ def test_another_corpus_is_decoded_and_scored_through_a_class_map(trained, tmp_p
     assert any("6 utterance(s) of classes outside the shared set left out" in n
                for n in result["utterance"]["mean"]["notes"])
     class_mapping_from_dict(dec.info["class_map"], "decode.yaml")   # the record is a usable mapping
+    # RESULTS.md says what was left out, all folds together (its pooled notes lost the folds' counts)
+    import shutil
+    from sertk.results import collect
+    fold = tmp_path / "exp" / "cross" / "fold1"
+    shutil.copytree(trained, fold, ignore=shutil.ignore_patterns("decode_*", ".lock"))
+    shutil.copytree(out, fold / "decode_test")
+    collect(fold.parent)
+    assert ("- note: cross-corpus, through the decodes' class map: 6 utterance(s) of classes outside the shared set "
+            "left out (neutral 2, surprise 4)") in (fold.parent / "RESULTS.md").read_text()
 
 
 def test_length_batches_shuffle_similar_lengths_and_drop_only_the_last_short_one():
