@@ -101,13 +101,15 @@ def test_no_count_warning_for_a_subset(release, tmp_path, caplog, options):
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-def test_no_count_warning_without_all_sessions(tmp_path, caplog):
+def test_missing_sessions_are_warned_of_not_the_counts(tmp_path, caplog):
     release = make_iemocap(tmp_path / "rel", sessions=(1, 2))
     with caplog.at_level(logging.INFO, logger="sertk.data.corpora.iemocap"):
         report = prepare(release, tmp_path / "data")
     assert len(report.datadir.utts) == 18
     assert any("total 18" in r.getMessage() for r in caplog.records)
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [f"{release} lacks Session3, Session4, Session5: 2 of the 5 sessions prepared; loso_session "
+                        "on them is not the full corpus's 5-fold protocol"]
 
 
 def test_missing_audio(tmp_path, caplog):

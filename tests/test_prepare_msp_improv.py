@@ -70,6 +70,19 @@ def test_audio_folder_in_root_and_misspelt_evaluation(tmp_path):
     assert read_table(out / "wav.scp")[UTT].endswith("rel/session1/S01A/R/MSP-IMPROV-S01A-F01-R-FF01.wav")
 
 
+def test_a_byte_order_mark_and_a_cut_evaluation_txt_lose_nothing_unsaid(tmp_path):
+    root = make_msp_improv(tmp_path / "rel")
+    evaluation = root / "Evaluation.txt"
+    text = evaluation.read_text()
+    evaluation.write_text("\ufeff" + text, encoding="utf-8")       # saved by an editor with a BOM
+    assert len(prepare(root, tmp_path / "bom").datadir.utts) == N_UTTS   # its first clip line was passed over
+    clip_lines = [i for i, line in enumerate(text.splitlines()) if line.startswith("UTD-IMPROV-")]
+    evaluation.write_text("\n".join(text.splitlines()[:clip_lines[len(clip_lines) // 2]]) + "\n")   # cut in half
+    report = prepare(root, tmp_path / "cut")
+    unlabelled = len(clip_lines) - len(clip_lines) // 2           # one audio file per clip line in the replica
+    assert report.skipped == Counter({"audio file with no label line in Evaluation.txt": unlabelled})
+
+
 def test_duplicate_line_with_same_label_is_used_once(tmp_path):
     root = make_msp_improv(tmp_path / "rel", sessions=(1,))
     append(root / "Evaluation.txt", "UTD-IMPROV-S01A-F01-R-FF01.avi;N;A:2.0; V:3.0; D:3.0 ; N:5.0;\n")

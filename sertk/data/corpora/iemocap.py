@@ -51,6 +51,10 @@ def release_dir(root: Path) -> Path:
 def scan(root: Path, improvised_only: bool = False, drop_exc: bool = False) -> Scan:
     release = release_dir(root)
     sessions = [n for n in SESSIONS if (release / f"Session{n}").is_dir()]
+    absent = [f"Session{n}" for n in SESSIONS if n not in sessions]
+    if absent:   # prepared all the same (a partial copy for a trial), but its folds are not IEMOCAP's five
+        log.warning("%s lacks %s: %d of the %d sessions prepared; loso_session on them is not the full corpus's "
+                    "5-fold protocol", release, ", ".join(absent), len(sessions), len(SESSIONS))
     utterances, skipped = [], Counter()
     for n in sessions:
         for path in _evaluation_files(release / f"Session{n}", skipped):

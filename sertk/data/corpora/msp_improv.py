@@ -67,6 +67,11 @@ def scan(root: Path) -> Scan:
     labels, skipped = read_labels(evaluation_file(root))
     audio = audio_dir(root)
     utterances = [_utterance(audio, m, label) for m, label in labels]
+    # audio that no label line names (a cut or older Evaluation.txt) is counted, not passed over in silence
+    labelled = {u.path.name for u in utterances}
+    unlabelled = sum(1 for wav in audio.glob("session*/*/*/MSP-IMPROV-*.wav") if wav.name not in labelled)
+    if unlabelled:
+        skipped[f"audio file with no label line in {evaluation_file(root).name}"] += unlabelled
     return Scan(utterances, skipped)
 
 
@@ -91,7 +96,7 @@ def read_labels(path: Path) -> Tuple[List[Tuple[re.Match, str]], Counter]:
 
 def _clip_lines(path: Path) -> List[Tuple[int, re.Match, str]]:
     lines = []
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")   # -sig: a byte-order mark hid line 1
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.startswith(CLIP_PREFIX):
             continue  # evaluator detail or blank
