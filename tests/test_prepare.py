@@ -1,5 +1,6 @@
 """EmoDB, RAVDESS and CSV preparers on generated replicas of their release layouts."""
 import logging
+import re
 
 import pytest
 
@@ -56,6 +57,19 @@ def test_ravdess_file_in_the_wrong_actor_folder(tmp_path):
     write_wav(root / "Actor_01" / "03-01-01-01-01-01-02.wav")
     with pytest.raises(CorpusError, match="actor 02 in the name but the file is in Actor_01"):
         prepare_corpus("ravdess", root, tmp_path / "data")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("03-01-01-02-01-01-01.wav", "intensity 02 (strong) with emotion 01 (neutral)"),
+    ("03-01-05-01-03-01-01.wav", "statement code 03 is not 01 or 02"),
+    ("03-01-05-01-01-00-01.wav", "repetition code 00 is not 01 or 02"),
+    ("03-01-05-03-01-01-01.wav", "intensity code 03 is not 01 or 02")])
+def test_ravdess_codes_outside_the_release_are_refused(tmp_path, name, message):
+    root = make_ravdess(tmp_path / "rav", actors=[1], emotions=[1, 5], with_song=False)
+    write_wav(root / "Actor_01" / name)
+    with pytest.raises(CorpusError, match=re.escape(message)):
+        prepare_corpus("ravdess", root, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_class_count_table(tmp_path):

@@ -3,7 +3,8 @@
 Layout: `<root>/Actor_01/03-01-05-01-02-01-01.wav`. Name fields: modality (03 audio-only),
 vocal channel (01 speech), emotion, intensity (01 normal, 02 strong), statement, repetition,
 actor (odd male, even female). Only `03-01-*` files are used; anything else is skipped with a
-count. Ids: speaker `ravdess_01`, utterance `ravdess_01-03-01-05-01-02-01-01`. Raw label: the
+count. Codes the release does not use (intensity, statement or repetition other than 01/02, a strong
+neutral, an actor other than its folder's) are refused: a renamed file would otherwise take a wrong label. Ids: speaker `ravdess_01`, utterance `ravdess_01-03-01-05-01-02-01-01`. Raw label: the
 emotion code; intensity goes to `utt2intensity`.
 """
 import re
@@ -37,6 +38,12 @@ def scan(root: Path) -> Scan:
                 raise CorpusError(f"{path}: actor {m['actor']} in the name but the file is in {folder.name}")
             if m["int"] not in INTENSITY:
                 raise CorpusError(f"{path}: intensity code {m['int']} is not 01 or 02")
+            if m["int"] == "02" and m["emo"] == "01":
+                raise CorpusError(f"{path}: intensity 02 (strong) with emotion 01 (neutral); RAVDESS records neutral "
+                                  "at normal intensity only (a renamed file?)")
+            for field, what in (("stmt", "statement"), ("rep", "repetition")):
+                if m[field] not in ("01", "02"):
+                    raise CorpusError(f"{path}: {what} code {m[field]} is not 01 or 02")
             speaker = f"ravdess_{actor}"
             utterances.append(Utterance(
                 utt=f"{speaker}-{path.stem}", speaker=speaker, path=path, raw_label=m["emo"],
