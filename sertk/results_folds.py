@@ -224,8 +224,8 @@ def dev_selection(number: int, fold_dir: Path) -> Optional[dict]:
     doc = read_grid_record(path, ScoreError)
     points, chosen = doc["points"], doc["chosen"]
     out = {"fold": f"fold{number}", "grid_file": str(path), "grid": doc["grid"], "metric": doc.get("metric"),
-           "points": len(points), "chosen": None, "point": None, "dev_score": None, "best_epoch": None,
-           "dir": None}
+           "points": len(points), "diverged": sum(bool(p.get("diverged")) for p in points), "chosen": None,
+           "point": None, "dev_score": None, "best_epoch": None, "dir": None}
     if chosen is not None:   # null: the grid has not finished
         out.update(chosen=chosen.get("values"), point=chosen.get("point"), dev_score=chosen.get("dev_score"),
                    best_epoch=chosen.get("best_epoch"), dir=str(fold_dir / str(chosen.get("dir"))))

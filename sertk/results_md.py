@@ -158,7 +158,8 @@ def dev_selection_markdown(result: dict) -> str:
         where = "" if len(grids) == 1 else f" ({', '.join(names)})"
         lines.append(f"- grid{where}: {text}")
     rows = [[s["fold"], _values_text(s["chosen"]) if s["chosen"] is not None else "not finished",
-             pct(s["dev_score"]) if s["dev_score"] is not None else "-", str(s["points"])] for s in selection]
+             pct(s["dev_score"]) if s["dev_score"] is not None else "-",
+             str(s["points"]) + (f" ({s['diverged']} diverged)" if s.get("diverged") else "")] for s in selection]
     return "\n".join(lines) + "\n\n" + _md_table(["fold", "chosen values", f"dev {metric}", "points tried"], rows) + \
         "\nDev score: percent, of the chosen point's best.pt (its best epoch).\n"
 

@@ -49,7 +49,6 @@ def test_prepare_validate_folds_check(tmp_path, emodb_root):
     assert result.exit_code == 0 and "OK: in every fold" in result.output
 
 
-
 def test_check_warns_of_a_class_missing_from_a_split(tmp_path, emodb_root):
     """Speaker 08 without anger: fold 1's dev (08) cannot weigh anger in its choice, fold 2's test UA leaves it out."""
     for wav in (emodb_root / "wav").glob("08*W*.wav"):
@@ -75,6 +74,7 @@ def test_check_warns_of_a_class_missing_from_a_split(tmp_path, emodb_root):
           tmp_path / "exp")
     assert ("dev has no anger: the dev UA that chooses the checkpoint averages the other 6 classes"
             in (tmp_path / "exp" / "train.log").read_text())
+
 
 def test_a_corpus_registered_in_scanners_gets_a_prepare_command(tmp_path, emodb_root, monkeypatch):
     """egs/README.md's 'Adding a corpus': a preparer registered in SCANNERS is enough, no CLI code."""

@@ -36,9 +36,6 @@ def write(path, text):
     return path
 
 
-
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("grid")
@@ -242,6 +239,13 @@ def test_a_diverging_point_is_left_out_of_the_choice(setup, tmp_path, user_error
     assert record["points"][1]["diverged"].startswith("epoch 1: the training loss is not finite")
     again = cli(*train_args(setup, tmp_path / "E", "--grid", "optim.lr=[1.0e-3, 1.0e+30]", *sets))
     assert again.exit_code == 0 and "grid already finished; chose point 1" in again.stdout
+    # the grid is finished: its diverged point (config.yaml and train.log, no checkpoint) is not "still training"
+    decoded = cli("decode", "--skip-unfinished", "--exp", tmp_path / "E", "--data", setup / "loso" / "fold1" / "test",
+                  "--feats", setup / "dump", "--out", tmp_path / "E" / "decode_test")
+    assert decoded.exit_code == 0 and "still training" not in decoded.output, decoded.output
+    assert (tmp_path / "E" / "decode_test" / "decode.yaml").is_file()
+    from sertk.results_folds import dev_selection
+    assert dev_selection(1, tmp_path / "E")["diverged"] == 1                # RESULTS.md: "2 (1 diverged)"
     message = user_error(cli(*train_args(setup, tmp_path / "F", "--grid", "optim.lr=[1.0e+30, 1.0e+31]", *sets)))
     assert message.startswith(f"{tmp_path / 'F'}: every point of the grid diverged")
 
@@ -269,6 +273,22 @@ def test_an_interrupted_grid_resumes_and_a_one_point_grid_is_a_plain_run(setup, 
     assert config["optim"]["lr"] == 3e-2 and config["model"]["lstm_hidden"] == 4 and config["grid"] == {}
     message = user_error(cli(*train_args(setup, plain)))
     assert message == f"{plain} holds a plain run (last.pt); a grid needs its own exp dir: give a new one or remove it"
+
+
+def test_a_point_stopped_between_its_first_best_pt_and_last_pt_trains_again(setup, tmp_path):
+    """A kill between a point's first two writes: the rerun trains that point from epoch 1 (it was refused as 'a
+    point of the grid' whose choice a longer run would change)."""
+    exp = tmp_path / "E"
+    args = train_args(setup, exp, "--set", "train.epochs=1", "--grid", "model.lstm_hidden=")
+    assert cli(*args).exit_code == 0
+    record = yaml.safe_load((exp / "grid.yaml").read_text())
+    point = exp / record["points"][1]["dir"]
+    (point / "last.pt").unlink()
+    (exp / "grid.yaml").write_text(yaml.safe_dump({**record, "chosen": None}, sort_keys=False))
+    (exp / "best.pt").unlink()
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    assert (point / "last.pt").is_file() and yaml.safe_load((exp / "grid.yaml").read_text())["chosen"] is not None
 
 
 def test_each_points_score_is_recorded_as_it_comes(setup, tmp_path, monkeypatch):

@@ -63,6 +63,7 @@ def posteriors(row):
 
 # --- packing ------------------------------------------------------------------------------------
 
+
 def test_packed_model_gives_the_exp_dirs_posteriors(trained, sertk_cli):
     base, exp, model = trained
     for part in ("dev", "test"):
@@ -241,7 +242,7 @@ def test_pack_keeps_another_exp_dirs_pack_a_newer_sertks_and_refuses_non_finite_
     base, exp, model = trained
     with zipfile.ZipFile(model) as zf:
         meta, weights = json.loads(zf.read(META_MEMBER)), zf.read(WEIGHTS_MEMBER)
-    other = dict(meta, source=dict(meta["source"], exp_dir="/elsewhere/exp/fold3"))
+    other = dict(meta, source=dict(meta["source"], exp_dir="/elsewhere/exp/fold3", checkpoint_sha256="1" * 64))
     newer = dict(meta, format_version=meta["format_version"] + 1)
     for name, doc in (("other.sertk", other), ("newer.sertk", newer)):
         with zipfile.ZipFile(tmp_path / name, "w") as zf:
@@ -252,6 +253,12 @@ def test_pack_keeps_another_exp_dirs_pack_a_newer_sertks_and_refuses_non_finite_
         assert message.endswith("not replaced: move it away or give another -o")
         assert (tmp_path / name).read_bytes() == before
     assert "/elsewhere/exp/fold3, another exp dir" in user_error(sertk_cli("pack", exp, "-o", tmp_path / "other.sertk"))
+    # the same best.pt reached through a moved exp dir: already packed, not another's
+    moved = dict(meta, source=dict(meta["source"], exp_dir="/old/place/exp/fold1"))
+    with zipfile.ZipFile(tmp_path / "moved.sertk", "w") as zf:
+        zf.writestr(META_MEMBER, json.dumps(moved))
+        zf.writestr(WEIGHTS_MEMBER, weights)
+    assert "already packed" in sertk_cli("pack", exp, "-o", tmp_path / "moved.sertk").stdout
 
     diverged = tmp_path / "diverged" / "fold1"
     shutil.copytree(exp, diverged, ignore=shutil.ignore_patterns("*.sertk", ".lock"))
@@ -272,6 +279,7 @@ def test_pack_keeps_another_exp_dirs_pack_a_newer_sertks_and_refuses_non_finite_
 
 
 # --- inputs and outputs -------------------------------------------------------------------------
+
 
 def test_infer_on_files_a_directory_and_formats(trained, sertk_cli, tmp_path):
     _, _, model = trained
@@ -328,7 +336,7 @@ def test_unreadable_inputs_are_skipped_counted_and_set_the_exit_status(trained, 
     assert "zero length" in reasons[str(tmp_path / "empty.wav")]
     assert "non-finite" in reasons[str(tmp_path / "nan.wav")]
     assert "headerless RAW audio" in reasons[str(tmp_path / "take.RAW")]
-    assert reasons[str(tmp_path / "huge.wav")].startswith("stream 'logmel' is not finite for this audio (samples up to")
+    assert reasons[str(tmp_path / "huge.wav")].startswith("stream 'logmel' is not finite for this audio (its samples peak at")
     assert [r["id"] for r in doc["rows"]] == [str(good)]
     assert "id given twice" in [s for s in doc["skipped"] if s["id"] == str(good)][0]["reason"]
     for s in doc["skipped"]:
@@ -393,6 +401,23 @@ def test_vote_window_and_hop_options(trained, sertk_cli, tmp_path, user_error):
     assert sertk_cli("-q", "infer", model, clip, "--min-chunk", "20").exit_code == 0   # the VAD's: not used here
 
 
+def test_an_input_whose_posteriors_overflow_gets_no_decision_the_others_theirs(trained, monkeypatch):
+    from sertk.inference import inferencer as module
+    _, _, model = trained
+    inf = Inferencer.from_file(model, device="cpu")
+    real = module.segment_posteriors
+
+    def first_row_overflows(model, dataset, *args, **kwargs):
+        post = real(model, dataset, *args, **kwargs)
+        post[0] = np.nan
+        return post
+    monkeypatch.setattr(module, "segment_posteriors", first_row_overflows)
+    utts = [Utterance("a", speech_like(1.0)), Utterance("b", speech_like(1.0, seed=1))]
+    decisions, undecided = inf.decide(utts)
+    assert list(undecided.values()) == ["the model's posteriors are not finite for this audio (an extreme input)"]
+    assert set(decisions) | set(undecided) == {"a", "b"} and len(decisions) == 1
+
+
 def test_python_api(trained, monkeypatch):
     _, _, model = trained
     from sertk import Inferencer as exported   # the import docs/inference.md shows
@@ -446,6 +471,7 @@ def test_python_api(trained, monkeypatch):
 
 
 # --- long recordings ----------------------------------------------------------------------------
+
 
 def test_energy_vad_finds_the_known_chunks_of_a_3_minute_recording(tmp_path):
     truth = make_recording(tmp_path / "rec.wav", 180.0, seed=3)

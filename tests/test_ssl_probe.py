@@ -214,11 +214,11 @@ def test_probe_trains_decodes_packs_and_infers_on_utterance_vectors(encoders, co
     assert not np.allclose(decision.posteriors, zero_vector, atol=1e-4)
 
 
-
 def test_a_pack_records_its_transformers_folders_weights_and_infer_refuses_others(encoders, corpus, tmp_path):
     """A model trained on a local checkpoint folder decides only on those weights: changed (or gone), one line."""
     folder = tmp_path / "my_hubert"
     shutil.copytree(encoders["hubert"], folder)
+    (folder / "tf_model.h5").write_bytes(b"a TensorFlow copy transformers does not load here")
     conf = {"sample_rate": 16000, "streams": {"st": {"type": "ssl_stats", "model": str(folder)}}}
     extract_features(corpus / "all", conf, tmp_path / "dump")
     exp = tmp_path / "exp"
@@ -227,6 +227,7 @@ def test_a_pack_records_its_transformers_folders_weights_and_infer_refuses_other
     recorded = read_pack(tmp_path / "probe.sertk").layout_info["encoders"]["st"]
     weights = folder / "model.safetensors"
     assert recorded["path"] == str(folder.resolve()) and len(recorded["sha256"]) == 64
+    (folder / "tf_model.h5").unlink()                                      # a copy never loaded: not the identity
     Inferencer(read_pack(tmp_path / "probe.sertk"), device="cpu")        # the same weights: accepted
     data = bytearray(weights.read_bytes())
     data[-100] ^= 0x01                                                      # one weight changed
@@ -239,6 +240,7 @@ def test_a_pack_records_its_transformers_folders_weights_and_infer_refuses_other
         Inferencer(read_pack(tmp_path / "probe.sertk"), device="cpu")
     with pytest.raises(FeatureError, match=f"SSL encoder '{folder}': no such directory$"):
         build_frontends(parse_config(conf))["st"].encoder_info
+
 
 def test_probe_on_segment_vectors_votes_over_windows(encoders, corpus, tmp_path):
     conf = {"sample_rate": 16000, "streams": {"st": {"type": "ssl_stats", "model": str(encoders["hubert"]),

@@ -24,7 +24,7 @@ from sertk.features.reading import Normalization, StreamLayout, load_streams
 from sertk.features.storage import read_dump_config
 from sertk.features.segments import SegmentConfig
 from sertk.fsutil import sha256_file
-from sertk.gridrecord import GRID_FILE
+from sertk.gridrecord import GRID_FILE, read_grid_record
 from sertk.results_dev import KEPT_LAST
 from sertk.experiment import load_checkpoint
 
@@ -41,29 +41,41 @@ class DecodeError(SertkError):
 def still_training(exp_dir: Path) -> List[str]:
     """'<run>: epoch N' for every training run in `exp_dir` (the run, a grid's points) whose last.pt says it
     has not finished: it is training now, or was stopped and resumes when started again; either way its
-    best.pt is not yet the one dev will choose."""
+    best.pt is not yet the one dev will choose. A grid's point recorded as diverged is done: it was left out."""
+    exp_dir = Path(exp_dir)
+    done = _diverged_points(exp_dir)
     runs = []
-    for last in sorted(Path(exp_dir).rglob(LAST_CHECKPOINT)):
+
+    def add(run: Path, what: str) -> None:
+        if run not in done:
+            where = run.relative_to(exp_dir).as_posix()
+            runs.append(("" if where == "." else f"{where}: ") + what)
+    for last in sorted(exp_dir.rglob(LAST_CHECKPOINT)):
         state = load_checkpoint(last, mmap=True)   # the small fields only: the tensors stay on disk
         if not state.get("finished", True):        # (checkpoints from before the flag: finished)
-            where = last.parent.relative_to(exp_dir).as_posix()
-            runs.append(("" if where == "." else f"{where}: ") + f"epoch {state.get('epoch')}")
+            add(last.parent, f"epoch {state.get('epoch')}")
     # best.pt is written before last.pt in an epoch: a run stopped between the two has a best.pt and no
     # last.pt (nor a kept record's last.yaml), and its next start trains from the beginning. A grid's E holds
     # a copy of the chosen point's best.pt beside grid.yaml; its points have their own last.pt.
-    for best in sorted(Path(exp_dir).rglob(DEV_SELECTED)):
+    for best in sorted(exp_dir.rglob(DEV_SELECTED)):
         if not any((best.parent / name).is_file() for name in (LAST_CHECKPOINT, KEPT_LAST, GRID_FILE)):
-            where = best.parent.relative_to(exp_dir).as_posix()
-            runs.append(("" if where == "." else f"{where}: ") + "stopped in its first epoch (best.pt, no last.pt)")
+            add(best.parent, "stopped in its first epoch (best.pt, no last.pt)")
     # a run writes config.yaml and train.log as it starts: with neither checkpoint yet, it is in its first epoch
     # (a grid's E, before its choice, holds grid.yaml and no run of its own)
-    for config in sorted(Path(exp_dir).rglob("config.yaml")):
+    for config in sorted(exp_dir.rglob("config.yaml")):
         run = config.parent
         if (run / TRAIN_LOG).is_file() and not any((run / name).is_file() for name in
                                                    (DEV_SELECTED, LAST_CHECKPOINT, KEPT_LAST, GRID_FILE)):
-            where = run.relative_to(exp_dir).as_posix()
-            runs.append(("" if where == "." else f"{where}: ") + "in its first epoch (no checkpoint yet)")
+            add(run, "in its first epoch (no checkpoint yet)")
     return runs
+
+
+def _diverged_points(exp_dir: Path) -> set:
+    """The dirs of a grid's points that grid.yaml records as diverged (sertk.train.grid)."""
+    if not (exp_dir / GRID_FILE).is_file():
+        return set()
+    record = read_grid_record(exp_dir / GRID_FILE, DecodeError)
+    return {exp_dir / p["dir"] for p in record["points"] if p.get("diverged") and isinstance(p.get("dir"), str)}
 
 
 def decode_data_dir(exp_dir: Path, data_dir: Path, feats_dir: Path, out_dir: Path, checkpoint: str = DEV_SELECTED,

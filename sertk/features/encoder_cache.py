@@ -272,8 +272,10 @@ def resolve_named_encoder(name: str, verify: bool = False, root: Optional[Path] 
     return folder
 
 
-# the files of a transformers checkpoint folder that hold weights (save_pretrained: one file or shards)
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
+# what transformers' from_pretrained loads from a folder, in its order of preference: one file, or the shards
+# its index names (a folder's other copies, TensorFlow or Flax weights, a trainer's optimizer.pt, are not read)
+LOADED_WEIGHTS = (("model.safetensors", "model.safetensors.index.json"),
+                  ("pytorch_model.bin", "pytorch_model.bin.index.json"))
 _FILE_DIGESTS: Dict[Tuple[str, int, int], str] = {}
 
 
@@ -295,15 +297,30 @@ def encoder_identity(model: str) -> dict:
 
 
 def folder_weights_sha256(folder: Path) -> Optional[str]:
-    """One SHA-256 over the weight files of a checkpoint folder (each file's name and SHA-256, sorted by
-    name; config and tokenizer files are left out); None when it holds none."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    """One SHA-256 over the weight files from_pretrained loads from a checkpoint folder (each file's name and
+    SHA-256, sorted by name); None when it holds none."""
+    files = loaded_weight_files(folder)
     if not files:
         return None
     h = hashlib.sha256()
     for path in files:
         h.update(f"{path.name}\t{_cached_sha256(path)}\n".encode())
     return h.hexdigest()
+
+
+def loaded_weight_files(folder: Path) -> List[Path]:
+    """The weight files transformers loads from `folder`: model.safetensors, else its index's shards, else
+    pytorch_model.bin or its shards; [] when there is none (or an index is unreadable)."""
+    for single, index in LOADED_WEIGHTS:
+        if (folder / single).is_file():
+            return [folder / single]
+        if (folder / index).is_file():
+            try:
+                shards = json.loads((folder / index).read_text())["weight_map"].values()
+            except (OSError, ValueError, KeyError, AttributeError):
+                return []
+            return [folder / name for name in sorted(set(shards))]
+    return []
 
 
 def _cached_sha256(path: Path) -> str:

@@ -204,15 +204,18 @@ class Inferencer:
         dataset = segment_dataset(dd, feats, self.layout, self.segments, norm, self.classes)
         check_model_length(self.model, dataset, "--window")
         post = segment_posteriors(self.model, dataset, self.batch_size, self.device)
-        if not np.isfinite(post).all():   # finite features in, so the model itself (its weights) is broken
-            raise InferenceError(f"the model gives non-finite posteriors for {int((~np.isfinite(post)).any(1).sum())} "
-                                 f"of {len(post)} segments on finite features; its weights are damaged")
+        # finite features and weights (a pack's are checked) can still overflow inside the model on extreme input:
+        # that input gets no decision, the others theirs
+        for i in np.flatnonzero(~np.isfinite(post).all(axis=1)):
+            undecided[dataset.segments[i].utt] = "the model's posteriors are not finite for this audio (an extreme input)"
         by_key = {u.key: u for u in utts}
         spans: Dict[str, List[Tuple[float, float]]] = {}
         for seg in dataset.segments:
             spans.setdefault(seg.utt, []).append(self._seconds(seg, len(by_key[seg.utt].audio) / self.sample_rate))
         out = {}
         for key, seg_post in by_utterance(dataset, post).items():
+            if key in undecided:
+                continue
             voted = vote(seg_post, self.rule)
             u = by_key[key]
             end = u.end if u.end is not None else u.start + len(u.audio) / self.sample_rate
@@ -255,10 +258,10 @@ class Inferencer:
                     if not len(x):
                         undecided[key] = (f"{durations[key]:.3f} s is too short for one feature frame of "
                                           f"stream '{name}'")
-                    elif not np.isfinite(x).all():   # float audio far beyond full scale overflows the frontend
+                    elif not np.isfinite(x).all():   # e.g. float audio far beyond full scale overflows the frontend
                         peak = float(np.abs(audio[key]).max())
-                        undecided[key] = (f"stream '{name}' is not finite for this audio (samples up to {peak:.3g}, "
-                                          "full scale is 1)")
+                        undecided[key] = (f"stream '{name}' is not finite for this audio (its samples peak at "
+                                          f"{peak:.3g}; full scale is 1)")
                     feats[name][key] = x
         return feats, undecided
 

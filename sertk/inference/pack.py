@@ -94,15 +94,17 @@ def _packed_from(out: Path, exp_dir: Path, digest: str) -> bool:
         raise PackError(f"{out}: a model packed by a newer sertk (format {version}); not replaced: move it away "
                         "or give another -o")
     source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+    if source.get("checkpoint_sha256") == digest:   # this very best.pt, however its exp dir is reached now
+        try:
+            check_meta(meta, out)
+            return True
+        except PackError:
+            return False   # an older format: replaced
     exp = exp_dir.resolve()
     if not out.resolve().is_relative_to(exp) and source.get("exp_dir") not in (None, str(exp)):
         raise PackError(f"{out}: holds the packed model of {source['exp_dir']}, another exp dir; not replaced: "
                         "move it away or give another -o")
-    try:
-        check_meta(meta, out)
-    except PackError:
-        return False   # an older format: replaced
-    return source.get("checkpoint_sha256") == digest
+    return False   # this exp dir's pack of an earlier best.pt: replaced
 
 
 def make_meta(config: Dict[str, Any], classes: List[str], features: Dict[str, Any], normalization: Dict[str, Any],

@@ -54,8 +54,9 @@ def raised_values(previous: Dict[str, Any], config: Dict[str, Any], exp_dir: Pat
     return raised
 
 
-def check_nothing_made_from(exp_dir: Path) -> None:
-    """ConfigError where a result was made from the run in exp_dir, which training it on would leave stale."""
+def check_nothing_made_from(exp_dir: Path, grid_choice: bool = True) -> None:
+    """ConfigError where a result was made from the run in exp_dir, which training it on would leave stale:
+    a decode, a pack, and (`grid_choice`) a grid's choice among its points."""
     decoded = sorted(p.name for p in exp_dir.glob("decode*") if is_decode_dir(p))
     if decoded:
         raise ConfigError(f"{exp_dir / decoded[0]} was decoded with this run's best.pt; training on would change "
@@ -64,7 +65,7 @@ def check_nothing_made_from(exp_dir: Path) -> None:
         raise ConfigError(f"{exp_dir / PACK_FILE} was packed from this run's best.pt; training on would change "
                           "the model behind it: train the longer run in a new exp dir")
     grid = exp_dir.parent.parent
-    if exp_dir.parent.name == GRID_DIR and (grid / GRID_FILE).is_file():
+    if grid_choice and exp_dir.parent.name == GRID_DIR and (grid / GRID_FILE).is_file():
         raise ConfigError(f"{exp_dir} is a point of the grid in {grid}, whose dev scores chose among its points; "
                           "train the longer grid in a new exp dir")
 
@@ -81,7 +82,8 @@ def check_best_without_last(exp_dir: Path, config: Dict[str, Any], best: Dict[st
     if best.get("config") is not None and with_new_defaults(best["config"]) != config:
         raise ConfigError(f"{exp_dir} holds the best.pt of a run with another config (and no last.pt); give a new exp "
                           "dir or remove it")
-    check_nothing_made_from(exp_dir)
+    # a grid's point stopped in its first epoch starts again like any run: the grid chooses once all are done
+    check_nothing_made_from(exp_dir, grid_choice=False)
 
 
 def early_stopped(state: Dict[str, Any], train_cfg: Dict[str, Any]) -> bool:

@@ -13,10 +13,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 from torch.utils.data import BatchSampler, RandomSampler
 
+from sertk.checkpoint import load_checkpoint
 from sertk.data.datadir import DataDir
 from sertk.data.ops import combine
 from sertk.data.protocols import split_checksum
-from sertk.checkpoint import load_checkpoint
 from sertk.features.dataset import SegmentDataset, check_model_length
 from sertk.features.model_features import check_model_features
 from sertk.features.reading import Normalization, StreamLayout, load_streams
@@ -62,6 +62,9 @@ def check_trained_inputs(checkpoint: Path, fold_dir: Path, dump_dir: Path, use: 
     choice, a refit's source. `use` ends the message: what to give. Records an older checkpoint lacks are not
     checked. Reads the lists and the dump's config only."""
     state = load_checkpoint(checkpoint, mmap=True)
+    if not state.get("fold_checksums"):
+        log.warning("%s records no fold lists (trained before sertk kept them): check that %s is the fold it was "
+                    "trained on", checkpoint, fold_dir)
     changed = differing_lists(state["fold_checksums"], fold_dir) if state.get("fold_checksums") else ""
     if changed:
         raise ConfigError(f"{fold_dir}: not the fold {checkpoint.parent} was trained on (its {changed} list differs "

@@ -11,13 +11,11 @@ checked against those E/best.pt records): on another fold, E's choice would have
 fold may test. O/refit.yaml records what was refitted: E, its dev choice, E/best.pt's SHA-256 (which a rerun
 must match: O resumes from its last.pt like any run), the fold and the dump.
 """
-import logging
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import yaml
 
-from sertk.checkpoint import load_checkpoint
 from sertk.config.loading import ConfigError, check_config, with_new_defaults
 from sertk.decode.decoder import DEV_SELECTED
 from sertk.fsutil import atomic_write_text, sha256_file
@@ -28,8 +26,6 @@ from sertk.train.expdir import check_exp_dir
 from sertk.train.folddata import check_trained_inputs
 from sertk.train.trainer import TrainSummary, train
 from sertk.yamlutil import read_yaml_file
-
-log = logging.getLogger(__name__)
 
 
 def refit_record(source: Path, fold_dir: Path, dump_dir: Path) -> Dict[str, Any]:
@@ -53,9 +49,6 @@ def check_same_inputs(source: Path, fold_dir: Path, dump_dir: Path) -> None:
     """A refit on another fold than its source's would reuse a choice made on that fold's dev speaker (in
     rotating protocols, another fold's test speaker), and on other features a choice made on these: the fold
     lists and the dump's features must be those source's best.pt records."""
-    if load_checkpoint(source / DEV_SELECTED, mmap=True).get("fold_checksums") is None:
-        log.warning("%s records no fold lists (trained before sertk kept them): check that %s is the fold it was "
-                    "trained on", source / DEV_SELECTED, fold_dir)
     check_trained_inputs(source / DEV_SELECTED, fold_dir, dump_dir, "give that run's --fold-dir and --feats")
 
 

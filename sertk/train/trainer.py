@@ -240,7 +240,8 @@ class _Run:
                      self.exp_dir, len(self.train_set), len(self.train_dd.utts), dev,
                      sum(p.numel() for p in self.model.parameters()), self.device,
                      f", {self.ranks.world} processes" if self.ranks.distributed else "")
-            absent = [c for c in self.classes if self.dev_dd is not None and c not in set(self.dev_dd.utt2emo.values())]
+            present = set(self.dev_dd.utt2emo.values()) if self.dev_dd is not None else set(self.classes)
+            absent = [c for c in self.classes if c not in present]
             if absent:   # dev UA averages the classes present: the choice is blind to these
                 log.warning("%s: dev has no %s: the dev %s that chooses the checkpoint averages the other %d classes",
                             self.exp_dir, ", ".join(absent), SELECT_METRICS[cfg["select"]],

@@ -140,7 +140,9 @@ def _load(what: str, loader, config: SslConfig, **kw):
         local = Path(config.model).is_dir()
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not local and _looks_like_a_path(config.model):
-            raise FeatureError(f"cannot load the {what} of SSL encoder '{config.model}': no such directory") from None
+            tilde = " (sertk does not expand ~: give the full path)" if config.model.startswith("~") else ""
+            raise FeatureError(f"cannot load the {what} of SSL encoder '{config.model}': no such directory{tilde}") \
+                from None
         hint = ("the directory does not hold a transformers checkpoint (config.json and weights, as "
                 "save_pretrained writes)" if local else
                 "it is not a local directory and not in the Hugging Face cache, and weights cannot be downloaded "
