@@ -2,7 +2,7 @@
 key given twice in one mapping (PyYAML keeps the last and silently drops the other)."""
 import re
 from pathlib import Path
-from typing import Any, Dict, Type
+from typing import Any, Dict, List, Type
 
 import yaml
 
@@ -73,3 +73,12 @@ def flat_keys(doc: Any, lists: bool = True, prefix: str = "") -> Dict[str, Any]:
             out.update(flat_keys(value, lists, f"{prefix}{key}."))
         return out or {prefix.rstrip("."): type(doc)()}
     return {prefix.rstrip("."): doc}
+
+
+def dotted_differences(before: Any, now: Any, lists: bool = True) -> List[str]:
+    """'key: before -> now' for every dotted key (flat_keys) whose value differs, sorted; '(absent)' for a key
+    one side lacks."""
+    a, b = flat_keys(before, lists), flat_keys(now, lists)
+    missing = "(absent)"
+    return [f"{k}: {a.get(k, missing)} -> {b.get(k, missing)}" for k in sorted(set(a) | set(b))
+            if a.get(k, missing) != b.get(k, missing)]

@@ -80,7 +80,8 @@ def test_a_run_that_ran_all_its_epochs_stays_finished_under_a_longer_patience(se
 @pytest.mark.parametrize("first, then, message", [
     (["train.epochs=3"], ["train.epochs=2"], "trained with train.epochs 3: a run cannot be cut to 2"),
     (["train.patience=4"], ["train.patience=2"], "trained with train.patience 4: a run cannot be cut to 2"),
-    (["train.epochs=2"], ["train.epochs=3", "optim.lr=0.01"], "was trained with another config"),
+    (["train.epochs=2"], ["train.epochs=3", "optim.lr=0.01"],
+     r"was trained with another config \(optim.lr: 0.001 -> 0.01, train.epochs: 2 -> 3\)"),
     (["train.epochs=2", "scheduler.name=cosine"], ["train.epochs=3", "scheduler.name=cosine"],
      "scheduler cosine is shaped by train.epochs, so a run of 3 epochs is not the 2-epoch run trained on"),
     (["train.epochs=2", "scheduler.name=warmup_cosine", "scheduler.warmup_epochs=1"],

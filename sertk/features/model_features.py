@@ -8,12 +8,12 @@ out: a model decodes another corpus's dump made with the same config.
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Set
+from typing import Any, Dict, Iterable, Optional, Set
 
 from sertk.errors import FeatureError
 from sertk.features.storage import SCP_FILE, read_dump_config
 from sertk.features.streams import DUMP_INFO_KEY
-from sertk.yamlutil import flat_keys
+from sertk.yamlutil import dotted_differences
 
 
 def streams_with_grids(doc: Dict[str, Any], streams: Iterable[str]) -> Set[str]:
@@ -31,21 +31,13 @@ def model_feature_config(doc: Dict[str, Any], streams: Iterable[str]) -> Dict[st
     return features
 
 
-def feature_differences(recorded: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
-    """'key: recorded -> current' for every setting that differs (dotted keys, sorted)."""
-    a, b = flat_keys(recorded), flat_keys(current)
-    missing = "(absent)"
-    return [f"{k}: {a.get(k, missing)} -> {b.get(k, missing)}" for k in sorted(set(a) | set(b))
-            if a.get(k, missing) != b.get(k, missing)]
-
-
 def check_model_features(recorded: Optional[Dict[str, Any]], doc: Dict[str, Any], streams: Iterable[str],
                          dump_dir: Path, model: str) -> None:
     """A `FeatureError` if the dump's config (`doc`) computes the model's streams otherwise than
     `recorded` (the checkpoint's record; None: a checkpoint from before sertk recorded it, not checked)."""
     if recorded is None:
         return
-    diffs = feature_differences(recorded, model_feature_config(doc, streams))
+    diffs = dotted_differences(recorded, model_feature_config(doc, streams))
     if diffs:
         shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
         raise FeatureError(f"{dump_dir}: its features differ from those {model} was trained on ({shown}); "

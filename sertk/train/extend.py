@@ -19,6 +19,7 @@ from sertk.decode.decodedir import is_decode_dir
 from sertk.gridrecord import GRID_FILE
 from sertk.train.expdir import GRID_DIR, PACK_FILE
 from sertk.train.optim import SCHEDULERS
+from sertk.yamlutil import dotted_differences
 
 RAISABLE = ("epochs", "patience")   # train.* keys a run can be continued with, raised
 
@@ -39,8 +40,8 @@ def raised_values(previous: Dict[str, Any], config: Dict[str, Any], exp_dir: Pat
     if previous == config:
         return {}
     if _without(previous, RAISABLE) != _without(config, RAISABLE) or config["train"]["refit_epochs"] is not None:
-        raise ConfigError(f"{exp_dir} was trained with another config; give a new exp dir or remove it "
-                          f"(compare {exp_dir / 'config.yaml'})")
+        raise ConfigError(f"{exp_dir} was trained with another config ({config_change_text(previous, config)}); give "
+                          f"a new exp dir or remove it (compare {exp_dir / 'config.yaml'})")
     raised = {k: (previous["train"][k], config["train"][k]) for k in RAISABLE
               if previous["train"][k] != config["train"][k]}
     for key, (before, now) in raised.items():
@@ -68,6 +69,12 @@ def check_nothing_made_from(exp_dir: Path, grid_choice: bool = True) -> None:
     if grid_choice and exp_dir.parent.name == GRID_DIR and (grid / GRID_FILE).is_file():
         raise ConfigError(f"{exp_dir} is a point of the grid in {grid}, whose dev scores chose among its points; "
                           "train the longer grid in a new exp dir")
+
+
+def config_change_text(before: Dict[str, Any], now: Dict[str, Any], shown: int = 3) -> str:
+    """'optim.lr: 0.001 -> 0.01, ...': the first `shown` dotted keys whose values differ, and how many more."""
+    changed = dotted_differences(before, now, lists=False)
+    return ", ".join(changed[:shown]) + (f" and {len(changed) - shown} more" if len(changed) > shown else "")
 
 
 def check_best_without_last(exp_dir: Path, config: Dict[str, Any], best: Dict[str, Any]) -> None:
