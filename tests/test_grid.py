@@ -208,8 +208,8 @@ def test_a_rerun_skips_and_another_grid_or_run_in_that_dir_is_refused(setup, gri
     assert cli(*train_args(setup, exp)).exit_code == 0 and (exp / "best.pt").read_bytes() == saved
     stamps = stamps_of_run_files(exp)
     message = user_error(cli(*train_args(setup, exp, "--grid", "optim.lr=[1.0e-3, 1.0e-1]")))
-    assert message == f"{exp} was trained with another config or grid; give a new exp dir or remove it " \
-                      f"(compare {exp / 'grid.yaml'})"
+    assert message == f"{exp} was trained with another config or grid (grid.optim.lr: [0.001, 0.03] -> [0.001, 0.1]); " \
+                      f"give a new exp dir or remove it (compare {exp / 'grid.yaml'})"
     assert "trained with another config or grid" in user_error(cli(*train_args(setup, exp, "--set", "train.seed=1")))
     message = user_error(cli(*train_args(setup, exp, "--grid", "optim.lr=", "--grid", "model.lstm_hidden=")))
     assert message.endswith("holds a grid run (grid.yaml); a plain run needs its own exp dir: give a new one or "

@@ -34,6 +34,7 @@ from sertk.gridrecord import GRID_FILE, best_point, read_grid_record
 from sertk.results_dev import REFIT_FILE
 from sertk.train.distributed import Ranks, keep_group, ranks_from_environment
 from sertk.train.expdir import GRID_DIR, check_exp_dir
+from sertk.train.extend import config_change_text
 from sertk.train.folddata import check_trained_inputs
 from sertk.train.trainer import TrainingDiverged, TrainSummary, train
 
@@ -100,8 +101,9 @@ def train_grid(config: Dict[str, Any], fold_dir: Path, dump_dir: Path, exp_dir: 
     if previous is not None:
         before = with_new_defaults(previous.get("config") or {})
         if before != config or list(before.get("grid") or {}) != list(config["grid"]):   # the key order too
-            raise ConfigError(f"{exp_dir} was trained with another config or grid; give a new exp dir or remove it "
-                              f"(compare {grid_file})")
+            changed = config_change_text(before, config) or "the grid's key order"
+            raise ConfigError(f"{exp_dir} was trained with another config or grid ({changed}); give a new exp dir or "
+                              f"remove it (compare {grid_file})")
         if previous.get("chosen"):
             chosen = previous["chosen"]
             if ranks.main and not (exp_dir / "best.pt").is_file() and (exp_dir / chosen["dir"] / "best.pt").is_file():
