@@ -138,6 +138,15 @@ def test_csv_import(tmp_path):
     (["a.wav,happy"], "path,label", r"missing column\(s\) \['speaker'\]"),
     (["a.wav,,spk1,,"], None, r"corpus.csv:2: empty 'label'"),
     (["a.wav,happy,spk1,,x"], None, r"corpus.csv:2: gender 'x'"),
+    # an unquoted comma in a field: every column after it would shift (the speaker became 'Smith')
+    (["a.wav,happy,Smith, John"], "path,label,speaker", r"corpus.csv:2: 4 fields, the header has 3 \(quote a field"),
+    (["a.wav,happy"], "path,label,speaker", r"corpus.csv:2: 2 fields, the header has 3"),
+    (["a.wav,happy,s1"], "Path,Label,Speaker", r"missing column\(s\) .* in the header \['Path', 'Label', 'Speaker'\]"
+                                               r".*; column names are lower case"),
+    (["a.wav;happy;s1"], "path;label;speaker", r"; the separator is a comma"),
+    (["a.wav,happy,s1"], "file,emotion,speaker", r"nkululeko's file/emotion columns are path/label here"),
+    (["a.wav,happy,s1,x"], "path,label,speaker,label", r"column 'label' is in the header twice"),
+    (["a.wav,0.0,1.5,happy,s1"], "path,start,end,label,speaker", r"column\(s\) \['start', 'end'\] give segment times"),
 ])
 def test_csv_errors(tmp_path, rows, header, message):
     write_wav(tmp_path / "a.wav")
@@ -145,11 +154,18 @@ def test_csv_errors(tmp_path, rows, header, message):
         import_csv(write_csv(tmp_path, rows, header or "path,label,speaker,session,gender"), tmp_path / "data")
 
 
-def test_csv_duplicate_ids(tmp_path):
+def test_csv_duplicate_ids_and_an_id_column(tmp_path, caplog):
     write_wav(tmp_path / "x" / "a.wav")
     write_wav(tmp_path / "y" / "a.wav")
-    with pytest.raises(CorpusError, match="'spk1-a' is given twice"):
+    with pytest.raises(CorpusError, match=r"corpus.csv:3: utterance id 'spk1-a' is line 2's too .*give the CSV an id "
+                                          "column"):
         import_csv(write_csv(tmp_path, ["x/a.wav,h,spk1,,", "y/a.wav,s,spk1,,"]), tmp_path / "data")
+    # folders per class with the same file names: an id column tells them apart; 'H' and 'h' are warned of
+    csv_path = write_csv(tmp_path, ["x/a.wav,h,spk1,x_a", "y/a.wav,H,spk1,y_a"], "path,label,speaker,id")
+    with caplog.at_level(logging.WARNING, logger="sertk"):
+        report = import_csv(csv_path, tmp_path / "data")
+    assert report.datadir.utts == ["spk1-x_a", "spk1-y_a"]
+    assert "labels that differ only in case are different classes: H / h" in caplog.text
 
 
 def test_csv_missing_audio_names_it(tmp_path):

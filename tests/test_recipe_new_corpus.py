@@ -38,3 +38,11 @@ def test_a_csv_and_a_thin_run_sh_make_a_recipe(tmp_path):
     assert (recipe / "data" / "all" / "labels.yaml").read_text().count("calm") >= 1
     result = run_recipe(tmp_path / "egs" / "mycorpus", "--stage", "1", "--stop_stage", "1", check=False)
     assert result.returncode == 0 and "already made" in result.stderr
+    # the CSV edited after stage 1 (a label changed): refused, not ignored
+    again = ("--mycorpus_root", audio / "list.csv", "--stage", "1", "--stop_stage", "1")
+    assert "already made" in run_recipe(recipe, *again).stderr
+    listing = (audio / "list.csv").read_text()
+    (audio / "list.csv").write_text(listing.replace("wav/ann_0.wav,calm", "wav/ann_0.wav,angry"))
+    result = run_recipe(recipe, *again, check=False)
+    assert result.returncode == 1 and result.stderr.splitlines()[-1].startswith(
+        "./run.sh: error: data/all was imported from ") and "(another or an edited CSV)" in result.stderr

@@ -71,4 +71,7 @@ def test_bad_dev_shares_and_options_get_one_line(tmp_path, sertk_cli, user_error
     single = _corpus(tmp_path / "single", sertk_cli, ["ann", "bob"], per_class=1)   # nothing to lend to dev
     assert "no dev utterances when testing speaker 'ann'" in user_error(
         sertk_cli("data", "folds", single, "--protocol", "loso_dev_share", "--out", tmp_path / "x"))
+    pairs = _corpus(tmp_path / "pairs", sertk_cli, ["ann", "bob"], per_class=2)   # 2 of a class: 0.2 x 2 rounds to 0
+    assert "(with --dev-share 0.2, a speaker lends one of a class to dev from 3 utterances of it)" in user_error(
+        sertk_cli("data", "folds", pairs, "--protocol", "loso_dev_share", "--out", tmp_path / "x"))
     assert not (tmp_path / "x").exists()

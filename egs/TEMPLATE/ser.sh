@@ -242,9 +242,18 @@ if [ -n "$cross_corpus" ] && [ -z "$cross_root" ] && [ -d "downloads/${cross_cor
   cross_root=downloads/${cross_corpus}
 fi
 
+csv_source() {  # CSV: one line naming a CSV import's file and its content (another or an edited CSV differs)
+  printf '%s sha256 %s' "$(cd "$(dirname "$1")" && pwd -P)/$(basename "$1")" "$(sha256sum < "$1" | cut -c1-16)"
+}
+
 check_prepared_from() {  # ROOT OUT OPTION: OUT's audio is under the corpus folder ROOT given now (else that
   local root=$1 out=$2 option=$3 first   # ROOT would be ignored: the data of another folder trained on)
-  [ -n "$root" ] && [ -d "$root" ] && [ -f "$out/wav.scp" ] || return 0   # a CSV import's root is a file
+  if [ -n "$root" ] && [ -f "$root" ] && [ -f "$out/csv_source" ]; then   # a CSV import: the same file, unedited
+    [ "$(cat "$out/csv_source")" = "$(csv_source "$root")" ] \
+      || die "$out was imported from $(cat "$out/csv_source"), not from $option $root as it is now (another or an edited CSV); remove $out and $data to import it again"
+    return 0
+  fi
+  [ -n "$root" ] && [ -d "$root" ] && [ -f "$out/wav.scp" ] || return 0
   first=$(head -n 1 "$out/wav.scp" | cut -d ' ' -f 2-)
   [[ $first == "$(cd "$root" && pwd)"/* || $first == "$(cd "$root" && pwd -P)"/* ]] \
     || die "$out was prepared from another folder than $option $root ($first); remove $out and $data to prepare from it"
@@ -284,6 +293,7 @@ prepare_data() {  # CORPUS ROOT OUT ROOT_OPTION [prepare args]: prepare and vali
   log "preparing $out from $root"
   if [ "$name" = "$corpus" ] && [ "${import_csv:-false}" = true ]; then
     sertk data import --csv "$root" --out "$out" --corpus "$name" "$@"
+    csv_source "$root" > "$out/csv_source"
   else
     sertk data prepare "$name" --root "$root" --out "$out" "$@"
   fi

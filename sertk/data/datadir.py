@@ -16,9 +16,9 @@ from sertk.fsutil import atomic_output_dir, owned_by
 
 # What a data dir written by sertk holds: the per-utterance tables, spk2utt, segments, the label map, and
 # `sertk data split`'s parts. Saving over a folder holding anything else is refused (see fsutil).
-# prepared_with: how a recipe's stage 1 prepared the dir (its label options), so that a rerun with others is
-# refused instead of ignored (egs/TEMPLATE/ser.sh)
-DATA_FILES = ("wav.scp", "text", "utt2*", "spk2utt", "segments", LABEL_MAP_FILE, "prepared_with")
+# prepared_with: how a recipe's stage 1 prepared the dir (its label options), and csv_source: the CSV it imported
+# (path and content), so that a rerun with others is refused instead of ignored (egs/TEMPLATE/ser.sh)
+DATA_FILES = ("wav.scp", "text", "utt2*", "spk2utt", "segments", LABEL_MAP_FILE, "prepared_with", "csv_source")
 SPLIT_PART_FILES = tuple(f"[0-9]*/{name}" for name in DATA_FILES)
 owns_data_dir = owned_by(DATA_FILES + tuple(f"split[0-9]*/{name}" for name in SPLIT_PART_FILES))
 

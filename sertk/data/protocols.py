@@ -5,6 +5,7 @@ A protocol dir holds `utt2fold` (the fold in which each utterance is tested), `p
 `fold<k>/{train,dev,test}/`, each a complete data dir.
 """
 import hashlib
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,8 +127,10 @@ def loso_dev_share(dd: DataDir, dev_share: float = 0.2, seed: int = 0) -> List[F
         fold = Fold([u for u in train_pool if u not in dev], [u for u in train_pool if u in dev],
                     _utts_of(dd, [test_spk]))
         if not fold.dev:
-            raise ProtocolError(f"loso_dev_share: no dev utterances when testing speaker '{test_spk}' (each speaker "
-                                "needs 2 or more utterances of a class to lend one to dev); raise --dev-share")
+            need = max(2, math.floor(0.5 / dev_share) + 1)   # round(share * n) >= 1 and one kept for training
+            raise ProtocolError(f"loso_dev_share: no dev utterances when testing speaker '{test_spk}' (with "
+                                f"--dev-share {dev_share}, a speaker lends one of a class to dev from {need} utterances "
+                                "of it); raise --dev-share")
         folds.append(fold)
     return folds
 

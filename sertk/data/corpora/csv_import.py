@@ -1,21 +1,29 @@
-"""Any other corpus, from a CSV with columns `path,label,speaker` and optional `session,gender`.
+"""Any other corpus, from a CSV with columns `path,label,speaker` and optional `session,gender,id`.
 
 Relative paths are taken relative to the CSV's folder. Ids: speaker `<speaker>` as given
-(whitespace becomes '_'), utterance `<speaker>-<file stem>`. The raw label is the `label` column;
-without a label map, each distinct label becomes its own class, in sorted order.
+(whitespace becomes '_'), utterance `<speaker>-<id>`, the id column's value or else the file stem (give
+`id` where two of a speaker's files share a stem, e.g. `ann/angry/01.wav` and `ann/calm/01.wav`). The raw
+label is the `label` column; without a label map, each distinct label becomes its own class, in sorted
+order (labels that differ only in case are warned of: they are two classes). Other columns are ignored,
+but segment times (`start`, `end`) are refused: import takes whole files. A row with more or fewer fields
+than the header is an error naming its line (a comma inside an unquoted field shifts every column after it).
 """
 import codecs
 import csv
 import io
+import logging
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List, Optional
 
 from sertk.data.labels import LabelMap
 from sertk.data.prepare import Scan, Utterance
 from sertk.errors import CorpusError
 
+log = logging.getLogger(__name__)
+
 REQUIRED = ("path", "label", "speaker")
+SEGMENT_COLUMNS = ("start", "end", "offset", "duration")   # segment times: a data dir's `segments`, not made here
 GENDERS = {"f": "f", "female": "f", "w": "f", "m": "m", "male": "m"}
 
 
@@ -31,22 +39,60 @@ def scan(csv_path: Path) -> Scan:
     if not text.strip():
         raise CorpusError(f"{csv_path}: empty file; need a header line {','.join(REQUIRED)}[,session,gender] "
                           "and a row per utterance")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in REQUIRED if c not in columns]
-        if missing:
-            raise CorpusError(f"{csv_path}: missing column(s) {missing}; need {list(REQUIRED)}, "
-                              "optional session, gender")
-        utterances = []
-        for row in reader:
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+        columns = _header(next(reader, []), csv_path)
+        utterances, lines = [], {}   # utterance id -> the line that gave it
+        for fields in reader:
+            if not any(f.strip() for f in fields):
+                continue   # a blank line
+            if len(fields) != len(columns):
+                raise CorpusError(f"{csv_path}:{reader.line_num}: {len(fields)} fields, the header has {len(columns)} "
+                                  "(quote a field that holds a comma)")
+            row = {k: v.strip() for k, v in zip(columns, fields)}
             utterances.append(_utterance(row, csv_path, reader.line_num))
+            first = lines.setdefault(utterances[-1].utt, reader.line_num)
+            if first != reader.line_num:
+                raise CorpusError(f"{csv_path}:{reader.line_num}: utterance id '{utterances[-1].utt}' is line "
+                                  f"{first}'s too (same speaker and file stem); give the CSV an id column to tell them "
+                                  "apart")
     except csv.Error as e:
         raise CorpusError(f"{csv_path}:{reader.line_num}: not a readable CSV line ({e})") from None
     if not utterances:
         raise CorpusError(f"{csv_path}: no rows, only the header")
+    _warn_of_case_twins(sorted({u.raw_label for u in utterances}), csv_path)
     return Scan(utterances)
+
+
+def _header(fields: List[str], csv_path: Path) -> List[str]:
+    columns = [c.strip() for c in fields]
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        case_only = any(c.lower() in REQUIRED and c not in REQUIRED for c in columns)
+        hint = ("; column names are lower case" if case_only else
+                "; the separator is a comma" if len(columns) == 1 and any(d in columns[0] for d in ";\t") else
+                "; nkululeko's file/emotion columns are path/label here" if {"file", "emotion"} & set(columns) else "")
+        raise CorpusError(f"{csv_path}: missing column(s) {missing} in the header {columns}; need "
+                          f"{list(REQUIRED)}, optional session, gender, id{hint}")
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise CorpusError(f"{csv_path}: column {repeated[0]!r} is in the header twice")
+    segments = [c for c in SEGMENT_COLUMNS if c in columns]
+    if segments:
+        raise CorpusError(f"{csv_path}: column(s) {segments} give segment times, which import does not take (it "
+                          "reads whole files); cut the segments into files, or write the data dir's segments file")
+    return columns
+
+
+def _warn_of_case_twins(labels: List[str], csv_path: Path) -> None:
+    """'Angry' and 'angry' are two classes to the identity map: likely one, spelt twice."""
+    by_lower: Dict[str, List[str]] = {}
+    for label in labels:
+        by_lower.setdefault(label.lower(), []).append(label)
+    twins = [" / ".join(group) for group in by_lower.values() if len(group) > 1]
+    if twins:
+        log.warning("%s: labels that differ only in case are different classes: %s (give a label map, or spell "
+                    "them alike)", csv_path, "; ".join(twins))
 
 
 def read_csv_text(path: Path) -> str:
@@ -82,7 +128,8 @@ def _utterance(row: dict, csv_path: Path, lineno: int) -> Utterance:
         if gender is None:
             raise CorpusError(f"{where}: gender '{row['gender']}' is not one of f, m, female, male")
     speaker = _id(row["speaker"])
-    return Utterance(utt=f"{speaker}-{_id(path.stem)}", speaker=speaker, path=path, raw_label=row["label"],
+    stem = _id(row["id"]) if row.get("id") else _id(path.stem)
+    return Utterance(utt=f"{speaker}-{stem}", speaker=speaker, path=path, raw_label=row["label"],
                      gender=gender, session=_id(row["session"]) if row.get("session") else None)
 
 
