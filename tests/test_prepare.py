@@ -154,6 +154,14 @@ def test_csv_errors(tmp_path, rows, header, message):
         import_csv(write_csv(tmp_path, rows, header or "path,label,speaker,session,gender"), tmp_path / "data")
 
 
+def test_csv_unknown_genders_are_left_out_not_refused(tmp_path, caplog):
+    for name in ("a", "b"):
+        write_wav(tmp_path / f"{name}.wav")
+    with caplog.at_level(logging.WARNING, logger="sertk"):
+        report = import_csv(write_csv(tmp_path, ["a.wav,h,s1,,female", "b.wav,s,s1,,unknown"]), tmp_path / "data")
+    assert "utt2gen" not in report.datadir.tables and "leaving out utt2gen: only 1 of 2 utterances have it" in caplog.text
+
+
 def test_csv_duplicate_ids_and_an_id_column(tmp_path, caplog):
     write_wav(tmp_path / "x" / "a.wav")
     write_wav(tmp_path / "y" / "a.wav")

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 REQUIRED = ("path", "label", "speaker")
 SEGMENT_COLUMNS = ("start", "end", "offset", "duration")   # segment times: a data dir's `segments`, not made here
 GENDERS = {"f": "f", "female": "f", "w": "f", "m": "m", "male": "m"}
+# genders utt2gen cannot hold (it knows f and m): read as an empty cell, which leaves utt2gen out with a warning
+UNKNOWN_GENDERS = {"u", "unknown", "other", "x", "na", "n/a", "none", "-"}
 
 
 def _id(text: str) -> str:
@@ -123,10 +125,11 @@ def _utterance(row: dict, csv_path: Path, lineno: int) -> Utterance:
     if not path.is_absolute():
         path = csv_path.parent / path
     gender = None
-    if row.get("gender"):
+    if row.get("gender") and row["gender"].lower() not in UNKNOWN_GENDERS:
         gender = GENDERS.get(row["gender"].lower())
         if gender is None:
-            raise CorpusError(f"{where}: gender '{row['gender']}' is not one of f, m, female, male")
+            raise CorpusError(f"{where}: gender '{row['gender']}' is not one of f, m, female, male (or unknown, "
+                              "other: left out)")
     speaker = _id(row["speaker"])
     stem = _id(row["id"]) if row.get("id") else _id(path.stem)
     return Utterance(utt=f"{speaker}-{stem}", speaker=speaker, path=path, raw_label=row["label"],
