@@ -8,7 +8,9 @@ them. last.pt's bookkeeping (everything but the tensors) goes into `last.yaml`, 
 take where last.pt is absent (sertk.results_dev.read_last). A kept fold cannot be trained on or decoded again.
 
 Nothing is overwritten: a destination file that differs from what would be written stops the command before
-it writes anything (one line); identical files are left as they are, so keeping again is harmless.
+it writes anything (one line); identical files are left as they are, so keeping again is harmless. The one
+file brought up to date is a kept train.log that the fold's own has only grown since (a recipe's rerun over
+finished folds logs a 'skipping' line into each).
 """
 import filecmp
 import os
@@ -87,6 +89,15 @@ def _differs(dest: Path, source: Optional[Path], text: Optional[str]) -> bool:
     return dest.read_text(encoding="utf-8") != text
 
 
+def _grown_log(target: Path, source: Optional[Path]) -> bool:
+    """A kept train.log that the fold's own has only added lines to since (a recipe rerun over finished folds
+    logs 'training already finished; skipping' into each): the same record, longer; it is brought up to date."""
+    if target.name != "train.log" or source is None:
+        return False
+    kept, now = target.read_bytes(), source.read_bytes()
+    return len(now) > len(kept) and now.startswith(kept)
+
+
 def keep_folds(src: Path, dest: Path) -> Dict[int, str]:
     """Copy the record of every finished, decoded fold<k> of `src` to `dest`/fold<k>; fold -> what happened."""
     src, dest = Path(src), Path(dest)
@@ -97,7 +108,7 @@ def keep_folds(src: Path, dest: Path) -> Dict[int, str]:
         raise KeepError(f"{dest}: is the exp dir itself; give another destination")
     if src.resolve() in dest.resolve().parents:   # the records would land among the folds they are copied from
         raise KeepError(f"{dest}: is inside the exp dir {src}; give a destination outside it")
-    plan, outcome = [], {}
+    plan, outcome, grown = [], {}, set()
     for k, fold_dir in folds.items():
         runs = _run_states(fold_dir)
         reason = why_not_kept(fold_dir, runs)
@@ -106,13 +117,15 @@ def keep_folds(src: Path, dest: Path) -> Dict[int, str]:
             continue
         for rel, source, text in _fold_files(fold_dir, runs):
             target = dest / fold_dir.name / rel
-            if target.is_dir() or (target.exists() and _differs(target, source, text)):
+            if target.is_file() and _grown_log(target, source):
+                grown.add(target)
+            elif target.is_dir() or (target.exists() and _differs(target, source, text)):
                 raise KeepError(f"{target}: exists and differs from fold {k}'s record in {src}; nothing was "
                                 "written (move it away, or keep into another folder)")
             plan.append((target, source, text))
         outcome[k] = "kept"
     for target, source, text in plan:   # every conflict was found above: from here on nothing is overwritten
-        if target.exists():
+        if target.exists() and target not in grown:
             continue
         if source is not None:   # through a temp file, so a cut copy leaves no half file to clash with later
             atomic_write_with(target, lambda tmp, source=source: shutil.copyfile(source, tmp))

@@ -53,6 +53,11 @@ def test_keeping_again_is_harmless_and_a_different_file_stops_it_before_it_write
                                                                                     user_error):
     keep_folds(run, tmp_path / "kept")
     assert keep_folds(run, tmp_path / "kept")[1] == "kept"          # identical files: nothing to do, no error
+    # a recipe rerun over finished folds logs a line into each train.log: the kept one is brought up to date
+    log = run / "fold1" / "train.log"
+    log.write_text(log.read_text() + "INFO fold1: training already finished; skipping\n")
+    assert keep_folds(run, tmp_path / "kept")[1] == "kept"
+    assert (tmp_path / "kept" / "fold1" / "train.log").read_text() == log.read_text()
     other = tmp_path / "other"
     (other / "fold1").mkdir(parents=True)
     (other / "fold1" / "train.log").write_text("somebody else's log\n")
