@@ -243,7 +243,7 @@ if [ -n "$cross_corpus" ] && [ -z "$cross_root" ] && [ -d "downloads/${cross_cor
 fi
 
 csv_source() {  # CSV: one line naming a CSV import's file and its content (another or an edited CSV differs)
-  printf '%s sha256 %s' "$(cd "$(dirname "$1")" && pwd -P)/$(basename "$1")" "$(sha256sum < "$1" | cut -c1-16)"
+  printf '%s sha256 %s' "$(readlink -f "$1")" "$(sha256sum < "$1" | cut -c1-16)"   # a link: the file it names
 }
 
 check_prepared_from() {  # ROOT OUT OPTION: OUT's audio is under the corpus folder ROOT given now (else that

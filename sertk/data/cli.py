@@ -217,7 +217,8 @@ def msp_improv(**kwargs) -> None:
 
 @data.command("import")
 @click.option("--csv", "csv_path", required=True, type=any_path,
-              help="CSV with columns path,label,speaker and optional session,gender,id (paths relative to the CSV).")
+              help="CSV with columns path,label,speaker and optional session,gender,utt_id (paths relative to "
+                   "the CSV).")
 @click.option("--out", required=True, type=dir_path, help="Data dir to write.")
 @click.option("--labels", type=any_path, help="Label map [default: one class per distinct label].")
 @click.option("--corpus", help="Corpus name for protocol cards.")

@@ -4,8 +4,9 @@ Layout: `<root>/Actor_01/03-01-05-01-02-01-01.wav`. Name fields: modality (03 au
 vocal channel (01 speech), emotion, intensity (01 normal, 02 strong), statement, repetition,
 actor (odd male, even female). Only `03-01-*` files are used; anything else is skipped with a
 count. Codes the release does not use (intensity, statement or repetition other than 01/02, a strong
-neutral, an actor other than its folder's) are refused: a renamed file would otherwise take a wrong label. Ids: speaker `ravdess_01`, utterance `ravdess_01-03-01-05-01-02-01-01`. Raw label: the
-emotion code; intensity goes to `utt2intensity`.
+neutral, an actor other than its folder's) are refused: a renamed file would otherwise take a wrong label.
+Ids: speaker `ravdess_01`, utterance `ravdess_01-03-01-05-01-02-01-01`. Raw label: the emotion code;
+intensity goes to `utt2intensity`.
 """
 import re
 from collections import Counter
