@@ -94,6 +94,8 @@ BAD_SETTINGS = [
     ("train=", "config section 'train' must be a mapping of its keys, not null"),
     ("train=5", r"config key 'train' is a section: it expects a mapping of its keys \(epochs, batch_size"),
     ("model.name=[a]", "model.name must be a model's name, not \\['a'\\]"),
+    ("optim.lr=._", "config key 'optim.lr' expects a float like 0.001, got '._'"),   # was a float() traceback
+    ("optim={lr: 1.0e-4}", r"--set optim: optim is a section; set its keys one by one, e.g. --set optim.lr=\.\.\."),
 ]
 
 
@@ -144,6 +146,23 @@ def test_values_in_files_and_grids_are_checked_too(tmp_path):
     # a value the grid replaces is not the base config's: a base that only the grid fixes is fine
     config = load_config(None, TINY + ["scheduler.name=multistep"], ["scheduler.milestones=[[1], [2]]"])
     assert config["grid"] == {"scheduler.milestones": [[1], [2]]}
+
+
+def test_a_set_of_a_grid_key_and_a_bad_grid_are_refused_by_config_get_too(tmp_path, sertk_cli, user_error):
+    """`config get` of a key outside model. (the recipe's check before stage 0) checks the grid as train does; a
+    --set of a key the grid varies would be ignored by every point."""
+    conf = tmp_path / "g.yaml"
+    conf.write_text("model: {name: crnn}\ngrid:\n  optim.lr: [1.0e-3, 3.0e-4]\n")
+    assert "grid: unknown config key 'optim.lrr'" in user_error(
+        sertk_cli("config", "get", conf, "features.tag", "--grid", "optim.lrr=[1]"))
+    assert "grid: config key 'train.seed' expects a int like 0, got 1.5" in user_error(
+        sertk_cli("config", "get", conf, "features.tag", "--grid", "train.seed=[1.5]"))
+    assert user_error(sertk_cli("config", "show", conf, "--set", "optim.lr=-1")).startswith(
+        "--set optim.lr: optim.lr is in the grid ([0.001, 0.0003])")
+    taken_out = sertk_cli("config", "get", conf, "optim.lr", "--set", "optim.lr=0.01", "--grid", "optim.lr=")
+    assert taken_out.exit_code == 0 and taken_out.output.strip() == "0.01"
+    model = sertk_cli("config", "get", conf, "model")   # the whole section, as config show gives it
+    assert model.exit_code == 0 and "lstm_hidden:" in model.output and "dropout:" in model.output
 
 
 def test_good_values_pass_and_ints_become_floats():

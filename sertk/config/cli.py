@@ -48,5 +48,5 @@ def get(config_file: Path, key: str, sets: Tuple[str], grids: Tuple[str]) -> Non
     is read without importing the model or torch (the model's options are checked by `config show` and
     `sertk train`)."""
     from sertk.config.loading import get_key, load_config
-    value = get_key(load_config(config_file, sets, grids, models=key.startswith("model.")), key)
+    value = get_key(load_config(config_file, sets, grids, models=key == "model" or key.startswith("model.")), key)
     click.echo(value if not isinstance(value, (dict, list)) else yaml.safe_dump(value).strip())

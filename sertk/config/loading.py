@@ -130,26 +130,33 @@ def load_config(path: Optional[Path], overrides: Iterable[str] = (), grid: Itera
             config["grid"].pop(key, None)
         else:
             config["grid"][key] = value if isinstance(value, list) else [value]
+    for key, _ in overrides:   # a value every point would replace: the grid's values are what trains
+        if key in config["grid"]:
+            raise ConfigError(f"--set {key}: {key} is in the grid ({config['grid'][key]}), whose values every point "
+                              f"trains with; give --grid {key}=[...] instead (or --grid {key}= to take it out first)")
     # every value (those the grid sets: per point, below), before any feature is read or file written
     check_config(config, skip=config["grid"], models=models)
-    if not models:
-        return config
-    make_config(name, **model_options(config))  # validates model options
-    config["grid"] = _checked_grid(config, config["grid"], grid_where)
+    if models:
+        make_config(name, **model_options(config))  # validates model options
+    config["grid"] = _checked_grid(config, config["grid"], grid_where, models=models)
     return config
 
 
 _REMOVE = object()   # `--grid KEY=`: KEY taken out of the grid
 
 
-def _checked_grid(config: Dict[str, Any], grid: Any, where: str) -> Dict[str, list]:
+def _checked_grid(config: Dict[str, Any], grid: Any, where: str, models: bool = True) -> Dict[str, list]:
     """The grid, every key a setting of `config` that may vary and every value of that setting's type;
-    each point's model options are checked too."""
+    each point's model options are checked too (`models` false: model keys are kept unchecked, so that no
+    model, nor torch, is imported: `sertk config get` of a key outside `model.`)."""
     if not isinstance(grid, dict):
         raise ConfigError(f"{where} must be a mapping of config keys to lists of values, not {grid!r}")
     out: Dict[str, list] = {}
-    checks = {**CHECKS, **_model_checks(config["model"]["name"])}
+    checks = {**CHECKS, **_model_checks(config["model"]["name"])} if models else CHECKS
     for key, values in grid.items():
+        if not models and isinstance(key, str) and key.startswith("model."):
+            out[key] = values
+            continue
         if not isinstance(key, str):
             raise ConfigError(f"{where}: key {key!r} is not a dotted config key like optim.lr")
         if key in GRID_FIXED or key.startswith("grid."):
@@ -180,10 +187,10 @@ def _checked_grid(config: Dict[str, Any], grid: Any, where: str) -> Dict[str, li
             if v in checked[:i]:
                 raise ConfigError(f"{where}: {key} lists {v!r} twice")
         out[key] = checked
-    models = [k for k in out if k.startswith("model.")]
-    if models:
+    model_keys = [k for k in out if k.startswith("model.")] if models else []
+    if model_keys:
         for point in grid_points(out):
-            options = {**model_options(config), **{k[len("model."):]: v for k, v in point.items() if k in models}}
+            options = {**model_options(config), **{k[len("model."):]: v for k, v in point.items() if k in model_keys}}
             try:
                 make_config(config["model"]["name"], **options)
             except SertkError as e:
@@ -311,6 +318,10 @@ def set_key(config: Dict[str, Any], dotted: str, value: Any) -> None:
             known = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
             raise ConfigError(f"unknown config key '{dotted}' (at '{'.'.join(parts[:i + 1])}'; known: {known})")
         if i == len(parts) - 1:
+            # a section would be replaced, not merged (but `grid={}` clears the grid, as meant)
+            if dotted != "grid" and isinstance(node[part], dict) and isinstance(value, dict):
+                raise ConfigError(f"--set {dotted}: {dotted} is a section; set its keys one by one, e.g. --set "
+                                  f"{dotted}.{next(iter(value), next(iter(node[part]), 'key'))}=...")
             node[part] = _checked(dotted, node[part], value)
         else:
             node = node[part]
