@@ -33,26 +33,46 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                   |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
                   |[-+]?\.(?:inf|Inf|INF)
-                  |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
+                  |\.(?:nan|NaN|NAN))$""", re.X)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT, list("-+0123456789."))
 
 
-def load_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)
+NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 
 
-def read_yaml_file(path, error: Type[Exception], mapping: bool = True):
+class _ConfigLoader(_Loader):
+    """Experiment configs: an integer is decimal digits only (`010` is 10), a float as FLOAT says. YAML 1.1
+    reads `010` as octal 8, `0x10` as 16 and `1:30` as 90 (`1:30.5` as 90.5); here those are strings, which a
+    setting's type check then refuses."""
+
+    yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag not in NUMBER_TAGS]
+                               for first, resolvers in _Loader.yaml_implicit_resolvers.items()}
+
+    def construct_yaml_int(self, node):
+        return int(self.construct_scalar(node).replace("_", ""), 10)
+
+
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9][0-9_]*$"),
+                                    list("-+0123456789"))
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT, list("-+0123456789."))   # not 1:30.5
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)
+
+
+def load_yaml(text: str, config: bool = False):
+    """The YAML document in `text`; `config`: with decimal-only integers (_ConfigLoader)."""
+    return yaml.load(text, Loader=_ConfigLoader if config else _Loader)
+
+
+def read_yaml_file(path, error: Type[Exception], mapping: bool = True, config: bool = False):
     """The YAML document in `path`; a file that is not YAML text (or, with `mapping`, not a mapping)
-    raises `error` with a one-line message naming it."""
+    raises `error` with a one-line message naming it. `config`: as load_yaml's."""
     path = Path(path)
     try:
-        doc = load_yaml(path.read_text(encoding="utf-8"))
+        doc = load_yaml(path.read_text(encoding="utf-8"), config)
     except DuplicateKeyError as e:
         raise error(f"{path}:{e.line}: duplicate key {e.key!r} (first at line {e.first_line}); "
                     "give each key once") from None

@@ -26,6 +26,19 @@ def test_scientific_notation_in_files_is_a_number(tmp_path):
     assert config["optim"]["lr"] == pytest.approx(5e-4)
 
 
+def test_integers_are_decimal_in_configs_and_overrides(tmp_path):
+    """YAML 1.1 reads 010 as octal 8, 0x10 as 16 and 1:30 as 90; in a config they are 10 and two strings."""
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name: crnn}\ntrain: {seed: 010}\n")
+    assert load_config(path, models=False)["train"]["seed"] == 10
+    assert load_config(path, ["train.seed=010"], models=False)["train"]["seed"] == 10
+    for value in ("0x10", "1:30"):
+        with pytest.raises(ConfigError, match=f"config key 'train.seed' expects a int like 10, got '{value}'"):
+            load_config(path, [f"train.seed={value}"], models=False)
+    with pytest.raises(ConfigError, match="got '1:30.5'"):
+        load_config(path, ["segments.length=1:30.5"], models=False)
+
+
 def test_an_int_where_a_float_is_expected_becomes_a_float():
     assert load_config(None, ["model.name=crnn", "optim.lr=1"])["optim"]["lr"] == 1.0
 

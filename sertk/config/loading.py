@@ -242,7 +242,7 @@ def _read_user_config(path: Path, chain: tuple = ()) -> Dict[str, Any]:
     corpus's variant of a shared config says only what differs."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file" + (f" (the base of {chain[-1]})" if chain else ""))
-    user = read_yaml_file(path, ConfigError, mapping=False) or {}
+    user = read_yaml_file(path, ConfigError, mapping=False, config=True) or {}
     if not isinstance(user, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections")
     base = user.pop("base", None)
@@ -289,7 +289,7 @@ def _parse_override(text: str, what: str = "override", form: str = "key.sub=valu
     if empty and not value.strip():
         return key.strip(), _REMOVE
     try:
-        return key.strip(), load_yaml(value)
+        return key.strip(), load_yaml(value, config=True)
     except DuplicateKeyError as e:
         raise ConfigError(f"{what} '{text}': the value gives key {e.key!r} twice") from None
     except yaml.YAMLError:
