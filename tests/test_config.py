@@ -65,6 +65,16 @@ def test_unknown_model_and_unknown_file_key(tmp_path):
         load_config(tmp_path / "none.yaml")
 
 
+def test_an_error_in_a_base_file_names_that_file(tmp_path):
+    """It named the file that named the base, which does not hold the key."""
+    (tmp_path / "base.yaml").write_text("model: {name: crnn}\ntrain: {epoch: 3}\n")
+    (tmp_path / "typed.yaml").write_text("model: {name: crnn}\ntrain: {epochs: x}\n")
+    for base, message in (("base.yaml", "unknown key 'train.epoch'"), ("typed.yaml", "'train.epochs' expects a int")):
+        (tmp_path / "child.yaml").write_text(f"base: {base}\ntrain: {{batch_size: 4}}\n")
+        with pytest.raises(ConfigError, match=f"^{tmp_path / base}: .*{message}"):
+            load_config(tmp_path / "child.yaml", models=False)
+
+
 def test_a_base_file_is_changed_by_the_file_that_names_it(tmp_path):
     (tmp_path / "shared").mkdir()
     (tmp_path / "shared" / "m.yaml").write_text("model: {name: crnn, dropout: 0.1}\noptim: {lr: 1e-3}\n"

@@ -246,6 +246,8 @@ def _read_user_config(path: Path, chain: tuple = ()) -> Dict[str, Any]:
     if not isinstance(user, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections")
     base = user.pop("base", None)
+    if base is not None or chain:   # one file of a chain: its keys checked with its own name (errors in a
+        _check_own_keys(user, path)  # base were blamed on the file naming it, the merged whole's name)
     if base is None:
         return user
     if not isinstance(base, str):
@@ -256,6 +258,16 @@ def _read_user_config(path: Path, chain: tuple = ()) -> Dict[str, Any]:
     merged = _read_user_config(base_path, chain + (path.resolve(),))
     _overlay(merged, user)
     return merged
+
+
+def _check_own_keys(user: Dict[str, Any], path: Path) -> None:
+    """The sections of one file of a `base:` chain (not its model's options, nor its grid, which are checked
+    once merged) are known keys of the right types: an error names the file that holds the key."""
+    own = {k: v for k, v in user.items() if k not in ("model", "grid")}
+    try:
+        _merge(copy.deepcopy({k: v for k, v in DEFAULTS.items() if k != "model"}), own, where=str(path))
+    except ConfigError as e:
+        raise ConfigError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
 
 
 def _overlay(base: Dict[str, Any], user: Dict[str, Any]) -> None:
