@@ -47,7 +47,8 @@ def fold_training(fold_dir: Path) -> Optional[dict]:
     if not runs:
         return None
     envs = [env for run in runs for env in _environments(run)]
-    history = [epoch for run in runs for epoch in (read_last(run) or {}).get("history", [])]
+    lasts = [read_last(run) or {} for run in runs]
+    history = [epoch for last in lasts for epoch in last.get("history", [])]
     commits = list(dict.fromkeys(str(e["git_hash"])[:SHORT_HASH] for e in envs if e.get("git_hash")))
     rates = [e["segments_per_second"] for e in history if e.get("segments_per_second") is not None]
     first = envs[0] if envs else {}
@@ -63,10 +64,16 @@ def fold_training(fold_dir: Path) -> Optional[dict]:
         # code from before resumes were recorded wrote no epoch_seconds: a resume by it may be missing above
         "resumes_complete": bool(history) and all("epoch_seconds" in epoch for epoch in history),
         "epochs": len(history),
+        "finished": all(last.get("finished", True) for last in lasts),   # (checkpoints before the flag: finished)
         "train_seconds": _complete_sum([epoch.get("seconds") for epoch in history]),
         "epoch_seconds": _complete_sum([epoch.get("epoch_seconds") for epoch in history]),
         "median_segments_per_second": statistics.median(rates) if rates else None,
     }
+
+
+def _precision_text(autocast: Optional[str]) -> str:
+    """environment.yaml's autocast record: a dtype, or none (written 'none (float32)' by some versions)."""
+    return "float32" if not autocast or str(autocast).startswith("none") else str(autocast)
 
 
 def _minutes(seconds: Optional[float]) -> str:
@@ -87,8 +94,9 @@ def training_markdown(per_fold: Sequence[dict]) -> str:
               "training minutes", "epoch minutes (with dev)", "median segments/s"]
     rows = [[name, (", ".join(f"`{c}`" for c in t["commits"]) or "-") + ("" if t["resumes_complete"] else " *"),
              "yes" if t["uncommitted"] else "no",
-             _device_text(t), t["autocast"] or "float32",
-             str(t["epochs"]) + (f" ({t['runs']} grid points)" if t["runs"] > 1 else ""),
+             _device_text(t), _precision_text(t["autocast"]),
+             str(t["epochs"]) + (f" ({t['runs']} grid points)" if t["runs"] > 1 else "")
+             + ("" if t.get("finished", True) else " (still training)"),
              _minutes(t["train_seconds"]), _minutes(t["epoch_seconds"]),
              "-" if t["median_segments_per_second"] is None else f"{t['median_segments_per_second']:.1f}"]
             for name, t in folds]
@@ -101,6 +109,8 @@ def training_markdown(per_fold: Sequence[dict]) -> str:
             "epoch minutes, so a resume may be missing). Training minutes: the epochs' training passes (last.pt's "
             "history); epoch minutes add dev scoring. Folds trained side by side overlap in wall time.")
     if total is not None:
-        note += f" Summed over the {len(trainings)} folds: {total / 60:.1f} training minutes"
+        training_still = sum(not t.get("finished", True) for t in trainings)
+        so_far = f" ({training_still} still training: so far)" if training_still else ""
+        note += f" Summed over the {len(trainings)} folds{so_far}: {total / 60:.1f} training minutes"
         note += f", {epoch_total / 60:.1f} epoch minutes." if epoch_total is not None else "."
     return markdown_table(header, rows) + "\n" + note + "\n"

@@ -78,6 +78,16 @@ def test_a_run_from_before_the_records_says_a_resume_may_be_missing(tmp_path):
     assert "Summed over the 2 folds: 5.0 training minutes." in table   # no epoch total when one fold lacks it
 
 
+def test_a_fold_still_training_is_marked_and_float32_is_said_plainly(tmp_path):
+    float32 = {**START, "precision": {"autocast": "none (float32)"}}   # as sertk.train.precision records it
+    _fake_run(tmp_path / "fold1", _epochs(2, 60.0, 5.0, epoch_seconds=90.0), float32)
+    save_checkpoint(tmp_path / "fold1" / "last.pt", {"epoch": 2, "history": _epochs(2, 60.0, 5.0, 90.0),
+                                                     "finished": False})
+    table = training_markdown([{"fold": "fold1", "training": fold_training(tmp_path / "fold1")}])
+    assert "| fold1 | `aaaaaaa` | no | cpu (Xeon) | float32 | 2 (still training) | 2.0 | 3.0 | 5.0 |" in table
+    assert "Summed over the 1 folds (1 still training: so far): 2.0 training minutes" in table
+
+
 def test_a_grid_fold_counts_every_point_it_trained(tmp_path):
     fold = tmp_path / "fold1"
     for k in (1, 2):
