@@ -293,7 +293,7 @@ prepare_data() {  # CORPUS ROOT OUT ROOT_OPTION [prepare args]: prepare and vali
   log "preparing $out from $root"
   if [ "$name" = "$corpus" ] && [ "${import_csv:-false}" = true ]; then
     sertk data import --csv "$root" --out "$out" --corpus "$name" "$@"
-    csv_source "$root" > "$out/csv_source"
+    csv_source "$root" > "$out/.csv_source.tmp" && mv -f "$out/.csv_source.tmp" "$out/csv_source"   # never half a record
   else
     sertk data prepare "$name" --root "$root" --out "$out" "$@"
   fi
